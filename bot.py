@@ -1,0 +1,88 @@
+"""Entry point: load the settings, open the core, serve the HTTP API (and, with a Discord token,
+the bot), and close everything in reverse on exit.
+
+    python bot.py [--config FILE]                    start the gateway
+    python bot.py [--config FILE] create-admin NAME  create an admin; prints only its key
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from core.config import ConfigError, Settings, load_settings
+from core.gateway import Gateway
+from web.access_log import RedactingAccessLogger
+from web.app import create_app
+
+log = logging.getLogger("gateway")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="LLM gateway for organisations")
+    parser.add_argument("--config", default="config.toml", help="TOML settings file")
+    parser.add_argument("--log-level", default="INFO")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="run the gateway (the default)")
+    create = commands.add_parser("create-admin", help="create an admin and print its key")
+    create.add_argument("name")
+    return parser.parse_args(argv)
+
+
+async def create_admin(settings: Settings, name: str) -> None:
+    async with Gateway(settings) as gateway:
+        key = await gateway.create_admin(name)
+    print(key, flush=True)
+
+
+async def serve(settings: Settings) -> None:
+    async with Gateway(settings) as gateway:
+        first_key = await gateway.bootstrap_admin()
+        if first_key:
+            # Printed once, on stdout, never logged: it is the only copy.
+            print(f"First start: admin key (shown once, keep it safe): {first_key}", flush=True)
+        runner = web.AppRunner(create_app(gateway), access_log_class=RedactingAccessLogger)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.server.host, settings.server.port)
+        await site.start()
+        for sock in site._server.sockets if site._server else ():  # noqa: SLF001
+            host, port = sock.getsockname()[:2]
+            log.info("gateway listening on http://%s:%s", host, port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            log.info("shutting down")
+            await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "create-admin":
+        asyncio.run(create_admin(settings, args.name))
+    else:
+        asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""The pool of upstream accounts: health, cool-downs, round robin by tier.
+
+An account is *healthy*, *cooling* (after a 429, 5xx, time-out or proxy failure, until a deadline
+that honours Retry-After) or *out* (its key was refused, or it has none; only a restart or an
+admin brings it back). New conversations take the next healthy account of the tiers they may use;
+follow-ups ask for their own account by name and are told plainly when it cannot serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+from pydantic import SecretStr
+
+from .config import AccountSettings, Settings, secret_from_env
+from .models import PlusChoice
+from .upstream import Target, UpstreamFailure, make_session
+
+Health = Literal["healthy", "cooling", "out"]
+TIERS_FOR_CHOICE: dict[str, tuple[str, ...]] = {
+    "false": ("free",),
+    "true": ("plus",),
+    "any": ("free", "plus"),
+}
+
+
+@dataclass(slots=True)
+class AccountStats:
+    requests: int = 0
+    failures: int = 0
+    in_flight: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    last_error: str | None = None
+
+
+class Account:
+    def __init__(
+        self,
+        settings: AccountSettings,
+        api_key: SecretStr | None,
+        session: aiohttp.ClientSession,
+        *,
+        clock: Callable[[], float],
+        out_reason: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.tier = settings.tier
+        self._api_key = api_key
+        self.session = session
+        self._clock = clock
+        self._slots = asyncio.Semaphore(settings.max_concurrency)
+        self.cooling_until = 0.0
+        self.cooling_reason: str | None = None
+        self.out_reason = out_reason
+        self.stats = AccountStats()
+
+    def health(self) -> Health:
+        if self.out_reason:
+            return "out"
+        if self._clock() < self.cooling_until:
+            return "cooling"
+        return "healthy"
+
+    def cooldown_left(self) -> float:
+        return max(0.0, self.cooling_until - self._clock())
+
+    @property
+    def has_capacity(self) -> bool:
+        return self.stats.in_flight < self.settings.max_concurrency
+
+    def target(self, model: str | None = None) -> Target:
+        return Target(
+            name=self.name,
+            base_url=self.settings.base_url,
+            model=model or self.settings.model,
+            session=self.session,
+            api_key=self._api_key.get_secret_value() if self._api_key else None,
+            timeout_s=self.settings.timeout_s,
+        )
+
+    @asynccontextmanager
+    async def slot(self) -> Any:
+        """Hold one of the account's ``max_concurrency`` slots for the length of a call."""
+        async with self._slots:
+            self.stats.in_flight += 1
+            self.stats.requests += 1
+            try:
+                yield
+            finally:
+                self.stats.in_flight -= 1
+
+    def record_success(self, input_tokens: int | None, output_tokens: int | None) -> None:
+        self.stats.input_tokens += input_tokens or 0
+        self.stats.output_tokens += output_tokens or 0
+
+    def record_failure(self, failure: UpstreamFailure, default_cooldown: float,
+                       max_cooldown: float) -> None:
+        self.stats.failures += 1
+        self.stats.last_error = f"{failure.kind}: {failure.detail}"[:300]
+        if failure.kind == "auth":
+            self.out_reason = f"the upstream refused this account's key (HTTP {failure.status})"
+        elif failure.cools_down:
+            wait = failure.retry_after if failure.retry_after is not None else default_cooldown
+            self.cooling_until = self._clock() + min(wait, max_cooldown)
+            self.cooling_reason = failure.kind
+
+    def enable(self) -> None:
+        """An admin's word that the account is fixed: clear its cool-down and out state."""
+        self.out_reason = None
+        self.cooling_until = 0.0
+        self.cooling_reason = None
+
+    def disable(self, reason: str = "taken out by an admin") -> None:
+        self.out_reason = reason
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "tier": self.tier,
+            "model": self.settings.model,
+            "base_url": self.settings.base_url,
+            "health": self.health(),
+            "cooldown_s": round(self.cooldown_left(), 1),
+            "cooldown_reason": self.cooling_reason if self.health() == "cooling" else None,
+            "out_reason": self.out_reason,
+            "max_concurrency": self.settings.max_concurrency,
+            "in_flight": self.stats.in_flight,
+            "requests": self.stats.requests,
+            "failures": self.stats.failures,
+            "input_tokens": self.stats.input_tokens,
+            "output_tokens": self.stats.output_tokens,
+            "last_error": self.stats.last_error,
+        }
+
+
+class AccountPool:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        environ: dict[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._environ = environ
+        self._clock = clock
+        self.accounts: list[Account] = []
+        self._by_name: dict[str, Account] = {}
+        self._cursor: dict[str, int] = {}
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    async def open(self) -> None:
+        for cfg in self._settings.accounts:
+            key = secret_from_env(cfg.api_key_env, self._environ)
+            out = None
+            if cfg.api_key_env and key is None:
+                out = f"environment variable {cfg.api_key_env} is not set"
+            session = make_session(self._settings.proxy_for(cfg.proxy),
+                                   limit=cfg.max_concurrency * 2)
+            self._sessions[cfg.name] = session
+            account = Account(cfg, key, session, clock=self._clock, out_reason=out)
+            self.accounts.append(account)
+            self._by_name[cfg.name] = account
+
+    async def close(self) -> None:
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
+
+    def get(self, name: str) -> Account | None:
+        return self._by_name.get(name)
+
+    def tiers(self) -> set[str]:
+        return {a.tier for a in self.accounts}
+
+    def candidates(self, choice: PlusChoice) -> list[Account]:
+        tiers = TIERS_FOR_CHOICE[choice]
+        return [a for a in self.accounts if a.tier in tiers]
+
+    def pick(self, choice: PlusChoice, exclude: set[str]) -> Account | None:
+        """The next healthy account for a new conversation, round robin within ``choice``.
+        One with a free slot is preferred, so a busy account does not queue work that another
+        could start at once."""
+        pool = self.candidates(choice)
+        if not pool:
+            return None
+        start = self._cursor.get(choice, 0) % len(pool)
+        ordered = pool[start:] + pool[:start]
+        usable = [a for a in ordered if a.name not in exclude and a.health() == "healthy"]
+        chosen = next((a for a in usable if a.has_capacity), usable[0] if usable else None)
+        if chosen is not None:
+            self._cursor[choice] = pool.index(chosen) + 1
+        return chosen
+
+    def soonest_recovery(self, choice: PlusChoice) -> float | None:
+        """Seconds until the first cooling account of ``choice`` is back, if any is cooling."""
+        waits = [a.cooldown_left() for a in self.candidates(choice) if a.health() == "cooling"]
+        return min(waits) if waits else None
+
+    def __iter__(self) -> Iterator[Account]:
+        return iter(self.accounts)

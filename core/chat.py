@@ -1,0 +1,569 @@
+"""One chat turn, from prompt to stored reply.
+
+New conversations take the next healthy account of the tiers asked for and move on to the next one
+when an account fails before it has said anything. Follow-ups go to the account that started the
+conversation and nowhere else. Turns of one conversation are serialised by a per-conversation
+lock held from reading the history to storing the reply, so two follow-ups sent at once both land,
+in order, the second seeing the first. Nothing is stored until the reply is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+import aiohttp
+
+from .accounts import Account, AccountPool
+from .clock import iso, utc_now
+from .config import Settings
+from .conversation_store import ConversationRepo, UsageRecord
+from .errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    GatewayError,
+    NotFound,
+    RateLimited,
+    TooLarge,
+    Unavailable,
+    UpstreamError,
+)
+from .history import build_messages, prompt_budget
+from .models import Conversation, Mode, PlusChoice, Principal, Turn
+from .titles import clean_title, fallback_title, title_messages
+from .upstream import Completion, Message, Target, UpstreamFailure, complete
+
+log = logging.getLogger(__name__)
+
+MAX_HISTORY_TURNS = 500
+"""Turns read back for the history; the context budget nearly always binds well before this."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    prompt: str | None
+    conversation_id: str | None = None
+    plus: PlusChoice = "false"
+    access_token: str | None = field(default=None, repr=False)
+    user_plus: bool = False
+    external_ref: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    """Extra Chat Completions fields passed upstream as given (temperature, max_tokens, ...)."""
+    endpoint: str = "api"
+
+
+@dataclass(frozen=True, slots=True)
+class StartInfo:
+    conversation_id: str
+    message_id: str
+    parent_id: str | None
+    model: str
+    account: str | None
+    is_new: bool
+
+
+class ChatListener(Protocol):
+    """Receives a streamed turn as it happens."""
+
+    async def started(self, info: StartInfo) -> None: ...
+    async def delta(self, text: str) -> None: ...
+    async def title(self, title: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    conversation: Conversation
+    turn: Turn
+    previous: Turn | None
+    is_new: bool
+    prompt_time: datetime
+    elapsed_s: float
+
+
+class ConversationLocks:
+    """One asyncio lock per conversation id, dropped once nobody holds or waits for it.
+    (Several processes would need a database lock instead; this is the seam for it.)"""
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def lock(self, conversation_id: str) -> asyncio.Lock:
+        lock = self._locks.get(conversation_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[conversation_id] = lock
+        return lock
+
+
+class RateLimiter:
+    """At most ``per_minute`` requests per principal in any sliding minute (0: no limit)."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self._clock = clock
+        self._seen: dict[int, list[float]] = {}
+
+    def check(self, principal_id: int) -> None:
+        if not self.per_minute:
+            return
+        now = self._clock()
+        recent = [t for t in self._seen.get(principal_id, ()) if now - t < 60]
+        if len(recent) >= self.per_minute:
+            self._seen[principal_id] = recent
+            raise RateLimited(
+                f"limit of {self.per_minute} requests a minute reached; try again shortly",
+                retry_after=60 - (now - recent[0]),
+            )
+        recent.append(now)
+        self._seen[principal_id] = recent
+
+
+class ChatService:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: AccountPool,
+        conversations: ConversationRepo,
+        own_key_session: aiohttp.ClientSession,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.conversations = conversations
+        self._own_key_session = own_key_session
+        self._locks = ConversationLocks()
+        self.limiter = RateLimiter(settings.limits.user_requests_per_minute)
+
+    # ----------------------------------------------------------------- entry point
+
+    async def chat(
+        self,
+        principal: Principal,
+        request: ChatRequest,
+        *,
+        own_key: str | None = None,
+        listener: ChatListener | None = None,
+    ) -> ChatResult:
+        """Answer one prompt as ``principal``. ``own_key`` is the member's stored credential,
+        used for new conversations when the request carries no ``access_token``."""
+        prompt = (request.prompt or "").strip() or self.settings.chat.default_prompt
+        if len(prompt) > self.settings.chat.max_prompt_chars:
+            raise TooLarge(
+                f"the prompt has {len(prompt)} characters; the limit is "
+                f"{self.settings.chat.max_prompt_chars}",
+                code="prompt_too_large",
+            )
+        self.limiter.check(principal.id)
+        if request.conversation_id:
+            return await self._follow_up(principal, request, prompt, listener)
+        return await self._start(principal, request, prompt, own_key, listener)
+
+    # ----------------------------------------------------------------- new conversations
+
+    async def _start(
+        self,
+        principal: Principal,
+        request: ChatRequest,
+        prompt: str,
+        own_key: str | None,
+        listener: ChatListener | None,
+    ) -> ChatResult:
+        prompt_time = utc_now()
+        started = time.perf_counter()
+        credential = request.access_token or own_key
+        if credential:
+            target = self._own_key_target(credential, request.user_plus)
+            messages = self._messages([], prompt, self.settings.own_key.context_tokens, request)
+            completion, title = await self._answer_with_title(
+                target, None, messages, prompt, request, listener, new_conversation=True,
+                conversation_id=(conversation_id := str(uuid.uuid4())), message_id=(
+                    message_id := str(uuid.uuid4())),
+            )
+            return await self._store_new(
+                principal, request, prompt, prompt_time, started, "own_key", None,
+                completion, title, conversation_id, message_id,
+            )
+
+        if request.plus == "true" and not _may_use_plus(principal):
+            raise Forbidden("your key does not include the plus tier; ask with plus=false",
+                            code="plus_not_allowed")
+        choice: PlusChoice = request.plus
+        if choice == "any" and not _may_use_plus(principal):
+            choice = "false"
+        if not self.pool.candidates(choice):
+            tier = {"false": "free", "true": "plus", "any": "any"}[choice]
+            raise Unavailable(f"no upstream account is configured for the {tier} tier",
+                              code="no_account")
+
+        conversation_id, message_id = str(uuid.uuid4()), str(uuid.uuid4())
+        tried: set[str] = set()
+        last_failure: UpstreamFailure | None = None
+        while (account := self.pool.pick(choice, tried)) is not None:
+            tried.add(account.name)
+            messages = self._messages([], prompt, account.settings.context_tokens, request)
+            progress = _Progress(listener)
+            try:
+                completion, title = await self._answer_with_title(
+                    account.target(), account, messages, prompt, request, progress,
+                    new_conversation=True, conversation_id=conversation_id,
+                    message_id=message_id,
+                )
+            except UpstreamFailure as failure:
+                self._record_failure(account, failure)
+                last_failure = failure
+                if progress.sent_text or (not failure.cools_down and failure.kind != "auth"):
+                    await self._log_failure(principal, request, None, account.name,
+                                            started, failure)
+                    raise _as_gateway_error(failure, account.name) from None
+                log.warning("account %s failed (%s); trying the next one", account.name,
+                            failure.kind)
+                continue
+            account.record_success(completion.input_tokens, completion.output_tokens)
+            return await self._store_new(
+                principal, request, prompt, prompt_time, started, "pool", account.name,
+                completion, title, conversation_id, message_id,
+            )
+        retry = self.pool.soonest_recovery(choice)
+        reason = "every account of this tier is cooling down or out of service"
+        if last_failure is not None:
+            reason = f"every account of this tier failed (last: {_describe(last_failure)})"
+        await self._log_failure(principal, request, None, None, started, None, "unavailable")
+        raise Unavailable(f"no upstream account can answer now: {reason}",
+                          code="no_healthy_account", retry_after=retry)
+
+    async def _store_new(
+        self,
+        principal: Principal,
+        request: ChatRequest,
+        prompt: str,
+        prompt_time: datetime,
+        started: float,
+        mode: Mode,
+        account: str | None,
+        completion: Completion,
+        title: str,
+        conversation_id: str,
+        message_id: str,
+    ) -> ChatResult:
+        elapsed = time.perf_counter() - started
+        now = iso(utc_now())
+        client_id = principal.client_id if request.external_ref else None
+        if request.external_ref and principal.is_client:
+            client_id = principal.id
+        conversation = Conversation(
+            id=conversation_id, owner_id=principal.id, title=title, mode=mode, account=account,
+            model=completion.model, client_id=client_id, external_ref=request.external_ref,
+            turn_count=1, created_utc=iso(prompt_time), updated_utc=now,
+        )
+        turn = self._turn(message_id, conversation_id, None, 0, prompt, completion,
+                          prompt_time, now, elapsed)
+        await self.conversations.create_with_turn(
+            conversation, turn, self._usage(principal, request, conversation_id, account,
+                                            completion, now, elapsed),
+        )
+        return ChatResult(conversation, turn, None, True, prompt_time, elapsed)
+
+    # ----------------------------------------------------------------- follow-ups
+
+    async def _follow_up(
+        self,
+        principal: Principal,
+        request: ChatRequest,
+        prompt: str,
+        listener: ChatListener | None,
+    ) -> ChatResult:
+        assert request.conversation_id is not None
+        conversation = await self.conversations.get(request.conversation_id)
+        if conversation is None or conversation.owner_id != principal.id:
+            raise NotFound("no such conversation", code="conversation_not_found")
+        if conversation.mode == "own_key" and not request.access_token:
+            raise Conflict(
+                "this conversation was started with your own access_token; send it again to "
+                "follow up", code="mode_mismatch",
+            )
+        if conversation.mode == "pool" and request.access_token:
+            raise Conflict(
+                "this conversation runs on the organisation's account; follow up without "
+                "access_token", code="mode_mismatch",
+            )
+        account: Account | None = None
+        if conversation.mode == "pool":
+            account = self._account_for_follow_up(conversation, principal)
+            target = account.target(conversation.model)
+            context = account.settings.context_tokens
+        else:
+            assert request.access_token is not None
+            target = self._own_key_target(request.access_token, request.user_plus)
+            target.model = conversation.model
+            context = self.settings.own_key.context_tokens
+
+        async with self._locks.lock(conversation.id):
+            prompt_time = utc_now()
+            started = time.perf_counter()
+            recent = await self.conversations.recent_turns(conversation.id, MAX_HISTORY_TURNS)
+            if not recent:
+                raise NotFound("no such conversation", code="conversation_not_found")
+            previous = recent[0]
+            messages = self._messages(recent, prompt, context, request)
+            message_id = str(uuid.uuid4())
+            try:
+                completion, _ = await self._answer_with_title(
+                    target, account, messages, prompt, request, listener,
+                    new_conversation=False, conversation_id=conversation.id,
+                    message_id=message_id, parent_id=previous.id,
+                )
+            except UpstreamFailure as failure:
+                if account is not None:
+                    self._record_failure(account, failure)
+                await self._log_failure(principal, request, conversation.id, conversation.account,
+                                        started, failure)
+                raise _as_gateway_error(failure, conversation.account) from None
+            if account is not None:
+                account.record_success(completion.input_tokens, completion.output_tokens)
+            elapsed = time.perf_counter() - started
+            now = iso(utc_now())
+            turn = self._turn(message_id, conversation.id, previous.id, previous.position + 1,
+                              prompt, completion, prompt_time, now, elapsed)
+            stored = await self.conversations.append_turn(
+                turn, self._usage(principal, request, conversation.id, conversation.account,
+                                  completion, now, elapsed),
+            )
+            if not stored:
+                raise NotFound("the conversation was removed while it was being answered",
+                               code="conversation_removed")
+        updated = await self.conversations.get(conversation.id) or conversation
+        return ChatResult(updated, turn, previous, False, prompt_time, elapsed)
+
+    def _account_for_follow_up(self, conversation: Conversation, principal: Principal) -> Account:
+        name = conversation.account or ""
+        account = self.pool.get(name)
+        if account is None:
+            raise Conflict(
+                f"this conversation started on account '{name}', which is no longer configured; "
+                "start a new conversation", code="account_gone",
+            )
+        if account.tier == "plus" and not _may_use_plus(principal):
+            raise Forbidden("this conversation runs on the plus tier, which your key no longer "
+                            "includes", code="plus_not_allowed")
+        health = account.health()
+        if health == "out":
+            raise Unavailable(
+                f"this conversation's account '{name}' is out of service ({account.out_reason});"
+                " an admin must restore it", code="account_out",
+            )
+        if health == "cooling":
+            wait = account.cooldown_left()
+            raise Unavailable(
+                f"this conversation's account '{name}' is cooling down after "
+                f"{account.cooling_reason}; try again in {wait:.0f} s",
+                code="account_cooling", retry_after=wait,
+            )
+        return account
+
+    # ----------------------------------------------------------------- the upstream call
+
+    async def _answer_with_title(
+        self,
+        target: Target,
+        account: Account | None,
+        messages: list[Message],
+        prompt: str,
+        request: ChatRequest,
+        listener: ChatListener | None,
+        *,
+        new_conversation: bool,
+        conversation_id: str,
+        message_id: str,
+        parent_id: str | None = None,
+    ) -> tuple[Completion, str]:
+        """The reply and, for a new conversation, its title, asked of the same target at once."""
+        title_task = (
+            asyncio.create_task(self._title(target, prompt, listener))
+            if new_conversation else None
+        )
+        try:
+            if listener is not None:
+                await listener.started(StartInfo(conversation_id, message_id, parent_id,
+                                                 target.model, target.name if account else None,
+                                                 new_conversation))
+            if account is not None:
+                async with account.slot():
+                    completion = await self._call(target, messages, request, listener)
+            else:
+                completion = await self._call(target, messages, request, listener)
+            title = ""
+            if title_task is not None:
+                title = await self._await_title(title_task, prompt)
+            return completion, title
+        finally:
+            if title_task is not None and not title_task.done():
+                title_task.cancel()
+
+    async def _call(self, target: Target, messages: list[Message], request: ChatRequest,
+                    listener: ChatListener | None) -> Completion:
+        return await complete(target, messages, options=request.options,
+                              on_delta=listener.delta if listener is not None else None)
+
+    async def _title(self, target: Target, prompt: str, listener: ChatListener | None) -> str:
+        try:
+            completion = await complete(
+                target, title_messages(prompt), options={"max_tokens": 24, "temperature": 0.2},
+                purpose="title",
+            )
+            title = clean_title(completion.text) or fallback_title(prompt)
+        except UpstreamFailure as failure:
+            log.info("title request on %s failed (%s); using the prompt", target.name,
+                     failure.kind)
+            title = fallback_title(prompt)
+        if listener is not None:
+            await listener.title(title)
+        return title
+
+    async def _await_title(self, task: asyncio.Task[str], prompt: str) -> str:
+        try:
+            return await asyncio.wait_for(asyncio.shield(task),
+                                          self.settings.chat.title_timeout_s)
+        except TimeoutError:
+            task.cancel()
+            return fallback_title(prompt)
+
+    # ----------------------------------------------------------------- helpers
+
+    def _own_key_target(self, credential: str, plus: bool) -> Target:
+        cfg = self.settings.own_key
+        accounts = self.settings.accounts
+        base_url = cfg.base_url or (accounts[0].base_url if accounts else "")
+        if not base_url:
+            raise BadRequest("own-key mode is not available: no base URL is configured",
+                             code="own_key_unavailable")
+        free = next((a.model for a in accounts if a.tier == "free"), "")
+        paid = next((a.model for a in accounts if a.tier == "plus"), "")
+        model = (cfg.plus_model or paid or cfg.model or free) if plus else (cfg.model or free)
+        if not model:
+            raise BadRequest("own-key mode is not available: no model is configured",
+                             code="own_key_unavailable")
+        return Target(name="own_key", base_url=base_url.rstrip("/"), model=model,
+                      session=self._own_key_session, api_key=credential,
+                      timeout_s=cfg.timeout_s)
+
+    def _messages(self, recent: list[Turn], prompt: str, context_tokens: int,
+                  request: ChatRequest) -> list[Message]:
+        max_tokens = request.options.get("max_tokens")
+        budget = prompt_budget(context_tokens, max_tokens if isinstance(max_tokens, int) else None)
+        messages = build_messages(recent, prompt, budget=budget,
+                                  system_prompt=self.settings.chat.system_prompt)
+        if messages is None:
+            raise TooLarge(
+                f"the prompt does not fit the model's context of {context_tokens} tokens",
+                code="prompt_too_large",
+            )
+        return messages
+
+    def _record_failure(self, account: Account, failure: UpstreamFailure) -> None:
+        account.record_failure(failure, self.settings.chat.cooldown_s,
+                               self.settings.chat.max_cooldown_s)
+
+    @staticmethod
+    def _turn(message_id: str, conversation_id: str, parent_id: str | None, position: int,
+              prompt: str, completion: Completion, prompt_time: datetime, now: str,
+              elapsed: float) -> Turn:
+        return Turn(
+            id=message_id, conversation_id=conversation_id, parent_id=parent_id,
+            position=position, prompt=prompt, reply=completion.text, model=completion.model,
+            upstream_id=completion.upstream_id, prompt_utc=iso(prompt_time), reply_utc=now,
+            duration_ms=int(elapsed * 1000), input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
+        )
+
+    @staticmethod
+    def _usage(principal: Principal, request: ChatRequest, conversation_id: str | None,
+               account: str | None, completion: Completion, now: str,
+               elapsed: float) -> UsageRecord:
+        return UsageRecord(
+            principal_id=principal.id, client_id=principal.client_id,
+            conversation_id=conversation_id, account=account, model=completion.model,
+            endpoint=request.endpoint, outcome="ok", created_utc=now,
+            duration_ms=int(elapsed * 1000), input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
+        )
+
+    async def _log_failure(self, principal: Principal, request: ChatRequest,
+                           conversation_id: str | None, account: str | None, started: float,
+                           failure: UpstreamFailure | None, outcome: str | None = None) -> None:
+        await self.conversations.log_usage(UsageRecord(
+            principal_id=principal.id, client_id=principal.client_id,
+            conversation_id=conversation_id, account=account, model=None,
+            endpoint=request.endpoint, outcome=outcome or f"upstream_{failure.kind}"
+            if failure else (outcome or "error"), created_utc=iso(utc_now()),
+            duration_ms=int((time.perf_counter() - started) * 1000),
+        ))
+
+
+class _Progress:
+    """Wraps a listener to know whether any text reached the caller: after that, a failure can
+    no longer be retried on another account without the caller seeing two answers."""
+
+    def __init__(self, inner: ChatListener | None) -> None:
+        self.inner = inner
+        self.sent_text = False
+
+    async def started(self, info: StartInfo) -> None:
+        if self.inner is not None:
+            await self.inner.started(info)
+
+    async def delta(self, text: str) -> None:
+        self.sent_text = True
+        if self.inner is not None:
+            await self.inner.delta(text)
+
+    async def title(self, title: str) -> None:
+        if self.inner is not None:
+            await self.inner.title(title)
+
+
+def _may_use_plus(principal: Principal) -> bool:
+    return principal.plus or principal.is_admin
+
+
+def _describe(failure: UpstreamFailure) -> str:
+    return {
+        "rate_limited": "rate limited",
+        "server": "server error",
+        "timeout": "timed out",
+        "proxy": "proxy failure",
+        "connect": "unreachable",
+        "auth": "key refused",
+        "garbage": "invalid answer",
+        "rejected": "request refused",
+    }[failure.kind]
+
+
+def _as_gateway_error(failure: UpstreamFailure, account: str | None) -> GatewayError:
+    where = f"account '{account}'" if account else "your own key's upstream"
+    if account is None and failure.kind == "auth":
+        return BadRequest("the upstream refused your access_token", code="access_token_rejected")
+    if failure.kind == "rejected":
+        return BadRequest(f"the upstream refused the request: {failure.detail}",
+                          code="upstream_rejected")
+    if failure.kind == "rate_limited":
+        if account is None:
+            return RateLimited(f"your own key is rate limited upstream: {failure.detail}",
+                               code="upstream_rate_limited", retry_after=failure.retry_after)
+        return Unavailable(f"{where} is rate limited; try again later",
+                           code="upstream_rate_limited", retry_after=failure.retry_after)
+    if failure.kind == "auth":
+        return Unavailable(f"{where} is out of service (the upstream refused its key)",
+                           code="account_out")
+    if failure.kind == "timeout":
+        return UpstreamError(f"{where} did not answer in time", code="upstream_timeout")
+    return UpstreamError(f"{where} failed: {_describe(failure)}", code=f"upstream_{failure.kind}")
+
+
+Callback = Callable[..., Awaitable[None]]

@@ -1,0 +1,20 @@
+"""Timestamps as the database stores them: ISO 8601, UTC, millisecond precision, sortable."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime) -> str:
+    """``2026-11-25T21:18:54.123Z``: fixed width, so text order is time order."""
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def readable(moment: datetime) -> str:
+    """The original project's ``YYYY-MM-DD | HH:MM:SS`` form, in UTC."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d | %H:%M:%S")

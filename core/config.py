@@ -1,0 +1,219 @@
+"""Settings: ``config.toml`` read by tomllib into pydantic models.
+
+Every table forbids unknown keys, so a typo stops the start with the key named. Secrets never live
+in the file: an ``*_env`` key names the environment variable that holds them, and they are resolved
+once, at load, into ``SecretStr`` values whose repr hides them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+PROXY_SCHEMES = ("socks5", "socks5h", "socks4", "http", "https")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and says why."""
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_proxy_url(value: str) -> str:
+    if value and urlsplit(value).scheme not in PROXY_SCHEMES:
+        raise ValueError(f"proxy must be a {', '.join(PROXY_SCHEMES)} URL, got {value!r}")
+    return value
+
+
+class ServerSettings(_Table):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    """Requests with a bigger body are refused with 413 before they are read."""
+
+
+class StorageSettings(_Table):
+    path: str = "data/gateway.db"
+    busy_timeout_ms: int = Field(5000, ge=0)
+
+
+class PathSettings(_Table):
+    """Every HTTP path, so a deployment can rename any endpoint without code."""
+
+    chat: str = "/api/chat"
+    recall: str = "/api/recall"
+    access_token: str = "/api/access-token"
+    add_user: str = "/api/client/add-user"
+    remove_user: str = "/api/client/remove-user"
+    update_user: str = "/api/client/update-user"
+    list_users: str = "/api/client/users"
+    remove_conversation: str = "/api/remove-conversation"
+    rotate_key: str = "/api/rotate-key"
+    admin_accounts: str = "/api/admin/accounts"
+    health: str = "/healthz"
+
+    @field_validator("*")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"a path must start with '/', got {value!r}")
+        return value
+
+
+class ProxySettings(_Table):
+    default: str = ""
+
+    @field_validator("default")
+    @classmethod
+    def _proxy(cls, value: str) -> str:
+        return _check_proxy_url(value)
+
+
+class ChatSettings(_Table):
+    default_prompt: str = (
+        "The user sent an empty prompt. Reply briefly that they left the prompt blank and "
+        "should send their question."
+    )
+    system_prompt: str = ""
+    """Sent first in every upstream request when set."""
+    max_prompt_chars: int = Field(32_000, ge=1)
+    title_timeout_s: float = Field(5.0, gt=0)
+    """How long after the reply the title may still take before the prompt-cut title is used."""
+    cooldown_s: float = Field(30.0, ge=0)
+    """Cool-down of an account after a 429, 5xx, time-out or proxy failure without Retry-After."""
+    max_cooldown_s: float = Field(3600.0, ge=0)
+
+
+class LimitSettings(_Table):
+    user_requests_per_minute: int = Field(0, ge=0)
+    """Chat requests per caller per minute; 0 means no limit."""
+
+
+class AccountSettings(_Table):
+    name: str = Field(min_length=1, max_length=64)
+    base_url: str
+    api_key_env: str = ""
+    """Environment variable holding the key; empty for servers that need none (llama.cpp)."""
+    model: str = Field(min_length=1)
+    tier: Literal["free", "plus"] = "free"
+    proxy: str = "default"
+    """A proxy URL, "default" for ``[proxy] default``, or "" for a direct connection."""
+    max_concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(120.0, gt=0)
+    context_tokens: int = Field(8192, ge=64)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError(f"base_url must be an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, value: str) -> str:
+        return value if value == "default" else _check_proxy_url(value)
+
+
+class OwnKeySettings(_Table):
+    """Bring-your-own-key mode: the caller's credential against this base URL."""
+
+    base_url: str = ""
+    """Empty: the first account's base URL."""
+    model: str = ""
+    """Empty: the first free account's model."""
+    plus_model: str = ""
+    """Empty: the first plus account's model, else ``model``."""
+    proxy: str = "default"
+    timeout_s: float = Field(120.0, gt=0)
+    context_tokens: int = Field(8192, ge=64)
+
+
+class AccessTokenSettings(_Table):
+    """OAuth2 resource-owner password grant (RFC 6749 §4.3) against an identity provider."""
+
+    token_url: str = ""
+    client_id: str = ""
+    client_secret_env: str = ""
+    scope: str = ""
+    timeout_s: float = Field(15.0, gt=0)
+
+
+class Settings(_Table):
+    server: ServerSettings = ServerSettings()
+    storage: StorageSettings = StorageSettings()
+    paths: PathSettings = PathSettings()
+    proxy: ProxySettings = ProxySettings()
+    chat: ChatSettings = ChatSettings()
+    limits: LimitSettings = LimitSettings()
+    accounts: list[AccountSettings] = []
+    own_key: OwnKeySettings = OwnKeySettings()
+    access_token: AccessTokenSettings = AccessTokenSettings()
+    secret_key_env: str = "GATEWAY_SECRET_KEY"
+    """Variable with the key that encrypts stored user credentials; unset: a key file in data/."""
+
+    @field_validator("accounts")
+    @classmethod
+    def _unique_names(cls, accounts: list[AccountSettings]) -> list[AccountSettings]:
+        names = [a.name for a in accounts]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"account names must be unique: {', '.join(duplicates)}")
+        return accounts
+
+    @field_validator("paths")
+    @classmethod
+    def _distinct_paths(cls, paths: PathSettings) -> PathSettings:
+        values = list(paths.model_dump().values())
+        if len(set(values)) != len(values):
+            raise ValueError("two endpoints share one path")
+        return paths
+
+    def proxy_for(self, proxy: str) -> str:
+        """The effective proxy URL for an account's ``proxy`` setting ("" for none)."""
+        return self.proxy.default if proxy == "default" else proxy
+
+
+def secret_from_env(name: str, environ: dict[str, str] | None = None) -> SecretStr | None:
+    """The secret held by environment variable ``name``; None when unnamed, unset or empty."""
+    if not name:
+        return None
+    value = (os.environ if environ is None else environ).get(name, "")
+    return SecretStr(value) if value else None
+
+
+def settings_from_dict(data: dict[str, Any]) -> Settings:
+    """Validate a parsed configuration, turning pydantic's report into one readable error."""
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+            message = err["msg"]
+            if err["type"] == "extra_forbidden":
+                message = "unknown key"
+            problems.append(f"{where}: {message}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and validate a TOML configuration file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return settings_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,204 @@
+"""Conversations, turns and the usage log, in SQL.
+
+A turn is one row. Adding a turn inserts that row, bumps the conversation's counters and appends
+one usage row, in a single transaction: nothing is ever rewritten whole.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from .errors import Conflict
+from .models import Conversation, Turn
+from .store import Store
+
+_CONVERSATION_COLUMNS = (
+    "id, owner_id, title, mode, account, model, client_id, external_ref, turn_count,"
+    " created_utc, updated_utc"
+)
+_TURN_INSERT_VALUES = "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_TURN_COLUMNS = (
+    "id, conversation_id, parent_id, position, prompt, reply, model, upstream_id, prompt_utc,"
+    " reply_utc, duration_ms, input_tokens, output_tokens"
+)
+
+
+# sqlite3.Row iterates over values, not keys, hence .keys().
+def _conversation(row: aiosqlite.Row) -> Conversation:
+    return Conversation(**{key: row[key] for key in row.keys()})  # noqa: SIM118
+
+
+def _turn(row: aiosqlite.Row) -> Turn:
+    return Turn(**{key: row[key] for key in row.keys()})  # noqa: SIM118
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    principal_id: int | None
+    client_id: int | None
+    conversation_id: str | None
+    account: str | None
+    model: str | None
+    endpoint: str
+    outcome: str
+    created_utc: str
+    duration_ms: int
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+_USAGE_INSERT = (
+    "INSERT INTO usage (principal_id, client_id, conversation_id, account, model, endpoint,"
+    " outcome, created_utc, duration_ms, input_tokens, output_tokens)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _usage_params(u: UsageRecord) -> tuple[Any, ...]:
+    return (u.principal_id, u.client_id, u.conversation_id, u.account, u.model, u.endpoint,
+            u.outcome, u.created_utc, u.duration_ms, u.input_tokens, u.output_tokens)
+
+
+def _turn_params(t: Turn) -> tuple[Any, ...]:
+    return (t.id, t.conversation_id, t.parent_id, t.position, t.prompt, t.reply, t.model,
+            t.upstream_id, t.prompt_utc, t.reply_utc, t.duration_ms, t.input_tokens,
+            t.output_tokens)
+
+
+class ConversationRepo:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def get(self, conversation_id: str) -> Conversation | None:
+        row = await self.store.fetchone(
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE id = ?", (conversation_id,)
+        )
+        return _conversation(row) if row else None
+
+    async def by_external_ref(self, client_id: int, ref: str) -> Conversation | None:
+        row = await self.store.fetchone(
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations"
+            " WHERE client_id = ? AND external_ref = ?",
+            (client_id, ref),
+        )
+        return _conversation(row) if row else None
+
+    async def list(
+        self, *, owner_id: int | None, client_id: int | None = None, limit: int, offset: int
+    ) -> tuple[list[Conversation], int]:
+        """Newest first. ``owner_id`` None lists everyone's (admin audit); ``client_id`` narrows
+        that to the users of one client."""
+        if owner_id is not None:
+            where, params = "owner_id = ?", [owner_id]
+        elif client_id is not None:
+            where = "owner_id IN (SELECT id FROM principals WHERE client_id = ?)"
+            params = [client_id]
+        else:
+            where, params = "1 = 1", []
+        total = await self.store.fetchone(f"SELECT count(*) FROM conversations WHERE {where}",
+                                          params)
+        rows = await self.store.fetchall(
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE {where}"
+            " ORDER BY updated_utc DESC, id LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        return [_conversation(r) for r in rows], int(total[0]) if total else 0
+
+    async def turns(self, conversation_id: str, *, limit: int = -1, offset: int = 0) -> list[Turn]:
+        """Turns oldest first."""
+        rows = await self.store.fetchall(
+            f"SELECT {_TURN_COLUMNS} FROM turns WHERE conversation_id = ?"
+            " ORDER BY position LIMIT ? OFFSET ?",
+            (conversation_id, limit, offset),
+        )
+        return [_turn(r) for r in rows]
+
+    async def recent_turns(self, conversation_id: str, limit: int) -> list[Turn]:
+        """The last ``limit`` turns, newest first: history is trimmed from the oldest end, so
+        reading backwards lets the caller stop as soon as the budget is spent."""
+        rows = await self.store.fetchall(
+            f"SELECT {_TURN_COLUMNS} FROM turns WHERE conversation_id = ?"
+            " ORDER BY position DESC LIMIT ?",
+            (conversation_id, limit),
+        )
+        return [_turn(r) for r in rows]
+
+    async def create_with_turn(
+        self, conversation: Conversation, turn: Turn, usage: UsageRecord
+    ) -> None:
+        """Store a new conversation together with its first turn, or nothing."""
+        c = conversation
+        try:
+            async with self.store.transaction() as tx:
+                await tx.execute(
+                    f"INSERT INTO conversations ({_CONVERSATION_COLUMNS})"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (c.id, c.owner_id, c.title, c.mode, c.account, c.model, c.client_id,
+                     c.external_ref, 1, c.created_utc, c.updated_utc),
+                )
+                await tx.execute(
+                    f"INSERT INTO turns ({_TURN_COLUMNS}) {_TURN_INSERT_VALUES}",
+                    _turn_params(turn),
+                )
+                await tx.execute(_USAGE_INSERT, _usage_params(usage))
+        except sqlite3.IntegrityError as exc:
+            raise Conflict(f"could not store the conversation: {exc}") from None
+
+    async def append_turn(self, turn: Turn, usage: UsageRecord) -> bool:
+        """Append a follow-up turn. False when the conversation was removed meanwhile."""
+        async with self.store.transaction() as tx:
+            cursor = await tx.execute(
+                "UPDATE conversations SET turn_count = turn_count + 1, updated_utc = ?"
+                " WHERE id = ?",
+                (turn.reply_utc, turn.conversation_id),
+            )
+            if cursor.rowcount == 0:
+                return False
+            await tx.execute(
+                f"INSERT INTO turns ({_TURN_COLUMNS}) {_TURN_INSERT_VALUES}",
+                _turn_params(turn),
+            )
+            await tx.execute(_USAGE_INSERT, _usage_params(usage))
+        return True
+
+    async def log_usage(self, usage: UsageRecord) -> None:
+        async with self.store.transaction() as tx:
+            await tx.execute(_USAGE_INSERT, _usage_params(usage))
+
+    async def delete(self, conversation_id: str) -> bool:
+        async with self.store.transaction() as tx:
+            cursor = await tx.execute("DELETE FROM conversations WHERE id = ?",
+                                      (conversation_id,))
+            return cursor.rowcount > 0
+
+    async def set_external_ref(self, conversation_id: str, client_id: int, ref: str | None) -> None:
+        try:
+            async with self.store.transaction() as tx:
+                await tx.execute(
+                    "UPDATE conversations SET client_id = ?, external_ref = ? WHERE id = ?",
+                    (client_id, ref, conversation_id),
+                )
+        except sqlite3.IntegrityError:
+            raise Conflict(f"reference {ref!r} already names another conversation") from None
+
+    async def usage_stats(self) -> dict[str, Any]:
+        row = await self.store.fetchone(
+            "SELECT count(*) AS requests,"
+            " coalesce(sum(input_tokens), 0) AS input_tokens,"
+            " coalesce(sum(output_tokens), 0) AS output_tokens,"
+            " sum(outcome != 'ok') AS failures FROM usage"
+        )
+        conversations = await self.store.fetchone("SELECT count(*) FROM conversations")
+        turns = await self.store.fetchone("SELECT count(*) FROM turns")
+        return {
+            "requests": row["requests"] if row else 0,
+            "failures": (row["failures"] or 0) if row else 0,
+            "input_tokens": row["input_tokens"] if row else 0,
+            "output_tokens": row["output_tokens"] if row else 0,
+            "conversations": conversations[0] if conversations else 0,
+            "turns": turns[0] if turns else 0,
+        }

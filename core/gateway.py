@@ -1,0 +1,323 @@
+"""The facade every front calls. It owns the core's parts and checks roles, so no front can
+forget a check:
+
+- an **admin** creates clients and users, sees and audits everything, restores accounts;
+- a **client** creates, lists and removes only its own users, naming them by its ``userid``,
+  and acts for them (chat, recall, removal);
+- a **user** chats, recalls and removes its own conversations, and rotates its own key.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from .accounts import AccountPool
+from .chat import ChatListener, ChatRequest, ChatResult, ChatService
+from .clock import iso, utc_now
+from .config import Settings, secret_from_env
+from .conversation_store import ConversationRepo
+from .crypto import CredentialBox
+from .errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from .models import Conversation, Principal, Role, Turn
+from .oauth import AccessToken, PasswordGrant
+from .principals import PrincipalRepo
+from .store import Store
+from .upstream import make_session
+
+log = logging.getLogger(__name__)
+
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+"""last_used is refreshed at most this often, so auth stays a read on the hot path."""
+MAX_PAGE = 200
+
+
+class Gateway:
+    def __init__(self, settings: Settings, *, environ: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self._environ = environ
+        self.store = Store(settings.storage.path, busy_timeout_ms=settings.storage.busy_timeout_ms)
+        self.principals = PrincipalRepo(self.store)
+        self.conversations = ConversationRepo(self.store)
+        self.pool = AccountPool(settings, environ=environ)
+        self._own_key_session = make_session(settings.proxy_for(settings.own_key.proxy))
+        self._oauth_session = make_session("")
+        self.chat_service = ChatService(settings, self.pool, self.conversations,
+                                        self._own_key_session)
+        self.password_grant = PasswordGrant(
+            settings.access_token,
+            secret_from_env(settings.access_token.client_secret_env, environ),
+            self._oauth_session,
+        )
+        secret = secret_from_env(settings.secret_key_env, environ)
+        self.box = CredentialBox.from_env_or_file(
+            secret.get_secret_value() if secret else None,
+            Path(settings.storage.path).parent / "credentials.key",
+        )
+
+    async def open(self) -> None:
+        await self.store.open()
+        await self.pool.open()
+
+    async def close(self) -> None:
+        await self.pool.close()
+        await self._own_key_session.close()
+        await self._oauth_session.close()
+        await self.store.close()
+
+    async def __aenter__(self) -> Gateway:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ----------------------------------------------------------------- bootstrap
+
+    async def bootstrap_admin(self) -> str | None:
+        """On the very first start (no principal at all), create an admin and return its key."""
+        if await self.principals.count():
+            return None
+        _, key = await self.principals.create("admin", "admin", plus=True)
+        return key
+
+    async def create_admin(self, name: str) -> str:
+        _, key = await self.principals.create("admin", _name(name), plus=True)
+        return key
+
+    # ----------------------------------------------------------------- identity
+
+    async def authenticate(self, key: str | None) -> Principal:
+        if not key:
+            raise Unauthorized("an API key is required: send 'Authorization: Bearer KEY'",
+                               code="missing_key")
+        principal = await self.principals.by_key(key.strip())
+        if principal is None:
+            raise Unauthorized("this API key is not valid", code="invalid_key")
+        if principal.disabled_utc:
+            raise Unauthorized("this API key has been disabled", code="key_disabled")
+        if principal.client_id is not None:
+            client = await self.principals.get(principal.client_id)
+            if client is None or client.disabled_utc:
+                raise Unauthorized("the client that issued this key has been disabled",
+                                   code="key_disabled")
+        await self._touch(principal)
+        return principal
+
+    async def _touch(self, principal: Principal) -> None:
+        now = utc_now()
+        if principal.last_used_utc and principal.last_used_utc > iso(now - LAST_USED_RESOLUTION):
+            return
+        await self.principals.touch(principal.id, iso(now))
+
+    async def acting_as(
+        self,
+        actor: Principal,
+        user_id: str | None,
+        *,
+        username: str | None = None,
+        plus: bool | None = None,
+    ) -> Principal:
+        """The principal a request acts as: the caller itself, or (for a client or admin) the
+        user named by ``user_id``, created on first use when ``username`` is given."""
+        if not user_id:
+            return actor
+        if actor.role == "user":
+            raise Forbidden("only clients and admins may act for another user",
+                            code="not_allowed")
+        user = await self._find_user(actor, user_id)
+        if user is None:
+            if not username:
+                raise NotFound(f"no user with userid {user_id!r}; pass username to create it",
+                               code="user_not_found")
+            user, _ = await self.principals.create(
+                "user", _name(username), client_id=actor.id if actor.is_client else None,
+                external_id=user_id, plus=bool(plus),
+            )
+            log.info("principal %s created user %s on first use", actor.id, user.id)
+        if user.disabled_utc:
+            raise Forbidden("this user has been disabled", code="user_disabled")
+        return user
+
+    async def _find_user(self, actor: Principal, ref: str) -> Principal | None:
+        """A client finds only its own users, by its own userid. An admin finds anyone by
+        numeric id, or an admin-created user by userid."""
+        if actor.is_client:
+            return await self.principals.by_external_id(actor.id, ref)
+        if actor.is_admin:
+            if ref.isdigit() and (found := await self.principals.get(int(ref))) is not None:
+                return found
+            rows = await self.store.fetchone(
+                "SELECT id FROM principals WHERE client_id IS NULL AND external_id = ?", (ref,)
+            )
+            return await self.principals.get(rows[0]) if rows else None
+        return None
+
+    async def _managed_user(self, actor: Principal, ref: str | None) -> Principal:
+        if actor.role == "user":
+            raise Forbidden("only clients and admins manage users", code="not_allowed")
+        if not ref:
+            raise BadRequest("userid is required", code="missing_userid")
+        user = await self._find_user(actor, ref)
+        if user is None or user.id == actor.id:
+            raise NotFound(f"no user with userid {ref!r}", code="user_not_found")
+        return user
+
+    # ----------------------------------------------------------------- user management
+
+    async def add_user(
+        self,
+        actor: Principal,
+        *,
+        userid: str | None,
+        username: str | None,
+        plus: bool = False,
+        role: Role = "user",
+    ) -> tuple[Principal, str]:
+        if actor.role == "user":
+            raise Forbidden("only clients and admins may add users", code="not_allowed")
+        if role != "user" and not actor.is_admin:
+            raise Forbidden("only admins may create clients or admins", code="not_allowed")
+        if actor.is_client and not userid:
+            raise BadRequest("userid is required: the client's own id for this user",
+                             code="missing_userid")
+        name = _name(username or userid or role)
+        if userid and await self._find_user(actor, userid) is not None:
+            raise Conflict(f"a user with userid {userid!r} already exists", code="user_exists")
+        return await self.principals.create(
+            role, name, client_id=actor.id if actor.is_client else None,
+            external_id=userid or None, plus=plus or role == "admin",
+        )
+
+    async def remove_user(self, actor: Principal, userid: str | None) -> Principal:
+        user = await self._managed_user(actor, userid)
+        await self.principals.delete(user.id)
+        log.info("principal %s removed principal %s", actor.id, user.id)
+        return user
+
+    async def update_user(self, actor: Principal, userid: str | None, *,
+                          plus: bool | None = None, disabled: bool | None = None) -> Principal:
+        user = await self._managed_user(actor, userid)
+        if plus is None and disabled is None:
+            raise BadRequest("nothing to change: pass plus and/or disabled", code="no_change")
+        return await self.principals.update(user.id, plus=plus, disabled=disabled)
+
+    async def list_users(self, actor: Principal, *, search: str = "", limit: int = 50,
+                         offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        if actor.role == "user":
+            raise Forbidden("only clients and admins list users", code="not_allowed")
+        return await self.principals.list(
+            client_id=actor.id if actor.is_client else None, search=search,
+            limit=_page(limit), offset=max(0, offset),
+        )
+
+    async def rotate_key(self, actor: Principal, userid: str | None = None) -> tuple[Principal,
+                                                                                      str]:
+        """A new key for the caller, or for a user the caller manages; the old key dies now."""
+        target = actor if not userid else await self._managed_user(actor, userid)
+        key = await self.principals.rotate_key(target.id)
+        return target, key
+
+    async def set_own_key(self, actor: Principal, credential: str | None) -> None:
+        """Store (encrypted) or clear the member's own upstream key."""
+        sealed = self.box.seal(credential) if credential else None
+        await self.principals.set_own_key(actor.id, sealed)
+
+    async def own_key(self, actor: Principal) -> str | None:
+        if not actor.has_own_key:
+            return None
+        sealed = await self.principals.own_key(actor.id)
+        return self.box.open(sealed) if sealed else None
+
+    # ----------------------------------------------------------------- conversations
+
+    async def chat(self, actor: Principal, request: ChatRequest,
+                   listener: ChatListener | None = None) -> ChatResult:
+        own_key = None
+        if not request.access_token and not request.conversation_id:
+            own_key = await self.own_key(actor)
+        return await self.chat_service.chat(actor, request, own_key=own_key, listener=listener)
+
+    async def conversation_for(self, actor: Principal, conversation_id: str) -> Conversation:
+        """A conversation the actor may see: its own, or anyone's for an admin."""
+        conversation = await self.conversations.get(conversation_id)
+        if conversation is None or not (
+            actor.is_admin or conversation.owner_id == actor.id
+        ):
+            raise NotFound("no such conversation", code="conversation_not_found")
+        return conversation
+
+    async def list_conversations(
+        self, actor: Principal, *, limit: int = 50, offset: int = 0, everyone: bool = False
+    ) -> tuple[list[Conversation], int]:
+        """The actor's conversations, newest first; an admin may ask for everyone's."""
+        owner = None if (everyone and actor.is_admin) else actor.id
+        return await self.conversations.list(owner_id=owner, limit=_page(limit),
+                                             offset=max(0, offset))
+
+    async def recall(self, actor: Principal, conversation_id: str, *, limit: int = -1,
+                     offset: int = 0) -> tuple[Conversation, list[Turn]]:
+        conversation = await self.conversation_for(actor, conversation_id)
+        turns = await self.conversations.turns(conversation.id, limit=limit, offset=offset)
+        return conversation, turns
+
+    async def remove_conversation(self, actor: Principal, conversation_id: str) -> Conversation:
+        conversation = await self.conversation_for(actor, conversation_id)
+        if not await self.conversations.delete(conversation.id):
+            raise NotFound("no such conversation", code="conversation_not_found")
+        return conversation
+
+    async def conversation_by_ref(self, client: Principal, ref: str) -> Conversation | None:
+        return await self.conversations.by_external_ref(client.id, ref)
+
+    async def set_conversation_ref(self, client: Principal, conversation_id: str,
+                                   ref: str | None) -> None:
+        conversation = await self.conversations.get(conversation_id)
+        owner = await self.principals.get(conversation.owner_id) if conversation else None
+        if conversation is None or owner is None or not (
+            owner.id == client.id or owner.client_id == client.id
+        ):
+            raise NotFound("no such conversation", code="conversation_not_found")
+        await self.conversations.set_external_ref(conversation_id, client.id, ref)
+
+    # ----------------------------------------------------------------- accounts and stats
+
+    def require_admin(self, actor: Principal) -> None:
+        if not actor.is_admin:
+            raise Forbidden("this needs an admin key", code="admin_only")
+
+    def accounts(self, actor: Principal) -> list[dict[str, Any]]:
+        self.require_admin(actor)
+        return [account.snapshot() for account in self.pool]
+
+    def set_account_enabled(self, actor: Principal, name: str, enabled: bool) -> dict[str, Any]:
+        self.require_admin(actor)
+        account = self.pool.get(name)
+        if account is None:
+            raise NotFound(f"no account named {name!r}", code="account_not_found")
+        if enabled:
+            account.enable()
+        else:
+            account.disable()
+        log.info("admin %s %s account %s", actor.id, "enabled" if enabled else "disabled", name)
+        return account.snapshot()
+
+    async def stats(self, actor: Principal) -> dict[str, Any]:
+        self.require_admin(actor)
+        return await self.conversations.usage_stats()
+
+    async def access_token(self, email: str, password: str) -> AccessToken:
+        return await self.password_grant.exchange(email, password)
+
+
+def _page(limit: int) -> int:
+    return max(1, min(limit, MAX_PAGE))
+
+
+def _name(value: str) -> str:
+    value = " ".join(value.split())
+    if not value or len(value) > 100:
+        raise BadRequest("a name must have 1 to 100 characters", code="bad_name")
+    return value

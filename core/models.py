@@ -1,0 +1,134 @@
+"""The records the core hands to its fronts: plain, immutable, free of SQL and HTTP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Role = Literal["admin", "client", "user"]
+Mode = Literal["pool", "own_key"]
+PlusChoice = Literal["false", "true", "any"]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    id: int
+    role: Role
+    name: str
+    client_id: int | None
+    external_id: str | None
+    plus: bool
+    key_prefix: str
+    created_utc: str
+    disabled_utc: str | None = None
+    last_used_utc: str | None = None
+    has_own_key: bool = False
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @property
+    def is_client(self) -> bool:
+        return self.role == "client"
+
+    def public(self) -> dict[str, Any]:
+        """What may be shown about this principal (never its key or credentials)."""
+        return {
+            "id": self.id,
+            "role": self.role,
+            "name": self.name,
+            "client_id": self.client_id,
+            "userid": self.external_id,
+            "plus": self.plus,
+            "key_prefix": self.key_prefix,
+            "created": self.created_utc,
+            "disabled": self.disabled_utc,
+            "last_used": self.last_used_utc,
+            "has_own_key": self.has_own_key,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    id: str
+    owner_id: int
+    title: str
+    mode: Mode
+    account: str | None
+    model: str
+    client_id: int | None
+    external_ref: str | None
+    turn_count: int
+    created_utc: str
+    updated_utc: str
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "conversation_id": self.id,
+            "title": self.title,
+            "owner_id": self.owner_id,
+            "mode": self.mode,
+            "account": self.account,
+            "model": self.model,
+            "external_ref": self.external_ref,
+            "turns": self.turn_count,
+            "created": self.created_utc,
+            "updated": self.updated_utc,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    id: str
+    conversation_id: str
+    parent_id: str | None
+    position: int
+    prompt: str
+    reply: str
+    model: str
+    upstream_id: str | None
+    prompt_utc: str
+    reply_utc: str
+    duration_ms: int
+    input_tokens: int | None
+    output_tokens: int | None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "parent_id": self.parent_id,
+            "position": self.position,
+            "prompt": self.prompt,
+            "reply": self.reply,
+            "model": self.model,
+            "prompt_time": self.prompt_utc,
+            "reply_time": self.reply_utc,
+            "duration_ms": self.duration_ms,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+    def public(self) -> dict[str, int | None]:
+        total = None
+        if self.input_tokens is not None and self.output_tokens is not None:
+            total = self.input_tokens + self.output_tokens
+        return {
+            "prompt_tokens": self.input_tokens,
+            "completion_tokens": self.output_tokens,
+            "total_tokens": total,
+        }
+
+
+@dataclass(slots=True)
+class Page:
+    items: list[Any] = field(default_factory=list)
+    total: int = 0
+    limit: int = 50
+    offset: int = 0

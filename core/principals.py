@@ -1,0 +1,183 @@
+"""Principals (admins, clients, users) and their keys, in SQL. No permission checks here: the
+``Gateway`` facade decides who may call what."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import aiosqlite
+
+from .clock import iso, utc_now
+from .errors import Conflict, NotFound
+from .keys import hash_key, new_key, shown_prefix
+from .models import Principal, Role
+from .store import Store
+
+_COLUMNS = (
+    "id, role, name, client_id, external_id, plus, key_prefix, created_utc, disabled_utc,"
+    " last_used_utc, own_key_enc IS NOT NULL AS has_own_key"
+)
+
+
+def _principal(row: aiosqlite.Row) -> Principal:
+    return Principal(
+        id=row["id"],
+        role=row["role"],
+        name=row["name"],
+        client_id=row["client_id"],
+        external_id=row["external_id"],
+        plus=bool(row["plus"]),
+        key_prefix=row["key_prefix"],
+        created_utc=row["created_utc"],
+        disabled_utc=row["disabled_utc"],
+        last_used_utc=row["last_used_utc"],
+        has_own_key=bool(row["has_own_key"]),
+    )
+
+
+class PrincipalRepo:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def create(
+        self,
+        role: Role,
+        name: str,
+        *,
+        client_id: int | None = None,
+        external_id: str | None = None,
+        plus: bool = False,
+    ) -> tuple[Principal, str]:
+        """A new principal and its key, which exists in clear only in this return value."""
+        key = new_key()
+        try:
+            async with self.store.transaction() as tx:
+                cursor = await tx.execute(
+                    "INSERT INTO principals (role, name, client_id, external_id, plus, key_hash,"
+                    " key_prefix, created_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (role, name, client_id, external_id, int(plus), hash_key(key),
+                     shown_prefix(key), iso(utc_now())),
+                )
+                new_id = cursor.lastrowid
+        except sqlite3.IntegrityError:
+            raise Conflict(
+                f"a user with userid {external_id!r} already exists", code="user_exists"
+            ) from None
+        principal = await self.get(int(new_id or 0))
+        assert principal is not None
+        return principal, key
+
+    async def get(self, principal_id: int) -> Principal | None:
+        row = await self.store.fetchone(f"SELECT {_COLUMNS} FROM principals WHERE id = ?",
+                                        (principal_id,))
+        return _principal(row) if row else None
+
+    async def by_key(self, key: str) -> Principal | None:
+        row = await self.store.fetchone(f"SELECT {_COLUMNS} FROM principals WHERE key_hash = ?",
+                                        (hash_key(key),))
+        return _principal(row) if row else None
+
+    async def by_external_id(self, client_id: int, external_id: str) -> Principal | None:
+        row = await self.store.fetchone(
+            f"SELECT {_COLUMNS} FROM principals WHERE client_id = ? AND external_id = ?",
+            (client_id, external_id),
+        )
+        return _principal(row) if row else None
+
+    async def count(self) -> int:
+        row = await self.store.fetchone("SELECT count(*) FROM principals")
+        return int(row[0]) if row else 0
+
+    async def list(
+        self,
+        *,
+        client_id: int | None = None,
+        role: Role | None = None,
+        search: str = "",
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Principals with their usage counts, newest first, and the total that matched."""
+        where, params = ["1 = 1"], []
+        if client_id is not None:
+            where.append("p.client_id = ?")
+            params.append(client_id)
+        if role is not None:
+            where.append("p.role = ?")
+            params.append(role)
+        if search:
+            where.append("(p.name LIKE ? ESCAPE '\\' OR p.external_id LIKE ? ESCAPE '\\')")
+            escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            pattern = f"%{escaped}%"
+            params += [pattern, pattern]
+        clause = " AND ".join(where)
+        total_row = await self.store.fetchone(
+            f"SELECT count(*) FROM principals p WHERE {clause}", params
+        )
+        rows = await self.store.fetchall(
+            f"SELECT {_COLUMNS.replace('own_key_enc', 'p.own_key_enc')},"
+            " (SELECT count(*) FROM conversations c WHERE c.owner_id = p.id) AS conversations,"
+            " (SELECT count(*) FROM usage u WHERE u.principal_id = p.id) AS requests,"
+            " (SELECT coalesce(sum(coalesce(u.input_tokens, 0) + coalesce(u.output_tokens, 0)), 0)"
+            "  FROM usage u WHERE u.principal_id = p.id) AS tokens"
+            f" FROM principals p WHERE {clause} ORDER BY p.id DESC LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        items = []
+        for row in rows:
+            item = _principal(row).public()
+            item.update(conversations=row["conversations"], requests=row["requests"],
+                        tokens=row["tokens"])
+            items.append(item)
+        return items, int(total_row[0]) if total_row else 0
+
+    async def delete(self, principal_id: int) -> None:
+        async with self.store.transaction() as tx:
+            cursor = await tx.execute("DELETE FROM principals WHERE id = ?", (principal_id,))
+            if cursor.rowcount == 0:
+                raise NotFound("no such user")
+
+    async def update(
+        self, principal_id: int, *, plus: bool | None = None, disabled: bool | None = None
+    ) -> Principal:
+        async with self.store.transaction() as tx:
+            if plus is not None:
+                await tx.execute("UPDATE principals SET plus = ? WHERE id = ?",
+                                 (int(plus), principal_id))
+            if disabled is not None:
+                await tx.execute(
+                    "UPDATE principals SET disabled_utc = ? WHERE id = ?",
+                    (iso(utc_now()) if disabled else None, principal_id),
+                )
+        principal = await self.get(principal_id)
+        if principal is None:
+            raise NotFound("no such user")
+        return principal
+
+    async def rotate_key(self, principal_id: int) -> str:
+        """A new key for the principal; the old one stops working when this returns."""
+        key = new_key()
+        async with self.store.transaction() as tx:
+            cursor = await tx.execute(
+                "UPDATE principals SET key_hash = ?, key_prefix = ? WHERE id = ?",
+                (hash_key(key), shown_prefix(key), principal_id),
+            )
+            if cursor.rowcount == 0:
+                raise NotFound("no such user")
+        return key
+
+    async def touch(self, principal_id: int, when: str) -> None:
+        async with self.store.transaction() as tx:
+            await tx.execute("UPDATE principals SET last_used_utc = ? WHERE id = ?",
+                             (when, principal_id))
+
+    async def set_own_key(self, principal_id: int, sealed: bytes | None) -> None:
+        async with self.store.transaction() as tx:
+            await tx.execute("UPDATE principals SET own_key_enc = ? WHERE id = ?",
+                             (sealed, principal_id))
+
+    async def own_key(self, principal_id: int) -> bytes | None:
+        row = await self.store.fetchone("SELECT own_key_enc FROM principals WHERE id = ?",
+                                        (principal_id,))
+        return row[0] if row else None

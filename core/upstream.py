@@ -1,0 +1,287 @@
+"""Calls to an OpenAI-compatible Chat Completions endpoint, streaming and not.
+
+Every failure is raised as ``UpstreamFailure`` with a ``kind`` that tells the account pool what
+to do with the account: cool it down (rate limit, 5xx, time-out, proxy or connection failure),
+take it out (the upstream rejected its key), or nothing (the request itself was refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+
+import aiohttp
+from aiohttp_socks import ProxyConnector
+from python_socks import ProxyError as SocksProxyError
+
+from .clock import utc_now
+
+log = logging.getLogger(__name__)
+
+FailureKind = Literal[
+    "rate_limited", "server", "timeout", "proxy", "connect", "auth", "rejected", "garbage"
+]
+COOLING_KINDS: frozenset[str] = frozenset(
+    {"rate_limited", "server", "timeout", "proxy", "connect", "garbage"}
+)
+
+Message = dict[str, Any]
+OnDelta = Callable[[str], Awaitable[None]]
+
+
+class UpstreamFailure(Exception):
+    """Why a call failed. Internal: the fronts get a ``GatewayError`` built from it."""
+
+    def __init__(
+        self,
+        kind: FailureKind,
+        detail: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def cools_down(self) -> bool:
+        return self.kind in COOLING_KINDS
+
+
+@dataclass(slots=True)
+class Completion:
+    text: str
+    model: str
+    upstream_id: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    finish_reason: str | None = None
+
+
+@dataclass(slots=True)
+class Target:
+    """Where one call goes: an account of the pool, or a member's own credential."""
+
+    name: str
+    base_url: str
+    model: str
+    session: aiohttp.ClientSession
+    api_key: str | None
+    timeout_s: float
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", **self.extra_headers}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+
+def make_session(proxy_url: str, *, limit: int = 100) -> aiohttp.ClientSession:
+    """One long-lived session per account (or proxy), with its connection pool."""
+    connector: aiohttp.BaseConnector
+    if proxy_url:
+        connector = ProxyConnector.from_url(proxy_url, limit=limit, rdns=True)
+    else:
+        connector = aiohttp.TCPConnector(limit=limit)
+    # Our own JSON encoding and no cookie jar: an upstream must not set state across users.
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header, given as seconds or as an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - utc_now()).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+async def _error_detail(resp: aiohttp.ClientResponse) -> str:
+    """The upstream's own error message when it gave one in OpenAI's shape."""
+    try:
+        body = await resp.read()
+        data = json.loads(body)
+        message = data.get("error", {}).get("message") if isinstance(data, dict) else None
+        if isinstance(message, str) and message:
+            return message[:500]
+    except Exception:  # noqa: BLE001 - any body is acceptable here; we only want its message
+        pass
+    return resp.reason or f"HTTP {resp.status}"
+
+
+async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
+    if resp.status < 400:
+        return
+    detail = await _error_detail(resp)
+    status = resp.status
+    if status == 429:
+        raise UpstreamFailure(
+            "rate_limited", detail, status=status,
+            retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+        )
+    if status in (401, 403):
+        raise UpstreamFailure("auth", detail, status=status)
+    if status >= 500 or status == 408:
+        raise UpstreamFailure(
+            "server", detail, status=status,
+            retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+        )
+    raise UpstreamFailure("rejected", detail, status=status)
+
+
+def _transport_failure(exc: BaseException) -> UpstreamFailure:
+    if isinstance(exc, SocksProxyError) or "proxy" in type(exc).__name__.lower():
+        return UpstreamFailure("proxy", f"proxy failure: {exc}")
+    if isinstance(exc, asyncio.TimeoutError):
+        return UpstreamFailure("timeout", "the upstream did not answer in time")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return UpstreamFailure("server", "the upstream broke the connection mid-answer")
+    return UpstreamFailure("connect", f"cannot reach the upstream: {type(exc).__name__}")
+
+
+def _body(target: Target, messages: list[Message], stream: bool, options: dict[str, Any]) -> bytes:
+    body: dict[str, Any] = {**options, "model": target.model, "messages": messages}
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+
+async def complete(
+    target: Target,
+    messages: list[Message],
+    *,
+    options: dict[str, Any] | None = None,
+    on_delta: OnDelta | None = None,
+    purpose: str = "chat",
+) -> Completion:
+    """One chat completion. With ``on_delta`` the upstream streams and each text piece is passed
+    on as it arrives; without it, one JSON answer is awaited."""
+    started = time.perf_counter()
+    url = f"{target.base_url}/chat/completions"
+    stream = on_delta is not None
+    timeout = (
+        aiohttp.ClientTimeout(total=None, sock_connect=min(target.timeout_s, 30),
+                              sock_read=target.timeout_s)
+        if stream else aiohttp.ClientTimeout(total=target.timeout_s)
+    )
+    status: int | str = "-"
+    try:
+        async with target.session.post(
+            url, data=_body(target, messages, stream, options or {}), headers=target.headers(),
+            timeout=timeout,
+        ) as resp:
+            status = resp.status
+            await _raise_for_status(resp)
+            if stream:
+                assert on_delta is not None
+                result = await _read_stream(resp, target, on_delta)
+            else:
+                result = await _read_json(resp, target)
+    except UpstreamFailure as failure:
+        status = failure.status or failure.kind
+        raise
+    except (TimeoutError, aiohttp.ClientError, SocksProxyError, OSError) as exc:
+        failure = _transport_failure(exc)
+        status = failure.kind
+        raise failure from None
+    finally:
+        log.info(
+            "upstream %s account=%s model=%s status=%s stream=%s duration_ms=%d",
+            purpose, target.name, target.model, status, stream,
+            (time.perf_counter() - started) * 1000,
+        )
+    return result
+
+
+async def _read_json(resp: aiohttp.ClientResponse, target: Target) -> Completion:
+    try:
+        data = json.loads(await resp.read())
+        choice = data["choices"][0]
+        text = choice["message"].get("content") or ""
+        if not isinstance(text, str):
+            raise TypeError("content is not text")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        raise UpstreamFailure("garbage", "the upstream answered something that is not a chat "
+                              "completion", status=resp.status) from None
+    usage = data.get("usage") or {}
+    return Completion(
+        text=text,
+        model=data.get("model") or target.model,
+        upstream_id=data.get("id"),
+        input_tokens=usage.get("prompt_tokens"),
+        output_tokens=usage.get("completion_tokens"),
+        finish_reason=choice.get("finish_reason"),
+    )
+
+
+async def _read_stream(
+    resp: aiohttp.ClientResponse, target: Target, on_delta: OnDelta
+) -> Completion:
+    result = Completion(text="", model=target.model)
+    pieces: list[str] = []
+    done = False
+    async for raw in sse_data(resp):
+        if raw == "[DONE]":
+            done = True
+            break
+        try:
+            chunk = json.loads(raw)
+        except ValueError:
+            raise UpstreamFailure("garbage", "the upstream streamed something that is not JSON",
+                                  status=resp.status) from None
+        if not isinstance(chunk, dict):
+            continue
+        if "error" in chunk:
+            message = chunk["error"].get("message") if isinstance(chunk["error"], dict) else None
+            raise UpstreamFailure("server", str(message or "the upstream failed mid-stream"))
+        result.upstream_id = result.upstream_id or chunk.get("id")
+        result.model = chunk.get("model") or result.model
+        usage = chunk.get("usage")
+        if usage:
+            result.input_tokens = usage.get("prompt_tokens")
+            result.output_tokens = usage.get("completion_tokens")
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            text = delta.get("content")
+            if text:
+                pieces.append(text)
+                await on_delta(text)
+            if choice.get("finish_reason"):
+                result.finish_reason = choice["finish_reason"]
+    if not done:
+        raise UpstreamFailure("server", "the upstream stream ended before it was complete")
+    result.text = "".join(pieces)
+    return result
+
+
+async def sse_data(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    """The ``data:`` payloads of a server-sent event stream, multi-line data joined."""
+    data: list[str] = []
+    async for line_bytes in resp.content:
+        line = line_bytes.decode("utf-8").rstrip("\r\n")
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+            continue
+        if line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+    if data:
+        yield "\n".join(data)

@@ -1,0 +1,614 @@
+"""In-process fake of an OpenAI-compatible Chat Completions server.
+
+Tests point the gateway (or the official ``openai`` SDK) at ``FakeUpstream.base_url`` and script
+what the upstream does next with ``enqueue()``: reply, stream, fail with an HTTP status, hang,
+break a stream half-way, return garbage or answer late. Every request is recorded so tests can
+assert on what the gateway actually forwarded.
+
+The wire format mirrors OpenAI's closely enough that the real SDK parses it, so a test that
+passes against the fake exercises the same parsing paths as production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Self, TypeAlias
+
+from aiohttp import web
+
+__all__ = [
+    "Behaviour",
+    "Delay",
+    "FakeUpstream",
+    "Garbage",
+    "Hang",
+    "Headers",
+    "RecordedRequest",
+    "Reply",
+    "Status",
+    "StreamBreak",
+]
+
+CHAT_PATH = "/v1/chat/completions"
+MODELS_PATH = "/v1/models"
+
+
+# --------------------------------------------------------------------------------------------
+# Behaviours: what the fake does with the next request.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Answer successfully with ``text`` (JSON or SSE, depending on the request's ``stream``).
+
+    ``usage`` replaces the computed usage block verbatim; ``model`` overrides the echoed model.
+    """
+
+    text: str
+    usage: Mapping[str, Any] | None = None
+    model: str | None = None
+    finish_reason: str = "stop"
+
+
+@dataclass(frozen=True)
+class Status:
+    """Answer with an HTTP error status and an OpenAI-style ``{"error": {...}}`` body.
+
+    ``body`` may be a dict (sent as JSON) or a str (sent verbatim as text/plain, like a proxy's
+    HTML error page); when omitted a realistic OpenAI error for ``code`` is generated, with
+    ``message`` replacing its default message. ``headers`` lets tests send ``Retry-After``.
+    """
+
+    code: int
+    body: Mapping[str, Any] | str | None = None
+    headers: Mapping[str, str | int | float] | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class Hang:
+    """Never answer; the handler is released (and the connection dropped) by ``stop()``."""
+
+
+@dataclass(frozen=True)
+class StreamBreak:
+    """Send the role chunk plus ``after_chunks`` content chunks, then drop the connection.
+
+    No ``finish_reason`` chunk and no ``[DONE]`` are sent, as when an upstream dies mid-stream.
+    For a non-stream request a truncated JSON body is sent instead. ``text`` defaults to the
+    reply the fake would otherwise have given.
+    """
+
+    after_chunks: int = 2
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class Garbage:
+    """Answer 200 with a body that is not a valid chat completion.
+
+    The default is non-JSON HTML; ``Garbage.no_choices()`` gives valid JSON lacking ``choices``.
+    """
+
+    body: str = "<html><body>definitely not json</body></html>"
+    content_type: str = "text/html"
+
+    @classmethod
+    def no_choices(cls) -> Garbage:
+        """JSON that parses but is missing ``choices``, to test schema validation."""
+        return cls(
+            body=json.dumps({"id": "chatcmpl-garbage", "object": "chat.completion"}),
+            content_type="application/json",
+        )
+
+
+@dataclass(frozen=True)
+class Delay:
+    """Wait ``seconds`` (cut short by ``stop()``), then perform ``then``."""
+
+    seconds: float
+    then: Behaviour | str | None = None
+
+
+Behaviour: TypeAlias = Reply | Status | Hang | StreamBreak | Garbage | Delay
+"""Anything ``enqueue()`` accepts (a plain ``str`` is shorthand for ``Reply(str)``)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Recording.
+# --------------------------------------------------------------------------------------------
+
+
+class Headers(dict[str, str]):
+    """Case-insensitive header dict (keys stored lower-case), so tests need not guess casing."""
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__((k.lower(), v) for k, v in items)
+
+    def __getitem__(self, key: str) -> str:
+        return super().__getitem__(key.lower())
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and super().__contains__(key.lower())
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return super().get(key.lower(), default)
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the fake received it."""
+
+    method: str
+    path: str
+    headers: Headers
+    api_key: str | None
+    body: dict[str, Any] | None
+    raw_body: bytes = b""
+    query: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """The ``messages`` array, or ``[]`` when absent/malformed."""
+        messages = (self.body or {}).get("messages")
+        return messages if isinstance(messages, list) else []
+
+    @property
+    def stream(self) -> bool:
+        return bool((self.body or {}).get("stream"))
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether ``stream_options.include_usage`` was requested."""
+        options = (self.body or {}).get("stream_options")
+        return isinstance(options, dict) and bool(options.get("include_usage"))
+
+    @property
+    def model(self) -> str | None:
+        model = (self.body or {}).get("model")
+        return model if isinstance(model, str) else None
+
+    @property
+    def is_chat(self) -> bool:
+        return self.method == "POST" and self.path == CHAT_PATH
+
+    @property
+    def is_title(self) -> bool:
+        """A chat request whose first message is a system prompt mentioning "title"."""
+        if not self.is_chat or not self.messages:
+            return False
+        first = self.messages[0]
+        if not isinstance(first, dict) or first.get("role") != "system":
+            return False
+        return "title" in message_text(first).lower()
+
+
+def message_text(message: Mapping[str, Any]) -> str:
+    """Text of a message whether ``content`` is a string or a list of content parts."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def count_words(text: str) -> int:
+    """Deterministic stand-in for a tokenizer: whitespace-separated words."""
+    return len(text.split())
+
+
+def split_deltas(text: str) -> list[str]:
+    """Split into word-sized pieces keeping whitespace, so ``"".join(pieces) == text``."""
+    return re.findall(r"\s*\S+|\s+", text)
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+_ERROR_DEFAULTS: dict[int, tuple[str, str, str | None]] = {
+    400: ("Invalid request.", "invalid_request_error", None),
+    401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
+    403: ("You are not allowed to access this resource.", "permission_error", None),
+    404: ("The model does not exist.", "invalid_request_error", "model_not_found"),
+    429: ("Rate limit reached for requests.", "requests", "rate_limit_exceeded"),
+    500: ("The server had an error while processing your request.", "server_error", None),
+    502: ("Bad gateway.", "server_error", None),
+    503: ("The engine is currently overloaded, please try again later.", "server_error", None),
+}
+
+
+def error_body(code: int, message: str | None = None) -> dict[str, Any]:
+    """OpenAI-shaped error payload for an HTTP status."""
+    fallback_type = "server_error" if code >= 500 else "invalid_request_error"
+    default_message, err_type, err_code = _ERROR_DEFAULTS.get(
+        code, (f"Upstream error {code}.", fallback_type, None)
+    )
+    return {
+        "error": {
+            "message": message if message is not None else default_message,
+            "type": err_type,
+            "param": None,
+            "code": err_code,
+        }
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The server.
+# --------------------------------------------------------------------------------------------
+
+
+class FakeUpstream:
+    """Scriptable OpenAI-compatible upstream on 127.0.0.1 with an ephemeral port.
+
+    Non-title chat requests consume ``enqueue()``d behaviours first-in first-out; with the
+    queue empty they get ``default_reply(messages)`` if set, else ``"reply {n} from {name}"``
+    where ``n`` counts every non-title chat request received (1-based, including those answered
+    from the queue) so the text identifies which request it answers. Title requests consume
+    ``enqueue_title()`` behaviours, else answer ``default_title``.
+    """
+
+    def __init__(self, name: str = "fake", *, model: str = "fake-model") -> None:
+        self.name = name
+        self.model = model
+        self.requests: list[RecordedRequest] = []
+        self.default_reply: Callable[[list[dict[str, Any]]], str | Behaviour] | None = None
+        self.default_title: str = "Fake Title"
+        self.shutdown_timeout: float = 0.5
+        self._queue: deque[Behaviour | str] = deque()
+        self._title_queue: deque[Behaviour | str] = deque()
+        self._chat_count = 0
+        self._recorded = asyncio.Condition()
+        self._stopping = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind 127.0.0.1:0 and start serving."""
+        if self._runner is not None:
+            raise RuntimeError(f"FakeUpstream {self.name!r} already started")
+        # Fresh primitives so a fake can be restarted under a different event loop.
+        self._stopping = asyncio.Event()
+        self._recorded = asyncio.Condition()
+        app = web.Application()
+        app.router.add_post(CHAT_PATH, self._handle_chat)
+        app.router.add_get(MODELS_PATH, self._handle_models)
+        app.router.add_route("*", "/{tail:.*}", self._handle_unknown)
+        runner = web.AppRunner(
+            app, handle_signals=False, access_log=None, shutdown_timeout=self.shutdown_timeout
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self._runner = runner
+        self._port = runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        """Stop serving; hanging/delayed handlers are released first so this returns promptly."""
+        self._stopping.set()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError(f"FakeUpstream {self.name!r} not started")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        """OpenAI-style base URL including ``/v1`` (what ``AsyncOpenAI(base_url=...)`` wants)."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # -- scripting and inspection ------------------------------------------------------------
+
+    def enqueue(self, *behaviours: Behaviour | str) -> None:
+        """Queue behaviours for the next non-title chat requests (a str means ``Reply``)."""
+        self._queue.extend(behaviours)
+
+    def enqueue_title(self, *behaviours: Behaviour | str) -> None:
+        """Queue behaviours for the next title requests (a str means ``Reply``)."""
+        self._title_queue.extend(behaviours)
+
+    @property
+    def pending(self) -> int:
+        """Behaviours still queued (both queues), to assert a script was fully consumed."""
+        return len(self._queue) + len(self._title_queue)
+
+    def chat_requests(self, *, titles: bool | None = None) -> list[RecordedRequest]:
+        """Chat requests; ``titles=False`` drops title requests, ``titles=True`` keeps only them."""
+        return [r for r in self.requests if r.is_chat and (titles is None or r.is_title == titles)]
+
+    def reset(self) -> None:
+        """Forget recorded requests, queued behaviours and the reply counter."""
+        self.requests.clear()
+        self._queue.clear()
+        self._title_queue.clear()
+        self._chat_count = 0
+
+    async def wait_for_requests(self, n: int, timeout: float = 5) -> None:
+        """Wait until at least ``n`` requests (of any kind) have been received."""
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._recorded:
+                    await self._recorded.wait_for(lambda: len(self.requests) >= n)
+        except TimeoutError:
+            raise TimeoutError(
+                f"FakeUpstream {self.name!r}: expected {n} requests within {timeout}s, "
+                f"got {len(self.requests)}"
+            ) from None
+
+    # -- handlers ----------------------------------------------------------------------------
+
+    async def _record(self, request: web.Request) -> RecordedRequest:
+        raw = await request.read()
+        body: dict[str, Any] | None = None
+        if raw:
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = None
+            body = parsed if isinstance(parsed, dict) else None
+        recorded = RecordedRequest(
+            method=request.method,
+            path=request.path,
+            headers=Headers(request.headers.items()),
+            api_key=_bearer(request.headers.get("Authorization")),
+            body=body,
+            raw_body=raw,
+            query=dict(request.query),
+        )
+        async with self._recorded:
+            self.requests.append(recorded)
+            self._recorded.notify_all()
+        return recorded
+
+    async def _handle_unknown(self, request: web.Request) -> web.StreamResponse:
+        await self._record(request)
+        body = error_body(404, f"Invalid URL ({request.method} {request.path})")
+        body["error"]["code"] = None  # OpenAI's unknown-route error carries no code
+        return _json_response(body, status=404)
+
+    async def _handle_models(self, request: web.Request) -> web.StreamResponse:
+        await self._record(request)
+        return _json_response(
+            {
+                "object": "list",
+                "data": [
+                    {"id": self.model, "object": "model", "created": 0, "owned_by": self.name}
+                ],
+            }
+        )
+
+    async def _handle_chat(self, request: web.Request) -> web.StreamResponse:
+        recorded = await self._record(request)
+        if recorded.body is None or not isinstance(recorded.body.get("messages"), list):
+            return _json_response(
+                error_body(400, "Request body must be a JSON object with a 'messages' array."),
+                status=400,
+            )
+        behaviour: Behaviour | str
+        if recorded.is_title:
+            behaviour = self._title_queue.popleft() if self._title_queue else self.default_title
+        else:
+            self._chat_count += 1
+            if self._queue:
+                behaviour = self._queue.popleft()
+            else:
+                behaviour = self._default_behaviour(recorded)
+        return await self._perform(request, recorded, behaviour)
+
+    def _default_behaviour(self, recorded: RecordedRequest) -> Behaviour | str:
+        if self.default_reply is not None:
+            return self.default_reply(recorded.messages)
+        return self._default_text()
+
+    def _default_text(self) -> str:
+        return f"reply {self._chat_count} from {self.name}"
+
+    async def _perform(
+        self, request: web.Request, recorded: RecordedRequest, behaviour: Behaviour | str | None
+    ) -> web.StreamResponse:
+        if behaviour is None:
+            behaviour = self.default_title if recorded.is_title else self._default_text()
+        if isinstance(behaviour, str):
+            behaviour = Reply(behaviour)
+        if isinstance(behaviour, Reply):
+            if recorded.stream:
+                return await self._stream_reply(request, recorded, behaviour)
+            return _json_response(self._completion(recorded, behaviour))
+        if isinstance(behaviour, Status):
+            return _status_response(behaviour)
+        if isinstance(behaviour, Hang):
+            await self._stopping.wait()
+            return _drop(request)
+        if isinstance(behaviour, StreamBreak):
+            return await self._stream_break(request, recorded, behaviour)
+        if isinstance(behaviour, Garbage):
+            return web.Response(
+                status=200, text=behaviour.body, content_type=behaviour.content_type
+            )
+        if isinstance(behaviour, Delay):
+            try:
+                await asyncio.wait_for(self._stopping.wait(), behaviour.seconds)
+            except TimeoutError:
+                return await self._perform(request, recorded, behaviour.then)
+            return _drop(request)
+        raise TypeError(f"unknown FakeUpstream behaviour: {behaviour!r}")
+
+    # -- response builders -------------------------------------------------------------------
+
+    def _usage(self, recorded: RecordedRequest, reply: Reply) -> dict[str, Any]:
+        if reply.usage is not None:
+            return dict(reply.usage)
+        prompt = sum(count_words(message_text(m)) for m in recorded.messages if isinstance(m, dict))
+        completion = count_words(reply.text)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+
+    def _model_for(self, recorded: RecordedRequest, reply: Reply | None = None) -> str:
+        if reply is not None and reply.model is not None:
+            return reply.model
+        return recorded.model or self.model
+
+    def _completion(self, recorded: RecordedRequest, reply: Reply) -> dict[str, Any]:
+        return {
+            "id": _completion_id(),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self._model_for(recorded, reply),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": reply.text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": reply.finish_reason,
+                }
+            ],
+            "usage": self._usage(recorded, reply),
+            "system_fingerprint": None,
+        }
+
+    async def _start_stream(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            status=200,
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+                "x-request-id": uuid.uuid4().hex,
+            },
+        )
+        await resp.prepare(request)
+        return resp
+
+    async def _stream_reply(
+        self, request: web.Request, recorded: RecordedRequest, reply: Reply
+    ) -> web.StreamResponse:
+        chunk = _ChunkFactory(self._model_for(recorded, reply), recorded.include_usage)
+        resp = await self._start_stream(request)
+        await _send(resp, chunk.delta({"role": "assistant", "content": ""}))
+        for piece in split_deltas(reply.text):
+            await _send(resp, chunk.delta({"content": piece}))
+        await _send(resp, chunk.delta({}, finish_reason=reply.finish_reason))
+        if recorded.include_usage:
+            await _send(resp, chunk.usage(self._usage(recorded, reply)))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def _stream_break(
+        self, request: web.Request, recorded: RecordedRequest, brk: StreamBreak
+    ) -> web.StreamResponse:
+        if brk.text is not None:
+            text = brk.text
+        else:
+            text = self.default_title if recorded.is_title else self._default_text()
+        if not recorded.stream:
+            resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+            await resp.prepare(request)
+            full = json.dumps(self._completion(recorded, Reply(text))).encode()
+            await resp.write(full[: len(full) // 2])
+            return _drop(request, resp)
+        chunk = _ChunkFactory(self._model_for(recorded), recorded.include_usage)
+        resp = await self._start_stream(request)
+        await _send(resp, chunk.delta({"role": "assistant", "content": ""}))
+        for piece in split_deltas(text)[: brk.after_chunks]:
+            await _send(resp, chunk.delta({"content": piece}))
+        return _drop(request, resp)
+
+
+class _ChunkFactory:
+    """Builds ``chat.completion.chunk`` objects sharing one id/created/model, like OpenAI."""
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self.id = _completion_id()
+        self.created = int(time.time())
+        self.model = model
+        self.include_usage = include_usage
+
+    def _base(self) -> dict[str, Any]:
+        base: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+        }
+        return base
+
+    def delta(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        chunk = self._base()
+        chunk["choices"] = [
+            {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        ]
+        if self.include_usage:
+            # OpenAI sends "usage": null on every chunk but the final usage chunk.
+            chunk["usage"] = None
+        return chunk
+
+    def usage(self, usage: dict[str, Any]) -> dict[str, Any]:
+        chunk = self._base()
+        chunk["choices"] = []
+        chunk["usage"] = usage
+        return chunk
+
+
+def _completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+async def _send(resp: web.StreamResponse, payload: dict[str, Any]) -> None:
+    await resp.write(f"data: {json.dumps(payload)}\n\n".encode())
+
+
+def _json_response(payload: Any, status: int = 200) -> web.Response:
+    return web.json_response(payload, status=status, headers={"x-request-id": uuid.uuid4().hex})
+
+
+def _status_response(status: Status) -> web.Response:
+    headers = {k: str(v) for k, v in (status.headers or {}).items()}
+    if isinstance(status.body, str):
+        return web.Response(
+            status=status.code, text=status.body, content_type="text/plain", headers=headers
+        )
+    body = dict(status.body) if status.body is not None else error_body(status.code, status.message)
+    return web.json_response(body, status=status.code, headers=headers)
+
+
+def _drop(request: web.Request, resp: web.StreamResponse | None = None) -> web.StreamResponse:
+    """Close the TCP connection abruptly; aiohttp swallows the resulting write error quietly."""
+    if request.transport is not None:
+        request.transport.close()
+    return resp if resp is not None else web.Response()

@@ -1,0 +1,327 @@
+"""The original project's HTTP API, improved: every endpoint by GET (query) or POST (JSON body or
+form), keys by ``Authorization: Bearer`` or the original's ``user=``/``client=``/``admin=``.
+
+Handlers only parse, call the ``Gateway`` facade and format; roles are checked in the core.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from typing import Any
+
+from aiohttp import web
+
+from core.chat import ChatRequest, ChatResult, StartInfo
+from core.errors import BadRequest, GatewayError
+from core.gateway import Gateway
+from core.models import Principal
+
+from .errors import gateway_error_response
+from .keys import GATEWAY
+from .params import Params, bearer_key, read_params
+from .render import markdown_to_safe_html
+
+log = logging.getLogger(__name__)
+
+PLUS_CHOICES = ("false", "true", "any")
+MAX_ID_CHARS = 200
+PRETTY_CSP = "default-src 'none'; style-src 'unsafe-inline'"
+
+
+def success(payload: dict[str, Any], *, pretty: bool = False, status: int = 200) -> web.Response:
+    body = {"status": "success", **payload}
+    text = json.dumps(body, ensure_ascii=False, indent=2 if pretty else None)
+    return web.Response(text=text, content_type="application/json", status=status)
+
+
+async def _caller(request: web.Request) -> tuple[Gateway, Params, Principal]:
+    gateway = request.app[GATEWAY]
+    params = await read_params(request)
+    principal = await gateway.authenticate(bearer_key(request, params))
+    return gateway, params, principal
+
+
+async def _acting(gateway: Gateway, params: Params, actor: Principal,
+                  *, create: bool = False) -> Principal:
+    return await gateway.acting_as(
+        actor,
+        params.text("user_id", max_chars=MAX_ID_CHARS) or params.text("userid",
+                                                                     max_chars=MAX_ID_CHARS),
+        username=params.text("username", max_chars=100) if create else None,
+        plus=params.flag("user_id_plus") if create else None,
+    )
+
+
+# --------------------------------------------------------------------------------- chat
+
+
+def chat_request(params: Params, endpoint: str = "api") -> ChatRequest:
+    return ChatRequest(
+        prompt=params.text("prompt"),
+        conversation_id=params.text("conversation_id", max_chars=MAX_ID_CHARS) or None,
+        plus=params.choice("plus", PLUS_CHOICES, "false"),
+        access_token=params.text("access_token") or None,
+        user_plus=params.flag("user_plus"),
+        external_ref=params.text("external_ref", max_chars=MAX_ID_CHARS) or None,
+        endpoint=endpoint,
+    )
+
+
+def enriched(result: ChatResult, acting: Principal) -> dict[str, Any]:
+    """The original's reply, enriched as it was, plus the gateway's own fields."""
+    turn, conversation = result.turn, result.conversation
+    payload: dict[str, Any] = {
+        "conversation_id": conversation.id,
+        "conversation_title": conversation.title,
+        "message": {
+            "id": turn.id,
+            "author": {"role": "assistant"},
+            "content": {"content_type": "text", "parts": [turn.reply]},
+            "create_time": turn.reply_utc,
+            "model": turn.model,
+        },
+        "parent_id": turn.parent_id,
+        "reply": turn.reply,
+        "model": turn.model,
+        "account": conversation.account,
+        "mode": conversation.mode,
+        "usage": {
+            "prompt_tokens": turn.input_tokens,
+            "completion_tokens": turn.output_tokens,
+            "total_tokens": (turn.input_tokens or 0) + (turn.output_tokens or 0)
+            if turn.input_tokens is not None or turn.output_tokens is not None else None,
+        },
+        "api_user": acting.name,
+        "api_user_id": acting.external_id or str(acting.id),
+        "api_client_id": acting.client_id,
+        "api_prompt": turn.prompt,
+        "api_prompt_time_origin": turn.prompt_utc,
+        "api_prompt_time_origin_readable": result.prompt_time.strftime("%Y-%m-%d | %H:%M:%S"),
+        "api_response_time_taken": round(result.elapsed_s, 3),
+        "is_new_conversation": result.is_new,
+    }
+    if result.previous is not None:
+        payload["last_message_prompt"] = result.previous.prompt
+        payload["last_message_reply"] = result.previous.reply
+    return payload
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    gateway, params, actor = await _caller(request)
+    acting = await _acting(gateway, params, actor, create=True)
+    chat_req = chat_request(params)
+    if params.flag("stream"):
+        return await _chat_stream(request, gateway, acting, chat_req)
+    result = await gateway.chat(acting, chat_req)
+    if params.flag("reply_only"):
+        if params.flag("pretty"):
+            return web.Response(text=markdown_to_safe_html(result.turn.reply),
+                                content_type="text/html",
+                                headers={"Content-Security-Policy": PRETTY_CSP})
+        return web.Response(text=result.turn.reply, content_type="text/plain")
+    return success(enriched(result, acting), pretty=params.flag("pretty"))
+
+
+class _SseListener:
+    """Writes a turn as server-sent events. The stream opens at the first upstream call, so an
+    error found before it (unknown conversation, no plus, ...) still gets its own status.
+
+    A caller that goes away does not stop the turn: it is completed and stored all the same, so
+    nothing is lost because a browser tab closed."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        })
+        self.gone = False
+
+    async def send(self, event: str, data: dict[str, Any]) -> None:
+        if self.gone:
+            return
+        payload = json.dumps(data, ensure_ascii=False)
+        try:
+            await self.response.write(f"event: {event}\ndata: {payload}\n\n".encode())
+        except (ConnectionError, RuntimeError):
+            self.gone = True
+
+    async def started(self, info: StartInfo) -> None:
+        if not self.response.prepared:
+            await self.response.prepare(self.request)
+        await self.send("start", {
+            "conversation_id": info.conversation_id, "message_id": info.message_id,
+            "parent_id": info.parent_id, "model": info.model, "account": info.account,
+            "is_new_conversation": info.is_new,
+        })
+
+    async def delta(self, text: str) -> None:
+        await self.send("delta", {"text": text})
+
+    async def title(self, title: str) -> None:
+        await self.send("title", {"title": title})
+
+
+async def _chat_stream(request: web.Request, gateway: Gateway, acting: Principal,
+                       chat_req: ChatRequest) -> web.StreamResponse:
+    listener = _SseListener(request)
+    try:
+        result = await gateway.chat(acting, chat_req, listener)
+    except GatewayError as err:
+        if not listener.response.prepared:
+            return gateway_error_response(err)
+        await listener.send("error", {"status": "error", "message": err.message,
+                                      "code": err.code})
+        return listener.response
+    except Exception:
+        if not listener.response.prepared:
+            raise
+        ref = secrets.token_hex(4)
+        log.exception("unhandled error in a streamed chat (ref %s)", ref)
+        await listener.send("error", {"status": "error", "code": "internal_error",
+                                      "message": f"internal error; quote reference {ref}"})
+        return listener.response
+    await listener.send("done", {"status": "success", **enriched(result, acting)})
+    return listener.response
+
+
+# --------------------------------------------------------------------------------- recall
+
+
+async def recall(request: web.Request) -> web.Response:
+    gateway, params, actor = await _caller(request)
+    acting = await _acting(gateway, params, actor)
+    limit = params.integer("limit", 50, minimum=1, maximum=200)
+    offset = params.integer("offset", 0)
+    conversation_id = params.text("conversation_id", max_chars=MAX_ID_CHARS)
+    if conversation_id:
+        conversation, turns = await gateway.recall(acting, conversation_id)
+        return success({
+            "conversation_id": conversation.id,
+            "conversation_title": conversation.title,
+            "conversation": conversation.public(),
+            "messages": [turn.public() for turn in turns],
+        }, pretty=params.flag("pretty"))
+    everyone = acting.is_admin and acting.id == actor.id and params.flag("all", True)
+    conversations, total = await gateway.list_conversations(acting, limit=limit, offset=offset,
+                                                            everyone=everyone)
+    return success({
+        "conversations": [c.public() for c in conversations],
+        "total": total, "limit": limit, "offset": offset,
+    }, pretty=params.flag("pretty"))
+
+
+async def remove_conversation(request: web.Request) -> web.Response:
+    gateway, params, actor = await _caller(request)
+    acting = await _acting(gateway, params, actor)
+    conversation_id = params.text("conversation_id", max_chars=MAX_ID_CHARS)
+    if not conversation_id:
+        raise BadRequest("conversation_id is required", code="missing_conversation_id")
+    removed = await gateway.remove_conversation(acting, conversation_id)
+    return success({"conversation_id": removed.id, "removed": True})
+
+
+# --------------------------------------------------------------------------------- users
+
+
+async def add_user(request: web.Request) -> web.Response:
+    gateway, params, actor = await _caller(request)
+    user, key = await gateway.add_user(
+        actor,
+        userid=params.text("userid", max_chars=MAX_ID_CHARS)
+        or params.text("user_id", max_chars=MAX_ID_CHARS),
+        username=params.text("username", max_chars=100),
+        plus=params.flag("plus"),
+        role=params.choice("role", ("user", "client", "admin"), "user"),
+    )
+    return success({"api_key": key, "user": user.public()})
+
+
+async def remove_user(request: web.Request) -> web.Response:
+    gateway, params, actor = await _caller(request)
+    user = await gateway.remove_user(actor, _userid(params))
+    return success({"removed": True, "user": user.public()})
+
+
+async def update_user(request: web.Request) -> web.Response:
+    gateway, params, actor = await _caller(request)
+    user = await gateway.update_user(actor, _userid(params), plus=params.optional_flag("plus"),
+                                     disabled=params.optional_flag("disabled"))
+    return success({"user": user.public()})
+
+
+async def list_users(request: web.Request) -> web.Response:
+    gateway, params, actor = await _caller(request)
+    limit = params.integer("limit", 50, minimum=1, maximum=200)
+    offset = params.integer("offset", 0)
+    users, total = await gateway.list_users(actor, search=params.text("search") or "",
+                                            limit=limit, offset=offset)
+    return success({"users": users, "total": total, "limit": limit, "offset": offset})
+
+
+async def rotate_key(request: web.Request) -> web.Response:
+    gateway, params, actor = await _caller(request)
+    user, key = await gateway.rotate_key(actor, _userid(params))
+    return success({"api_key": key, "user": user.public()})
+
+
+def _userid(params: Params) -> str | None:
+    return params.text("userid", max_chars=MAX_ID_CHARS) or params.text(
+        "user_id", max_chars=MAX_ID_CHARS)
+
+
+# --------------------------------------------------------------------------------- admin
+
+
+async def admin_accounts(request: web.Request) -> web.Response:
+    gateway, params, actor = await _caller(request)
+    action = params.choice("action", ("list", "enable", "disable"), "list")
+    if action != "list":
+        name = params.text("name", max_chars=100)
+        if not name:
+            raise BadRequest("name is required to enable or disable an account",
+                             code="missing_name")
+        gateway.set_account_enabled(actor, name, action == "enable")
+    accounts = gateway.accounts(actor)
+    return success({"accounts": accounts, "stats": await gateway.stats(actor)},
+                   pretty=params.flag("pretty"))
+
+
+# --------------------------------------------------------------------------------- other
+
+
+async def access_token(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    params = await read_params(request)
+    token = await gateway.access_token(params.text("email") or "", params.text("password") or "")
+    return success(token.public())
+
+
+async def health(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    await gateway.store.fetchone("SELECT 1")
+    counts = {"healthy": 0, "cooling": 0, "out": 0}
+    for account in gateway.pool:
+        counts[account.health()] += 1
+    return web.json_response({"status": "ok", "database": "ok", "accounts": counts})
+
+
+def add_routes(app: web.Application, paths: Any) -> None:
+    routes = {
+        paths.chat: chat,
+        paths.recall: recall,
+        paths.access_token: access_token,
+        paths.add_user: add_user,
+        paths.remove_user: remove_user,
+        paths.update_user: update_user,
+        paths.list_users: list_users,
+        paths.remove_conversation: remove_conversation,
+        paths.rotate_key: rotate_key,
+        paths.admin_accounts: admin_accounts,
+        paths.health: health,
+    }
+    for path, handler in routes.items():
+        app.router.add_route("GET", path, handler)
+        app.router.add_route("POST", path, handler)

@@ -1,0 +1,23 @@
+"""The application factory: ``create_app(gateway)`` gives a ready ``web.Application``."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from core.gateway import Gateway
+
+from . import api
+from .errors import error_middleware
+from .keys import GATEWAY, SETTINGS
+
+
+def create_app(gateway: Gateway) -> web.Application:
+    """The HTTP front over an opened ``Gateway``; the caller owns the gateway's lifetime."""
+    settings = gateway.settings
+    app = web.Application(
+        middlewares=[error_middleware], client_max_size=settings.server.max_body_bytes
+    )
+    app[GATEWAY] = gateway
+    app[SETTINGS] = settings
+    api.add_routes(app, settings.paths)
+    return app
