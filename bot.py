@@ -51,9 +51,8 @@ async def serve(settings: Settings) -> None:
         await runner.setup()
         site = web.TCPSite(runner, settings.server.host, settings.server.port)
         await site.start()
-        for sock in site._server.sockets if site._server else ():  # noqa: SLF001
-            host, port = sock.getsockname()[:2]
-            log.info("gateway listening on http://%s:%s", host, port)
+        for address in runner.addresses:
+            log.info("gateway listening on http://%s:%s", *address[:2])
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -133,13 +133,15 @@ class ChatService:
         pool: AccountPool,
         conversations: ConversationRepo,
         own_key_session: aiohttp.ClientSession,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.conversations = conversations
         self._own_key_session = own_key_session
         self._locks = ConversationLocks()
-        self.limiter = RateLimiter(settings.limits.user_requests_per_minute)
+        self.limiter = RateLimiter(settings.limits.user_requests_per_minute, clock)
 
     # ----------------------------------------------------------------- entry point
 
@@ -211,7 +213,8 @@ class ChatService:
             progress = _Progress(listener)
             try:
                 completion, title = await self._answer_with_title(
-                    account.target(), account, messages, prompt, request, progress,
+                    account.target(), account, messages, prompt, request,
+                    progress if listener is not None else None,
                     new_conversation=True, conversation_id=conversation_id,
                     message_id=message_id,
                 )

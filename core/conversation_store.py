@@ -87,7 +87,7 @@ class ConversationRepo:
         )
         return _conversation(row) if row else None
 
-    async def list(
+    async def list_page(
         self, *, owner_id: int | None, client_id: int | None = None, limit: int, offset: int
     ) -> tuple[list[Conversation], int]:
         """Newest first. ``owner_id`` None lists everyone's (admin audit); ``client_id`` narrows

@@ -10,6 +10,8 @@ forget a check:
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -35,17 +37,19 @@ MAX_PAGE = 200
 
 
 class Gateway:
-    def __init__(self, settings: Settings, *, environ: dict[str, str] | None = None) -> None:
+    def __init__(self, settings: Settings, *, environ: dict[str, str] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock`` (monotonic seconds) drives account cool-downs and the rate limit."""
         self.settings = settings
         self._environ = environ
         self.store = Store(settings.storage.path, busy_timeout_ms=settings.storage.busy_timeout_ms)
         self.principals = PrincipalRepo(self.store)
         self.conversations = ConversationRepo(self.store)
-        self.pool = AccountPool(settings, environ=environ)
+        self.pool = AccountPool(settings, environ=environ, clock=clock)
         self._own_key_session = make_session(settings.proxy_for(settings.own_key.proxy))
         self._oauth_session = make_session("")
         self.chat_service = ChatService(settings, self.pool, self.conversations,
-                                        self._own_key_session)
+                                        self._own_key_session, clock=clock)
         self.password_grant = PasswordGrant(
             settings.access_token,
             secret_from_env(settings.access_token.client_secret_env, environ),
@@ -208,7 +212,7 @@ class Gateway:
                          offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         if actor.role == "user":
             raise Forbidden("only clients and admins list users", code="not_allowed")
-        return await self.principals.list(
+        return await self.principals.list_page(
             client_id=actor.id if actor.is_client else None, search=search,
             limit=_page(limit), offset=max(0, offset),
         )
@@ -218,7 +222,8 @@ class Gateway:
         """A new key for the caller, or for a user the caller manages; the old key dies now."""
         target = actor if not userid else await self._managed_user(actor, userid)
         key = await self.principals.rotate_key(target.id)
-        return target, key
+        # Read back, so the answer shows the new key's prefix rather than the old one's.
+        return await self.principals.get(target.id) or target, key
 
     async def set_own_key(self, actor: Principal, credential: str | None) -> None:
         """Store (encrypted) or clear the member's own upstream key."""
@@ -254,7 +259,7 @@ class Gateway:
     ) -> tuple[list[Conversation], int]:
         """The actor's conversations, newest first; an admin may ask for everyone's."""
         owner = None if (everyone and actor.is_admin) else actor.id
-        return await self.conversations.list(owner_id=owner, limit=_page(limit),
+        return await self.conversations.list_page(owner_id=owner, limit=_page(limit),
                                              offset=max(0, offset))
 
     async def recall(self, actor: Principal, conversation_id: str, *, limit: int = -1,

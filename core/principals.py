@@ -89,7 +89,7 @@ class PrincipalRepo:
         row = await self.store.fetchone("SELECT count(*) FROM principals")
         return int(row[0]) if row else 0
 
-    async def list(
+    async def list_page(
         self,
         *,
         client_id: int | None = None,
@@ -99,7 +99,8 @@ class PrincipalRepo:
         offset: int = 0,
     ) -> tuple[list[dict[str, Any]], int]:
         """Principals with their usage counts, newest first, and the total that matched."""
-        where, params = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
         if client_id is not None:
             where.append("p.client_id = ?")
             params.append(client_id)

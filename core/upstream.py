@@ -17,8 +17,9 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 import aiohttp
+import aiohttp_socks
+import python_socks
 from aiohttp_socks import ProxyConnector
-from python_socks import ProxyError as SocksProxyError
 
 from .clock import utc_now
 
@@ -29,6 +30,14 @@ FailureKind = Literal[
 ]
 COOLING_KINDS: frozenset[str] = frozenset(
     {"rate_limited", "server", "timeout", "proxy", "connect", "garbage"}
+)
+
+PROXY_ERRORS: tuple[type[Exception], ...] = (
+    aiohttp_socks.ProxyError, aiohttp_socks.ProxyConnectionError,
+    aiohttp_socks.ProxyTimeoutError, python_socks.ProxyError,
+)
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientError, TimeoutError, OSError, *PROXY_ERRORS,
 )
 
 Message = dict[str, Any]
@@ -146,7 +155,7 @@ async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
 
 
 def _transport_failure(exc: BaseException) -> UpstreamFailure:
-    if isinstance(exc, SocksProxyError) or "proxy" in type(exc).__name__.lower():
+    if isinstance(exc, (*PROXY_ERRORS, aiohttp.ClientProxyConnectionError)):
         return UpstreamFailure("proxy", f"proxy failure: {exc}")
     if isinstance(exc, asyncio.TimeoutError):
         return UpstreamFailure("timeout", "the upstream did not answer in time")
@@ -197,10 +206,14 @@ async def complete(
     except UpstreamFailure as failure:
         status = failure.status or failure.kind
         raise
-    except (TimeoutError, aiohttp.ClientError, SocksProxyError, OSError) as exc:
-        failure = _transport_failure(exc)
-        status = failure.kind
-        raise failure from None
+    except ValueError:
+        # aiohttp refuses a line over its buffer limit ("Chunk too big"): not an SSE stream.
+        status = "garbage"
+        raise UpstreamFailure("garbage", "the upstream sent an oversized or broken line") from None
+    except TRANSPORT_ERRORS as exc:
+        transport_failure = _transport_failure(exc)
+        status = transport_failure.kind
+        raise transport_failure from None
     finally:
         log.info(
             "upstream %s account=%s model=%s status=%s stream=%s duration_ms=%d",

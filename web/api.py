@@ -16,7 +16,7 @@ from aiohttp import web
 from core.chat import ChatRequest, ChatResult, StartInfo
 from core.errors import BadRequest, GatewayError
 from core.gateway import Gateway
-from core.models import Principal
+from core.models import PlusChoice, Principal
 
 from .errors import gateway_error_response
 from .keys import GATEWAY
@@ -25,7 +25,7 @@ from .render import markdown_to_safe_html
 
 log = logging.getLogger(__name__)
 
-PLUS_CHOICES = ("false", "true", "any")
+PLUS_CHOICES: tuple[PlusChoice, ...] = ("false", "true", "any")
 MAX_ID_CHARS = 200
 PRETTY_CSP = "default-src 'none'; style-src 'unsafe-inline'"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
@@ -96,7 +97,7 @@ async def read_params(request: web.Request) -> Params:
 
 async def _read_body(request: web.Request) -> dict[str, Any]:
     try:
-        if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        if request.content_type == "multipart/form-data":
             form = await request.post()
             return {k: v for k, v in form.items() if isinstance(v, str)}
         raw = await request.read()
@@ -107,6 +108,13 @@ async def _read_body(request: web.Request) -> dict[str, Any]:
         ) from None
     if not raw.strip():
         return {}
+    # `curl -d '{"prompt": ...}'` labels JSON as a form: a body that opens like JSON is JSON.
+    looks_like_json = raw.lstrip()[:1] in (b"{", b"[")
+    if request.content_type == "application/x-www-form-urlencoded" and not looks_like_json:
+        try:
+            return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
+        except UnicodeDecodeError:
+            raise BadRequest("the form body is not valid UTF-8", code="malformed_form") from None
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
