@@ -84,6 +84,7 @@ class Account:
             session=self.session,
             api_key=self._api_key.get_secret_value() if self._api_key else None,
             timeout_s=self.settings.timeout_s,
+            api=self.settings.api,
         )
 
     @asynccontextmanager
@@ -181,29 +182,42 @@ class AccountPool:
     def tiers(self) -> set[str]:
         return {a.tier for a in self.accounts}
 
-    def candidates(self, choice: PlusChoice) -> list[Account]:
+    def candidates(self, choice: PlusChoice, model: str | None = None) -> list[Account]:
+        """Accounts of the tiers ``choice`` allows, serving ``model`` when one is named."""
         tiers = TIERS_FOR_CHOICE[choice]
-        return [a for a in self.accounts if a.tier in tiers]
+        return [a for a in self.accounts if a.tier in tiers
+                and (model is None or model in a.settings.served_models)]
 
-    def pick(self, choice: PlusChoice, exclude: set[str]) -> Account | None:
+    def pick(self, choice: PlusChoice, exclude: set[str],
+             model: str | None = None) -> Account | None:
         """The next healthy account for a new conversation, round robin within ``choice``.
         One with a free slot is preferred, so a busy account does not queue work that another
         could start at once."""
-        pool = self.candidates(choice)
+        pool = self.candidates(choice, model)
         if not pool:
             return None
-        start = self._cursor.get(choice, 0) % len(pool)
+        key = f"{choice}/{model or ''}"
+        start = self._cursor.get(key, 0) % len(pool)
         ordered = pool[start:] + pool[:start]
         usable = [a for a in ordered if a.name not in exclude and a.health() == "healthy"]
         chosen = next((a for a in usable if a.has_capacity), usable[0] if usable else None)
         if chosen is not None:
-            self._cursor[choice] = pool.index(chosen) + 1
+            self._cursor[key] = pool.index(chosen) + 1
         return chosen
 
-    def soonest_recovery(self, choice: PlusChoice) -> float | None:
+    def soonest_recovery(self, choice: PlusChoice, model: str | None = None) -> float | None:
         """Seconds until the first cooling account of ``choice`` is back, if any is cooling."""
-        waits = [a.cooldown_left() for a in self.candidates(choice) if a.health() == "cooling"]
+        waits = [a.cooldown_left() for a in self.candidates(choice, model)
+                 if a.health() == "cooling"]
         return min(waits) if waits else None
+
+    def models_for(self, choice: PlusChoice) -> list[tuple[str, Account]]:
+        """Each model the tiers of ``choice`` serve, with the first account serving it."""
+        seen: dict[str, Account] = {}
+        for account in self.candidates(choice):
+            for model in account.settings.served_models:
+                seen.setdefault(model, account)
+        return list(seen.items())
 
     def __iter__(self) -> Iterator[Account]:
         return iter(self.accounts)

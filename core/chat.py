@@ -58,6 +58,13 @@ class ChatRequest:
     options: dict[str, Any] = field(default_factory=dict)
     """Extra Chat Completions fields passed upstream as given (temperature, max_tokens, ...)."""
     endpoint: str = "api"
+    model: str | None = None
+    """Ask for this model: only accounts serving it are picked (the /v1 API's ``model``)."""
+    messages: list[Message] | None = None
+    """The caller's own message list, sent instead of the stored history (the /v1 API, where
+    the client owns the context). ``prompt`` is then what is stored as the turn's prompt."""
+    generate_title: bool = True
+    """False: the title is cut from the prompt, with no extra upstream call."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,11 +190,15 @@ class ChatService:
         if credential:
             target = self._own_key_target(credential, request.user_plus)
             messages = self._messages([], prompt, self.settings.own_key.context_tokens, request)
-            completion, title = await self._answer_with_title(
-                target, None, messages, prompt, request, listener, new_conversation=True,
-                conversation_id=(conversation_id := str(uuid.uuid4())), message_id=(
-                    message_id := str(uuid.uuid4())),
-            )
+            try:
+                completion, title = await self._answer_with_title(
+                    target, None, messages, prompt, request, listener, new_conversation=True,
+                    conversation_id=(conversation_id := str(uuid.uuid4())), message_id=(
+                        message_id := str(uuid.uuid4())),
+                )
+            except UpstreamFailure as failure:
+                await self._log_failure(principal, request, None, None, started, failure)
+                raise _as_gateway_error(failure, None) from None
             return await self._store_new(
                 principal, request, prompt, prompt_time, started, "own_key", None,
                 completion, title, conversation_id, message_id,
@@ -199,7 +210,9 @@ class ChatService:
         choice: PlusChoice = request.plus
         if choice == "any" and not _may_use_plus(principal):
             choice = "false"
-        if not self.pool.candidates(choice):
+        if request.model is not None:
+            self._check_model(request.model, choice)
+        elif not self.pool.candidates(choice):
             tier = {"false": "free", "true": "plus", "any": "any"}[choice]
             raise Unavailable(f"no upstream account is configured for the {tier} tier",
                               code="no_account")
@@ -207,13 +220,13 @@ class ChatService:
         conversation_id, message_id = str(uuid.uuid4()), str(uuid.uuid4())
         tried: set[str] = set()
         last_failure: UpstreamFailure | None = None
-        while (account := self.pool.pick(choice, tried)) is not None:
+        while (account := self.pool.pick(choice, tried, request.model)) is not None:
             tried.add(account.name)
             messages = self._messages([], prompt, account.settings.context_tokens, request)
             progress = _Progress(listener)
             try:
                 completion, title = await self._answer_with_title(
-                    account.target(), account, messages, prompt, request,
+                    account.target(request.model), account, messages, prompt, request,
                     progress if listener is not None else None,
                     new_conversation=True, conversation_id=conversation_id,
                     message_id=message_id,
@@ -233,7 +246,7 @@ class ChatService:
                 principal, request, prompt, prompt_time, started, "pool", account.name,
                 completion, title, conversation_id, message_id,
             )
-        retry = self.pool.soonest_recovery(choice)
+        retry = self.pool.soonest_recovery(choice, request.model)
         reason = "every account of this tier is cooling down or out of service"
         if last_failure is not None:
             reason = f"every account of this tier failed (last: {_describe(last_failure)})"
@@ -314,13 +327,23 @@ class ChatService:
             if not recent:
                 raise NotFound("no such conversation", code="conversation_not_found")
             previous = recent[0]
-            messages = self._messages(recent, prompt, context, request)
+            previous_response_id = None
+            if target.api == "responses":
+                # The upstream holds the history: send only the new prompt, chained by id.
+                previous_response_id = previous.upstream_id
+                if not previous_response_id:
+                    raise Conflict("this conversation's last turn has no upstream response id "
+                                   "to continue from", code="history_unavailable")
+                messages = [{"role": "user", "content": prompt}]
+            else:
+                messages = self._messages(recent, prompt, context, request)
             message_id = str(uuid.uuid4())
             try:
                 completion, _ = await self._answer_with_title(
                     target, account, messages, prompt, request, listener,
                     new_conversation=False, conversation_id=conversation.id,
                     message_id=message_id, parent_id=previous.id,
+                    previous_response_id=previous_response_id,
                 )
             except UpstreamFailure as failure:
                 if account is not None:
@@ -385,12 +408,15 @@ class ChatService:
         conversation_id: str,
         message_id: str,
         parent_id: str | None = None,
+        previous_response_id: str | None = None,
     ) -> tuple[Completion, str]:
         """The reply and, for a new conversation, its title, asked of the same target at once."""
-        title_task = (
-            asyncio.create_task(self._title(target, prompt, listener))
-            if new_conversation else None
-        )
+        title_task = None
+        if new_conversation:
+            title_task = asyncio.create_task(
+                self._title(target, prompt, listener) if request.generate_title
+                else self._prompt_title(prompt, listener)
+            )
         try:
             if listener is not None:
                 await listener.started(StartInfo(conversation_id, message_id, parent_id,
@@ -398,21 +424,42 @@ class ChatService:
                                                  new_conversation))
             if account is not None:
                 async with account.slot():
-                    completion = await self._call(target, messages, request, listener)
+                    completion = await self._call(target, messages, request, listener,
+                                                  previous_response_id)
             else:
-                completion = await self._call(target, messages, request, listener)
+                completion = await self._call(target, messages, request, listener,
+                                              previous_response_id)
             title = ""
             if title_task is not None:
-                title = await self._await_title(title_task, prompt)
+                title = await self._await_title(title_task, prompt, listener)
             return completion, title
         finally:
             if title_task is not None and not title_task.done():
                 title_task.cancel()
 
     async def _call(self, target: Target, messages: list[Message], request: ChatRequest,
-                    listener: ChatListener | None) -> Completion:
+                    listener: ChatListener | None,
+                    previous_response_id: str | None = None) -> Completion:
         return await complete(target, messages, options=request.options,
-                              on_delta=listener.delta if listener is not None else None)
+                              on_delta=listener.delta if listener is not None else None,
+                              previous_response_id=previous_response_id)
+
+    @staticmethod
+    async def _prompt_title(prompt: str, listener: ChatListener | None) -> str:
+        title = fallback_title(prompt)
+        if listener is not None:
+            await listener.title(title)
+        return title
+
+    def _check_model(self, model: str, choice: PlusChoice) -> None:
+        """Unknown model: 404. Served only on a tier the caller may not use: 403."""
+        if self.pool.candidates(choice, model):
+            return
+        if self.pool.candidates("any", model):
+            raise Forbidden(f"the model {model!r} is on the plus tier, which your key does not "
+                            "include", code="model_not_allowed")
+        raise NotFound(f"the model {model!r} is not served by this gateway",
+                       code="model_not_found")
 
     async def _title(self, target: Target, prompt: str, listener: ChatListener | None) -> str:
         try:
@@ -429,13 +476,19 @@ class ChatService:
             await listener.title(title)
         return title
 
-    async def _await_title(self, task: asyncio.Task[str], prompt: str) -> str:
+    async def _await_title(self, task: asyncio.Task[str], prompt: str,
+                           listener: ChatListener | None = None) -> str:
         try:
             return await asyncio.wait_for(asyncio.shield(task),
                                           self.settings.chat.title_timeout_s)
         except TimeoutError:
             task.cancel()
-            return fallback_title(prompt)
+            title = fallback_title(prompt)
+            if listener is not None:
+                # The title task never told the listener; a streaming front must still learn
+                # the title that is stored.
+                await listener.title(title)
+            return title
 
     # ----------------------------------------------------------------- helpers
 
@@ -458,6 +511,8 @@ class ChatService:
 
     def _messages(self, recent: list[Turn], prompt: str, context_tokens: int,
                   request: ChatRequest) -> list[Message]:
+        if request.messages is not None:
+            return request.messages
         max_tokens = request.options.get("max_tokens")
         budget = prompt_budget(context_tokens, max_tokens if isinstance(max_tokens, int) else None)
         messages = build_messages(recent, prompt, budget=budget,

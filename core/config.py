@@ -58,6 +58,8 @@ class PathSettings(_Table):
     rotate_key: str = "/api/rotate-key"
     admin_accounts: str = "/api/admin/accounts"
     health: str = "/healthz"
+    openai_prefix: str = "/v1"
+    """Prefix of the OpenAI-compatible API (``/v1/chat/completions``, ``/v1/models``)."""
 
     @field_validator("*")
     @classmethod
@@ -84,6 +86,9 @@ class ChatSettings(_Table):
     system_prompt: str = ""
     """Sent first in every upstream request when set."""
     max_prompt_chars: int = Field(32_000, ge=1)
+    v1_titles: bool = True
+    """Ask the model for a title for conversations started on /v1 too (one more upstream call
+    each); false: /v1 conversations are titled from their prompt."""
     title_timeout_s: float = Field(5.0, gt=0)
     """How long after the reply the title may still take before the prompt-cut title is used."""
     cooldown_s: float = Field(30.0, ge=0)
@@ -102,6 +107,13 @@ class AccountSettings(_Table):
     api_key_env: str = ""
     """Environment variable holding the key; empty for servers that need none (llama.cpp)."""
     model: str = Field(min_length=1)
+    """The model asked for by default (and listed first in /v1/models)."""
+    models: list[str] = []
+    """Further models this account serves, which /v1 callers may ask for by name."""
+    api: Literal["chat", "responses"] = "chat"
+    """"chat": Chat Completions, stateless, the gateway sends the history. "responses": the
+    OpenAI Responses API, where the upstream keeps the conversation and a follow-up sends only
+    the new prompt and the previous response id, which only this account can resolve."""
     tier: Literal["free", "plus"] = "free"
     proxy: str = "default"
     """A proxy URL, "default" for ``[proxy] default``, or "" for a direct connection."""
@@ -120,6 +132,10 @@ class AccountSettings(_Table):
     @classmethod
     def _proxy(cls, value: str) -> str:
         return value if value == "default" else _check_proxy_url(value)
+
+    @property
+    def served_models(self) -> list[str]:
+        return [self.model, *(m for m in self.models if m != self.model)]
 
 
 class OwnKeySettings(_Table):

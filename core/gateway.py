@@ -87,6 +87,20 @@ class Gateway:
         _, key = await self.principals.create("admin", "admin", plus=True)
         return key
 
+    async def ensure_client(self, name: str) -> Principal:
+        """The in-process client principal of a front such as the Discord bot, created on its
+        first start. It acts through the facade directly, so its key is never shown."""
+        row = await self.store.fetchone(
+            "SELECT id FROM principals WHERE role = 'client' AND name = ? AND client_id IS NULL"
+            " ORDER BY id LIMIT 1", (name,),
+        )
+        if row is not None:
+            found = await self.principals.get(int(row[0]))
+            if found is not None:
+                return found
+        principal, _ = await self.principals.create("client", _name(name))
+        return principal
+
     async def create_admin(self, name: str) -> str:
         _, key = await self.principals.create("admin", _name(name), plus=True)
         return key

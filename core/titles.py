@@ -12,7 +12,8 @@ TITLE_INSTRUCTION = (
     "You write titles. Reply with a short title (at most six words) for a conversation that "
     "starts with the user's message below. Reply with the title only: no quotes, no preamble."
 )
-_PREAMBLE = re.compile(r"^(title|conversation title)\s*[:\-]\s*", re.IGNORECASE)
+_PREAMBLE = re.compile(r"^(title|conversation title)\s*[*_]*\s*[:\-]\s*[*_]*\s*", re.IGNORECASE)
+_DECORATION = " \t\"'`*#_."
 
 
 def title_messages(prompt: str) -> list[Message]:
@@ -25,8 +26,9 @@ def title_messages(prompt: str) -> list[Message]:
 def clean_title(raw: str) -> str | None:
     """The model's answer made into a title, or None when nothing usable is left."""
     for line in raw.strip().splitlines():
-        line = _PREAMBLE.sub("", line.strip())
-        line = line.strip(" \t\"'`*#_.").strip()
+        # Markdown first ("**Title:** X"), then the preamble, then what the preamble wrapped.
+        line = _PREAMBLE.sub("", line.strip().strip(_DECORATION))
+        line = line.strip(_DECORATION).strip()
         if line:
             return _cut(line)
     return None

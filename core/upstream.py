@@ -11,26 +11,33 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
 import aiohttp_socks
 import python_socks
 from aiohttp_socks import ProxyConnector
 
+from . import responses_api
 from .clock import utc_now
+from .wire import (
+    COOLING_KINDS,
+    Completion,
+    FailureKind,
+    Message,
+    OnDelta,
+    Target,
+    UpstreamFailure,
+    sse_data,
+)
+
+__all__ = [
+    "COOLING_KINDS", "Completion", "FailureKind", "Message", "OnDelta", "Target",
+    "UpstreamFailure", "complete", "make_session", "parse_retry_after", "sse_data",
+]
 
 log = logging.getLogger(__name__)
-
-FailureKind = Literal[
-    "rate_limited", "server", "timeout", "proxy", "connect", "auth", "rejected", "garbage"
-]
-COOLING_KINDS: frozenset[str] = frozenset(
-    {"rate_limited", "server", "timeout", "proxy", "connect", "garbage"}
-)
 
 PROXY_ERRORS: tuple[type[Exception], ...] = (
     aiohttp_socks.ProxyError, aiohttp_socks.ProxyConnectionError,
@@ -39,61 +46,6 @@ PROXY_ERRORS: tuple[type[Exception], ...] = (
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     aiohttp.ClientError, TimeoutError, OSError, *PROXY_ERRORS,
 )
-
-Message = dict[str, Any]
-OnDelta = Callable[[str], Awaitable[None]]
-
-
-class UpstreamFailure(Exception):
-    """Why a call failed. Internal: the fronts get a ``GatewayError`` built from it."""
-
-    def __init__(
-        self,
-        kind: FailureKind,
-        detail: str,
-        *,
-        status: int | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.kind = kind
-        self.detail = detail
-        self.status = status
-        self.retry_after = retry_after
-
-    @property
-    def cools_down(self) -> bool:
-        return self.kind in COOLING_KINDS
-
-
-@dataclass(slots=True)
-class Completion:
-    text: str
-    model: str
-    upstream_id: str | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    finish_reason: str | None = None
-
-
-@dataclass(slots=True)
-class Target:
-    """Where one call goes: an account of the pool, or a member's own credential."""
-
-    name: str
-    base_url: str
-    model: str
-    session: aiohttp.ClientSession
-    api_key: str | None
-    timeout_s: float
-    extra_headers: dict[str, str] = field(default_factory=dict)
-
-    def headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", **self.extra_headers}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        return headers
-
 
 def make_session(proxy_url: str, *, limit: int = 100) -> aiohttp.ClientSession:
     """One long-lived session per account (or proxy), with its connection pool."""
@@ -179,12 +131,21 @@ async def complete(
     options: dict[str, Any] | None = None,
     on_delta: OnDelta | None = None,
     purpose: str = "chat",
+    previous_response_id: str | None = None,
 ) -> Completion:
     """One chat completion. With ``on_delta`` the upstream streams and each text piece is passed
-    on as it arrives; without it, one JSON answer is awaited."""
+    on as it arrives; without it, one JSON answer is awaited. Accounts with ``api="responses"``
+    speak the Responses API instead, continuing ``previous_response_id`` when given."""
     started = time.perf_counter()
-    url = f"{target.base_url}/chat/completions"
     stream = on_delta is not None
+    responses = target.api == "responses"
+    if responses:
+        url = f"{target.base_url}/responses"
+        body = responses_api.request_body(target, messages, stream, options or {},
+                                          previous_response_id)
+    else:
+        url = f"{target.base_url}/chat/completions"
+        body = _body(target, messages, stream, options or {})
     timeout = (
         aiohttp.ClientTimeout(total=None, sock_connect=min(target.timeout_s, 30),
                               sock_read=target.timeout_s)
@@ -193,13 +154,15 @@ async def complete(
     status: int | str = "-"
     try:
         async with target.session.post(
-            url, data=_body(target, messages, stream, options or {}), headers=target.headers(),
-            timeout=timeout,
+            url, data=body, headers=target.headers(), timeout=timeout,
         ) as resp:
             status = resp.status
             await _raise_for_status(resp)
-            if stream:
-                assert on_delta is not None
+            if responses and on_delta is not None:
+                result = await responses_api.read_stream(sse_data(resp), target, on_delta)
+            elif responses:
+                result = responses_api.read_json(await resp.read(), target)
+            elif on_delta is not None:
                 result = await _read_stream(resp, target, on_delta)
             else:
                 result = await _read_json(resp, target)
@@ -282,19 +245,3 @@ async def _read_stream(
         raise UpstreamFailure("server", "the upstream stream ended before it was complete")
     result.text = "".join(pieces)
     return result
-
-
-async def sse_data(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
-    """The ``data:`` payloads of a server-sent event stream, multi-line data joined."""
-    data: list[str] = []
-    async for line_bytes in resp.content:
-        line = line_bytes.decode("utf-8").rstrip("\r\n")
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-            continue
-        if line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-    if data:
-        yield "\n".join(data)

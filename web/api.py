@@ -110,23 +110,28 @@ def enriched(result: ChatResult, acting: Principal) -> dict[str, Any]:
 
 async def chat(request: web.Request) -> web.StreamResponse:
     gateway, params, actor = await _caller(request)
-    acting = await _acting(gateway, params, actor, create=True)
+    # Every parameter is checked before anything happens: a bad flag must not cost an upstream
+    # call, a stored turn or a user created on first use, and then still answer 400.
     chat_req = chat_request(params)
-    if params.flag("stream"):
+    stream, reply_only = params.flag("stream"), params.flag("reply_only")
+    pretty = params.flag("pretty")
+    acting = await _acting(gateway, params, actor, create=True)
+    if stream:
         return await _chat_stream(request, gateway, acting, chat_req)
     result = await gateway.chat(acting, chat_req)
-    if params.flag("reply_only"):
-        if params.flag("pretty"):
+    if reply_only:
+        if pretty:
             return web.Response(text=markdown_to_safe_html(result.turn.reply),
                                 content_type="text/html",
                                 headers={"Content-Security-Policy": PRETTY_CSP})
         return web.Response(text=result.turn.reply, content_type="text/plain")
-    return success(enriched(result, acting), pretty=params.flag("pretty"))
+    return success(enriched(result, acting), pretty=pretty)
 
 
 class _SseListener:
-    """Writes a turn as server-sent events. The stream opens at the first upstream call, so an
-    error found before it (unknown conversation, no plus, ...) still gets its own status.
+    """Writes a turn as server-sent events. The stream opens with the first piece of text, so
+    any failure before it (unknown conversation, no plus, every account down) still answers
+    with its own status and error body.
 
     A caller that goes away does not stop the turn: it is completed and stored all the same, so
     nothing is lost because a browser tab closed."""
@@ -138,6 +143,8 @@ class _SseListener:
             "X-Accel-Buffering": "no",
         })
         self.gone = False
+        self.start: dict[str, Any] = {}
+        self.pending_title: str | None = None
 
     async def send(self, event: str, data: dict[str, Any]) -> None:
         if self.gone:
@@ -149,19 +156,29 @@ class _SseListener:
             self.gone = True
 
     async def started(self, info: StartInfo) -> None:
-        if not self.response.prepared:
-            await self.response.prepare(self.request)
-        await self.send("start", {
+        # Kept until the stream opens: a retry on another account replaces it.
+        self.start = {
             "conversation_id": info.conversation_id, "message_id": info.message_id,
             "parent_id": info.parent_id, "model": info.model, "account": info.account,
             "is_new_conversation": info.is_new,
-        })
+        }
+
+    async def open(self) -> None:
+        if not self.response.prepared:
+            await self.response.prepare(self.request)
+            await self.send("start", self.start)
+            if self.pending_title is not None:
+                await self.send("title", {"title": self.pending_title})
 
     async def delta(self, text: str) -> None:
+        await self.open()
         await self.send("delta", {"text": text})
 
     async def title(self, title: str) -> None:
-        await self.send("title", {"title": title})
+        if self.response.prepared:
+            await self.send("title", {"title": title})
+        else:
+            self.pending_title = title
 
 
 async def _chat_stream(request: web.Request, gateway: Gateway, acting: Principal,
@@ -183,6 +200,7 @@ async def _chat_stream(request: web.Request, gateway: Gateway, acting: Principal
         await listener.send("error", {"status": "error", "code": "internal_error",
                                       "message": f"internal error; quote reference {ref}"})
         return listener.response
+    await listener.open()  # an empty reply still opens the stream
     await listener.send("done", {"status": "success", **enriched(result, acting)})
     return listener.response
 

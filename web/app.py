@@ -9,6 +9,7 @@ from core.gateway import Gateway
 from . import api
 from .errors import error_middleware
 from .keys import GATEWAY, SETTINGS
+from .openai_api import create_v1_app
 
 
 def create_app(gateway: Gateway) -> web.Application:
@@ -20,4 +21,5 @@ def create_app(gateway: Gateway) -> web.Application:
     app[GATEWAY] = gateway
     app[SETTINGS] = settings
     api.add_routes(app, settings.paths)
+    app.add_subapp(settings.paths.openai_prefix, create_v1_app(gateway))
     return app

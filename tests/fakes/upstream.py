@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 CHAT_PATH = "/v1/chat/completions"
+RESPONSES_PATH = "/v1/responses"
 MODELS_PATH = "/v1/models"
 
 
@@ -157,8 +158,9 @@ class RecordedRequest:
 
     @property
     def messages(self) -> list[dict[str, Any]]:
-        """The ``messages`` array, or ``[]`` when absent/malformed."""
-        messages = (self.body or {}).get("messages")
+        """The ``messages`` array (a Responses request's ``input`` list), or ``[]``."""
+        body = self.body or {}
+        messages = body.get("input") if self.path == RESPONSES_PATH else body.get("messages")
         return messages if isinstance(messages, list) else []
 
     @property
@@ -178,7 +180,11 @@ class RecordedRequest:
 
     @property
     def is_chat(self) -> bool:
-        return self.method == "POST" and self.path == CHAT_PATH
+        return self.method == "POST" and self.path in (CHAT_PATH, RESPONSES_PATH)
+
+    @property
+    def previous_response_id(self) -> str | None:
+        return (self.body or {}).get("previous_response_id")
 
     @property
     def is_title(self) -> bool:
@@ -277,6 +283,9 @@ class FakeUpstream:
         self._queue: deque[Behaviour | str] = deque()
         self._title_queue: deque[Behaviour | str] = deque()
         self._chat_count = 0
+        self.stored_responses: dict[str, dict[str, Any]] = {}
+        """Responses API: every response this fake produced, by id, as a real upstream keeps
+        them; ``previous_response_id`` must name one of these."""
         self._recorded = asyncio.Condition()
         self._stopping = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -293,6 +302,7 @@ class FakeUpstream:
         self._recorded = asyncio.Condition()
         app = web.Application()
         app.router.add_post(CHAT_PATH, self._handle_chat)
+        app.router.add_post(RESPONSES_PATH, self._handle_responses)
         app.router.add_get(MODELS_PATH, self._handle_models)
         app.router.add_route("*", "/{tail:.*}", self._handle_unknown)
         runner = web.AppRunner(
@@ -426,6 +436,68 @@ class FakeUpstream:
             else:
                 behaviour = self._default_behaviour(recorded)
         return await self._perform(request, recorded, behaviour)
+
+    async def _handle_responses(self, request: web.Request) -> web.StreamResponse:
+        """The Responses API: the upstream keeps the conversation, and a follow-up names the
+        previous response, which only this server can resolve."""
+        recorded = await self._record(request)
+        body = recorded.body
+        if body is None or not isinstance(body.get("input"), list | str):
+            return _json_response(error_body(400, "Missing required parameter: 'input'."),
+                                  status=400)
+        previous = recorded.previous_response_id
+        if previous is not None and previous not in self.stored_responses:
+            error = error_body(400, f"Previous response with id '{previous}' not found.")
+            error["error"].update(param="previous_response_id",
+                                  code="previous_response_not_found")
+            return _json_response(error, status=400)
+        behaviour: Behaviour | str
+        if recorded.is_title:
+            behaviour = self._title_queue.popleft() if self._title_queue else self.default_title
+        else:
+            self._chat_count += 1
+            behaviour = self._queue.popleft() if self._queue else self._default_behaviour(recorded)
+        if isinstance(behaviour, str):
+            behaviour = Reply(behaviour)
+        if not isinstance(behaviour, Reply):
+            return await self._perform(request, recorded, behaviour)
+        response = self._response_object(recorded, behaviour)
+        if body.get("store", True):
+            self.stored_responses[response["id"]] = response
+        if not recorded.stream:
+            return _json_response(response)
+        resp = await self._start_stream(request)
+        sequence = 0
+        for piece in split_deltas(behaviour.text):
+            sequence += 1
+            await _send_event(resp, "response.output_text.delta", {
+                "type": "response.output_text.delta", "item_id": response["output"][0]["id"],
+                "output_index": 0, "content_index": 0, "delta": piece,
+                "sequence_number": sequence})
+        await _send_event(resp, "response.completed", {
+            "type": "response.completed", "response": response,
+            "sequence_number": sequence + 1})
+        await resp.write_eof()
+        return resp
+
+    def _response_object(self, recorded: RecordedRequest, reply: Reply) -> dict[str, Any]:
+        usage = self._usage(recorded, reply)
+        return {
+            "id": f"resp_{uuid.uuid4().hex}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "completed",
+            "model": self._model_for(recorded, reply),
+            "previous_response_id": recorded.previous_response_id,
+            "output": [{
+                "type": "message", "id": f"msg_{uuid.uuid4().hex}", "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": reply.text, "annotations": []}],
+            }],
+            "usage": {"input_tokens": usage["prompt_tokens"],
+                      "output_tokens": usage["completion_tokens"],
+                      "total_tokens": usage["total_tokens"]},
+        }
 
     def _default_behaviour(self, recorded: RecordedRequest) -> Behaviour | str:
         if self.default_reply is not None:
@@ -591,6 +663,10 @@ def _completion_id() -> str:
 
 async def _send(resp: web.StreamResponse, payload: dict[str, Any]) -> None:
     await resp.write(f"data: {json.dumps(payload)}\n\n".encode())
+
+
+async def _send_event(resp: web.StreamResponse, event: str, payload: dict[str, Any]) -> None:
+    await resp.write(f"event: {event}\ndata: {json.dumps(payload)}\n\n".encode())
 
 
 def _json_response(payload: Any, status: int = 200) -> web.Response:

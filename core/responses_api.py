@@ -1,0 +1,95 @@
+"""The OpenAI Responses API (``POST /responses``) as an upstream protocol.
+
+Here the upstream keeps the conversation: a follow-up sends only the new input and the id of the
+previous response (``previous_response_id``), which only the account that produced it can
+resolve. That is why follow-ups are pinned to their account, and why a conversation whose
+account is gone must fail plainly rather than move: another account would answer without the
+history.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .wire import Completion, Message, OnDelta, Target, UpstreamFailure
+
+# Chat Completions options that have a Responses equivalent; the rest are not sent.
+_OPTION_NAMES = {
+    "max_tokens": "max_output_tokens",
+    "max_completion_tokens": "max_output_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "user": "user",
+    "metadata": "metadata",
+}
+
+
+def request_body(target: Target, messages: list[Message], stream: bool,
+                 options: dict[str, Any], previous_response_id: str | None) -> bytes:
+    body: dict[str, Any] = {
+        _OPTION_NAMES[k]: v for k, v in options.items() if k in _OPTION_NAMES
+    }
+    body.update(model=target.model, input=messages, store=True)
+    if previous_response_id:
+        body["previous_response_id"] = previous_response_id
+    if stream:
+        body["stream"] = True
+    return json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+
+def completion_from(response: Any, target: Target) -> Completion:
+    """A finished ``response`` object made into a Completion, or a garbage failure."""
+    if not isinstance(response, dict) or not isinstance(response.get("output"), list):
+        raise UpstreamFailure("garbage", "the upstream answered something that is not a "
+                              "response object")
+    if response.get("status") == "failed":
+        error = response.get("error") or {}
+        raise UpstreamFailure("server", str(error.get("message") or "the response failed"))
+    texts = [
+        part.get("text", "")
+        for item in response["output"] if isinstance(item, dict) and item.get("type") == "message"
+        for part in item.get("content") or () if isinstance(part, dict)
+        and part.get("type") == "output_text"
+    ]
+    usage = response.get("usage") or {}
+    return Completion(
+        text="".join(texts),
+        model=response.get("model") or target.model,
+        upstream_id=response.get("id"),
+        input_tokens=usage.get("input_tokens"),
+        output_tokens=usage.get("output_tokens"),
+        finish_reason="stop" if response.get("status") == "completed" else response.get("status"),
+    )
+
+
+def read_json(raw: bytes, target: Target) -> Completion:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise UpstreamFailure("garbage", "the upstream answered something that is not JSON") \
+            from None
+    return completion_from(data, target)
+
+
+async def read_stream(events: Any, target: Target, on_delta: OnDelta) -> Completion:
+    """Consume the typed events of a streamed response until ``response.completed``."""
+    async for raw in events:
+        if raw == "[DONE]":
+            break
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            raise UpstreamFailure("garbage", "the upstream streamed something that is not JSON") \
+                from None
+        kind = event.get("type") if isinstance(event, dict) else None
+        if kind == "response.output_text.delta":
+            delta = event.get("delta")
+            if isinstance(delta, str) and delta:
+                await on_delta(delta)
+        elif kind == "response.completed":
+            return completion_from(event.get("response"), target)
+        elif kind in ("response.failed", "error"):
+            detail = event.get("message") or (event.get("response") or {}).get("error", {})
+            raise UpstreamFailure("server", f"the upstream failed mid-stream: {detail}")
+    raise UpstreamFailure("server", "the upstream stream ended before the response completed")

@@ -1,0 +1,88 @@
+"""Shapes shared by the upstream protocols (Chat Completions and Responses): the call target,
+the completed answer, the classified failure, and server-sent event parsing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+
+FailureKind = Literal[
+    "rate_limited", "server", "timeout", "proxy", "connect", "auth", "rejected", "garbage"
+]
+COOLING_KINDS: frozenset[str] = frozenset(
+    {"rate_limited", "server", "timeout", "proxy", "connect", "garbage"}
+)
+
+Message = dict[str, Any]
+OnDelta = Callable[[str], Awaitable[None]]
+
+
+class UpstreamFailure(Exception):
+    """Why a call failed. Internal: the fronts get a ``GatewayError`` built from it."""
+
+    def __init__(
+        self,
+        kind: FailureKind,
+        detail: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def cools_down(self) -> bool:
+        return self.kind in COOLING_KINDS
+
+
+@dataclass(slots=True)
+class Completion:
+    text: str
+    model: str
+    upstream_id: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    finish_reason: str | None = None
+
+
+@dataclass(slots=True)
+class Target:
+    """Where one call goes: an account of the pool, or a member's own credential."""
+
+    name: str
+    base_url: str
+    model: str
+    session: aiohttp.ClientSession
+    api_key: str | None
+    timeout_s: float
+    api: Literal["chat", "responses"] = "chat"
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", **self.extra_headers}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+
+async def sse_data(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    """The ``data:`` payloads of a server-sent event stream, multi-line data joined."""
+    data: list[str] = []
+    async for line_bytes in resp.content:
+        line = line_bytes.decode("utf-8").rstrip("\r\n")
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+            continue
+        if line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+    if data:
+        yield "\n".join(data)
