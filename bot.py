@@ -3,6 +3,7 @@ the bot), and close everything in reverse on exit.
 
     python bot.py [--config FILE]                    start the gateway
     python bot.py [--config FILE] create-admin NAME  create an admin; prints only its key
+    python bot.py [--config FILE] needs-local-model  exit 0 when the local model would serve
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from aiohttp import web
 
 from core.config import ConfigError, Settings, load_settings
 from core.gateway import Gateway
-from web.access_log import RedactingAccessLogger
+from core.local_model import LocalModelError, LocalModelServer, needs_local_model
+from web.access_log import RedactingAccessLogger, SecretFilter
 from web.app import create_app
 
 log = logging.getLogger("gateway")
@@ -32,6 +34,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     commands.add_parser("serve", help="run the gateway (the default)")
     create = commands.add_parser("create-admin", help="create an admin and print its key")
     create.add_argument("name")
+    commands.add_parser("needs-local-model",
+                        help="exit 0 when no account has a key, so the local model would serve")
     return parser.parse_args(argv)
 
 
@@ -42,27 +46,48 @@ async def create_admin(settings: Settings, name: str) -> None:
 
 
 async def serve(settings: Settings) -> None:
-    async with Gateway(settings) as gateway:
-        first_key = await gateway.bootstrap_admin()
-        if first_key:
-            # Printed once, on stdout, never logged: it is the only copy.
-            print(f"First start: admin key (shown once, keep it safe): {first_key}", flush=True)
-        runner = web.AppRunner(create_app(gateway), access_log_class=RedactingAccessLogger)
-        await runner.setup()
-        site = web.TCPSite(runner, settings.server.host, settings.server.port)
-        await site.start()
-        for address in runner.addresses:
-            log.info("gateway listening on http://%s:%s", *address[:2])
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
-        try:
-            await stop.wait()
-        finally:
-            log.info("shutting down")
-            await runner.cleanup()
+    async with contextlib.AsyncExitStack() as stack:
+        if needs_local_model(settings):
+            try:
+                local = await stack.enter_async_context(LocalModelServer(settings.local_model))
+            except LocalModelError as exc:
+                log.error("%s", exc)
+            else:
+                log.info("no upstream account has a key: serving the local model as account "
+                         "'%s'", local.account().name)
+                settings = settings.model_copy(
+                    update={"accounts": [*settings.accounts, local.account()]})
+        gateway = await stack.enter_async_context(Gateway(settings))
+        await run_fronts(gateway, settings)
+
+
+async def run_fronts(gateway: Gateway, settings: Settings) -> None:
+    """Serve the HTTP API until SIGINT or SIGTERM."""
+    first_key = await gateway.bootstrap_admin()
+    if first_key:
+        # Printed once, on stdout, never logged: it is the only copy.
+        print(f"First start: admin key (shown once, keep it safe): {first_key}", flush=True)
+    # aiohttp logs a request it cannot parse with its raw request line: mask keys in it.
+    logging.getLogger("aiohttp.server").addFilter(SecretFilter())
+    # The original took prompts by GET: a query may be as long as a POST body may be large,
+    # so a long prompt meets the gateway's own limits (JSON 413), not aiohttp's 8 KiB line.
+    runner = web.AppRunner(create_app(gateway), access_log_class=RedactingAccessLogger,
+                           max_line_size=settings.server.max_body_bytes)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.server.host, settings.server.port)
+    await site.start()
+    for address in runner.addresses:
+        log.info("gateway listening on http://%s:%s", *address[:2])
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "create-admin":
         asyncio.run(create_admin(settings, args.name))
+    elif args.command == "needs-local-model":
+        return 0 if needs_local_model(settings) else 1
     else:
         asyncio.run(serve(settings))
     return 0

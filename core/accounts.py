@@ -85,6 +85,7 @@ class Account:
             api_key=self._api_key.get_secret_value() if self._api_key else None,
             timeout_s=self.settings.timeout_s,
             api=self.settings.api,
+            max_tokens=self.settings.max_tokens,
         )
 
     @asynccontextmanager

@@ -36,7 +36,7 @@ from .errors import (
     Unavailable,
     UpstreamError,
 )
-from .history import build_messages, prompt_budget
+from .history import build_messages, estimate_tokens, prompt_budget
 from .models import Conversation, Mode, PlusChoice, Principal, Turn
 from .titles import clean_title, fallback_title, title_messages
 from .upstream import Completion, Message, Target, UpstreamFailure, complete
@@ -161,7 +161,8 @@ class ChatService:
         listener: ChatListener | None = None,
     ) -> ChatResult:
         """Answer one prompt as ``principal``. ``own_key`` is the member's stored credential,
-        used for new conversations when the request carries no ``access_token``."""
+        used when the request carries no ``access_token`` for new conversations and to
+        continue own-key ones."""
         prompt = (request.prompt or "").strip() or self.settings.chat.default_prompt
         if len(prompt) > self.settings.chat.max_prompt_chars:
             raise TooLarge(
@@ -171,7 +172,7 @@ class ChatService:
             )
         self.limiter.check(principal.id)
         if request.conversation_id:
-            return await self._follow_up(principal, request, prompt, listener)
+            return await self._follow_up(principal, request, prompt, listener, own_key)
         return await self._start(principal, request, prompt, own_key, listener)
 
     # ----------------------------------------------------------------- new conversations
@@ -201,7 +202,7 @@ class ChatService:
                 raise _as_gateway_error(failure, None) from None
             return await self._store_new(
                 principal, request, prompt, prompt_time, started, "own_key", None,
-                completion, title, conversation_id, message_id,
+                completion, title, conversation_id, message_id, requested_model=target.model,
             )
 
         if request.plus == "true" and not _may_use_plus(principal):
@@ -245,6 +246,7 @@ class ChatService:
             return await self._store_new(
                 principal, request, prompt, prompt_time, started, "pool", account.name,
                 completion, title, conversation_id, message_id,
+                requested_model=account.target(request.model).model,
             )
         retry = self.pool.soonest_recovery(choice, request.model)
         reason = "every account of this tier is cooling down or out of service"
@@ -267,15 +269,21 @@ class ChatService:
         title: str,
         conversation_id: str,
         message_id: str,
+        *,
+        requested_model: str | None = None,
     ) -> ChatResult:
         elapsed = time.perf_counter() - started
         now = iso(utc_now())
         client_id = principal.client_id if request.external_ref else None
         if request.external_ref and principal.is_client:
             client_id = principal.id
+        # The conversation keeps the model name it asked for, which its follow-ups ask for
+        # again; an upstream may echo another (a dated snapshot, Azure's model behind a
+        # deployment name) that it would not accept. Each turn records the echoed one.
         conversation = Conversation(
             id=conversation_id, owner_id=principal.id, title=title, mode=mode, account=account,
-            model=completion.model, client_id=client_id, external_ref=request.external_ref,
+            model=requested_model or completion.model, client_id=client_id,
+            external_ref=request.external_ref,
             turn_count=1, created_utc=iso(prompt_time), updated_utc=now,
         )
         turn = self._turn(message_id, conversation_id, None, 0, prompt, completion,
@@ -294,12 +302,15 @@ class ChatService:
         request: ChatRequest,
         prompt: str,
         listener: ChatListener | None,
+        own_key: str | None = None,
     ) -> ChatResult:
         assert request.conversation_id is not None
         conversation = await self.conversations.get(request.conversation_id)
         if conversation is None or conversation.owner_id != principal.id:
             raise NotFound("no such conversation", code="conversation_not_found")
-        if conversation.mode == "own_key" and not request.access_token:
+        # The member's stored own key continues an own-key conversation as the token would.
+        credential = request.access_token or own_key
+        if conversation.mode == "own_key" and not credential:
             raise Conflict(
                 "this conversation was started with your own access_token; send it again to "
                 "follow up", code="mode_mismatch",
@@ -315,8 +326,8 @@ class ChatService:
             target = account.target(conversation.model)
             context = account.settings.context_tokens
         else:
-            assert request.access_token is not None
-            target = self._own_key_target(request.access_token, request.user_plus)
+            assert credential is not None
+            target = self._own_key_target(credential, request.user_plus)
             target.model = conversation.model
             context = self.settings.own_key.context_tokens
 
@@ -412,16 +423,18 @@ class ChatService:
     ) -> tuple[Completion, str]:
         """The reply and, for a new conversation, its title, asked of the same target at once."""
         title_task = None
-        if new_conversation:
-            title_task = asyncio.create_task(
-                self._title(target, prompt, listener) if request.generate_title
-                else self._prompt_title(prompt, listener)
-            )
         try:
             if listener is not None:
                 await listener.started(StartInfo(conversation_id, message_id, parent_id,
                                                  target.model, target.name if account else None,
                                                  new_conversation))
+            # Only now, so a listener hears "started" before any title; the reply is not asked
+            # for before this point either, so the title still costs no wait.
+            if new_conversation:
+                title_task = asyncio.create_task(
+                    self._title(target, prompt, listener) if request.generate_title
+                    else self._prompt_title(prompt, listener)
+                )
             if account is not None:
                 async with account.slot():
                     completion = await self._call(target, messages, request, listener,
@@ -440,9 +453,16 @@ class ChatService:
     async def _call(self, target: Target, messages: list[Message], request: ChatRequest,
                     listener: ChatListener | None,
                     previous_response_id: str | None = None) -> Completion:
-        return await complete(target, messages, options=request.options,
-                              on_delta=listener.delta if listener is not None else None,
-                              previous_response_id=previous_response_id)
+        completion = await complete(target, messages, options=request.options,
+                                    on_delta=listener.delta if listener is not None else None,
+                                    previous_response_id=previous_response_id)
+        # Some servers (llama.cpp) report no usage when streaming: every turn still gets token
+        # counts, estimated as the history is (about 3.5 characters a token).
+        if completion.input_tokens is None:
+            completion.input_tokens = sum(estimate_tokens(_text(m)) for m in messages)
+        if completion.output_tokens is None:
+            completion.output_tokens = estimate_tokens(completion.text) if completion.text else 0
+        return completion
 
     @staticmethod
     async def _prompt_title(prompt: str, listener: ChatListener | None) -> str:
@@ -584,6 +604,13 @@ class _Progress:
     async def title(self, title: str) -> None:
         if self.inner is not None:
             await self.inner.title(title)
+
+
+def _text(message: Message) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return str(content or "")
 
 
 def _may_use_plus(principal: Principal) -> bool:

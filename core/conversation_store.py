@@ -185,15 +185,27 @@ class ConversationRepo:
         except sqlite3.IntegrityError:
             raise Conflict(f"reference {ref!r} already names another conversation") from None
 
-    async def usage_stats(self) -> dict[str, Any]:
+    async def usage_stats(self, *, client_id: int | None = None) -> dict[str, Any]:
+        """Totals of the usage log and the store; ``client_id`` narrows them to one client's
+        users."""
+        usage_where = owned = ""
+        params: tuple[int, ...] = ()
+        if client_id is not None:
+            usage_where = " WHERE client_id = ?"
+            owned = " WHERE owner_id IN (SELECT id FROM principals WHERE client_id = ?)"
+            params = (client_id,)
         row = await self.store.fetchone(
             "SELECT count(*) AS requests,"
             " coalesce(sum(input_tokens), 0) AS input_tokens,"
             " coalesce(sum(output_tokens), 0) AS output_tokens,"
-            " sum(outcome != 'ok') AS failures FROM usage"
+            f" sum(outcome != 'ok') AS failures FROM usage{usage_where}", params
         )
-        conversations = await self.store.fetchone("SELECT count(*) FROM conversations")
-        turns = await self.store.fetchone("SELECT count(*) FROM turns")
+        conversations = await self.store.fetchone(f"SELECT count(*) FROM conversations{owned}",
+                                                   params)
+        turns = await self.store.fetchone(
+            "SELECT count(*) FROM turns WHERE conversation_id IN"
+            f" (SELECT id FROM conversations{owned})", params
+        )
         return {
             "requests": row["requests"] if row else 0,
             "failures": (row["failures"] or 0) if row else 0,

@@ -160,18 +160,23 @@ class Gateway:
         return user
 
     async def _find_user(self, actor: Principal, ref: str) -> Principal | None:
-        """A client finds only its own users, by its own userid. An admin finds anyone by
-        numeric id, or an admin-created user by userid."""
+        """A client finds only its own users, by its own userid. An admin finds an
+        admin-created user by userid, else anyone by numeric id (userids are often numeric, as
+        Discord's are, so the userid is tried first)."""
         if actor.is_client:
             return await self.principals.by_external_id(actor.id, ref)
         if actor.is_admin:
-            if ref.isdigit() and (found := await self.principals.get(int(ref))) is not None:
+            if (found := await self._admin_user_by_userid(ref)) is not None:
                 return found
-            rows = await self.store.fetchone(
-                "SELECT id FROM principals WHERE client_id IS NULL AND external_id = ?", (ref,)
-            )
-            return await self.principals.get(rows[0]) if rows else None
+            if ref.isdigit():
+                return await self.principals.get(int(ref))
         return None
+
+    async def _admin_user_by_userid(self, ref: str) -> Principal | None:
+        rows = await self.store.fetchone(
+            "SELECT id FROM principals WHERE client_id IS NULL AND external_id = ?", (ref,)
+        )
+        return await self.principals.get(rows[0]) if rows else None
 
     async def _managed_user(self, actor: Principal, ref: str | None) -> Principal:
         if actor.role == "user":
@@ -202,7 +207,12 @@ class Gateway:
             raise BadRequest("userid is required: the client's own id for this user",
                              code="missing_userid")
         name = _name(username or userid or role)
-        if userid and await self._find_user(actor, userid) is not None:
+        # Only userids collide: a numeric userid that equals some principal's id is no conflict.
+        existing = None
+        if userid:
+            existing = (await self.principals.by_external_id(actor.id, userid)
+                        if actor.is_client else await self._admin_user_by_userid(userid))
+        if existing is not None:
             raise Conflict(f"a user with userid {userid!r} already exists", code="user_exists")
         return await self.principals.create(
             role, name, client_id=actor.id if actor.is_client else None,
@@ -255,7 +265,9 @@ class Gateway:
     async def chat(self, actor: Principal, request: ChatRequest,
                    listener: ChatListener | None = None) -> ChatResult:
         own_key = None
-        if not request.access_token and not request.conversation_id:
+        if not request.access_token:
+            # Also for follow-ups: an own-key conversation started with the stored key goes
+            # on with it (a pool conversation ignores it).
             own_key = await self.own_key(actor)
         return await self.chat_service.chat(actor, request, own_key=own_key, listener=listener)
 
@@ -326,6 +338,21 @@ class Gateway:
     async def stats(self, actor: Principal) -> dict[str, Any]:
         self.require_admin(actor)
         return await self.conversations.usage_stats()
+
+    def account_health(self, actor: Principal) -> list[dict[str, Any]]:
+        """Read-only account health for an admin, or for a client front whose own admins watch
+        the pool (the Discord bot's /admin accounts). Only admins enable or disable accounts."""
+        if not (actor.is_admin or actor.is_client):
+            raise Forbidden("only admins and clients see account health", code="not_allowed")
+        return [account.snapshot() for account in self.pool]
+
+    async def client_stats(self, actor: Principal) -> dict[str, Any]:
+        """Usage statistics of a client's own users (for an admin: everyone's)."""
+        if actor.is_admin:
+            return await self.conversations.usage_stats()
+        if not actor.is_client:
+            raise Forbidden("only admins and clients see usage statistics", code="not_allowed")
+        return await self.conversations.usage_stats(client_id=actor.id)
 
     async def access_token(self, email: str, password: str) -> AccessToken:
         return await self.password_grant.exchange(email, password)

@@ -81,4 +81,22 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX usage_principal ON usage(principal_id, created_utc);
         """,
     ),
+    (
+        # Web UI sign-ins. Only a hash of the session id is kept; the session holds the hash of
+        # the key it was opened with, so rotating or removing that key ends it.
+        "0002_web_sessions",
+        """
+        CREATE TABLE web_sessions (
+            id_hash         BLOB PRIMARY KEY,
+            principal_id    INTEGER NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+            key_hash        BLOB NOT NULL,
+            csrf_token      TEXT NOT NULL,
+            flash_json      TEXT,
+            created_utc     TEXT NOT NULL,
+            expires_utc     TEXT NOT NULL
+        );
+        CREATE INDEX web_sessions_principal ON web_sessions(principal_id);
+        CREATE INDEX web_sessions_expires ON web_sessions(expires_utc);
+        """,
+    ),
 ]

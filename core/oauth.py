@@ -7,10 +7,12 @@ is what a member then passes as ``access_token``. Neither password nor token is 
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote_plus
 
 import aiohttp
 from pydantic import SecretStr
@@ -61,16 +63,17 @@ class PasswordGrant:
         form = {"grant_type": "password", "username": email, "password": password}
         if self.settings.scope:
             form["scope"] = self.settings.scope
-        auth = None
+        headers = {"Accept": "application/json"}
         if self.settings.client_id:
             # RFC 6749 §2.3.1: HTTP Basic with the client credentials is the form every server
-            # must accept.
+            # must accept; each part form-urlencoded first. (Built here: aiohttp.BasicAuth is
+            # deprecated and skips that encoding.)
             secret = self._client_secret.get_secret_value() if self._client_secret else ""
-            auth = aiohttp.BasicAuth(self.settings.client_id, secret)
+            pair = f"{quote_plus(self.settings.client_id)}:{quote_plus(secret)}"
+            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
         try:
             async with self._session.post(
-                self.settings.token_url, data=form, auth=auth,
-                headers={"Accept": "application/json"},
+                self.settings.token_url, data=form, headers=headers,
                 timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s),
             ) as resp:
                 body = await resp.read()

@@ -139,6 +139,9 @@ async def complete(
     started = time.perf_counter()
     stream = on_delta is not None
     responses = target.api == "responses"
+    options = options or {}
+    if target.max_tokens and not {"max_tokens", "max_completion_tokens"} & options.keys():
+        options = {**options, "max_tokens": target.max_tokens}
     if responses:
         url = f"{target.base_url}/responses"
         body = responses_api.request_body(target, messages, stream, options or {},

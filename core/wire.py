@@ -63,6 +63,8 @@ class Target:
     api_key: str | None
     timeout_s: float
     api: Literal["chat", "responses"] = "chat"
+    max_tokens: int | None = None
+    """Reply length asked for when the caller sets none."""
     extra_headers: dict[str, str] = field(default_factory=dict)
 
     def headers(self) -> dict[str, str]:

@@ -66,7 +66,18 @@ def chat_request(params: Params, endpoint: str = "api") -> ChatRequest:
         user_plus=params.flag("user_plus"),
         external_ref=params.text("external_ref", max_chars=MAX_ID_CHARS) or None,
         endpoint=endpoint,
+        options=_sampling(params),
     )
+
+
+def _sampling(params: Params) -> dict[str, Any]:
+    """Optional ``temperature`` and ``max_tokens``, passed upstream when given."""
+    options: dict[str, Any] = {}
+    if "temperature" in params:
+        options["temperature"] = params.number("temperature", minimum=0, maximum=2)
+    if "max_tokens" in params:
+        options["max_tokens"] = params.integer("max_tokens", 0, minimum=1, maximum=1_000_000)
+    return options
 
 
 def enriched(result: ChatResult, acting: Principal) -> dict[str, Any]:

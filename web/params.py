@@ -73,6 +73,17 @@ class Params:
             code="invalid_parameter",
         )
 
+    def number(self, name: str, *, minimum: float, maximum: float) -> float:
+        value = self.data.get(name)
+        try:
+            number = float(value) if not isinstance(value, bool) else None  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not minimum <= number <= maximum:
+            raise BadRequest(f"'{name}' must be a number from {minimum:g} to {maximum:g}",
+                             code="invalid_parameter")
+        return number
+
     def integer(self, name: str, default: int, *, minimum: int = 0,
                 maximum: int = 1_000_000) -> int:
         value = self.data.get(name)
