@@ -213,9 +213,12 @@ class AccountPool:
         return min(waits) if waits else None
 
     def models_for(self, choice: PlusChoice) -> list[tuple[str, Account]]:
-        """Each model the tiers of ``choice`` serve, with the first account serving it."""
+        """Each model the tiers of ``choice`` serve, with the first account serving it. Accounts
+        out of service (no key, key refused) are left out: asking for them would only fail."""
         seen: dict[str, Account] = {}
         for account in self.candidates(choice):
+            if account.health() == "out":
+                continue
             for model in account.settings.served_models:
                 seen.setdefault(model, account)
         return list(seen.items())

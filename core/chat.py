@@ -93,6 +93,8 @@ class ChatResult:
     is_new: bool
     prompt_time: datetime
     elapsed_s: float
+    finish_reason: str = "stop"
+    """As the upstream said: "stop", or "length" when max_tokens cut the reply."""
 
 
 class ConversationLocks:
@@ -292,7 +294,8 @@ class ChatService:
             conversation, turn, self._usage(principal, request, conversation_id, account,
                                             completion, now, elapsed),
         )
-        return ChatResult(conversation, turn, None, True, prompt_time, elapsed)
+        return ChatResult(conversation, turn, None, True, prompt_time, elapsed,
+                          completion.finish_reason or "stop")
 
     # ----------------------------------------------------------------- follow-ups
 
@@ -376,7 +379,8 @@ class ChatService:
                 raise NotFound("the conversation was removed while it was being answered",
                                code="conversation_removed")
         updated = await self.conversations.get(conversation.id) or conversation
-        return ChatResult(updated, turn, previous, False, prompt_time, elapsed)
+        return ChatResult(updated, turn, previous, False, prompt_time, elapsed,
+                          completion.finish_reason or "stop")
 
     def _account_for_follow_up(self, conversation: Conversation, principal: Principal) -> Account:
         name = conversation.account or ""

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from core.gateway import Gateway
 
-from . import api
+from . import api, ui
 from .errors import error_middleware
 from .keys import GATEWAY, SETTINGS
 from .openai_api import create_v1_app
@@ -16,10 +16,12 @@ def create_app(gateway: Gateway) -> web.Application:
     """The HTTP front over an opened ``Gateway``; the caller owns the gateway's lifetime."""
     settings = gateway.settings
     app = web.Application(
-        middlewares=[error_middleware], client_max_size=settings.server.max_body_bytes
+        middlewares=[error_middleware, ui.middleware],
+        client_max_size=settings.server.max_body_bytes,
     )
     app[GATEWAY] = gateway
     app[SETTINGS] = settings
     api.add_routes(app, settings.paths)
     app.add_subapp(settings.paths.openai_prefix, create_v1_app(gateway))
+    ui.setup(app)
     return app

@@ -57,7 +57,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             405: f"{request.method} is not allowed on {request.path}",
             413: "the request body is too large",
         }.get(exc.status, exc.reason)
-        return error_response(exc.status, message, _HTTP_CODES.get(exc.status, "http_error"))
+        response = error_response(exc.status, message, _HTTP_CODES.get(exc.status, "http_error"))
+        if "Allow" in exc.headers:  # a 405 must say which methods are allowed (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception:
         ref = secrets.token_hex(4)
         log.exception("unhandled error on %s %s (ref %s)", request.method, request.path, ref)

@@ -237,7 +237,7 @@ def _completion(result: ChatResult) -> dict[str, Any]:
             "index": 0,
             "message": {"role": "assistant", "content": result.turn.reply, "refusal": None},
             "logprobs": None,
-            "finish_reason": "stop",
+            "finish_reason": result.finish_reason,
         }],
         "usage": _usage(result),
         "system_fingerprint": None,
@@ -316,7 +316,7 @@ async def _stream(request: web.Request, gateway: Gateway, principal: Principal,
         return writer.response
     writer.model = result.turn.model
     await writer.open()  # an empty reply still gets its role chunk
-    await writer.write(writer.chunk({}, "stop"))
+    await writer.write(writer.chunk({}, result.finish_reason))
     if include_usage:
         await writer.write({
             "id": writer.chunk_id, "object": "chat.completion.chunk",

@@ -236,3 +236,19 @@ def _error(exc: openai.APIStatusError) -> dict[str, Any]:
     body = exc.body
     assert isinstance(body, dict)
     return body
+
+
+async def test_finish_reason_and_out_of_service_models(
+    sdk: openai.AsyncOpenAI, gateway: Gateway, upstream_a: FakeUpstream
+) -> None:
+    from tests.fakes.upstream import Reply
+
+    upstream_a.enqueue(Reply("cut sh", finish_reason="length"))
+    completion = await sdk.chat.completions.create(model="model-a", messages=USER_HI,
+                                                   max_tokens=2)
+    assert completion.choices[0].finish_reason == "length"
+    # An account out of service (its key refused) no longer offers its model.
+    account = gateway.pool.get("B")
+    assert account is not None
+    account.disable()
+    assert [m.id for m in (await sdk.models.list()).data] == ["model-a"]

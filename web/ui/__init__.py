@@ -1,0 +1,93 @@
+"""The web UI: server-rendered pages (aiohttp-jinja2), a little plain JavaScript, no build step
+and nothing loaded from another site.
+
+    /                      to the chat, or to sign in
+    /login, /logout        sign in with a gateway key (POST only), sign out
+    /chat, /chat/{id}      conversations; /chat/stream streams a reply (server-sent events)
+    /own-key               the member's gateway key (rotate) and own upstream key (set, clear)
+    /access-token          access-token retrieval (email and password)
+    /admin/users, /admin/users/conversations, /admin/accounts   by role
+    /static/...            stylesheets, scripts, icon
+
+``setup(app)`` registers all of it; ``middleware`` (pages.py) must be in the app's middlewares.
+The paths are fixed; a ``[paths]`` setting that collides with one stops the start, naming it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from ..keys import GATEWAY, SETTINGS
+from . import account, admin, chat
+from .pages import Handler, middleware
+from .sessions import SessionStore
+from .state import SESSIONS, STATIC
+
+__all__ = ["ROUTES", "middleware", "setup"]
+
+WEB = Path(__file__).resolve().parent.parent
+TEMPLATES = WEB / "templates"
+STATIC_DIR = WEB / "static"
+
+ROUTES: list[tuple[str, str, Handler]] = [
+    ("GET", "/", account.home),
+    ("GET", "/login", account.login_form),
+    ("POST", "/login", account.login),
+    ("POST", "/logout", account.logout),
+    ("GET", "/chat", chat.index),
+    ("POST", "/chat", chat.send_form),
+    ("POST", "/chat/stream", chat.stream),
+    ("GET", "/chat/{conversation_id}", chat.conversation),
+    ("POST", "/chat/{conversation_id}/remove", chat.remove),
+    ("GET", "/own-key", account.keys_page),
+    ("POST", "/own-key", account.own_key_update),
+    ("POST", "/own-key/rotate", account.rotate_own_key),
+    ("GET", "/access-token", account.access_token_page),
+    ("POST", "/access-token", account.access_token_exchange),
+    ("GET", "/admin", admin.home),
+    ("GET", "/admin/users", admin.users),
+    ("POST", "/admin/users", admin.create),
+    ("POST", "/admin/users/update", admin.update),
+    ("GET", "/admin/users/conversations", admin.conversations),
+    ("GET", "/admin/accounts", admin.accounts),
+    ("POST", "/admin/accounts", admin.accounts_update),
+]
+UI_PREFIXES = ("/chat", "/admin", "/own-key", "/access-token", "/login", "/logout", "/static")
+
+
+def check_paths(paths: dict[str, str]) -> None:
+    """Refuse a ``[paths]`` setting that would shadow (or be shadowed by) a UI page."""
+    for name, value in paths.items():
+        taken = value == "/" or any(value == p or value.startswith(p + "/") for p in UI_PREFIXES)
+        if taken:
+            raise ValueError(f"[paths] {name} = {value!r} collides with the web UI, which uses "
+                             f"/, {', '.join(UI_PREFIXES)}")
+
+
+def setup(app: web.Application) -> None:
+    check_paths(app[SETTINGS].paths.model_dump())
+    env = aiohttp_jinja2.setup(
+        app, loader=jinja2.FileSystemLoader(TEMPLATES), default_helpers=False,
+        autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined,
+        trim_blocks=True, lstrip_blocks=True,
+    )
+    static = app.router.add_static("/static/", STATIC_DIR, name="ui-static",
+                                   append_version=True)
+    assert isinstance(static, web.StaticResource)
+    app[STATIC] = static
+    env.globals["static"] = lambda filename: str(static.url_for(filename=filename))
+    env.filters["when"] = _when
+    app[SESSIONS] = SessionStore(app[GATEWAY])
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+
+
+def _when(stamp: str | None) -> str:
+    """``2026-11-25T21:41:02.611Z`` as ``2026-11-25 21:41 UTC`` (app.js shows local time)."""
+    if not stamp:
+        return "never"
+    return f"{stamp[:10]} {stamp[11:16]} UTC"

@@ -1,0 +1,268 @@
+"""The chat pages: the conversation list, one conversation, a prompt sent (streamed to chat.js as
+server-sent events, or as a plain form post when JavaScript is off) and removal.
+
+Model text is only ever turned into HTML here, on the server, by ``markdown_to_safe_html``: while
+a reply streams, the text so far is re-rendered and sent as an ``html`` event at most every
+``HTML_EVERY_S``, so the browser never interprets model output itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from core.chat import ChatRequest, ChatResult, StartInfo
+from core.errors import GatewayError
+from core.gateway import Gateway
+from core.models import Conversation, Principal, Turn
+
+from ..api import MAX_ID_CHARS, chat_request, enriched
+from ..keys import GATEWAY
+from ..params import Params
+from ..render import markdown_to_safe_html
+from .admin import member
+from .pages import SECURITY_HEADERS, flash, page, render, see_other, signed_in
+
+log = logging.getLogger(__name__)
+
+LIST_LIMIT = 200
+"""Conversations listed beside the chat (the most recent ones)."""
+HTML_EVERY_S = 0.05
+"""How often, at most, a growing reply is re-rendered and sent while it streams."""
+TIERS = {"false": "Free", "true": "Plus", "any": "Any"}
+
+
+@dataclass(frozen=True, slots=True)
+class TurnView:
+    turn: Turn
+    html: str
+    json: str
+
+
+def tiers_for(principal: Principal) -> list[tuple[str, str]]:
+    allowed = ("false", "true", "any") if principal.plus or principal.is_admin else ("false",)
+    return [(value, TIERS[value]) for value in allowed]
+
+
+def render_reply(text: str) -> str:
+    return markdown_to_safe_html(text, highlight=True)
+
+
+def reply_json(result: ChatResult, owner: Principal) -> dict[str, Any]:
+    """The enriched JSON the API gives for this turn."""
+    return {"status": "success", **enriched(result, owner)}
+
+
+def turn_views(conversation: Conversation, turns: list[Turn], owner: Principal) -> list[TurnView]:
+    """Stored turns as the page shows them, each with the enriched JSON of its reply rebuilt
+    from what was stored."""
+    views, previous = [], None
+    for turn in turns:
+        result = ChatResult(conversation, turn, previous, turn.position == 0,
+                            _parse(turn.prompt_utc), turn.duration_ms / 1000)
+        views.append(TurnView(turn, render_reply(turn.reply),
+                              json.dumps(reply_json(result, owner), ensure_ascii=False,
+                                         indent=2)))
+        previous = turn
+    return views
+
+
+def _parse(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+# --------------------------------------------------------------------------------- pages
+
+
+@page()
+async def index(request: web.Request) -> web.StreamResponse:
+    return await chat_page(request, None)
+
+
+@page()
+async def conversation(request: web.Request) -> web.StreamResponse:
+    return await chat_page(request, request.match_info["conversation_id"])
+
+
+async def chat_page(request: web.Request, conversation_id: str | None, *,
+                    error: str | None = None, prompt: str | None = None,
+                    status: int = 200) -> web.Response:
+    viewer = signed_in(request).principal
+    gateway = request.app[GATEWAY]
+    search = request.query.get("q", "").strip()[:200]
+    user_ref = request.query.get("user", "").strip()[:MAX_ID_CHARS] or None
+    conversations, total = await gateway.list_conversations(viewer, limit=LIST_LIMIT)
+    if search:
+        conversations = [c for c in conversations if search.casefold() in c.title.casefold()]
+    current, views, owner = None, [], viewer
+    if conversation_id:
+        current, turns, owner = await _open(gateway, viewer, conversation_id, user_ref)
+        views = turn_views(current, turns, owner)
+    return await render(request, "chat.html", {
+        "section": "chat",
+        "conversations": conversations,
+        "total": total,
+        "list_limit": LIST_LIMIT,
+        "q": search,
+        "current": current,
+        "turns": views,
+        "owner": owner,
+        "audit": owner.id != viewer.id,
+        "user_ref": user_ref if owner.id != viewer.id else None,
+        "tiers": tiers_for(viewer),
+        "prompt": prompt if prompt is not None else request.query.get("prompt", ""),
+        "error": error,
+    }, status=status)
+
+
+async def _open(gateway: Gateway, viewer: Principal, conversation_id: str,
+                user_ref: str | None) -> tuple[Conversation, list[Turn], Principal]:
+    """A conversation the viewer may see, its turns, and its owner: the viewer's own, any for
+    an admin (audit), or a client's user's when the client names them with ``?user=``."""
+    if user_ref and viewer.role != "user":
+        owner = await member(gateway, viewer, user_ref)
+        found, turns = await gateway.recall(owner, conversation_id)
+        return found, turns, owner
+    found, turns = await gateway.recall(viewer, conversation_id)
+    if found.owner_id == viewer.id:
+        return found, turns, viewer
+    # Only an admin gets here (the facade answers 404 to anyone else): name the owner.
+    owner = await gateway.principals.get(found.owner_id)
+    return found, turns, owner or viewer
+
+
+# --------------------------------------------------------------------------------- sending
+
+
+async def _request(request: web.Request, viewer: Principal) -> ChatRequest:
+    form = await request.post()
+    params = Params({name: value for name, value in form.items() if isinstance(value, str)
+                     and name in ("prompt", "conversation_id", "plus")})
+    chat_req = chat_request(params, endpoint="web")
+    if chat_req.conversation_id:
+        gateway = request.app[GATEWAY]
+        found = await gateway.conversation_for(viewer, chat_req.conversation_id)
+        if found.mode == "own_key":
+            # A conversation on the member's own key follows up with that same key.
+            token = await gateway.own_key(viewer)
+            if token:
+                chat_req = dataclasses.replace(chat_req, access_token=token)
+    return chat_req
+
+
+@page()
+async def send_form(request: web.Request) -> web.StreamResponse:
+    """Without JavaScript: the whole reply, then the conversation page."""
+    viewer = signed_in(request).principal
+    chat_req = await _request(request, viewer)
+    try:
+        result = await request.app[GATEWAY].chat(viewer, chat_req)
+    except GatewayError as err:
+        return await chat_page(request, chat_req.conversation_id, error=err.message,
+                               prompt=chat_req.prompt, status=err.status)
+    raise see_other(f"/chat/{quote(result.conversation.id)}#latest")
+
+
+class _Stream:
+    """A ``ChatListener`` writing the turn as server-sent events for chat.js: ``start``,
+    ``html`` (the reply so far, rendered), ``title``, then ``done`` or ``error``. The stream
+    opens at the first upstream call, so an error found before (no plus, unknown conversation)
+    still answers with its own status and the error JSON. A browser that goes away does not
+    stop the turn: it is completed and stored."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no", **SECURITY_HEADERS,
+        })
+        self.text = ""
+        self.rendered_at = 0.0
+        self.gone = False
+
+    async def send(self, event: str, data: dict[str, Any]) -> None:
+        if self.gone:
+            return
+        payload = json.dumps(data, ensure_ascii=False)
+        try:
+            await self.response.write(f"event: {event}\ndata: {payload}\n\n".encode())
+        except (ConnectionError, RuntimeError):
+            self.gone = True
+
+    async def started(self, info: StartInfo) -> None:
+        if not self.response.prepared:
+            await self.response.prepare(self.request)
+        await self.send("start", {
+            "conversation_id": info.conversation_id, "message_id": info.message_id,
+            "parent_id": info.parent_id, "model": info.model, "account": info.account,
+            "is_new_conversation": info.is_new,
+        })
+
+    async def delta(self, text: str) -> None:
+        self.text += text
+        if time.monotonic() - self.rendered_at >= HTML_EVERY_S:
+            self.rendered_at = time.monotonic()
+            await self.send("html", {"html": render_reply(self.text)})
+
+    async def title(self, title: str) -> None:
+        await self.send("title", {"title": title})
+
+
+@page(json_errors=True)
+async def stream(request: web.Request) -> web.StreamResponse:
+    viewer = signed_in(request).principal
+    chat_req = await _request(request, viewer)
+    listener = _Stream(request)
+    try:
+        result = await request.app[GATEWAY].chat(viewer, chat_req, listener)
+    except GatewayError as err:
+        if not listener.response.prepared:
+            raise
+        await listener.send("error", {"status": "error", "message": err.message,
+                                      "code": err.code})
+        return listener.response
+    except Exception:
+        if not listener.response.prepared:
+            raise
+        ref = secrets.token_hex(4)
+        log.exception("unhandled error in a streamed web chat (ref %s)", ref)
+        await listener.send("error", {"status": "error", "code": "internal_error",
+                                      "message": f"Something broke on our side. Quote "
+                                                 f"reference {ref} to an admin."})
+        return listener.response
+    await listener.send("done", {
+        "json": reply_json(result, viewer),
+        "html": render_reply(result.turn.reply),
+        "title": result.conversation.title,
+    })
+    return listener.response
+
+
+# --------------------------------------------------------------------------------- removal
+
+
+@page()
+async def remove(request: web.Request) -> web.StreamResponse:
+    viewer = signed_in(request).principal
+    gateway = request.app[GATEWAY]
+    conversation_id = request.match_info["conversation_id"]
+    form = await request.post()
+    user_ref = form.get("user")
+    if isinstance(user_ref, str) and user_ref and viewer.role != "user":
+        owner = await member(gateway, viewer, user_ref)
+        removed = await gateway.remove_conversation(owner, conversation_id)
+        back = f"/admin/users/conversations?user={quote(user_ref, safe='')}"
+    else:
+        removed = await gateway.remove_conversation(viewer, conversation_id)
+        back = "/chat"
+    await flash(request, "ok", f"Removed “{removed.title}”.")
+    raise see_other(back)
