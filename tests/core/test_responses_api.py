@@ -89,7 +89,7 @@ async def test_a_follow_up_whose_account_is_gone_fails_instead_of_losing_history
     make_settings: Callable[..., Settings], responses_settings: Settings,
     stateful: tuple[FakeUpstream, FakeUpstream]
 ) -> None:
-    r1, r2 = stateful
+    _, r2 = stateful
     async with Gateway(responses_settings, environ=ENVIRON) as gateway:
         ann = await _user(gateway)
         first = await gateway.chat(ann, ChatRequest(prompt="remember 42"))

@@ -1,0 +1,122 @@
+"""Fixtures for the core suite: a Gateway over a real SQLite file, driven by a fake clock, with
+the real fake upstreams of ``tests/conftest.py`` (A and B free, P plus)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.chat import ChatRequest, ChatResult, StartInfo
+from core.config import Settings
+from core.gateway import Gateway
+from core.models import Principal
+from tests.conftest import ENVIRON
+
+
+class FakeClock:
+    """A monotonic clock that moves only when the test says so."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Listener:
+    """Records what a streamed turn tells its listener, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    async def started(self, info: StartInfo) -> None:
+        self.events.append(("started", info))
+
+    async def delta(self, text: str) -> None:
+        self.events.append(("delta", text))
+
+    async def title(self, title: str) -> None:
+        self.events.append(("title", title))
+
+    def of(self, kind: str) -> list[Any]:
+        return [value for k, value in self.events if k == kind]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+OpenGateway = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def open_gateway(clock: FakeClock) -> AsyncIterator[OpenGateway]:
+    """Open a Gateway on given settings (fake clock, test environ); closed at teardown."""
+    opened: list[Gateway] = []
+
+    async def open_(settings: Settings, *, environ: dict[str, str] | None = None) -> Gateway:
+        gw = Gateway(settings, environ=ENVIRON if environ is None else environ, clock=clock)
+        await gw.open()
+        opened.append(gw)
+        return gw
+
+    yield open_
+    for gw in reversed(opened):
+        await gw.close()
+
+
+@pytest.fixture
+async def gw(open_gateway: OpenGateway, settings: Settings) -> Gateway:
+    """Gateway with two free accounts (A, B) and one plus account (P)."""
+    return await open_gateway(settings)
+
+
+@pytest.fixture
+async def admin(gw: Gateway) -> Principal:
+    return await gw.authenticate(await gw.create_admin("root"))
+
+
+@pytest.fixture
+async def user(gw: Gateway, admin: Principal) -> Principal:
+    principal, _ = await gw.add_user(admin, userid="ann", username="Ann")
+    return principal
+
+
+@pytest.fixture
+async def plus_user(gw: Gateway, admin: Principal) -> Principal:
+    principal, _ = await gw.add_user(admin, userid="pat", username="Pat", plus=True)
+    return principal
+
+
+async def new_user(gw: Gateway, userid: str = "ann", *, plus: bool = False) -> Principal:
+    """A user made by a fresh admin, for tests that open their own Gateway."""
+    admin = await gw.authenticate(await gw.create_admin(f"root-{userid}"))
+    principal, _ = await gw.add_user(admin, userid=userid, username=userid, plus=plus)
+    return principal
+
+
+async def ask(gw: Gateway, who: Principal, prompt: str, conversation_id: str | None = None,
+              **fields: Any) -> ChatResult:
+    return await gw.chat(who, ChatRequest(prompt=prompt, conversation_id=conversation_id,
+                                          **fields))
+
+
+def db_bytes(db_path: str | Path) -> bytes:
+    """Every byte SQLite keeps for this database: the file, its WAL and shared memory."""
+    path = Path(db_path)
+    return b"".join(p.read_bytes() for p in sorted(path.parent.glob(path.name + "*")))
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 nobody listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
