@@ -109,6 +109,9 @@ class Account:
         self.stats.last_error = f"{failure.kind}: {failure.detail}"[:300]
         if failure.kind == "auth":
             self.out_reason = f"the upstream refused this account's key (HTTP {failure.status})"
+        elif failure.kind == "misconfigured":
+            self.out_reason = (f"the upstream answered HTTP {failure.status} ({failure.detail}):"
+                               " check this account's base_url and model")
         elif failure.cools_down:
             wait = failure.retry_after if failure.retry_after is not None else default_cooldown
             self.cooling_until = self._clock() + min(wait, max_cooldown)

@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -119,11 +119,16 @@ class RateLimiter:
         self.per_minute = per_minute
         self._clock = clock
         self._seen: dict[int, list[float]] = {}
+        self._next_sweep = 0.0
 
     def check(self, principal_id: int) -> None:
         if not self.per_minute:
             return
         now = self._clock()
+        if now >= self._next_sweep:
+            # Forget callers idle for a minute, so the table does not grow with every key ever seen.
+            self._seen = {p: times for p, times in self._seen.items() if now - times[-1] < 60}
+            self._next_sweep = now + 60
         recent = [t for t in self._seen.get(principal_id, ()) if now - t < 60]
         if len(recent) >= self.per_minute:
             self._seen[principal_id] = recent
@@ -189,6 +194,12 @@ class ChatService:
     ) -> ChatResult:
         prompt_time = utc_now()
         started = time.perf_counter()
+        client_id = _ref_owner(principal, request)
+        if client_id is not None and request.external_ref and \
+                await self.conversations.by_external_ref(client_id, request.external_ref):
+            # Checked before the upstream call, so a clash costs no tokens and no reply is lost.
+            raise Conflict(f"the reference {request.external_ref!r} already names a conversation",
+                           code="external_ref_taken")
         credential = request.access_token or own_key
         if credential:
             target = self._own_key_target(credential, request.user_plus)
@@ -237,7 +248,7 @@ class ChatService:
             except UpstreamFailure as failure:
                 self._record_failure(account, failure)
                 last_failure = failure
-                if progress.sent_text or (not failure.cools_down and failure.kind != "auth"):
+                if progress.sent_text or not failure.is_the_accounts_fault:
                     await self._log_failure(principal, request, None, account.name,
                                             started, failure)
                     raise _as_gateway_error(failure, account.name) from None
@@ -276,9 +287,7 @@ class ChatService:
     ) -> ChatResult:
         elapsed = time.perf_counter() - started
         now = iso(utc_now())
-        client_id = principal.client_id if request.external_ref else None
-        if request.external_ref and principal.is_client:
-            client_id = principal.id
+        client_id = _ref_owner(principal, request)
         # The conversation keeps the model name it asked for, which its follow-ups ask for
         # again; an upstream may echo another (a dated snapshot, Azure's model behind a
         # deployment name) that it would not accept. Each turn records the echoed one.
@@ -335,6 +344,9 @@ class ChatService:
             context = self.settings.own_key.context_tokens
 
         async with self._locks.lock(conversation.id):
+            if account is not None:
+                # The turn before this one, which held the lock, may have cooled the account.
+                account = self._account_for_follow_up(conversation, principal)
             prompt_time = utc_now()
             started = time.perf_counter()
             recent = await self.conversations.recent_turns(conversation.id, MAX_HISTORY_TURNS)
@@ -617,6 +629,13 @@ def _text(message: Message) -> str:
     return str(content or "")
 
 
+def _ref_owner(principal: Principal, request: ChatRequest) -> int | None:
+    """The client whose namespace a conversation's external reference lives in."""
+    if not request.external_ref:
+        return None
+    return principal.id if principal.is_client else principal.client_id
+
+
 def _may_use_plus(principal: Principal) -> bool:
     return principal.plus or principal.is_admin
 
@@ -629,6 +648,7 @@ def _describe(failure: UpstreamFailure) -> str:
         "proxy": "proxy failure",
         "connect": "unreachable",
         "auth": "key refused",
+        "misconfigured": "wrong base_url or model",
         "garbage": "invalid answer",
         "rejected": "request refused",
     }[failure.kind]
@@ -647,12 +667,13 @@ def _as_gateway_error(failure: UpstreamFailure, account: str | None) -> GatewayE
                                code="upstream_rate_limited", retry_after=failure.retry_after)
         return Unavailable(f"{where} is rate limited; try again later",
                            code="upstream_rate_limited", retry_after=failure.retry_after)
-    if failure.kind == "auth":
-        return Unavailable(f"{where} is out of service (the upstream refused its key)",
+    if failure.kind == "misconfigured" and account is None:
+        return BadRequest(f"the upstream does not know this model or path: {failure.detail}",
+                          code="upstream_rejected")
+    if failure.takes_out:
+        return Unavailable(f"{where} is out of service ({_describe(failure)})",
                            code="account_out")
     if failure.kind == "timeout":
         return UpstreamError(f"{where} did not answer in time", code="upstream_timeout")
     return UpstreamError(f"{where} failed: {_describe(failure)}", code=f"upstream_{failure.kind}")
 
-
-Callback = Callable[..., Awaitable[None]]

@@ -36,9 +36,13 @@ class Store:
         if self.path.parent and str(self.path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = await self._connect()
-        await self._writer.execute("PRAGMA journal_mode = WAL")
-        await self._migrate()
-        self._reader = await self._connect()
+        try:
+            await self._writer.execute("PRAGMA journal_mode = WAL")
+            await self._migrate()
+            self._reader = await self._connect()
+        except BaseException:
+            await self.close()  # no connection thread left behind by a failed start
+            raise
 
     async def _connect(self) -> aiosqlite.Connection:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a read never opens a

@@ -98,6 +98,9 @@ async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
         )
     if status in (401, 403):
         raise UpstreamFailure("auth", detail, status=status)
+    if status == 404:
+        # The account's base_url or model is wrong: no request of any caller can succeed there.
+        raise UpstreamFailure("misconfigured", detail, status=status)
     if status >= 500 or status == 408:
         raise UpstreamFailure(
             "server", detail, status=status,

@@ -10,8 +10,11 @@ from typing import Any, Literal
 import aiohttp
 
 FailureKind = Literal[
-    "rate_limited", "server", "timeout", "proxy", "connect", "auth", "rejected", "garbage"
+    "rate_limited", "server", "timeout", "proxy", "connect", "auth", "misconfigured", "rejected",
+    "garbage",
 ]
+TAKES_OUT_KINDS: frozenset[str] = frozenset({"auth", "misconfigured"})
+"""Failures only an admin can fix: the account is taken out until restored."""
 COOLING_KINDS: frozenset[str] = frozenset(
     {"rate_limited", "server", "timeout", "proxy", "connect", "garbage"}
 )
@@ -40,6 +43,15 @@ class UpstreamFailure(Exception):
     @property
     def cools_down(self) -> bool:
         return self.kind in COOLING_KINDS
+
+    @property
+    def takes_out(self) -> bool:
+        return self.kind in TAKES_OUT_KINDS
+
+    @property
+    def is_the_accounts_fault(self) -> bool:
+        """True when another account may well succeed where this one failed."""
+        return self.cools_down or self.takes_out
 
 
 @dataclass(slots=True)
