@@ -103,7 +103,7 @@ class ConversationRepo:
                                           params)
         rows = await self.store.fetchall(
             f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE {where}"
-            " ORDER BY updated_utc DESC, id LIMIT ? OFFSET ?",
+            " ORDER BY updated_utc DESC, rowid DESC LIMIT ? OFFSET ?",
             [*params, limit, offset],
         )
         return [_conversation(r) for r in rows], int(total[0]) if total else 0

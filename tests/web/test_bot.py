@@ -1,0 +1,176 @@
+"""``python bot.py`` as an operator runs it: ``create-admin`` prints only a key; the first start
+on an empty database prints one admin key, once, and serves /healthz until SIGTERM; a config with
+an unknown key stops the start with a message naming it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+
+from core.config import load_settings
+from core.gateway import Gateway
+
+from .support import KEY_RE
+
+ROOT = Path(__file__).resolve().parents[2]
+START_DEADLINE_S = 20.0
+
+
+def bot_env() -> dict[str, str]:
+    """The test's environment, minus anything that would start Discord or name a secret key."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("DISCORD", "GATEWAY_SECRET"))}
+
+
+def write_config(tmp_path: Path, port: int = 0, extra: str = "") -> Path:
+    # One account that needs no key: usable, so no local model is started, and never called.
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[server]\nhost = "127.0.0.1"\nport = {port}\n{extra}\n'
+        f'[storage]\npath = "{tmp_path / "data" / "gw.db"}"\n\n'
+        '[[accounts]]\nname = "local"\nbase_url = "http://127.0.0.1:9/v1"\n'
+        'api_key_env = ""\nmodel = "m"\nproxy = ""\n',
+        encoding="utf-8",
+    )
+    return config
+
+
+async def run_bot(*args: str, timeout: float = 30) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "bot.py", *args, cwd=ROOT, env=bot_env(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def read(path: Path) -> str:
+    """A small log file's text, read only to explain a failure or after the process ended."""
+    return path.read_text(encoding="utf-8")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@asynccontextmanager
+async def running_bot(config: Path, tmp_path: Path, name: str) -> AsyncIterator[
+        tuple[str, Path]]:
+    """Start the gateway, wait for /healthz to answer, yield its base URL and stdout file;
+    on exit stop it with SIGTERM and check that it shut down cleanly."""
+    settings = load_settings(config)
+    base = f"http://127.0.0.1:{settings.server.port}"
+    stdout, stderr = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "bot.py", "--config", str(config), cwd=ROOT, env=bot_env(),
+            stdout=out, stderr=err,
+        )
+    try:
+        await wait_healthy(base, process, stderr)
+        yield base, stdout
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        code = await asyncio.wait_for(process.wait(), 15)
+    assert code == 0, read(stderr)
+    assert "shutting down" in read(stderr)
+
+
+async def wait_healthy(base: str, process: asyncio.subprocess.Process, stderr: Path) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + START_DEADLINE_S
+    async with aiohttp.ClientSession() as session:
+        while True:
+            assert process.returncode is None, f"bot.py exited early:\n{read(stderr)}"
+            try:
+                async with session.get(f"{base}/healthz") as resp:
+                    if resp.status == 200 and (await resp.json())["status"] == "ok":
+                        return
+            except aiohttp.ClientError:
+                pass
+            assert loop.time() < deadline, f"no /healthz within {START_DEADLINE_S}s:\n" + read(
+                stderr)
+            await asyncio.sleep(0.05)
+
+
+async def test_create_admin_prints_only_a_key(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    code, out, err = await run_bot("--config", str(config), "create-admin", "ops")
+    assert code == 0, err
+    assert out.endswith("\n") and out.count("\n") == 1
+    key = out.strip()
+    assert KEY_RE.fullmatch(key), out
+    assert key not in err
+    # The key is an admin's, stored in the configured database.
+    async with Gateway(load_settings(config)) as gateway:
+        admin = await gateway.authenticate(key)
+        assert (admin.role, admin.name) == ("admin", "ops")
+        # The database now has principals: a first start would print no key.
+        assert await gateway.bootstrap_admin() is None
+
+
+async def test_first_start_prints_one_admin_key_once_and_serves(tmp_path: Path) -> None:
+    config = write_config(tmp_path, port=free_port(), extra="max_body_bytes = 20000")
+    async with running_bot(config, tmp_path, "first") as (base, stdout):
+        keys = KEY_RE.findall(read(stdout))
+        assert len(keys) == 1, read(stdout)
+        key = keys[0]
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/healthz") as resp:
+                body = await resp.json()
+            assert body["status"] == "ok" and body["database"] == "ok"
+            # The printed key is an admin's key, here in the original's admin= parameter.
+            async with session.get(f"{base}/api/admin/accounts",
+                                   params={"admin": key}) as resp:
+                assert resp.status == 200, await resp.text()
+                assert [a["name"] for a in (await resp.json())["accounts"]] == ["local"]
+            async with session.get(f"{base}/api/nope") as resp:
+                assert resp.status == 404
+                assert (await resp.json())["status"] == "error"
+            # A GET prompt longer than aiohttp's default 8 KiB request line reaches the gateway
+            # (whose only account is unreachable here), and is answered in the JSON shape.
+            async with session.get(f"{base}/api/chat",
+                                   params={"admin": key, "prompt": "x" * 10_000}) as resp:
+                assert resp.status == 503, await resp.text()
+                assert (await resp.json())["status"] == "error"
+            # A line past max_body_bytes is refused by aiohttp itself, which logs it: masked.
+            async with session.get(f"{base}/api/recall",
+                                   params={"admin": key, "pad": "p" * 30_000}) as resp:
+                assert resp.status == 400
+    err = read(tmp_path / "first.err")
+    assert "Error handling request" in err and "admin=***" in err
+    assert "/api/admin/accounts?admin=***" in err  # the access log, redacted
+    assert key not in err
+    assert len(KEY_RE.findall(read(stdout))) == 1
+
+    async with running_bot(config, tmp_path, "second") as (_, stdout):
+        pass
+    assert KEY_RE.findall(read(stdout)) == []
+
+
+async def test_unknown_config_key_stops_the_start(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    typo = write_config(tmp_path / "a", extra="colour = \"blue\"\n")
+    table = write_config(tmp_path / "b", extra="\n[nonsense]\nx = 1\n")
+    (code, out, err), (code2, out2, err2) = await asyncio.gather(
+        run_bot("--config", str(typo)),
+        run_bot("--config", str(table), "create-admin", "x"),
+    )
+    assert code != 0 and out == ""
+    assert "server.colour" in err and "unknown key" in err
+    assert code2 != 0 and out2 == ""
+    assert "nonsense" in err2 and "unknown key" in err2
+    assert not (tmp_path / "a" / "data" / "gw.db").exists()
+    assert not (tmp_path / "b" / "data" / "gw.db").exists()
