@@ -32,7 +32,7 @@ def _highlight(code: str, lang: str, _attrs: str) -> str:
         lexer = get_lexer_by_name(lang.lower(), stripnl=False, ensurenl=False)
     except ClassNotFound:
         return ""
-    return pygments_highlight(code, lexer, _formatter)
+    return str(pygments_highlight(code, lexer, _formatter))
 
 
 _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")

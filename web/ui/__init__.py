@@ -21,6 +21,8 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from core.config import ConfigError
+
 from ..keys import GATEWAY, SETTINGS
 from . import account, admin, chat
 from .pages import Handler, middleware
@@ -64,8 +66,8 @@ def check_paths(paths: dict[str, str]) -> None:
     for name, value in paths.items():
         taken = value == "/" or any(value == p or value.startswith(p + "/") for p in UI_PREFIXES)
         if taken:
-            raise ValueError(f"[paths] {name} = {value!r} collides with the web UI, which uses "
-                             f"/, {', '.join(UI_PREFIXES)}")
+            raise ConfigError(f"[paths] {name} = {value!r} collides with the web UI, which "
+                              f"uses /, {', '.join(UI_PREFIXES)}")
 
 
 def setup(app: web.Application) -> None:

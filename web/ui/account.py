@@ -26,6 +26,8 @@ def safe_next(value: object) -> str:
     """Where to go after signing in: a path on this site only, never another site."""
     if not isinstance(value, str) or not value.startswith("/") or len(value) > 2000:
         return "/chat"
+    if not value.isprintable() or any(c.isspace() for c in value):
+        return "/chat"  # browsers drop tabs and newlines: "/\t/evil.example" is "//evil…"
     if value.startswith(("//", "/\\")) or "\\" in value or value.startswith(("/login",
                                                                            "/logout")):
         return "/chat"

@@ -41,7 +41,11 @@ async def member(gateway: Gateway, viewer: Principal, ref: str) -> Principal:
             raise NotFound(f"There is no member #{ref}.", code="user_not_found")
         return found
     if viewer.is_client:
-        return await gateway.acting_as(viewer, ref)
+        try:
+            return await gateway.acting_as(viewer, ref)
+        except NotFound:
+            raise NotFound(f"None of your users has the id {ref!r}.",
+                           code="user_not_found") from None
     raise Forbidden(NOT_A_MANAGER, code="not_allowed")
 
 

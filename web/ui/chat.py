@@ -136,8 +136,8 @@ async def _open(gateway: Gateway, viewer: Principal, conversation_id: str,
     if found.owner_id == viewer.id:
         return found, turns, viewer
     # Only an admin gets here (the facade answers 404 to anyone else): name the owner.
-    owner = await gateway.principals.get(found.owner_id)
-    return found, turns, owner or viewer
+    owner_principal = await gateway.principals.get(found.owner_id)
+    return found, turns, owner_principal or viewer
 
 
 # --------------------------------------------------------------------------------- sending
@@ -169,7 +169,7 @@ async def send_form(request: web.Request) -> web.StreamResponse:
     except GatewayError as err:
         return await chat_page(request, chat_req.conversation_id, error=err.message,
                                prompt=chat_req.prompt, status=err.status)
-    raise see_other(f"/chat/{quote(result.conversation.id)}#latest")
+    raise see_other(f"/chat/{quote(result.conversation.id)}")
 
 
 class _Stream:

@@ -29,7 +29,7 @@ from core.models import Principal, Role
 
 from . import csrf
 from .sessions import COOKIE, Flash, Session
-from .state import SESSIONS, STATIC
+from .state import SESSION, SESSIONS, STATIC
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,6 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
 }
 
-_SESSION = "ui.session"
 _RULES_ATTR = "__ui_page__"
 
 STATUS_TITLES = {
@@ -104,8 +103,7 @@ def rules_of(handler: object) -> Rules | None:
 
 
 def current(request: web.Request) -> Session | None:
-    session = request.get(_SESSION)
-    return session if isinstance(session, Session) else None
+    return request.get(SESSION)
 
 
 def signed_in(request: web.Request) -> Session:
@@ -154,7 +152,6 @@ async def render(request: web.Request, template: str, context: Mapping[str, Any]
         "can_manage": principal is not None and principal.role in ("admin", "client"),
         "is_admin": principal is not None and principal.is_admin,
         "section": "",
-        "path": request.path,
     }
     base.update(context or {})
     response = aiohttp_jinja2.render_template(template, request, base, status=status)
@@ -190,7 +187,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
             return response
         if match.http_exception is not None and wants_html(request):
             # An unknown address typed into a browser gets a page, not the API's JSON.
-            request[_SESSION] = await _load(request)
+            await _load(request)
             exc = match.http_exception
             message = ("There is no page at this address." if exc.status == 404
                        else f"{request.method} is not allowed here.")
@@ -199,7 +196,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
             return response
         return await handler(request)
 
-    request[_SESSION] = session = await _load(request)
+    session = await _load(request)
     try:
         if rules.login and session is None:
             if rules.json_errors:
@@ -236,4 +233,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 async def _load(request: web.Request) -> Session | None:
-    return await request.app[SESSIONS].load(request.cookies.get(COOKIE))
+    session = await request.app[SESSIONS].load(request.cookies.get(COOKIE))
+    if session is not None:
+        request[SESSION] = session
+    return session

@@ -1,0 +1,329 @@
+// The chat page: sends a prompt to /chat/stream with fetch and reads the reply as server-sent
+// events from a ReadableStream. The server sends the reply already rendered and sanitised
+// (`html` events); model text is never interpreted here. Without this script the composer
+// still works as a plain form (the whole reply, then the page).
+"use strict";
+
+(function () {
+  var form = document.getElementById("composer");
+  var messages = document.getElementById("messages");
+  var turns = document.getElementById("turns");
+  var template = document.getElementById("turn-template");
+  var prompt = document.getElementById("prompt");
+  var sendButton = document.getElementById("send");
+  var errorBox = document.getElementById("composer-error");
+  var conversationInput = document.getElementById("conversation-id");
+  var list = document.getElementById("conversation-list");
+  var noConversations = document.getElementById("no-conversations");
+  var title = document.getElementById("chat-title");
+  var search = document.getElementById("conversation-search");
+  var toggle = document.getElementById("sidebar-toggle");
+  var scrim = document.getElementById("scrim");
+  var STICK_PX = 80;
+  var busy = false;
+
+  // ---------------------------------------------------------------- conversation list
+
+  function setDrawer(open) {
+    document.body.classList.toggle("nav-open", open);
+    if (toggle) toggle.setAttribute("aria-expanded", open ? "true" : "false");
+    if (scrim) scrim.hidden = !open;
+  }
+  if (toggle) toggle.addEventListener("click", function () {
+    setDrawer(!document.body.classList.contains("nav-open"));
+  });
+  if (scrim) scrim.addEventListener("click", function () { setDrawer(false); });
+  document.addEventListener("keydown", function (event) {
+    if (event.key === "Escape") setDrawer(false);
+  });
+
+  function filterList() {
+    var needle = search.value.trim().toLocaleLowerCase();
+    var shown = 0;
+    list.querySelectorAll("li").forEach(function (item) {
+      var text = item.querySelector(".c-title").textContent.toLocaleLowerCase();
+      var match = !needle || text.indexOf(needle) !== -1;
+      item.hidden = !match;
+      if (match) shown += 1;
+    });
+    noConversations.hidden = shown > 0;
+    if (!shown) noConversations.textContent = needle ? "No title matches." : "No conversations yet.";
+  }
+  if (search && list) search.addEventListener("input", filterList);
+
+  function listItem(conversationId) {
+    return list.querySelector('a[data-id="' + CSS.escape(conversationId) + '"]');
+  }
+
+  function addToList(conversationId) {
+    var link = listItem(conversationId);
+    if (!link) {
+      var item = document.createElement("li");
+      link = document.createElement("a");
+      link.href = "/chat/" + encodeURIComponent(conversationId);
+      link.dataset.id = conversationId;
+      var name = document.createElement("span");
+      name.className = "c-title";
+      name.textContent = "New conversation";
+      var meta = document.createElement("span");
+      meta.className = "c-meta";
+      meta.textContent = "just now";
+      link.append(name, meta);
+      item.append(link);
+    }
+    list.querySelectorAll('a[aria-current="page"]').forEach(function (a) { a.removeAttribute("aria-current"); });
+    link.setAttribute("aria-current", "page");
+    list.prepend(link.parentElement);
+    noConversations.hidden = true;
+    return link;
+  }
+
+  // ---------------------------------------------------------------- turns
+
+  function nearBottom() {
+    return messages.scrollHeight - messages.scrollTop - messages.clientHeight < STICK_PX;
+  }
+  function toBottom() { messages.scrollTop = messages.scrollHeight; }
+
+  // Follow the reply as it grows only while the reader is at the end: someone who scrolled up
+  // to read stays where they are.
+  function keepingPlace(change) {
+    var stick = nearBottom();
+    change();
+    if (stick) toBottom();
+  }
+
+  function showAs(turn, view) {
+    turn.dataset.view = view;
+    turn.querySelector(".json").hidden = view !== "json";
+    turn.querySelectorAll(".seg").forEach(function (seg) {
+      seg.setAttribute("aria-pressed", seg.dataset.show === view ? "true" : "false");
+    });
+  }
+  turns.addEventListener("click", function (event) {
+    var seg = event.target.closest(".seg");
+    if (seg) showAs(seg.closest(".turn"), seg.dataset.show);
+  });
+
+  // A copy button on every code block of a finished reply.
+  function decorate(root) {
+    root.querySelectorAll(".md pre").forEach(function (pre) {
+      if (pre.querySelector(".copy-code")) return;
+      var button = document.createElement("button");
+      button.type = "button";
+      button.className = "copy-code";
+      button.textContent = "Copy";
+      button.addEventListener("click", function () {
+        var code = pre.querySelector("code");
+        window.Gateway.copyText((code || pre).textContent, button, null);
+      });
+      pre.append(button);
+    });
+  }
+
+  function newTurn(text) {
+    var empty = document.getElementById("empty-chat");
+    if (empty) empty.remove();
+    var turn = template.content.firstElementChild.cloneNode(true);
+    turn.querySelector(".bubble").textContent = text;
+    turn.classList.add("streaming");
+    turns.append(turn);
+    toBottom();
+    return turn;
+  }
+
+  function finish(turn, data) {
+    var reply = data.json;
+    turn.id = "turn-" + reply.message.id;
+    turn.classList.remove("streaming");
+    turn.classList.add("done");
+    turn.querySelector(".reply-body").innerHTML = data.html;
+    turn.querySelector(".json-text").textContent = JSON.stringify(reply, null, 2);
+    var meta = turn.querySelector(".meta");
+    var parts = [reply.model];
+    if (reply.usage && reply.usage.total_tokens !== null && reply.usage.total_tokens !== undefined) {
+      parts.push(reply.usage.total_tokens + " tokens");
+    }
+    parts.push(Number(reply.api_response_time_taken).toFixed(1) + " s");
+    meta.textContent = parts.join(" · ") + " · ";
+    var when = document.createElement("time");
+    when.setAttribute("datetime", reply.message.create_time);
+    meta.append(when);
+    window.Gateway.localTimes(meta);
+    decorate(turn);
+  }
+
+  // ---------------------------------------------------------------- errors
+
+  function showError(message, signedOut) {
+    errorBox.textContent = message + " ";
+    if (signedOut) {
+      var link = document.createElement("a");
+      link.href = "/login?next=" + encodeURIComponent(location.pathname);
+      link.target = "_blank";
+      link.textContent = "Sign in again";
+      errorBox.append(link);
+    }
+    errorBox.hidden = false;
+  }
+
+  // Nothing of a failed turn is stored: take it off the page and give the text back.
+  function fail(turn, problem, text, handlers) {
+    if (handlers) handlers.undo();
+    turn.remove();
+    if (!prompt.value) prompt.value = text;
+    autosize();
+    showError(problem.message || "The reply failed.", problem.code === "signed_out");
+  }
+
+  async function readError(response) {
+    try {
+      var body = await response.json();
+      if (body && body.message) return body;
+    } catch (ignored) { /* not JSON */ }
+    return { message: "The server answered " + response.status + ". Try again in a moment." };
+  }
+
+  // ---------------------------------------------------------------- the stream
+
+  async function readEvents(body, handlers) {
+    var reader = body.getReader();
+    var decoder = new TextDecoder();
+    var buffer = "";
+    var ended = false;
+    for (;;) {
+      var chunk = await reader.read();
+      if (chunk.done) break;
+      buffer += decoder.decode(chunk.value, { stream: true });
+      var blocks = buffer.split("\n\n");
+      buffer = blocks.pop();
+      for (var i = 0; i < blocks.length; i += 1) {
+        var event = "message";
+        var data = "";
+        blocks[i].split("\n").forEach(function (line) {
+          if (line.indexOf("event: ") === 0) event = line.slice(7);
+          else if (line.indexOf("data: ") === 0) data += line.slice(6);
+        });
+        if (event === "done" || event === "error") ended = true;
+        if (handlers[event]) handlers[event](JSON.parse(data));
+      }
+    }
+    if (!ended) throw new Error("the stream ended early");
+  }
+
+  function handlersFor(turn) {
+    var body = turn.querySelector(".reply-body");
+    var link = null;
+    var failed = null;
+    var htmlEvents = 0;
+    var created = false;
+    var before = { url: location.href, title: title.textContent };
+    var tier = form.querySelector("label.tier, span.tier:not(#follow-note)");
+    var note = document.getElementById("follow-note");
+    function lockTier(locked, account) {
+      if (tier) {
+        tier.hidden = locked;
+        tier.querySelectorAll("select, input").forEach(function (el) { el.disabled = locked; });
+      }
+      if (note) {
+        note.textContent = locked ? "Follow-ups stay on " + (account || "your own key") + "." : "";
+        note.hidden = !locked;
+      }
+    }
+    return {
+      start: function (data) {
+        conversationInput.value = data.conversation_id;
+        created = data.is_new_conversation;
+        if (created) {
+          history.replaceState(null, "", "/chat/" + encodeURIComponent(data.conversation_id));
+          lockTier(true, data.account);
+        }
+        link = addToList(data.conversation_id);
+      },
+      html: function (data) {
+        htmlEvents += 1;
+        turn.dataset.htmlEvents = String(htmlEvents);
+        keepingPlace(function () { body.innerHTML = data.html; });
+      },
+      title: function (data) {
+        title.textContent = data.title;
+        document.title = data.title + " · LLM Gateway";
+        if (link) link.querySelector(".c-title").textContent = data.title;
+      },
+      done: function (data) {
+        keepingPlace(function () { finish(turn, data); });
+        if (link) link.querySelector(".c-meta").textContent = "just now";
+      },
+      error: function (data) { failed = data; },
+      get failed() { return failed; },
+      // A new conversation that failed was never stored: forget it here too.
+      undo: function () {
+        if (!created) return;
+        if (link) link.parentElement.remove();
+        conversationInput.value = "";
+        history.replaceState(null, "", before.url);
+        title.textContent = before.title;
+        lockTier(false);
+      },
+    };
+  }
+
+  function autosize() {
+    prompt.style.height = "auto";
+    prompt.style.height = Math.min(prompt.scrollHeight + 2, window.innerHeight * 0.4) + "px";
+  }
+
+  async function send(event) {
+    event.preventDefault();
+    if (busy) return;
+    var text = prompt.value;
+    if (!text.trim()) { prompt.focus(); return; }
+    busy = true;
+    sendButton.disabled = true;
+    errorBox.hidden = true;
+    var fields = new URLSearchParams(new FormData(form));
+    var turn = newTurn(text);
+    var handlers = null;
+    prompt.value = "";
+    autosize();
+    try {
+      var response = await fetch(form.dataset.stream, {
+        method: "POST",
+        body: fields,
+        credentials: "same-origin",
+        headers: { "X-CSRF-Token": fields.get("csrf_token"), "Accept": "text/event-stream" },
+      });
+      var type = response.headers.get("Content-Type") || "";
+      if (!response.ok || type.indexOf("text/event-stream") !== 0) {
+        fail(turn, await readError(response), text);
+        return;
+      }
+      handlers = handlersFor(turn);
+      await readEvents(response.body, handlers);
+      if (handlers.failed) fail(turn, handlers.failed, text, handlers);
+    } catch (err) {
+      fail(turn, { message: "The connection was lost before the reply ended. Nothing was saved; your message is back in the box." }, text, handlers);
+    } finally {
+      busy = false;
+      sendButton.disabled = false;
+      prompt.focus();
+    }
+  }
+
+  if (form) {
+    form.addEventListener("submit", send);
+    prompt.addEventListener("input", autosize);
+    prompt.addEventListener("keydown", function (event) {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        form.requestSubmit();
+      }
+    });
+    autosize();
+    prompt.focus();
+    prompt.setSelectionRange(prompt.value.length, prompt.value.length);
+  }
+  decorate(turns);
+  toBottom();
+  document.documentElement.dataset.chatReady = "1";  // for tests: the composer is wired
+})();
