@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 from typing import Any
 
 from aiohttp import web
 
-from core.chat import ChatRequest, ChatResult, StartInfo
-from core.errors import BadRequest, GatewayError
+from core.chat import ChatRequest, ChatResult
+from core.errors import BadRequest
 from core.gateway import Gateway
 from core.models import PlusChoice, Principal
 
-from .errors import gateway_error_response
 from .keys import GATEWAY
 from .params import Params, bearer_key, read_params
 from .render import markdown_to_safe_html
+from .sse import EventStream
 
 log = logging.getLogger(__name__)
 
@@ -139,81 +138,13 @@ async def chat(request: web.Request) -> web.StreamResponse:
     return success(enriched(result, acting), pretty=pretty)
 
 
-class _SseListener:
-    """Writes a turn as server-sent events. The stream opens with the first piece of text, so
-    any failure before it (unknown conversation, no plus, every account down) still answers
-    with its own status and error body.
-
-    A caller that goes away does not stop the turn: it is completed and stored all the same, so
-    nothing is lost because a browser tab closed."""
-
-    def __init__(self, request: web.Request) -> None:
-        self.request = request
-        self.response = web.StreamResponse(headers={
-            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        })
-        self.gone = False
-        self.start: dict[str, Any] = {}
-        self.pending_title: str | None = None
-
-    async def send(self, event: str, data: dict[str, Any]) -> None:
-        if self.gone:
-            return
-        payload = json.dumps(data, ensure_ascii=False)
-        try:
-            await self.response.write(f"event: {event}\ndata: {payload}\n\n".encode())
-        except (ConnectionError, RuntimeError):
-            self.gone = True
-
-    async def started(self, info: StartInfo) -> None:
-        # Kept until the stream opens: a retry on another account replaces it.
-        self.start = {
-            "conversation_id": info.conversation_id, "message_id": info.message_id,
-            "parent_id": info.parent_id, "model": info.model, "account": info.account,
-            "is_new_conversation": info.is_new,
-        }
-
-    async def open(self) -> None:
-        if not self.response.prepared:
-            await self.response.prepare(self.request)
-            await self.send("start", self.start)
-            if self.pending_title is not None:
-                await self.send("title", {"title": self.pending_title})
-
-    async def delta(self, text: str) -> None:
-        await self.open()
-        await self.send("delta", {"text": text})
-
-    async def title(self, title: str) -> None:
-        if self.response.prepared:
-            await self.send("title", {"title": title})
-        else:
-            self.pending_title = title
-
-
 async def _chat_stream(request: web.Request, gateway: Gateway, acting: Principal,
                        chat_req: ChatRequest) -> web.StreamResponse:
-    listener = _SseListener(request)
-    try:
-        result = await gateway.chat(acting, chat_req, listener)
-    except GatewayError as err:
-        if not listener.response.prepared:
-            return gateway_error_response(err)
-        await listener.send("error", {"status": "error", "message": err.message,
-                                      "code": err.code})
-        return listener.response
-    except Exception:
-        if not listener.response.prepared:
-            raise
-        ref = secrets.token_hex(4)
-        log.exception("unhandled error in a streamed chat (ref %s)", ref)
-        await listener.send("error", {"status": "error", "code": "internal_error",
-                                      "message": f"internal error; quote reference {ref}"})
-        return listener.response
-    await listener.open()  # an empty reply still opens the stream
-    await listener.send("done", {"status": "success", **enriched(result, acting)})
-    return listener.response
+    stream = EventStream(request)
+    result = await stream.run(gateway.chat(acting, chat_req, stream))
+    if result is not None:
+        await stream.send("done", {"status": "success", **enriched(result, acting)})
+    return stream.response
 
 
 # --------------------------------------------------------------------------------- recall

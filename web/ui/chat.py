@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +19,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from core.chat import ChatRequest, ChatResult, StartInfo
+from core.chat import ChatRequest, ChatResult
 from core.errors import GatewayError
 from core.gateway import Gateway
 from core.models import Conversation, Principal, Turn
@@ -29,6 +28,7 @@ from ..api import MAX_ID_CHARS, chat_request, enriched
 from ..keys import GATEWAY
 from ..params import Params
 from ..render import markdown_to_safe_html
+from ..sse import EventStream
 from .admin import member
 from .pages import SECURITY_HEADERS, flash, page, render, see_other, signed_in
 
@@ -172,49 +172,21 @@ async def send_form(request: web.Request) -> web.StreamResponse:
     raise see_other(f"/chat/{quote(result.conversation.id)}")
 
 
-class _Stream:
-    """A ``ChatListener`` writing the turn as server-sent events for chat.js: ``start``,
-    ``html`` (the reply so far, rendered), ``title``, then ``done`` or ``error``. The stream
-    opens at the first upstream call, so an error found before (no plus, unknown conversation)
-    still answers with its own status and the error JSON. A browser that goes away does not
-    stop the turn: it is completed and stored."""
+class _Stream(EventStream):
+    """The turn as server-sent events for chat.js: ``start``, ``html`` (the reply so far,
+    rendered on the server, at most every HTML_EVERY_S), ``title``, then ``done`` or
+    ``error``."""
 
     def __init__(self, request: web.Request) -> None:
-        self.request = request
-        self.response = web.StreamResponse(headers={
-            "Content-Type": "text/event-stream", "Cache-Control": "no-store",
-            "X-Accel-Buffering": "no", **SECURITY_HEADERS,
-        })
+        super().__init__(request, SECURITY_HEADERS)
         self.text = ""
         self.rendered_at = 0.0
-        self.gone = False
 
-    async def send(self, event: str, data: dict[str, Any]) -> None:
-        if self.gone:
-            return
-        payload = json.dumps(data, ensure_ascii=False)
-        try:
-            await self.response.write(f"event: {event}\ndata: {payload}\n\n".encode())
-        except (ConnectionError, RuntimeError):
-            self.gone = True
-
-    async def started(self, info: StartInfo) -> None:
-        if not self.response.prepared:
-            await self.response.prepare(self.request)
-        await self.send("start", {
-            "conversation_id": info.conversation_id, "message_id": info.message_id,
-            "parent_id": info.parent_id, "model": info.model, "account": info.account,
-            "is_new_conversation": info.is_new,
-        })
-
-    async def delta(self, text: str) -> None:
+    async def on_text(self, text: str) -> None:
         self.text += text
         if time.monotonic() - self.rendered_at >= HTML_EVERY_S:
             self.rendered_at = time.monotonic()
             await self.send("html", {"html": render_reply(self.text)})
-
-    async def title(self, title: str) -> None:
-        await self.send("title", {"title": title})
 
 
 @page(json_errors=True)
@@ -222,28 +194,13 @@ async def stream(request: web.Request) -> web.StreamResponse:
     viewer = signed_in(request).principal
     chat_req = await _request(request, viewer)
     listener = _Stream(request)
-    try:
-        result = await request.app[GATEWAY].chat(viewer, chat_req, listener)
-    except GatewayError as err:
-        if not listener.response.prepared:
-            raise
-        await listener.send("error", {"status": "error", "message": err.message,
-                                      "code": err.code})
-        return listener.response
-    except Exception:
-        if not listener.response.prepared:
-            raise
-        ref = secrets.token_hex(4)
-        log.exception("unhandled error in a streamed web chat (ref %s)", ref)
-        await listener.send("error", {"status": "error", "code": "internal_error",
-                                      "message": f"Something broke on our side. Quote "
-                                                 f"reference {ref} to an admin."})
-        return listener.response
-    await listener.send("done", {
-        "json": reply_json(result, viewer),
-        "html": render_reply(result.turn.reply),
-        "title": result.conversation.title,
-    })
+    result = await listener.run(request.app[GATEWAY].chat(viewer, chat_req, listener))
+    if result is not None:
+        await listener.send("done", {
+            "json": reply_json(result, viewer),
+            "html": render_reply(result.turn.reply),
+            "title": result.conversation.title,
+        })
     return listener.response
 
 
