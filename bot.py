@@ -14,14 +14,18 @@ import contextlib
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from core.config import ConfigError, Settings, load_settings
+from core.config import ConfigError, Settings, load_settings, secret_from_env
 from core.gateway import Gateway
 from core.local_model import LocalModelError, LocalModelServer, needs_local_model
 from web.access_log import RedactingAccessLogger, SecretFilter
 from web.app import create_app
+
+if TYPE_CHECKING:
+    from discord_bot import GatewayBot
 
 log = logging.getLogger("gateway")
 
@@ -45,7 +49,7 @@ async def create_admin(settings: Settings, name: str) -> None:
     print(key, flush=True)
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings) -> int:
     async with contextlib.AsyncExitStack() as stack:
         if needs_local_model(settings):
             try:
@@ -58,11 +62,12 @@ async def serve(settings: Settings) -> None:
                 settings = settings.model_copy(
                     update={"accounts": [*settings.accounts, local.account()]})
         gateway = await stack.enter_async_context(Gateway(settings))
-        await run_fronts(gateway, settings)
+        return await run_fronts(gateway, settings)
 
 
-async def run_fronts(gateway: Gateway, settings: Settings) -> None:
-    """Serve the HTTP API until SIGINT or SIGTERM."""
+async def run_fronts(gateway: Gateway, settings: Settings) -> int:
+    """Serve the HTTP API (and, with a token, the Discord bot) until SIGINT or SIGTERM, or
+    until the bot stops on an error of its own; the exit status."""
     first_key = await gateway.bootstrap_admin()
     if first_key:
         # Printed once, on stdout, never logged: it is the only copy.
@@ -83,11 +88,44 @@ async def run_fronts(gateway: Gateway, settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    discord_bot = start_discord(gateway, settings)
+    if discord_bot is not None:
+        discord_bot[1].add_done_callback(lambda _: stop.set())
     try:
         await stop.wait()
     finally:
         log.info("shutting down")
+        bot_failed = await stop_discord(discord_bot)
         await runner.cleanup()
+    return 1 if bot_failed else 0
+
+
+def start_discord(gateway: Gateway, settings: Settings) -> tuple[GatewayBot,
+                                                                 asyncio.Task[None]] | None:
+    """With a token in the environment, the Discord bot on this loop, over this gateway."""
+    token = secret_from_env(settings.discord.token_env)
+    if token is None:
+        log.info("no Discord token in $%s: the bot is off", settings.discord.token_env)
+        return None
+    from discord_bot import create_bot, point_discord_at  # discord.py only when it runs
+
+    point_discord_at(settings.discord.api_base, settings.discord.gateway_url)
+    bot = create_bot(gateway, settings)
+    return bot, asyncio.create_task(bot.start(token.get_secret_value()), name="discord bot")
+
+
+async def stop_discord(running: tuple[GatewayBot, asyncio.Task[None]] | None) -> bool:
+    """Close the bot; True when it had stopped on an error of its own (a refused token)."""
+    if running is None:
+        return False
+    bot, task = running
+    await bot.close()
+    try:
+        await task
+    except Exception:
+        log.exception("the Discord bot stopped")
+        return True
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "needs-local-model":
         return 0 if needs_local_model(settings) else 1
     else:
-        asyncio.run(serve(settings))
+        return asyncio.run(serve(settings))
     return 0
 
 
