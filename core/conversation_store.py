@@ -132,42 +132,44 @@ class ConversationRepo:
     ) -> None:
         """Store a new conversation together with its first turn, or nothing."""
         c = conversation
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"INSERT INTO conversations ({_CONVERSATION_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (c.id, c.owner_id, c.title, c.mode, c.account, c.model, c.client_id,
+                 c.external_ref, 1, c.created_utc, c.updated_utc),
+            )
+            conn.execute(f"INSERT INTO turns ({_TURN_COLUMNS}) {_TURN_INSERT_VALUES}",
+                         _turn_params(turn))
+            conn.execute(_USAGE_INSERT, _usage_params(usage))
+
         try:
-            async with self.store.transaction() as tx:
-                await tx.execute(
-                    f"INSERT INTO conversations ({_CONVERSATION_COLUMNS})"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (c.id, c.owner_id, c.title, c.mode, c.account, c.model, c.client_id,
-                     c.external_ref, 1, c.created_utc, c.updated_utc),
-                )
-                await tx.execute(
-                    f"INSERT INTO turns ({_TURN_COLUMNS}) {_TURN_INSERT_VALUES}",
-                    _turn_params(turn),
-                )
-                await tx.execute(_USAGE_INSERT, _usage_params(usage))
+            await self.store.write(insert)
         except sqlite3.IntegrityError as exc:
             raise Conflict(f"could not store the conversation: {exc}") from None
 
     async def append_turn(self, turn: Turn, usage: UsageRecord) -> bool:
         """Append a follow-up turn. False when the conversation was removed meanwhile."""
-        async with self.store.transaction() as tx:
-            cursor = await tx.execute(
+
+        def append(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
                 "UPDATE conversations SET turn_count = turn_count + 1, updated_utc = ?"
                 " WHERE id = ?",
                 (turn.reply_utc, turn.conversation_id),
             )
             if cursor.rowcount == 0:
                 return False
-            await tx.execute(
-                f"INSERT INTO turns ({_TURN_COLUMNS}) {_TURN_INSERT_VALUES}",
-                _turn_params(turn),
-            )
-            await tx.execute(_USAGE_INSERT, _usage_params(usage))
-        return True
+            conn.execute(f"INSERT INTO turns ({_TURN_COLUMNS}) {_TURN_INSERT_VALUES}",
+                         _turn_params(turn))
+            conn.execute(_USAGE_INSERT, _usage_params(usage))
+            return True
+
+        return await self.store.write(append)
 
     async def log_usage(self, usage: UsageRecord) -> None:
-        async with self.store.transaction() as tx:
-            await tx.execute(_USAGE_INSERT, _usage_params(usage))
+        params = _usage_params(usage)
+        await self.store.write(lambda conn: conn.execute(_USAGE_INSERT, params))
 
     async def delete(self, conversation_id: str) -> bool:
         async with self.store.transaction() as tx:

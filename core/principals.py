@@ -169,9 +169,8 @@ class PrincipalRepo:
         return key
 
     async def touch(self, principal_id: int, when: str) -> None:
-        async with self.store.transaction() as tx:
-            await tx.execute("UPDATE principals SET last_used_utc = ? WHERE id = ?",
-                             (when, principal_id))
+        await self.store.write(lambda conn: conn.execute(
+            "UPDATE principals SET last_used_utc = ? WHERE id = ?", (when, principal_id)))
 
     async def set_own_key(self, principal_id: int, sealed: bytes | None) -> None:
         async with self.store.transaction() as tx:
