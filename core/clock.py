@@ -11,8 +11,8 @@ def utc_now() -> datetime:
 
 def iso(moment: datetime) -> str:
     """``2026-11-25T21:18:54.123Z``: fixed width, so text order is time order."""
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # isoformat is C code, several times faster than strftime; this runs on every stored turn.
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def readable(moment: datetime) -> str:

@@ -10,6 +10,7 @@ history.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from .wire import Completion, Message, OnDelta, Target, UpstreamFailure
@@ -72,24 +73,34 @@ def read_json(raw: bytes, target: Target) -> Completion:
     return completion_from(data, target)
 
 
-async def read_stream(events: Any, target: Target, on_delta: OnDelta) -> Completion:
-    """Consume the typed events of a streamed response until ``response.completed``."""
-    async for raw in events:
-        if raw == "[DONE]":
-            break
-        try:
-            event = json.loads(raw)
-        except ValueError:
-            raise UpstreamFailure("garbage", "the upstream streamed something that is not JSON") \
-                from None
-        kind = event.get("type") if isinstance(event, dict) else None
-        if kind == "response.output_text.delta":
-            delta = event.get("delta")
-            if isinstance(delta, str) and delta:
-                await on_delta(delta)
-        elif kind == "response.completed":
-            return completion_from(event.get("response"), target)
-        elif kind in ("response.failed", "error"):
-            detail = event.get("message") or (event.get("response") or {}).get("error", {})
-            raise UpstreamFailure("server", f"the upstream failed mid-stream: {detail}")
+async def read_stream(batches: AsyncIterator[list[str]], target: Target,
+                      on_delta: OnDelta) -> Completion:
+    """Consume the typed events of a streamed response until ``response.completed``; the text
+    deltas of one network read are passed on as one."""
+    async for batch in batches:
+        texts: list[str] = []
+        completed = None
+        for raw in batch:
+            if raw == "[DONE]":
+                break
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                raise UpstreamFailure("garbage", "the upstream streamed something that is not "
+                                      "JSON") from None
+            kind = event.get("type") if isinstance(event, dict) else None
+            if kind == "response.output_text.delta":
+                delta = event.get("delta")
+                if isinstance(delta, str) and delta:
+                    texts.append(delta)
+            elif kind == "response.completed":
+                completed = completion_from(event.get("response"), target)
+                break
+            elif kind in ("response.failed", "error"):
+                detail = event.get("message") or (event.get("response") or {}).get("error", {})
+                raise UpstreamFailure("server", f"the upstream failed mid-stream: {detail}")
+        if texts:
+            await on_delta("".join(texts))
+        if completed is not None:
+            return completed
     raise UpstreamFailure("server", "the upstream stream ended before the response completed")

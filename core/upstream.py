@@ -29,12 +29,12 @@ from .wire import (
     OnDelta,
     Target,
     UpstreamFailure,
-    sse_data,
+    sse_batches,
 )
 
 __all__ = [
     "COOLING_KINDS", "Completion", "FailureKind", "Message", "OnDelta", "Target",
-    "UpstreamFailure", "complete", "make_session", "parse_retry_after", "sse_data",
+    "UpstreamFailure", "complete", "make_session", "parse_retry_after", "sse_batches",
 ]
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ async def complete(
             status = resp.status
             await _raise_for_status(resp)
             if responses and on_delta is not None:
-                result = await responses_api.read_stream(sse_data(resp), target, on_delta)
+                result = await responses_api.read_stream(sse_batches(resp), target, on_delta)
             elif responses:
                 result = responses_api.read_json(await resp.read(), target)
             elif on_delta is not None:
@@ -213,40 +213,50 @@ async def _read_json(resp: aiohttp.ClientResponse, target: Target) -> Completion
     )
 
 
+def _take_chunk(raw: str, result: Completion, pieces: list[str], status: int) -> None:
+    """Fold one ``chat.completion.chunk`` into the result; its text goes to ``pieces``."""
+    try:
+        chunk = json.loads(raw)
+    except ValueError:
+        raise UpstreamFailure("garbage", "the upstream streamed something that is not JSON",
+                              status=status) from None
+    if not isinstance(chunk, dict):
+        return
+    if "error" in chunk:
+        message = chunk["error"].get("message") if isinstance(chunk["error"], dict) else None
+        raise UpstreamFailure("server", str(message or "the upstream failed mid-stream"))
+    result.upstream_id = result.upstream_id or chunk.get("id")
+    result.model = chunk.get("model") or result.model
+    usage = chunk.get("usage")
+    if usage:
+        result.input_tokens = usage.get("prompt_tokens")
+        result.output_tokens = usage.get("completion_tokens")
+    for choice in chunk.get("choices") or ():
+        text = (choice.get("delta") or {}).get("content")
+        if text:
+            pieces.append(text)
+        if choice.get("finish_reason"):
+            result.finish_reason = choice["finish_reason"]
+
+
 async def _read_stream(
     resp: aiohttp.ClientResponse, target: Target, on_delta: OnDelta
 ) -> Completion:
     result = Completion(text="", model=target.model)
     pieces: list[str] = []
     done = False
-    async for raw in sse_data(resp):
-        if raw == "[DONE]":
-            done = True
+    async for batch in sse_batches(resp):
+        arrived = len(pieces)
+        for raw in batch:
+            if raw == "[DONE]":
+                done = True
+                break
+            _take_chunk(raw, result, pieces, resp.status)
+        if len(pieces) > arrived:
+            # Everything that came in one read goes on as one delta.
+            await on_delta("".join(pieces[arrived:]))
+        if done:
             break
-        try:
-            chunk = json.loads(raw)
-        except ValueError:
-            raise UpstreamFailure("garbage", "the upstream streamed something that is not JSON",
-                                  status=resp.status) from None
-        if not isinstance(chunk, dict):
-            continue
-        if "error" in chunk:
-            message = chunk["error"].get("message") if isinstance(chunk["error"], dict) else None
-            raise UpstreamFailure("server", str(message or "the upstream failed mid-stream"))
-        result.upstream_id = result.upstream_id or chunk.get("id")
-        result.model = chunk.get("model") or result.model
-        usage = chunk.get("usage")
-        if usage:
-            result.input_tokens = usage.get("prompt_tokens")
-            result.output_tokens = usage.get("completion_tokens")
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            text = delta.get("content")
-            if text:
-                pieces.append(text)
-                await on_delta(text)
-            if choice.get("finish_reason"):
-                result.finish_reason = choice["finish_reason"]
     if not done:
         raise UpstreamFailure("server", "the upstream stream ended before it was complete")
     result.text = "".join(pieces)

@@ -86,17 +86,30 @@ class Target:
         return headers
 
 
-async def sse_data(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
-    """The ``data:`` payloads of a server-sent event stream, multi-line data joined."""
-    data: list[str] = []
-    async for line_bytes in resp.content:
-        line = line_bytes.decode("utf-8").rstrip("\r\n")
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-            continue
-        if line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-    if data:
-        yield "\n".join(data)
+MAX_EVENT_BYTES = 1 << 20
+"""An SSE event larger than this is not a chat stream: refused as garbage, not buffered."""
+
+
+async def sse_batches(resp: aiohttp.ClientResponse) -> AsyncIterator[list[str]]:
+    """The ``data:`` payloads of a server-sent event stream, a list for each network read.
+
+    Batching by read rather than yielding event by event lets a caller pass on, in one piece,
+    every delta that arrived together: one write to its own client instead of one per token
+    (the bench showed per-chunk writes costing most of a stream's time in the gateway)."""
+    buffer = b""
+    async for block in resp.content.iter_any():
+        buffer += block.replace(b"\r\n", b"\n")
+        *events, buffer = buffer.split(b"\n\n")
+        if len(buffer) > MAX_EVENT_BYTES:
+            raise ValueError("an SSE event exceeds the size limit")
+        batch = [data for event in events if (data := _event_data(event)) is not None]
+        if batch:
+            yield batch
+    if buffer.strip() and (data := _event_data(buffer)) is not None:
+        yield [data]
+
+
+def _event_data(event: bytes) -> str | None:
+    lines = [line[5:].removeprefix(" ") for line in event.decode("utf-8").split("\n")
+             if line.startswith("data:")]
+    return "\n".join(lines) if lines else None

@@ -22,7 +22,7 @@ USAGE = {"prompt_tokens": 11, "completion_tokens": 17, "total_tokens": 28}
 async def test_new_conversation_streams_deltas_in_order(
     gw: Gateway, user: Principal, upstream_a: FakeUpstream
 ) -> None:
-    upstream_a.enqueue(Reply(TEXT, usage=USAGE))
+    upstream_a.enqueue(Reply(TEXT, usage=USAGE, chunk_delay=0.02))
     listener = Listener()
     result = await gw.chat(user, ChatRequest(prompt="tell me"), listener)
 
@@ -30,7 +30,7 @@ async def test_new_conversation_streams_deltas_in_order(
     assert kinds[0] == "started" and kinds.count("started") == 1
     assert kinds.count("title") == 1
     deltas = listener.of("delta")
-    assert len(deltas) > 5  # it really came in pieces
+    assert len(deltas) > 5  # it came in pieces, apart, so it went on in pieces
     assert "".join(deltas) == TEXT == result.turn.reply
     info = listener.of("started")[0]
     assert (info.conversation_id, info.message_id, info.parent_id, info.is_new) == (
@@ -129,3 +129,15 @@ async def test_the_title_never_comes_before_started(
     await gw.chat(user, ChatRequest(prompt="tell me", generate_title=generate_title), listener)
     kinds = [kind for kind, _ in listener.events]
     assert kinds[0] == "started" and kinds.count("title") == 1
+
+
+async def test_chunks_that_arrive_together_go_on_as_one_delta(
+    gw: Gateway, user: Principal, upstream_a: FakeUpstream
+) -> None:
+    # The fake writes every chunk at once: they arrive in one read, and the caller gets the
+    # text in one piece instead of one write per token.
+    upstream_a.enqueue(Reply("a b c d e f g h", usage=USAGE))
+    listener = Listener()
+    result = await gw.chat(user, ChatRequest(prompt="tell me"), listener)
+    assert "".join(listener.of("delta")) == "a b c d e f g h" == result.turn.reply
+    assert len(listener.of("delta")) < 8

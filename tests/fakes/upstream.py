@@ -57,6 +57,9 @@ class Reply:
     usage: Mapping[str, Any] | None = None
     model: str | None = None
     finish_reason: str = "stop"
+    chunk_delay: float = 0.0
+    """Seconds between streamed chunks, as a real model's tokens come: chunks sent at once
+    arrive in one read, and the gateway passes them on as one delta."""
 
 
 @dataclass(frozen=True)
@@ -591,7 +594,9 @@ class FakeUpstream:
         chunk = _ChunkFactory(self._model_for(recorded, reply), recorded.include_usage)
         resp = await self._start_stream(request)
         await _send(resp, chunk.delta({"role": "assistant", "content": ""}))
-        for piece in split_deltas(reply.text):
+        for index, piece in enumerate(split_deltas(reply.text)):
+            if index and reply.chunk_delay:
+                await asyncio.sleep(reply.chunk_delay)
             await _send(resp, chunk.delta({"content": piece}))
         await _send(resp, chunk.delta({}, finish_reason=reply.finish_reason))
         if recorded.include_usage:

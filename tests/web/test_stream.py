@@ -20,7 +20,7 @@ async def stream(api: Api, key: str, via: Via = "json", **params: object) -> lis
 @pytest.mark.parametrize("via", VIAS)
 async def test_stream_new_conversation_then_follow_up(api: Api, people: People,
                                                       upstream_a: FakeUpstream, via: Via) -> None:
-    upstream_a.enqueue(Reply("one two three four five"))
+    upstream_a.enqueue(Reply("one two three four five", chunk_delay=0.02))
     ann = await user_key(api, people)
     events = await stream(api, ann, via, prompt="count for me")
     names = [name for name, _ in events]
