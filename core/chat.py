@@ -10,6 +10,7 @@ in order, the second seeing the first. Nothing is stored until the reply is comp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -349,7 +350,9 @@ class ChatService:
                 account = self._account_for_follow_up(conversation, principal)
             prompt_time = utc_now()
             started = time.perf_counter()
-            recent = await self.conversations.recent_turns(conversation.id, MAX_HISTORY_TURNS)
+            # A caller that sends its own context (/v1) needs only the last turn, as parent.
+            recent = await self.conversations.recent_turns(
+                conversation.id, 1 if request.messages is not None else MAX_HISTORY_TURNS)
             if not recent:
                 raise NotFound("no such conversation", code="conversation_not_found")
             previous = recent[0]
@@ -390,7 +393,8 @@ class ChatService:
             if not stored:
                 raise NotFound("the conversation was removed while it was being answered",
                                code="conversation_removed")
-        updated = await self.conversations.get(conversation.id) or conversation
+        updated = dataclasses.replace(conversation, turn_count=turn.position + 1,
+                                      updated_utc=turn.reply_utc)
         return ChatResult(updated, turn, previous, False, prompt_time, elapsed,
                           completion.finish_reason or "stop")
 

@@ -86,9 +86,11 @@ class ChatSettings(_Table):
     system_prompt: str = ""
     """Sent first in every upstream request when set."""
     max_prompt_chars: int = Field(32_000, ge=1)
-    v1_titles: bool = True
-    """Ask the model for a title for conversations started on /v1 too (one more upstream call
-    each); false: /v1 conversations are titled from their prompt."""
+    v1_titles: bool = False
+    """Ask the model for titles of conversations started on /v1 too. Off by default: /v1
+    callers are programs that mostly send each request as a new conversation, so a title
+    request each would double the organisation's upstream calls; their titles are cut from
+    the prompt instead."""
     title_timeout_s: float = Field(5.0, gt=0)
     """How long after the reply the title may still take before the prompt-cut title is used."""
     cooldown_s: float = Field(30.0, ge=0)

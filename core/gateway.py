@@ -23,6 +23,7 @@ from .config import Settings, secret_from_env
 from .conversation_store import ConversationRepo
 from .crypto import CredentialBox
 from .errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from .keys import hash_key
 from .models import Conversation, Principal, Role, Turn
 from .oauth import AccessToken, PasswordGrant
 from .principals import PrincipalRepo
@@ -31,6 +32,9 @@ from .upstream import make_session
 
 log = logging.getLogger(__name__)
 
+AUTH_CACHE_SIZE = 50_000
+"""Keys whose check is remembered (until any principal changes). One process owns the
+database; several would share a short-lived cache or none."""
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 """last_used is refreshed at most this often, so auth stays a read on the hot path."""
 MAX_PAGE = 200
@@ -42,6 +46,7 @@ class Gateway:
         """``clock`` (monotonic seconds) drives account cool-downs and the rate limit."""
         self.settings = settings
         self._environ = environ
+        self._authenticated: dict[bytes, tuple[int, float, Principal]] = {}
         self.store = Store(settings.storage.path, busy_timeout_ms=settings.storage.busy_timeout_ms)
         self.principals = PrincipalRepo(self.store)
         self.conversations = ConversationRepo(self.store)
@@ -111,7 +116,24 @@ class Gateway:
         if not key:
             raise Unauthorized("an API key is required: send 'Authorization: Bearer KEY'",
                                code="missing_key")
-        principal = await self.principals.by_key(key.strip())
+        digest = hash_key(key.strip())
+        cached = self._authenticated.get(digest)
+        now = time.monotonic()
+        if cached is not None and cached[0] == self.principals.version and now < cached[1]:
+            return cached[2]
+        principal = await self._check_key(key.strip())
+        await self._touch(principal)
+        if len(self._authenticated) >= AUTH_CACHE_SIZE:
+            self._authenticated.clear()
+        # Any write to any principal (rotation, disabling, removal, plus) changes the version,
+        # so a cached answer never outlives the state it was read from; it also expires with
+        # the last-used resolution, so last_used keeps being refreshed.
+        self._authenticated[digest] = (
+            self.principals.version, now + LAST_USED_RESOLUTION.total_seconds(), principal)
+        return principal
+
+    async def _check_key(self, key: str) -> Principal:
+        principal = await self.principals.by_key(key)
         if principal is None:
             raise Unauthorized("this API key is not valid", code="invalid_key")
         if principal.disabled_utc:
@@ -121,7 +143,6 @@ class Gateway:
             if client is None or client.disabled_utc:
                 raise Unauthorized("the client that issued this key has been disabled",
                                    code="key_disabled")
-        await self._touch(principal)
         return principal
 
     async def _touch(self, principal: Principal) -> None:

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiosqlite
@@ -39,6 +41,17 @@ def _principal(row: aiosqlite.Row) -> Principal:
 class PrincipalRepo:
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.version = 0
+        """Bumped around every write, so a cache of principals knows when it is stale."""
+
+    @asynccontextmanager
+    async def _changing(self) -> AsyncIterator[aiosqlite.Connection]:
+        self.version += 1
+        try:
+            async with self.store.transaction() as tx:
+                yield tx
+        finally:
+            self.version += 1
 
     async def create(
         self,
@@ -52,7 +65,7 @@ class PrincipalRepo:
         """A new principal and its key, which exists in clear only in this return value."""
         key = new_key()
         try:
-            async with self.store.transaction() as tx:
+            async with self._changing() as tx:
                 cursor = await tx.execute(
                     "INSERT INTO principals (role, name, client_id, external_id, plus, key_hash,"
                     " key_prefix, created_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -134,7 +147,7 @@ class PrincipalRepo:
         return items, int(total_row[0]) if total_row else 0
 
     async def delete(self, principal_id: int) -> None:
-        async with self.store.transaction() as tx:
+        async with self._changing() as tx:
             cursor = await tx.execute("DELETE FROM principals WHERE id = ?", (principal_id,))
             if cursor.rowcount == 0:
                 raise NotFound("no such user")
@@ -142,7 +155,7 @@ class PrincipalRepo:
     async def update(
         self, principal_id: int, *, plus: bool | None = None, disabled: bool | None = None
     ) -> Principal:
-        async with self.store.transaction() as tx:
+        async with self._changing() as tx:
             if plus is not None:
                 await tx.execute("UPDATE principals SET plus = ? WHERE id = ?",
                                  (int(plus), principal_id))
@@ -159,7 +172,7 @@ class PrincipalRepo:
     async def rotate_key(self, principal_id: int) -> str:
         """A new key for the principal; the old one stops working when this returns."""
         key = new_key()
-        async with self.store.transaction() as tx:
+        async with self._changing() as tx:
             cursor = await tx.execute(
                 "UPDATE principals SET key_hash = ?, key_prefix = ? WHERE id = ?",
                 (hash_key(key), shown_prefix(key), principal_id),
@@ -169,11 +182,15 @@ class PrincipalRepo:
         return key
 
     async def touch(self, principal_id: int, when: str) -> None:
-        await self.store.write(lambda conn: conn.execute(
-            "UPDATE principals SET last_used_utc = ? WHERE id = ?", (when, principal_id)))
+        self.version += 1
+        try:
+            await self.store.write(lambda conn: conn.execute(
+                "UPDATE principals SET last_used_utc = ? WHERE id = ?", (when, principal_id)))
+        finally:
+            self.version += 1
 
     async def set_own_key(self, principal_id: int, sealed: bytes | None) -> None:
-        async with self.store.transaction() as tx:
+        async with self._changing() as tx:
             await tx.execute("UPDATE principals SET own_key_enc = ? WHERE id = ?",
                              (sealed, principal_id))
 

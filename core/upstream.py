@@ -184,7 +184,10 @@ async def complete(
         status = transport_failure.kind
         raise transport_failure from None
     finally:
-        log.info(
+        # One INFO line per reply; title calls, which follow every new conversation's reply,
+        # at DEBUG unless they fail (a quarter of the log volume, for little information).
+        log.log(
+            logging.DEBUG if purpose == "title" and status == 200 else logging.INFO,
             "upstream %s account=%s model=%s status=%s stream=%s duration_ms=%d",
             purpose, target.name, target.model, status, stream,
             (time.perf_counter() - started) * 1000,

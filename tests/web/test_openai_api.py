@@ -71,7 +71,9 @@ async def test_create_returns_an_openai_completion_and_stores_the_turn(
     admin = (await gateway.principals.create("admin", "root"))[0]
     conversation, turns = await gateway.recall(admin, conversation_id)
     assert [(t.prompt, t.reply) for t in turns] == [("hi", "reply 1 from A")]
-    assert conversation.title == "Fake Title"
+    # /v1 titles are cut from the prompt by default: no second upstream call per request.
+    assert conversation.title == "hi"
+    assert upstream_a.chat_requests(titles=True) == []
 
 
 async def test_stream_yields_chunks_and_usage_only_when_asked(
@@ -252,3 +254,21 @@ async def test_finish_reason_and_out_of_service_models(
     assert account is not None
     account.disable()
     assert [m.id for m in (await sdk.models.list()).data] == ["model-a"]
+
+
+async def test_v1_titles_can_be_asked_of_the_model(
+    make_settings: Any, upstream_a: FakeUpstream, aiohttp_client: Any
+) -> None:
+    from tests.conftest import ENVIRON, account
+
+    settings = make_settings([account("A", upstream_a, "KEY_A")], chat={"v1_titles": True})
+    async with Gateway(settings, environ=ENVIRON) as gateway:
+        user, key = await gateway.principals.create("user", "ann")
+        client = await aiohttp_client(create_app(gateway))
+        resp = await client.post("/v1/chat/completions", json={"model": "model-a",
+                                                               "messages": USER_HI},
+                                 headers={"Authorization": f"Bearer {key}"})
+        assert resp.status == 200
+        conversation = await gateway.conversation_for(user, resp.headers["X-Conversation-Id"])
+    assert conversation.title == "Fake Title"
+    assert upstream_a.chat_requests(titles=True)[0].api_key == "sk-account-a"
