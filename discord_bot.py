@@ -20,13 +20,13 @@ from discord.ext import commands
 
 from cogs.utils.access import AccessPolicy
 from cogs.utils.format import title_choices
-from cogs.utils.locks import KeyedLocks
 from cogs.utils.paging import is_stale_pager
 from cogs.utils.replies import NO_MENTIONS, Refusal, answer_error, role_ids
 from cogs.utils.throttle import EDIT_INTERVAL_S
 from core.config import Settings
 from core.errors import GatewayError, NotFound
 from core.gateway import Gateway
+from core.locks import KeyedLocks
 from core.models import Conversation, Principal
 
 log = logging.getLogger(__name__)

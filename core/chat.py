@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import time
 import uuid
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,6 +37,7 @@ from .errors import (
     UpstreamError,
 )
 from .history import build_messages, estimate_tokens, prompt_budget
+from .locks import KeyedLocks
 from .models import Conversation, Mode, PlusChoice, Principal, Turn
 from .titles import clean_title, fallback_title, title_messages
 from .upstream import Completion, Message, Target, UpstreamFailure, complete
@@ -98,21 +98,6 @@ class ChatResult:
     """As the upstream said: "stop", or "length" when max_tokens cut the reply."""
 
 
-class ConversationLocks:
-    """One asyncio lock per conversation id, dropped once nobody holds or waits for it.
-    (Several processes would need a database lock instead; this is the seam for it.)"""
-
-    def __init__(self) -> None:
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-
-    def lock(self, conversation_id: str) -> asyncio.Lock:
-        lock = self._locks.get(conversation_id)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[conversation_id] = lock
-        return lock
-
-
 class RateLimiter:
     """At most ``per_minute`` requests per principal in any sliding minute (0: no limit)."""
 
@@ -155,7 +140,7 @@ class ChatService:
         self.pool = pool
         self.conversations = conversations
         self._own_key_session = own_key_session
-        self._locks = ConversationLocks()
+        self._locks = KeyedLocks()
         self.limiter = RateLimiter(settings.limits.user_requests_per_minute, clock)
 
     # ----------------------------------------------------------------- entry point
@@ -344,7 +329,7 @@ class ChatService:
             target.model = conversation.model
             context = self.settings.own_key.context_tokens
 
-        async with self._locks.lock(conversation.id):
+        async with self._locks[conversation.id]:
             if account is not None:
                 # The turn before this one, which held the lock, may have cooled the account.
                 account = self._account_for_follow_up(conversation, principal)

@@ -10,10 +10,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from cogs.utils.locks import KeyedLocks
 from cogs.utils.stream import EMPTY_REPLY, ReplyStream
 from cogs.utils.text import MESSAGE_LIMIT, open_fence
 from cogs.utils.throttle import Throttle
+from core.locks import KeyedLocks
 
 T = TypeVar("T")
 

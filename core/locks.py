@@ -1,4 +1,6 @@
-"""One lock per key (a thread id), kept only while someone holds or waits for it."""
+"""One lock per key (a conversation id, a Discord thread id), kept only while someone holds or
+waits for it. Within one process; several processes would need a database lock instead, and
+this is the seam for it."""
 
 from __future__ import annotations
 
@@ -8,8 +10,8 @@ from collections.abc import Hashable
 
 
 class KeyedLocks:
-    """``locks[key]`` is the same ``asyncio.Lock`` for as long as anyone uses it, so the
-    follow-ups of one thread run one after the other, in the order they came."""
+    """``locks[key]`` is the same ``asyncio.Lock`` for as long as anyone uses it, so the turns
+    of one conversation run one after the other, in the order they came."""
 
     def __init__(self) -> None:
         self._locks: weakref.WeakValueDictionary[Hashable, asyncio.Lock] = (
