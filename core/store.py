@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 Params = Iterable[Any] | dict[str, Any]
 T = TypeVar("T")
 WriteOp = Callable[[sqlite3.Connection], Any]
+CHECKPOINT_EVERY_S = 1.0
+"""How often the WAL is folded into the database, off the write path."""
 MAX_BATCH = 256
 """Writes committed together at most; a bound on how long one COMMIT holds the others."""
 
@@ -45,6 +47,8 @@ class Store:
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
         self._pending: list[tuple[WriteOp, asyncio.Future[Any]]] = []
+        self._checkpointer: aiosqlite.Connection | None = None
+        self._checkpoints: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
@@ -54,7 +58,13 @@ class Store:
         try:
             await self._writer.execute("PRAGMA journal_mode = WAL")
             await self._migrate()
+            # Checkpoints (copying the WAL into the database, with an fsync) run on a
+            # connection and thread of their own, never inside a commit: done by SQLite's
+            # auto-checkpoint, every thousandth commit waited several milliseconds (bench/).
+            await self._writer.execute("PRAGMA wal_autocheckpoint = 0")
             self._reader = await self._connect()
+            self._checkpointer = await self._connect()
+            self._checkpoints = asyncio.create_task(self._checkpoint_now_and_then())
         except BaseException:
             await self.close()  # no connection thread left behind by a failed start
             raise
@@ -69,13 +79,33 @@ class Store:
         await conn.execute("PRAGMA synchronous = NORMAL")
         return conn
 
+    async def _checkpoint_now_and_then(self) -> None:
+        assert self._checkpointer is not None
+        while True:
+            await asyncio.sleep(CHECKPOINT_EVERY_S)
+            try:
+                # PASSIVE: copies what it can without waiting for the writer or readers.
+                await self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:
+                log.warning("WAL checkpoint failed (will retry): %s", exc)
+
     async def close(self) -> None:
         if self._flusher is not None and self._writer is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)  # writes in flight land
-        for conn in (self._reader, self._writer):
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            await asyncio.gather(self._checkpoints, return_exceptions=True)
+            self._checkpoints = None
+        if self._writer is not None and self._checkpointer is not None:
+            # Leave a small database behind: fold the WAL in and empty it.
+            try:
+                await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                log.warning("final WAL checkpoint failed: %s", exc)
+        for conn in (self._checkpointer, self._reader, self._writer):
             if conn is not None:
                 await conn.close()
-        self._reader = self._writer = None
+        self._checkpointer = self._reader = self._writer = None
 
     async def __aenter__(self) -> Store:
         await self.open()

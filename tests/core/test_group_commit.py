@@ -53,3 +53,16 @@ async def test_writes_in_flight_land_before_the_store_closes(tmp_path: Path) -> 
     await asyncio.gather(*pending)
     async with Store(tmp_path / "db.sqlite") as reopened:
         assert (await reopened.fetchone("SELECT count(*) FROM t"))[0] == 20  # type: ignore[index]
+
+
+async def test_closing_folds_the_wal_into_the_database(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    async with Store(path) as store:
+        await store.write(lambda c: c.execute("CREATE TABLE t (v TEXT)"))
+        for _ in range(20):
+            await store.write(lambda c: c.execute("INSERT INTO t VALUES (?)", ("x" * 4000,)))
+        assert (tmp_path / "db.sqlite-wal").stat().st_size > 80_000  # commits go to the WAL
+    wal = tmp_path / "db.sqlite-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 20
