@@ -1,0 +1,1 @@
+"""The gateway's benchmark (issue 6): ``python -m bench.run`` (``make bench``)."""
