@@ -13,7 +13,6 @@ import asyncio
 import dataclasses
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +36,7 @@ from .errors import (
     UpstreamError,
 )
 from .history import build_messages, estimate_tokens, prompt_budget
+from .ids import new_id
 from .locks import KeyedLocks
 from .models import Conversation, Mode, PlusChoice, Principal, Turn
 from .titles import clean_title, fallback_title, title_messages
@@ -193,8 +193,8 @@ class ChatService:
             try:
                 completion, title = await self._answer_with_title(
                     target, None, messages, prompt, request, listener, new_conversation=True,
-                    conversation_id=(conversation_id := str(uuid.uuid4())), message_id=(
-                        message_id := str(uuid.uuid4())),
+                    conversation_id=(conversation_id := new_id()), message_id=(
+                        message_id := new_id()),
                 )
             except UpstreamFailure as failure:
                 await self._log_failure(principal, request, None, None, started, failure)
@@ -217,7 +217,7 @@ class ChatService:
             raise Unavailable(f"no upstream account is configured for the {tier} tier",
                               code="no_account")
 
-        conversation_id, message_id = str(uuid.uuid4()), str(uuid.uuid4())
+        conversation_id, message_id = new_id(), new_id()
         tried: set[str] = set()
         last_failure: UpstreamFailure | None = None
         while (account := self.pool.pick(choice, tried, request.model)) is not None:
@@ -351,7 +351,7 @@ class ChatService:
                 messages = [{"role": "user", "content": prompt}]
             else:
                 messages = self._messages(recent, prompt, context, request)
-            message_id = str(uuid.uuid4())
+            message_id = new_id()
             try:
                 completion, _ = await self._answer_with_title(
                     target, account, messages, prompt, request, listener,
