@@ -187,14 +187,14 @@ class ChatService:
             raise Conflict(f"the reference {request.external_ref!r} already names a conversation",
                            code="external_ref_taken")
         credential = request.access_token or own_key
+        conversation_id, message_id = new_id(), new_id()
         if credential:
             target = self._own_key_target(credential, request.user_plus)
             messages = self._messages([], prompt, self.settings.own_key.context_tokens, request)
             try:
                 completion, title = await self._answer_with_title(
                     target, None, messages, prompt, request, listener, new_conversation=True,
-                    conversation_id=(conversation_id := new_id()), message_id=(
-                        message_id := new_id()),
+                    conversation_id=conversation_id, message_id=message_id,
                 )
             except UpstreamFailure as failure:
                 await self._log_failure(principal, request, None, None, started, failure)
@@ -217,7 +217,6 @@ class ChatService:
             raise Unavailable(f"no upstream account is configured for the {tier} tier",
                               code="no_account")
 
-        conversation_id, message_id = new_id(), new_id()
         tried: set[str] = set()
         last_failure: UpstreamFailure | None = None
         while (account := self.pool.pick(choice, tried, request.model)) is not None:
