@@ -15,12 +15,15 @@ import secrets
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from core.errors import GatewayError
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Render = Callable[[int, str, str, "str | None", "float | None"], web.Response]
+"""Builds an error response from status, message, code, offending parameter, retry-after."""
 
 _HTTP_CODES = {
     404: "not_found",
@@ -30,39 +33,58 @@ _HTTP_CODES = {
 }
 
 
+def retry_after_headers(retry_after: float | None) -> dict[str, str]:
+    if retry_after is None:
+        return {}
+    return {"Retry-After": str(max(1, math.ceil(retry_after)))}
+
+
 def error_response(status: int, message: str, code: str,
                    retry_after: float | None = None) -> web.Response:
-    headers = {}
-    if retry_after is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return web.json_response({"status": "error", "message": message, "code": code},
-                             status=status, headers=headers)
+                             status=status, headers=retry_after_headers(retry_after))
 
 
 def gateway_error_response(err: GatewayError) -> web.Response:
     return error_response(err.status, err.message, err.code, err.retry_after)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except GatewayError as err:
-        return gateway_error_response(err)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        message = {
-            404: f"no endpoint at {request.path}",
-            405: f"{request.method} is not allowed on {request.path}",
-            413: "the request body is too large",
-        }.get(exc.status, exc.reason)
-        response = error_response(exc.status, message, _HTTP_CODES.get(exc.status, "http_error"))
-        if "Allow" in exc.headers:  # a 405 must say which methods are allowed (RFC 9110)
-            response.headers["Allow"] = exc.headers["Allow"]
-        return response
-    except Exception:
-        ref = secrets.token_hex(4)
-        log.exception("unhandled error on %s %s (ref %s)", request.method, request.path, ref)
-        return error_response(500, f"internal error; quote reference {ref} to an admin",
-                              "internal_error")
+def error_middleware_for(render: Render) -> Middleware:
+    """A middleware giving every failure the shape ``render`` draws: the API's own, or
+    OpenAI's envelope on /v1. One mechanism, so both get every fix (the 405's Allow header)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except GatewayError as err:
+            return render(err.status, err.message, err.code, getattr(err, "param", None),
+                          err.retry_after)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            message = {
+                404: f"no endpoint at {request.path}",
+                405: f"{request.method} is not allowed on {request.path}",
+                413: "the request body is too large",
+            }.get(exc.status, exc.reason)
+            response = render(exc.status, message, _HTTP_CODES.get(exc.status, "http_error"),
+                              None, None)
+            if "Allow" in exc.headers:  # a 405 must say which methods are allowed (RFC 9110)
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
+        except Exception:
+            ref = secrets.token_hex(4)
+            log.exception("unhandled error on %s %s (ref %s)", request.method, request.path, ref)
+            return render(500, f"internal error; quote reference {ref} to an admin",
+                          "internal_error", None, None)
+
+    return middleware
+
+
+def _api_error(status: int, message: str, code: str, _param: str | None,
+               retry_after: float | None) -> web.Response:
+    return error_response(status, message, code, retry_after)
+
+
+error_middleware = error_middleware_for(_api_error)

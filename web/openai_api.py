@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -24,6 +22,7 @@ from core.errors import BadRequest, GatewayError, NotFound, TooLarge, Unauthoriz
 from core.gateway import Gateway
 from core.models import PlusChoice, Principal
 
+from .errors import error_middleware_for, retry_after_headers
 from .keys import GATEWAY
 
 log = logging.getLogger(__name__)
@@ -47,21 +46,18 @@ _ERROR_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     409: "conflict_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
     501: "not_implemented_error",
 }
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
 def openai_error(status: int, message: str, code: str | None, param: str | None = None,
                  retry_after: float | None = None) -> web.Response:
-    headers = {"Retry-After": str(max(1, int(retry_after + 0.999)))} if retry_after else {}
     body = {"error": {"message": message, "type": _ERROR_TYPES.get(status, "api_error"),
                       "param": param, "code": code}}
-    return web.json_response(body, status=status, headers=headers)
+    return web.json_response(body, status=status, headers=retry_after_headers(retry_after))
 
 
 class _ParamError(BadRequest):
@@ -70,26 +66,8 @@ class _ParamError(BadRequest):
         self.param = param
 
 
-@web.middleware
-async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure on /v1 in OpenAI's envelope, whatever raised it."""
-    try:
-        return await handler(request)
-    except GatewayError as err:
-        return openai_error(err.status, err.message, err.code, getattr(err, "param", None),
-                            err.retry_after)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        message = {404: f"unknown endpoint {request.path}",
-                   405: f"{request.method} is not allowed on {request.path}",
-                   413: "the request body is too large"}.get(exc.status, exc.reason)
-        return openai_error(exc.status, message, None)
-    except Exception:
-        ref = secrets.token_hex(4)
-        log.exception("unhandled error on %s %s (ref %s)", request.method, request.path, ref)
-        return openai_error(500, f"internal error; quote reference {ref} to an admin",
-                            "internal_error")
+openai_errors = error_middleware_for(openai_error)
+"""Every failure on /v1 in OpenAI's envelope, whatever raised it."""
 
 
 async def _caller(request: web.Request) -> tuple[Gateway, Principal]:

@@ -272,3 +272,11 @@ async def test_v1_titles_can_be_asked_of_the_model(
         conversation = await gateway.conversation_for(user, resp.headers["X-Conversation-Id"])
     assert conversation.title == "Fake Title"
     assert upstream_a.chat_requests(titles=True)[0].api_key == "sk-account-a"
+
+
+async def test_wrong_method_says_which_is_allowed(base_url: str, member: str) -> None:
+    async with aiohttp.ClientSession() as session, session.get(
+            f"{base_url}/chat/completions", headers={"Authorization": f"Bearer {member}"}) as resp:
+        assert resp.status == 405
+        assert resp.headers["Allow"] == "POST"
+        assert (await resp.json())["error"]["type"] == "invalid_request_error"
