@@ -10,6 +10,7 @@ in order, the second seeing the first. Nothing is stored until the reply is comp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -39,8 +40,9 @@ from .history import build_messages, estimate_tokens, prompt_budget
 from .ids import new_id
 from .locks import KeyedLocks
 from .models import Conversation, Mode, PlusChoice, Principal, Turn
-from .titles import clean_title, fallback_title, title_messages
+from .titles import TITLE_MAX_TOKENS, clean_title, fallback_title, title_messages
 from .upstream import Completion, Message, Target, UpstreamFailure, complete
+from .wire import content_text
 
 log = logging.getLogger(__name__)
 
@@ -439,11 +441,7 @@ class ChatService:
                     self._title(target, prompt, listener) if request.generate_title
                     else self._prompt_title(prompt, listener)
                 )
-            if account is not None:
-                async with account.slot():
-                    completion = await self._call(target, messages, request, listener,
-                                                  previous_response_id)
-            else:
+            async with account.slot() if account is not None else contextlib.nullcontext():
                 completion = await self._call(target, messages, request, listener,
                                               previous_response_id)
             title = ""
@@ -463,7 +461,8 @@ class ChatService:
         # Some servers (llama.cpp) report no usage when streaming: every turn still gets token
         # counts, estimated as the history is (about 3.5 characters a token).
         if completion.input_tokens is None:
-            completion.input_tokens = sum(estimate_tokens(_text(m)) for m in messages)
+            completion.input_tokens = sum(estimate_tokens(content_text(m.get("content")))
+                                          for m in messages)
         if completion.output_tokens is None:
             completion.output_tokens = estimate_tokens(completion.text) if completion.text else 0
         return completion
@@ -488,7 +487,8 @@ class ChatService:
     async def _title(self, target: Target, prompt: str, listener: ChatListener | None) -> str:
         try:
             completion = await complete(
-                target, title_messages(prompt), options={"max_tokens": 24, "temperature": 0.2},
+                target, title_messages(prompt),
+                options={"max_tokens": TITLE_MAX_TOKENS, "temperature": 0.2},
                 purpose="title",
             )
             title = clean_title(completion.text) or fallback_title(prompt)
@@ -582,8 +582,9 @@ class ChatService:
         await self.conversations.log_usage(UsageRecord(
             principal_id=principal.id, client_id=principal.client_id,
             conversation_id=conversation_id, account=account, model=None,
-            endpoint=request.endpoint, outcome=outcome or f"upstream_{failure.kind}"
-            if failure else (outcome or "error"), created_utc=iso(utc_now()),
+            endpoint=request.endpoint,
+            outcome=outcome or (f"upstream_{failure.kind}" if failure else "error"),
+            created_utc=iso(utc_now()),
             duration_ms=int((time.perf_counter() - started) * 1000),
         ))
 
@@ -608,13 +609,6 @@ class _Progress:
     async def title(self, title: str) -> None:
         if self.inner is not None:
             await self.inner.title(title)
-
-
-def _text(message: Message) -> str:
-    content = message.get("content")
-    if isinstance(content, list):
-        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-    return str(content or "")
 
 
 def _ref_owner(principal: Principal, request: ChatRequest) -> int | None:

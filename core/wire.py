@@ -20,6 +20,16 @@ COOLING_KINDS: frozenset[str] = frozenset(
 )
 
 Message = dict[str, Any]
+
+
+def content_text(content: Any) -> str:
+    """A message's content as text: a string, or the text parts of a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content
+                       if isinstance(part, dict) and part.get("type", "text") == "text")
+    return ""
 OnDelta = Callable[[str], Awaitable[None]]
 
 

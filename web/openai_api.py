@@ -21,6 +21,7 @@ from core.chat import ChatRequest, ChatResult, StartInfo
 from core.errors import BadRequest, GatewayError, NotFound, TooLarge, Unauthorized
 from core.gateway import Gateway
 from core.models import PlusChoice, Principal
+from core.wire import content_text
 
 from .errors import error_middleware_for, retry_after_headers
 from .keys import GATEWAY
@@ -117,16 +118,6 @@ def _not_found_model(model: str) -> GatewayError:
 # --------------------------------------------------------------------------------- completions
 
 
-def _text_of(content: Any) -> str:
-    """Message content as text: a string, or the text parts of a list of content parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content
-                       if isinstance(part, dict) and part.get("type") == "text")
-    return ""
-
-
 def parse_completion_request(body: Any) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
     """Validated messages, the options to pass on, and the prompt to store (the last user
     message). Raises with the offending ``param`` named, as OpenAI does."""
@@ -157,7 +148,7 @@ def parse_completion_request(body: Any) -> tuple[list[dict[str, Any]], dict[str,
             raise _ParamError(f"'{name}' must be a boolean", name)
     options = {k: v for k, v in body.items() if k in PASSED_FIELDS}
     users = [m for m in messages if m.get("role") == "user"]
-    prompt = _text_of(users[-1]["content"]) if users else _text_of(messages[-1]["content"])
+    prompt = content_text(users[-1]["content"]) if users else content_text(messages[-1]["content"])
     return messages, options, prompt
 
 
