@@ -95,14 +95,9 @@ class Gateway:
     async def ensure_client(self, name: str) -> Principal:
         """The in-process client principal of a front such as the Discord bot, created on its
         first start. It acts through the facade directly, so its key is never shown."""
-        row = await self.store.fetchone(
-            "SELECT id FROM principals WHERE role = 'client' AND name = ? AND client_id IS NULL"
-            " ORDER BY id LIMIT 1", (name,),
-        )
-        if row is not None:
-            found = await self.principals.get(int(row[0]))
-            if found is not None:
-                return found
+        found = await self.principals.client_named(name)
+        if found is not None:
+            return found
         principal, _ = await self.principals.create("client", _name(name))
         return principal
 
@@ -187,17 +182,11 @@ class Gateway:
         if actor.is_client:
             return await self.principals.by_external_id(actor.id, ref)
         if actor.is_admin:
-            if (found := await self._admin_user_by_userid(ref)) is not None:
+            if (found := await self.principals.by_external_id(None, ref)) is not None:
                 return found
             if ref.isdigit():
                 return await self.principals.get(int(ref))
         return None
-
-    async def _admin_user_by_userid(self, ref: str) -> Principal | None:
-        rows = await self.store.fetchone(
-            "SELECT id FROM principals WHERE client_id IS NULL AND external_id = ?", (ref,)
-        )
-        return await self.principals.get(rows[0]) if rows else None
 
     async def _managed_user(self, actor: Principal, ref: str | None) -> Principal:
         if actor.role == "user":
@@ -231,8 +220,8 @@ class Gateway:
         # Only userids collide: a numeric userid that equals some principal's id is no conflict.
         existing = None
         if userid:
-            existing = (await self.principals.by_external_id(actor.id, userid)
-                        if actor.is_client else await self._admin_user_by_userid(userid))
+            existing = await self.principals.by_external_id(
+                actor.id if actor.is_client else None, userid)
         if existing is not None:
             raise Conflict(f"a user with userid {userid!r} already exists", code="user_exists")
         return await self.principals.create(

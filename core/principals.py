@@ -91,10 +91,22 @@ class PrincipalRepo:
                                         (hash_key(key),))
         return _principal(row) if row else None
 
-    async def by_external_id(self, client_id: int, external_id: str) -> Principal | None:
+    async def by_external_id(self, client_id: int | None, external_id: str) -> Principal | None:
+        """A user by its creator's own id for it; ``client_id`` None: the users admins made."""
+        params: tuple[Any, ...]
+        if client_id is None:
+            where, params = "client_id IS NULL AND external_id = ?", (external_id,)
+        else:
+            where, params = "client_id = ? AND external_id = ?", (client_id, external_id)
+        row = await self.store.fetchone(f"SELECT {_COLUMNS} FROM principals WHERE {where}",
+                                        params)
+        return _principal(row) if row else None
+
+    async def client_named(self, name: str) -> Principal | None:
+        """The first top-level client with this name (a front's own client principal)."""
         row = await self.store.fetchone(
-            f"SELECT {_COLUMNS} FROM principals WHERE client_id = ? AND external_id = ?",
-            (client_id, external_id),
+            f"SELECT {_COLUMNS} FROM principals WHERE role = 'client' AND name = ?"
+            " AND client_id IS NULL ORDER BY id LIMIT 1", (name,),
         )
         return _principal(row) if row else None
 
