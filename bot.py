@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from core.config import ConfigError, Settings, load_settings, secret_from_env
-from core.gateway import Gateway
+from core.gateway import Gateway, build_gateway
 from core.local_model import LocalModelError, LocalModelServer, needs_local_model
+from core.storage import StorageError
 from web.access_log import RedactingAccessLogger, SecretFilter
 from web.app import create_app
 
@@ -46,7 +47,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 async def create_admin(settings: Settings, name: str) -> None:
-    async with Gateway(settings) as gateway:
+    async with build_gateway(settings) as gateway:
         key = await gateway.create_admin(name)
     print(key, flush=True)
 
@@ -63,7 +64,7 @@ async def serve(settings: Settings) -> int:
                          "'%s'", local.account().name)
                 settings = settings.model_copy(
                     update={"accounts": [*settings.accounts, local.account()]})
-        gateway = await stack.enter_async_context(Gateway(settings))
+        gateway = await stack.enter_async_context(build_gateway(settings))
         return await run_fronts(gateway, settings)
 
 
@@ -171,12 +172,18 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.command == "create-admin":
-        asyncio.run(create_admin(settings, args.name))
-    elif args.command == "needs-local-model":
-        return 0 if needs_local_model(settings) else 1
-    else:
-        return asyncio.run(serve(settings))
+    try:
+        if args.command == "create-admin":
+            asyncio.run(create_admin(settings, args.name))
+        elif args.command == "needs-local-model":
+            return 0 if needs_local_model(settings) else 1
+        else:
+            return asyncio.run(serve(settings))
+    except (ConfigError, StorageError) as exc:
+        # A database that cannot be reached or used, a missing shared secret: the operator's
+        # to fix, said in one line rather than a traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -24,9 +24,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from core.migrations import MIGRATIONS
+
 from core.clock import iso
 from core.keys import hash_key, new_key, shown_prefix
-from core.migrations import MIGRATIONS
 
 BATCH_CONVERSATIONS = 10_000
 CLIENTS = 10

@@ -1,9 +1,14 @@
 """The pool of upstream accounts: health, cool-downs, round robin by tier.
 
-An account is *healthy*, *cooling* (after a 429, 5xx, time-out or proxy failure, until a deadline
-that honours Retry-After) or *out* (its key was refused, or it has none; only a restart or an
-admin brings it back). New conversations take the next healthy account of the tiers they may use;
-follow-ups ask for their own account by name and are told plainly when it cannot serve.
+An account is *healthy*, *cooling* (after a 429, 5xx, time-out or proxy failure, until a
+wall-clock deadline that honours Retry-After) or *out* (its key was refused, an admin took it
+out, or it has no key; only an admin brings it back, and only once it has a key). New
+conversations take the next healthy account of the tiers they may use; follow-ups ask for their
+own account by name and are told plainly when it cannot serve.
+
+Health is shared: every change is saved in the storage's ``account_state`` and announced, so
+every process (on PostgreSQL) sees a cool-down or a removal within moments, and a restart keeps
+it. Reads stay in memory: choosing an account costs no database round trip.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import aiohttp
 from pydantic import SecretStr
 
 from .config import AccountSettings, Settings, secret_from_env
+from .errors import Conflict
 from .models import PlusChoice
+from .storage.account_state import AccountState, AccountStateRepo
 from .upstream import Target, UpstreamFailure, make_session
 
 Health = Literal["healthy", "cooling", "out"]
@@ -48,7 +55,7 @@ class Account:
         session: aiohttp.ClientSession,
         *,
         clock: Callable[[], float],
-        out_reason: str | None = None,
+        missing_key: str | None = None,
     ) -> None:
         self.settings = settings
         self.name = settings.name
@@ -59,8 +66,25 @@ class Account:
         self._slots = asyncio.Semaphore(settings.max_concurrency)
         self.cooling_until = 0.0
         self.cooling_reason: str | None = None
-        self.out_reason = out_reason
+        self.taken_out: str | None = None
+        """Why the upstream's answer or an admin took the account out (shared, persisted)."""
+        self.missing_key = missing_key
+        """Why this process has no key for it (its configuration; not shared)."""
         self.stats = AccountStats()
+
+    @property
+    def out_reason(self) -> str | None:
+        return self.missing_key or self.taken_out
+
+    @property
+    def state(self) -> AccountState:
+        return AccountState(self.name, self.cooling_until, self.cooling_reason, self.taken_out)
+
+    def apply(self, state: AccountState) -> None:
+        """Take on a state saved by this or another process."""
+        self.cooling_until = state.cooling_until
+        self.cooling_reason = state.cooling_reason
+        self.taken_out = state.out_reason
 
     def health(self) -> Health:
         if self.out_reason:
@@ -108,23 +132,14 @@ class Account:
         self.stats.failures += 1
         self.stats.last_error = f"{failure.kind}: {failure.detail}"[:300]
         if failure.kind == "auth":
-            self.out_reason = f"the upstream refused this account's key (HTTP {failure.status})"
+            self.taken_out = f"the upstream refused this account's key (HTTP {failure.status})"
         elif failure.kind == "misconfigured":
-            self.out_reason = (f"the upstream answered HTTP {failure.status} ({failure.detail}):"
-                               " check this account's base_url and model")
+            self.taken_out = (f"the upstream answered HTTP {failure.status} ({failure.detail}):"
+                              " check this account's base_url and model")
         elif failure.cools_down:
             wait = failure.retry_after if failure.retry_after is not None else default_cooldown
             self.cooling_until = self._clock() + min(wait, max_cooldown)
             self.cooling_reason = failure.kind
-
-    def enable(self) -> None:
-        """An admin's word that the account is fixed: clear its cool-down and out state."""
-        self.out_reason = None
-        self.cooling_until = 0.0
-        self.cooling_reason = None
-
-    def disable(self, reason: str = "taken out by an admin") -> None:
-        self.out_reason = reason
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -150,11 +165,14 @@ class AccountPool:
     def __init__(
         self,
         settings: Settings,
+        states: AccountStateRepo,
         *,
         environ: dict[str, str] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``clock``: wall-clock seconds (cool-downs are deadlines every process shares)."""
         self._settings = settings
+        self._states = states
         self._environ = environ
         self._clock = clock
         self.accounts: list[Account] = []
@@ -165,15 +183,50 @@ class AccountPool:
     async def open(self) -> None:
         for cfg in self._settings.accounts:
             key = secret_from_env(cfg.api_key_env, self._environ)
-            out = None
+            missing = None
             if cfg.api_key_env and key is None:
-                out = f"environment variable {cfg.api_key_env} is not set"
+                missing = f"environment variable {cfg.api_key_env} is not set"
             session = make_session(self._settings.proxy_for(cfg.proxy),
                                    limit=cfg.max_concurrency * 2)
             self._sessions[cfg.name] = session
-            account = Account(cfg, key, session, clock=self._clock, out_reason=out)
+            account = Account(cfg, key, session, clock=self._clock, missing_key=missing)
             self.accounts.append(account)
             self._by_name[cfg.name] = account
+        self._states.subscribe(self._changed)
+        await self._reload()
+
+    async def _reload(self) -> None:
+        saved = await self._states.all()
+        for account in self.accounts:
+            account.apply(saved.get(account.name, AccountState(account.name)))
+
+    async def _changed(self, name: str) -> None:
+        """Another process (or this one) saved an account's state: take it on."""
+        if name == "*":
+            await self._reload()
+        elif (account := self._by_name.get(name)) is not None:
+            account.apply(await self._states.get(name))
+
+    async def record_failure(self, account: Account, failure: UpstreamFailure,
+                             default_cooldown: float, max_cooldown: float) -> None:
+        """Count a failure; a cool-down or removal it causes is saved for every process."""
+        before = account.state
+        account.record_failure(failure, default_cooldown, max_cooldown)
+        if account.state != before:
+            await self._states.save(account.state)
+
+    async def set_enabled(self, account: Account, enabled: bool) -> None:
+        """An admin's word: back in service (cool-down and removal cleared), or out."""
+        if enabled and account.missing_key:
+            raise Conflict(
+                f"account '{account.name}' cannot be enabled: {account.missing_key}; set it"
+                " and restart this gateway",
+                code="account_has_no_key")
+        if enabled:
+            account.apply(AccountState(account.name))
+        else:
+            account.taken_out = "taken out by an admin"
+        await self._states.save(account.state)
 
     async def close(self) -> None:
         for session in self._sessions.values():
@@ -182,9 +235,6 @@ class AccountPool:
 
     def get(self, name: str) -> Account | None:
         return self._by_name.get(name)
-
-    def tiers(self) -> set[str]:
-        return {a.tier for a in self.accounts}
 
     def candidates(self, choice: PlusChoice, model: str | None = None) -> list[Account]:
         """Accounts of the tiers ``choice`` allows, serving ``model`` when one is named."""

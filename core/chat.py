@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -24,7 +25,6 @@ import aiohttp
 from .accounts import Account, AccountPool
 from .clock import iso, utc_now
 from .config import Settings
-from .conversation_store import ConversationRepo, UsageRecord
 from .errors import (
     BadRequest,
     Conflict,
@@ -38,8 +38,9 @@ from .errors import (
 )
 from .history import build_messages, estimate_tokens, prompt_budget
 from .ids import new_id
-from .locks import KeyedLocks
 from .models import Conversation, Mode, PlusChoice, Principal, Turn
+from .storage.conversations import ConversationRepo, UsageRecord
+from .storage.limits import RateLimiter
 from .titles import TITLE_MAX_TOKENS, clean_title, fallback_title, title_messages
 from .upstream import Completion, Message, Target, UpstreamFailure, complete
 from .wire import content_text
@@ -100,34 +101,6 @@ class ChatResult:
     """As the upstream said: "stop", or "length" when max_tokens cut the reply."""
 
 
-class RateLimiter:
-    """At most ``per_minute`` requests per principal in any sliding minute (0: no limit)."""
-
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.per_minute = per_minute
-        self._clock = clock
-        self._seen: dict[int, list[float]] = {}
-        self._next_sweep = 0.0
-
-    def check(self, principal_id: int) -> None:
-        if not self.per_minute:
-            return
-        now = self._clock()
-        if now >= self._next_sweep:
-            # Forget callers idle for a minute, so the table does not grow with every key ever seen.
-            self._seen = {p: times for p, times in self._seen.items() if now - times[-1] < 60}
-            self._next_sweep = now + 60
-        recent = [t for t in self._seen.get(principal_id, ()) if now - t < 60]
-        if len(recent) >= self.per_minute:
-            self._seen[principal_id] = recent
-            raise RateLimited(
-                f"limit of {self.per_minute} requests a minute reached; try again shortly",
-                retry_after=60 - (now - recent[0]),
-            )
-        recent.append(now)
-        self._seen[principal_id] = recent
-
-
 class ChatService:
     def __init__(
         self,
@@ -136,14 +109,17 @@ class ChatService:
         conversations: ConversationRepo,
         own_key_session: aiohttp.ClientSession,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        limiter: RateLimiter,
+        lock: Callable[[str], AbstractAsyncContextManager[Any]],
     ) -> None:
+        """``lock(key)``: held by one holder at a time in every process sharing the storage;
+        the turns of a conversation are taken one after the other under it."""
         self.settings = settings
         self.pool = pool
         self.conversations = conversations
         self._own_key_session = own_key_session
-        self._locks = KeyedLocks()
-        self.limiter = RateLimiter(settings.limits.user_requests_per_minute, clock)
+        self._lock = lock
+        self.limiter = limiter
 
     # ----------------------------------------------------------------- entry point
 
@@ -165,7 +141,7 @@ class ChatService:
                 f"{self.settings.chat.max_prompt_chars}",
                 code="prompt_too_large",
             )
-        self.limiter.check(principal.id)
+        await self.limiter.check(principal.id)
         if request.conversation_id:
             return await self._follow_up(principal, request, prompt, listener, own_key)
         return await self._start(principal, request, prompt, own_key, listener)
@@ -233,7 +209,7 @@ class ChatService:
                     message_id=message_id,
                 )
             except UpstreamFailure as failure:
-                self._record_failure(account, failure)
+                await self._record_failure(account, failure)
                 last_failure = failure
                 if progress.sent_text or not failure.is_the_accounts_fault:
                     await self._log_failure(principal, request, None, account.name,
@@ -330,7 +306,7 @@ class ChatService:
             target.model = conversation.model
             context = self.settings.own_key.context_tokens
 
-        async with self._locks[conversation.id]:
+        async with self._lock(f"conversation:{conversation.id}"):
             if account is not None:
                 # The turn before this one, which held the lock, may have cooled the account.
                 account = self._account_for_follow_up(conversation, principal)
@@ -362,7 +338,7 @@ class ChatService:
                 )
             except UpstreamFailure as failure:
                 if account is not None:
-                    self._record_failure(account, failure)
+                    await self._record_failure(account, failure)
                 await self._log_failure(principal, request, conversation.id, conversation.account,
                                         started, failure)
                 raise _as_gateway_error(failure, conversation.account) from None
@@ -548,9 +524,9 @@ class ChatService:
             )
         return messages
 
-    def _record_failure(self, account: Account, failure: UpstreamFailure) -> None:
-        account.record_failure(failure, self.settings.chat.cooldown_s,
-                               self.settings.chat.max_cooldown_s)
+    async def _record_failure(self, account: Account, failure: UpstreamFailure) -> None:
+        await self.pool.record_failure(account, failure, self.settings.chat.cooldown_s,
+                                       self.settings.chat.max_cooldown_s)
 
     @staticmethod
     def _turn(message_id: str, conversation_id: str, parent_id: str | None, position: int,

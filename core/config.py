@@ -40,8 +40,44 @@ class ServerSettings(_Table):
 
 
 class StorageSettings(_Table):
+    """Where the gateway keeps its data: ``url`` names the backend.
+
+    ``sqlite:///data/gateway.db`` (relative path; four slashes for an absolute one) is the
+    embedded default, for one process. ``postgresql://user@host:5432/dbname`` lets any number of
+    processes on any number of machines share one database; its password comes from the
+    variable named by ``password_env`` (or the URL itself, for local trust setups).
+    """
+
+    url: str = ""
+    """Empty: ``sqlite:///`` + ``path``."""
     path: str = "data/gateway.db"
+    """The SQLite file when ``url`` is empty (kept for configurations written before ``url``)."""
+    password_env: str = ""
     busy_timeout_ms: int = Field(5000, ge=0)
+    pool_size: int = Field(20, ge=2, le=1000)
+    """PostgreSQL: connections each process keeps open at most (follow-ups waiting for their
+    conversation's lock hold one each)."""
+    connect_timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(
+                "url must start with sqlite:/// or postgresql://, got "
+                f"{urlsplit(value).scheme or value!r}")
+        return value
+
+    @property
+    def backend(self) -> Literal["sqlite", "postgresql"]:
+        return "sqlite" if not self.url or self.url.startswith("sqlite:") else "postgresql"
+
+    @property
+    def sqlite_path(self) -> str:
+        """The SQLite file (``sqlite:///x`` is the relative path x; ``sqlite:////x`` is /x)."""
+        if not self.url:
+            return self.path
+        return self.url.removeprefix("sqlite://").removeprefix("/") or self.path
 
 
 class PathSettings(_Table):

@@ -16,65 +16,69 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from .accounts import AccountPool
 from .chat import ChatListener, ChatRequest, ChatResult, ChatService
 from .clock import iso, utc_now
-from .config import Settings, secret_from_env
-from .conversation_store import ConversationRepo
+from .config import ConfigError, Settings, secret_from_env
 from .crypto import CredentialBox
 from .errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from .keys import hash_key
-from .models import Conversation, Principal, Role, Turn
+from .models import Conversation, PlusChoice, Principal, Role, Turn
 from .oauth import AccessToken, PasswordGrant
-from .principals import PrincipalRepo
-from .store import Store
+from .storage import Storage, storage_for
 from .upstream import make_session
+from .web_sessions import WebSessions
 
 log = logging.getLogger(__name__)
 
 AUTH_CACHE_SIZE = 50_000
-"""Keys whose check is remembered (until any principal changes). One process owns the
-database; several would share a short-lived cache or none."""
+"""Keys whose check is remembered, until any principal changes in any process."""
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 """last_used is refreshed at most this often, so auth stays a read on the hot path."""
 MAX_PAGE = 200
 
 
 class Gateway:
-    def __init__(self, settings: Settings, *, environ: dict[str, str] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        """``clock`` (monotonic seconds) drives account cool-downs and the rate limit."""
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        storage: Storage,
+        pool: AccountPool,
+        chat_service: ChatService,
+        box: CredentialBox,
+        password_grant: PasswordGrant,
+        http_sessions: tuple[aiohttp.ClientSession, ...] = (),
+    ) -> None:
+        """The facade over its parts, which ``build_gateway`` makes from settings (tests and
+        other setups may pass their own). The gateway owns them: ``open`` and ``close``."""
         self.settings = settings
-        self._environ = environ
+        self.storage = storage
+        self.principals = storage.principals
+        self.conversations = storage.conversations
+        self.pool = pool
+        self.chat_service = chat_service
+        self.box = box
+        self.password_grant = password_grant
+        self._http_sessions = http_sessions
         self._authenticated: dict[bytes, tuple[int, float, Principal]] = {}
-        self.store = Store(settings.storage.path, busy_timeout_ms=settings.storage.busy_timeout_ms)
-        self.principals = PrincipalRepo(self.store)
-        self.conversations = ConversationRepo(self.store)
-        self.pool = AccountPool(settings, environ=environ, clock=clock)
-        self._own_key_session = make_session(settings.proxy_for(settings.own_key.proxy))
-        self._oauth_session = make_session("")
-        self.chat_service = ChatService(settings, self.pool, self.conversations,
-                                        self._own_key_session, clock=clock)
-        self.password_grant = PasswordGrant(
-            settings.access_token,
-            secret_from_env(settings.access_token.client_secret_env, environ),
-            self._oauth_session,
-        )
-        secret = secret_from_env(settings.secret_key_env, environ)
-        self.box = CredentialBox.from_env_or_file(
-            secret.get_secret_value() if secret else None,
-            Path(settings.storage.path).parent / "credentials.key",
-        )
+        self.web_sessions = WebSessions(storage.sessions, self._usable)
 
     async def open(self) -> None:
-        await self.store.open()
-        await self.pool.open()
+        await self.storage.open()
+        try:
+            await self.pool.open()
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         await self.pool.close()
-        await self._own_key_session.close()
-        await self._oauth_session.close()
-        await self.store.close()
+        for session in self._http_sessions:
+            await session.close()
+        await self.storage.close()
 
     async def __aenter__(self) -> Gateway:
         await self.open()
@@ -112,33 +116,59 @@ class Gateway:
             raise Unauthorized("an API key is required: send 'Authorization: Bearer KEY'",
                                code="missing_key")
         digest = hash_key(key.strip())
-        cached = self._authenticated.get(digest)
+        # Read before the key is checked: a change that lands while the check runs moves the
+        # version past this one, so what the check read is never remembered as current.
+        version = self.principals.version
+        trusted = self.storage.db.changes_reliable
         now = time.monotonic()
-        if cached is not None and cached[0] == self.principals.version and now < cached[1]:
+        cached = self._authenticated.get(digest)
+        if cached is not None and cached[0] == version and now < cached[1] and trusted:
             return cached[2]
         principal = await self._check_key(key.strip())
         await self._touch(principal)
+        if not trusted:
+            # Changes made by other processes may be going unheard: remember nothing.
+            return principal
         if len(self._authenticated) >= AUTH_CACHE_SIZE:
             self._authenticated.clear()
-        # Any write to any principal (rotation, disabling, removal, plus) changes the version,
-        # so a cached answer never outlives the state it was read from; it also expires with
-        # the last-used resolution, so last_used keeps being refreshed.
+        # Any change to any principal (rotation, disabling, removal, plus), in any process,
+        # moves the version, so a cached answer never outlives the state it was read from; it
+        # also expires with the last-used resolution, so last_used keeps being refreshed.
         self._authenticated[digest] = (
-            self.principals.version, now + LAST_USED_RESOLUTION.total_seconds(), principal)
+            version, now + LAST_USED_RESOLUTION.total_seconds(), principal)
         return principal
 
     async def _check_key(self, key: str) -> Principal:
         principal = await self.principals.by_key(key)
         if principal is None:
             raise Unauthorized("this API key is not valid", code="invalid_key")
+        refusal = await self._refusal(principal)
+        if refusal is not None:
+            raise refusal
+        return principal
+
+    async def _refusal(self, principal: Principal) -> Unauthorized | None:
+        """Why a principal's key no longer works (disabled, or its client is), if it doesn't."""
         if principal.disabled_utc:
-            raise Unauthorized("this API key has been disabled", code="key_disabled")
+            return Unauthorized("this API key has been disabled", code="key_disabled")
         if principal.client_id is not None:
             client = await self.principals.get(principal.client_id)
             if client is None or client.disabled_utc:
-                raise Unauthorized("the client that issued this key has been disabled",
-                                   code="key_disabled")
+                return Unauthorized("the client that issued this key has been disabled",
+                                    code="key_disabled")
+        return None
+
+    async def _usable(self, principal_id: int) -> Principal | None:
+        """The principal, if its key would still authenticate (for web sessions)."""
+        principal = await self.principals.get(principal_id)
+        if principal is None or await self._refusal(principal) is not None:
+            return None
         return principal
+
+    async def member(self, actor: Principal, principal_id: int) -> Principal | None:
+        """Any principal by id, for an admin (audit views name a conversation's owner)."""
+        self.require_admin(actor)
+        return await self.principals.get(principal_id)
 
     async def _touch(self, principal: Principal) -> None:
         now = utc_now()
@@ -333,17 +363,29 @@ class Gateway:
         self.require_admin(actor)
         return [account.snapshot() for account in self.pool]
 
-    def set_account_enabled(self, actor: Principal, name: str, enabled: bool) -> dict[str, Any]:
+    async def set_account_enabled(self, actor: Principal, name: str,
+                                  enabled: bool) -> dict[str, Any]:
         self.require_admin(actor)
         account = self.pool.get(name)
         if account is None:
             raise NotFound(f"no account named {name!r}", code="account_not_found")
-        if enabled:
-            account.enable()
-        else:
-            account.disable()
+        await self.pool.set_enabled(account, enabled)
         log.info("admin %s %s account %s", actor.id, "enabled" if enabled else "disabled", name)
         return account.snapshot()
+
+    def models(self, actor: Principal) -> list[tuple[str, str]]:
+        """Each model the actor may ask for, with the account that serves it first."""
+        choice: PlusChoice = "any" if actor.plus or actor.is_admin else "false"
+        return [(model, account.name) for model, account in self.pool.models_for(choice)]
+
+    async def health(self) -> dict[str, Any]:
+        """What a load balancer's health check needs; raises ``StorageUnavailable`` when the
+        database does not answer."""
+        await self.storage.ping()
+        counts = {"healthy": 0, "cooling": 0, "out": 0}
+        for account in self.pool:
+            counts[account.health()] += 1
+        return {"status": "ok", "database": "ok", "accounts": counts}
 
     async def stats(self, actor: Principal) -> dict[str, Any]:
         self.require_admin(actor)
@@ -377,3 +419,43 @@ def _name(value: str) -> str:
     if not value or len(value) > 100:
         raise BadRequest("a name must have 1 to 100 characters", code="bad_name")
     return value
+
+
+def build_gateway(settings: Settings, *, environ: dict[str, str] | None = None,
+                  clock: Callable[[], float] = time.time) -> Gateway:
+    """A gateway with the parts ``settings`` describe (not yet opened). ``clock``: wall-clock
+    seconds, for account cool-downs and the rate limit (tests pass a fake one)."""
+    storage = storage_for(settings.storage, environ)
+    pool = AccountPool(settings, storage.accounts, environ=environ, clock=clock)
+    own_key_session = make_session(settings.proxy_for(settings.own_key.proxy))
+    oauth_session = make_session("")
+    chat_service = ChatService(
+        settings, pool, storage.conversations, own_key_session,
+        limiter=storage.rate_limiter(settings.limits.user_requests_per_minute, clock),
+        lock=storage.lock)
+    password_grant = PasswordGrant(
+        settings.access_token,
+        secret_from_env(settings.access_token.client_secret_env, environ),
+        oauth_session,
+    )
+    return Gateway(settings, storage=storage, pool=pool, chat_service=chat_service,
+                   box=credential_box(settings, storage, environ), password_grant=password_grant,
+                   http_sessions=(own_key_session, oauth_session))
+
+
+def credential_box(settings: Settings, storage: Storage,
+                   environ: dict[str, str] | None = None) -> CredentialBox:
+    """The key that seals own keys: from the environment; on SQLite alone, else a key file
+    beside the database. Processes sharing a database must share the key, so a shared
+    storage without it is refused."""
+    secret = secret_from_env(settings.secret_key_env, environ)
+    if secret is None and storage.shared:
+        raise ConfigError(
+            f"${settings.secret_key_env} is not set: with {storage!r}, every gateway process "
+            "must seal members' own keys with the same key. Generate one with "
+            "`python -c 'from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())'` and give it to every process.")
+    return CredentialBox.from_env_or_file(
+        secret.get_secret_value() if secret else None,
+        Path(settings.storage.sqlite_path).parent / "credentials.key",
+    )

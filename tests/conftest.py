@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from core.config import Settings, settings_from_dict
-from core.gateway import Gateway
+from core.gateway import Gateway, build_gateway
 from tests.fakes.upstream import FakeUpstream
 from web.app import create_app
 
@@ -71,7 +71,7 @@ def settings(make_settings: Callable[..., Settings], upstream_a: FakeUpstream,
 
 @pytest.fixture
 async def gateway(settings: Settings) -> AsyncIterator[Gateway]:
-    async with Gateway(settings, environ=ENVIRON) as gw:
+    async with build_gateway(settings, environ=ENVIRON) as gw:
         yield gw
 
 

@@ -92,17 +92,16 @@ def _tier_choice(principal: Principal) -> PlusChoice:
 
 async def list_models(request: web.Request) -> web.Response:
     gateway, principal = await _caller(request)
-    data = [_model_object(model, account.name)
-            for model, account in gateway.pool.models_for(_tier_choice(principal))]
+    data = [_model_object(model, owner) for model, owner in gateway.models(principal)]
     return web.json_response({"object": "list", "data": data})
 
 
 async def get_model(request: web.Request) -> web.Response:
     gateway, principal = await _caller(request)
     wanted = request.match_info["model"]
-    for model, account in gateway.pool.models_for(_tier_choice(principal)):
+    for model, owner in gateway.models(principal):
         if model == wanted:
-            return web.json_response(_model_object(model, account.name))
+            return web.json_response(_model_object(model, owner))
     raise _not_found_model(wanted)
 
 

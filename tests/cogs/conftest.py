@@ -20,7 +20,7 @@ import pytest
 
 from cogs.utils.text import open_fence
 from core.config import Settings
-from core.gateway import Gateway
+from core.gateway import Gateway, build_gateway
 from discord_bot import GatewayBot, create_bot, handler_tasks, point_discord_at
 from tests.conftest import ENVIRON, account
 from tests.fakediscord import EPHEMERAL, FakeDiscord, Interaction
@@ -204,7 +204,7 @@ def make_harness(make_settings: Callable[..., Settings], upstream_a: FakeUpstrea
         settings = make_settings(accounts, discord=DISCORD_CONFIG | overrides,
                                  chat=chat or {}, limits=limits or {})
         upstreams = {"A": upstream_a, "B": upstream_b, "P": upstream_plus}
-        async with Gateway(settings, environ=ENVIRON) as gateway:
+        async with build_gateway(settings, environ=ENVIRON) as gateway:
             harness = Harness(fake_discord, gateway, settings, upstreams)
             await harness.start()
             try:

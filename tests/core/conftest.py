@@ -12,7 +12,7 @@ import pytest
 
 from core.chat import ChatRequest, ChatResult, StartInfo
 from core.config import Settings
-from core.gateway import Gateway
+from core.gateway import Gateway, build_gateway
 from core.models import Principal
 from tests.conftest import ENVIRON
 
@@ -63,7 +63,7 @@ async def open_gateway(clock: FakeClock) -> AsyncIterator[OpenGateway]:
     opened: list[Gateway] = []
 
     async def open_(settings: Settings, *, environ: dict[str, str] | None = None) -> Gateway:
-        gw = Gateway(settings, environ=ENVIRON if environ is None else environ, clock=clock)
+        gw = build_gateway(settings, environ=ENVIRON if environ is None else environ, clock=clock)
         await gw.open()
         opened.append(gw)
         return gw

@@ -157,7 +157,7 @@ async def test_auth_failure_takes_the_account_out_until_enabled(
     assert {(await ask(gw, user, f"q{n}")).conversation.account for n in range(3)} == {"B"}
     assert len(replies(upstream_a)) == 1
 
-    snap = gw.set_account_enabled(admin, "A", True)
+    snap = await gw.set_account_enabled(admin, "A", True)
     assert snap["health"] == "healthy"
     assert {(await ask(gw, user, f"r{n}")).conversation.account for n in range(2)} == {"A", "B"}
 
@@ -186,7 +186,7 @@ async def test_all_accounts_down_is_503_with_retry_after(
     assert "server error" in err.message
     # Nothing half-done was stored; the failure is in the usage log.
     assert (await gw.list_conversations(user))[1] == 0
-    rows = await gw.store.fetchall("SELECT principal_id, outcome FROM usage")
+    rows = await gw.storage.db.fetchall("SELECT principal_id, outcome FROM usage")
     assert [tuple(r) for r in rows] == [(user.id, "unavailable")]
 
     # While both cool, no request goes upstream at all.
@@ -230,12 +230,12 @@ async def test_an_admin_can_take_an_account_out_and_back(
     gw: Gateway, admin: Principal, user: Principal,
     upstream_a: FakeUpstream, upstream_b: FakeUpstream,
 ) -> None:
-    snap = gw.set_account_enabled(admin, "A", False)
+    snap = await gw.set_account_enabled(admin, "A", False)
     assert snap["health"] == "out"
     assert {(await ask(gw, user, f"q{n}")).conversation.account for n in range(2)} == {"B"}
-    gw.set_account_enabled(admin, "A", True)
+    await gw.set_account_enabled(admin, "A", True)
     assert {(await ask(gw, user, f"r{n}")).conversation.account for n in range(2)} == {"A", "B"}
     with pytest.raises(Forbidden):
-        gw.set_account_enabled(user, "A", False)
+        await gw.set_account_enabled(user, "A", False)
     with pytest.raises(NotFound):
-        gw.set_account_enabled(admin, "nope", False)
+        await gw.set_account_enabled(admin, "nope", False)

@@ -3,6 +3,7 @@ the environment and never from the file."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import pytest
 
 from core.accounts import AccountPool
 from core.config import ConfigError, load_settings, secret_from_env, settings_from_dict
+from core.storage.account_state import AccountStateRepo
+from core.storage.sqlite import SqliteDatabase
 
 GOOD = """
 [server]
@@ -127,9 +130,16 @@ def test_secret_from_env() -> None:
     assert secret_from_env("", env) is None
 
 
-async def test_account_keys_come_from_env_and_unset_ones_are_out(tmp_path: Path) -> None:
+@pytest.fixture
+async def states(tmp_path: Path) -> AsyncIterator[AccountStateRepo]:
+    async with SqliteDatabase(tmp_path / "states.db") as db:
+        yield AccountStateRepo(db)
+
+
+async def test_account_keys_come_from_env_and_unset_ones_are_out(
+        tmp_path: Path, states: AccountStateRepo) -> None:
     settings = load_settings(_write(tmp_path, GOOD))
-    pool = AccountPool(settings, environ={"MAIN_KEY": "sk-main"})
+    pool = AccountPool(settings, states, environ={"MAIN_KEY": "sk-main"})
     await pool.open()
     try:
         main, big = pool.get("main"), pool.get("big")
@@ -146,9 +156,9 @@ async def test_account_keys_come_from_env_and_unset_ones_are_out(tmp_path: Path)
         await pool.close()
 
 
-async def test_an_account_without_api_key_env_needs_no_key(tmp_path: Path) -> None:
+async def test_an_account_without_api_key_env_needs_no_key(states: AccountStateRepo) -> None:
     settings = settings_from_dict({"accounts": [_account(name="local")]})
-    pool = AccountPool(settings, environ={})
+    pool = AccountPool(settings, states, environ={})
     await pool.open()
     try:
         local = pool.get("local")

@@ -58,7 +58,7 @@ async def test_removal_takes_the_turns_and_stops_follow_ups(
         await gw.remove_conversation(user, first.conversation.id)
     assert len(upstream_a.chat_requests(titles=False)) == 1
     # The usage log keeps the request that was made.
-    row = await gw.store.fetchone("SELECT count(*) FROM usage WHERE outcome = 'ok'")
+    row = await gw.storage.db.fetchone("SELECT count(*) FROM usage WHERE outcome = 'ok'")
     assert row is not None and row[0] == 1
 
 
@@ -68,7 +68,7 @@ async def test_usage_log_and_stats(
     upstream_a.enqueue(Reply("hi", usage={"prompt_tokens": 5, "completion_tokens": 2,
                                           "total_tokens": 7}))
     result = await ask(gw, user, "hello")
-    row = await gw.store.fetchone("SELECT * FROM usage")
+    row = await gw.storage.db.fetchone("SELECT * FROM usage")
     assert row is not None
     assert (row["principal_id"], row["conversation_id"], row["account"], row["model"],
             row["endpoint"], row["outcome"], row["input_tokens"], row["output_tokens"]) == (

@@ -82,12 +82,12 @@ async def test_follow_up_on_an_out_account_names_it(
     upstream_a: FakeUpstream, upstream_b: FakeUpstream,
 ) -> None:
     first = await ask(gw, user, "one")
-    gw.set_account_enabled(admin, "A", False)
+    await gw.set_account_enabled(admin, "A", False)
     with pytest.raises(Unavailable) as caught:
         await ask(gw, user, "two", first.conversation.id)
     assert caught.value.code == "account_out" and "'A'" in caught.value.message
     assert upstream_b.requests == []
-    gw.set_account_enabled(admin, "A", True)
+    await gw.set_account_enabled(admin, "A", True)
     assert (await ask(gw, user, "two", first.conversation.id)).turn.position == 1
 
 
@@ -178,8 +178,8 @@ async def test_a_failed_new_conversation_stores_nothing(
     assert caught.value.status in (502, 503)
     assert "Traceback" not in caught.value.message
     for table in ("conversations", "turns"):
-        assert (await gw.store.fetchone(f"SELECT count(*) FROM {table}"))[0] == 0
-    rows = await gw.store.fetchall("SELECT principal_id, outcome, conversation_id FROM usage")
+        assert (await gw.storage.db.fetchone(f"SELECT count(*) FROM {table}"))[0] == 0
+    rows = await gw.storage.db.fetchall("SELECT principal_id, outcome, conversation_id FROM usage")
     assert len(rows) == 1
     assert rows[0]["principal_id"] == user.id and rows[0]["outcome"] != "ok"
     assert rows[0]["conversation_id"] is None
@@ -205,7 +205,7 @@ async def test_a_failed_follow_up_stores_no_turn(
     assert after == before  # no turn, no count, no time bumped
     _, turns = await gw.recall(user, first.conversation.id)
     assert [t.prompt for t in turns] == ["one"]
-    rows = await gw.store.fetchall("SELECT outcome, conversation_id, account FROM usage"
+    rows = await gw.storage.db.fetchall("SELECT outcome, conversation_id, account FROM usage"
                                    " ORDER BY id")
     assert [tuple(r) for r in rows] == [("ok", first.conversation.id, "A"),
                                         (outcome, first.conversation.id, "A")]

@@ -40,7 +40,7 @@ async def test_database_holds_no_issued_key_only_its_hash(gw: Gateway,
     for key in keys:
         assert key.encode() not in stored
         assert key[len(KEY_PREFIX):].encode() not in stored  # not even the random part
-    row = await gw.store.fetchone("SELECT key_hash, key_prefix FROM principals WHERE id = ?",
+    row = await gw.storage.db.fetchone("SELECT key_hash, key_prefix FROM principals WHERE id = ?",
                                   (rotated_user.id,))
     assert row is not None
     assert bytes(row["key_hash"]) == hashlib.sha256(rotated.encode()).digest()

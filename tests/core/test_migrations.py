@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from core.migrations import MIGRATIONS
-from core.store import Store
+from core.storage.database import IntegrityError, StorageError
+from core.storage.migrations_sqlite import MIGRATIONS
+from core.storage.sqlite import SqliteDatabase as Store
 
 # (name, declared type, NOT NULL, primary key) per column, in order.
 EXPECTED_COLUMNS: dict[str, list[tuple[str, str, int, int]]] = {
@@ -82,6 +83,13 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, int, int]]] = {
         ("flash_json", "TEXT", 0, 0),
         ("created_utc", "TEXT", 1, 0),
         ("expires_utc", "TEXT", 1, 0),
+    ],
+    "account_state": [
+        ("name", "TEXT", 0, 1),
+        ("cooling_until", "REAL", 1, 0),
+        ("cooling_reason", "TEXT", 0, 0),
+        ("out_reason", "TEXT", 0, 0),
+        ("updated_utc", "TEXT", 1, 0),
     ],
 }
 
@@ -181,7 +189,7 @@ async def test_wal_and_foreign_keys_are_on_for_both_connections(tmp_path: Path) 
             async with conn.execute("PRAGMA busy_timeout") as cur:
                 assert (await cur.fetchone())[0] == 1234
         # Foreign keys are enforced, not just declared: a turn needs its conversation.
-        with pytest.raises(sqlite3.IntegrityError):
+        with pytest.raises(IntegrityError):
             async with store.transaction() as tx:
                 await tx.execute(
                     "INSERT INTO turns (id, conversation_id, position, prompt, reply, model,"
@@ -197,7 +205,7 @@ async def test_a_database_from_a_newer_version_is_refused(tmp_path: Path) -> Non
                          " VALUES (99, '0099_from_the_future', 'x')")
     store = Store(path)
     try:
-        with pytest.raises(RuntimeError, match="0099_from_the_future"):
+        with pytest.raises(StorageError, match="0099_from_the_future"):
             await store.open()
     finally:
         await store.close()

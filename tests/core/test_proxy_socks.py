@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from core.chat import ChatRequest
 from core.config import Settings
-from core.gateway import Gateway
+from core.gateway import build_gateway
 from tests.conftest import ENVIRON, account
 from tests.fakes.socks import FakeSocks5
 from tests.fakes.upstream import FakeUpstream
@@ -26,7 +26,7 @@ async def test_account_traffic_goes_through_its_proxy(
     async with FakeSocks5() as proxy:
         settings = make_settings([account("A", upstream_a, "KEY_A", proxy="default")],
                                  proxy={"default": proxy.url})
-        async with Gateway(settings, environ=ENVIRON) as gateway:
+        async with build_gateway(settings, environ=ENVIRON) as gateway:
             user, _ = await gateway.principals.create("user", "ann")
             result = await gateway.chat(user, ChatRequest(prompt="hello"))
     assert result.turn.reply == "reply 1 from A"
@@ -41,7 +41,7 @@ async def test_failing_proxy_cools_the_account_and_the_next_one_answers(
         account("A", upstream_a, "KEY_A", proxy=f"socks5://127.0.0.1:{_closed_port()}"),
         account("B", upstream_b, "KEY_B"),
     ])
-    async with Gateway(settings, environ=ENVIRON) as gateway:
+    async with build_gateway(settings, environ=ENVIRON) as gateway:
         user, _ = await gateway.principals.create("user", "ann")
         result = await gateway.chat(user, ChatRequest(prompt="hello"))
         health = {a["name"]: a for a in gateway.accounts(

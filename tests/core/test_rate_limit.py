@@ -6,38 +6,38 @@ from collections.abc import Callable
 
 import pytest
 
-from core.chat import RateLimiter
 from core.config import Settings
 from core.errors import RateLimited
+from core.storage.limits import MemoryRateLimiter
 from tests.conftest import account
 from tests.core.conftest import FakeClock, OpenGateway, ask
 from tests.fakes.upstream import FakeUpstream
 
 
-def test_sliding_minute_per_principal(clock: FakeClock) -> None:
-    limiter = RateLimiter(2, clock)
-    limiter.check(1)
+async def test_sliding_minute_per_principal(clock: FakeClock) -> None:
+    limiter = MemoryRateLimiter(2, clock)
+    await limiter.check(1)
     clock.advance(20)
-    limiter.check(1)
-    limiter.check(2)  # another caller has its own budget
+    await limiter.check(1)
+    await limiter.check(2)  # another caller has its own budget
     with pytest.raises(RateLimited) as caught:
-        limiter.check(1)
+        await limiter.check(1)
     assert caught.value.status == 429
     assert caught.value.retry_after == pytest.approx(40)  # the first request leaves the window
     clock.advance(39.9)
     with pytest.raises(RateLimited):
-        limiter.check(1)
+        await limiter.check(1)
     clock.advance(0.1)
-    limiter.check(1)  # the first one left the minute; the refused ones never counted
+    await limiter.check(1)  # the first one left the minute; the refused ones never counted
     with pytest.raises(RateLimited) as caught:
-        limiter.check(1)
+        await limiter.check(1)
     assert caught.value.retry_after == pytest.approx(20)
 
 
-def test_zero_means_no_limit(clock: FakeClock) -> None:
-    limiter = RateLimiter(0, clock)
+async def test_zero_means_no_limit(clock: FakeClock) -> None:
+    limiter = MemoryRateLimiter(0, clock)
     for _ in range(1000):
-        limiter.check(1)
+        await limiter.check(1)
 
 
 async def test_gateway_enforces_user_requests_per_minute(

@@ -10,7 +10,7 @@ import pytest
 from core.chat import ChatRequest, StartInfo
 from core.config import Settings
 from core.errors import Conflict
-from core.gateway import Gateway
+from core.gateway import Gateway, build_gateway
 from core.models import Principal
 from tests.conftest import ENVIRON, account
 from tests.fakes.upstream import FakeUpstream
@@ -55,7 +55,7 @@ async def test_follow_up_sends_only_the_new_prompt_and_the_previous_response_id(
     responses_settings: Settings, stateful: tuple[FakeUpstream, FakeUpstream]
 ) -> None:
     r1, r2 = stateful
-    async with Gateway(responses_settings, environ=ENVIRON) as gateway:
+    async with build_gateway(responses_settings, environ=ENVIRON) as gateway:
         ann = await _user(gateway)
         first = await gateway.chat(ann, ChatRequest(prompt="remember 42"))
         assert first.conversation.account == "R1"
@@ -90,12 +90,12 @@ async def test_a_follow_up_whose_account_is_gone_fails_instead_of_losing_history
     stateful: tuple[FakeUpstream, FakeUpstream]
 ) -> None:
     _, r2 = stateful
-    async with Gateway(responses_settings, environ=ENVIRON) as gateway:
+    async with build_gateway(responses_settings, environ=ENVIRON) as gateway:
         ann = await _user(gateway)
         first = await gateway.chat(ann, ChatRequest(prompt="remember 42"))
     # R1 leaves the configuration; R2 could not resolve R1's response id.
     without_r1 = make_settings([account("R2", r2, "KEY_B", api="responses")])
-    async with Gateway(without_r1, environ=ENVIRON) as gateway:
+    async with build_gateway(without_r1, environ=ENVIRON) as gateway:
         with pytest.raises(Conflict) as gone:
             await gateway.chat(ann, ChatRequest(prompt="what number?",
                                                 conversation_id=first.conversation.id))

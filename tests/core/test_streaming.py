@@ -41,7 +41,7 @@ async def test_new_conversation_streams_deltas_in_order(
     sent = upstream_a.chat_requests(titles=False)[-1]
     assert sent.stream and sent.include_usage
     assert (result.turn.input_tokens, result.turn.output_tokens) == (11, 17)
-    row = await gw.store.fetchone("SELECT outcome, input_tokens, output_tokens FROM usage")
+    row = await gw.storage.db.fetchone("SELECT outcome, input_tokens, output_tokens FROM usage")
     assert tuple(row) == ("ok", 11, 17)  # type: ignore[arg-type]
     stored = (await gw.recall(user, result.conversation.id))[1][0]
     assert stored.reply == TEXT

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from core.config import settings_from_dict
-from core.gateway import Gateway
+from core.gateway import build_gateway
 from core.local_model import LocalModelServer
 from web.app import create_app
 
@@ -30,7 +30,7 @@ async def gateway_url(tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
     })
     async with LocalModelServer(settings.local_model) as local:
         settings = settings.model_copy(update={"accounts": [local.account()]})
-        async with Gateway(settings) as gateway:
+        async with build_gateway(settings) as gateway:
             _, key = await gateway.principals.create("user", "ann")
             runner = web.AppRunner(create_app(gateway))
             await runner.setup()

@@ -26,7 +26,7 @@ from aiohttp import web
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
 from core.config import Settings
-from core.gateway import Gateway
+from core.gateway import Gateway, build_gateway
 from tests.conftest import ENVIRON
 from tests.fakes.upstream import FakeUpstream
 from web.app import create_app
@@ -84,7 +84,7 @@ async def upstream_plus() -> AsyncIterator[FakeUpstream]:
 
 @session_loop
 async def gateway(settings: Settings) -> AsyncIterator[Gateway]:
-    async with Gateway(settings, environ=ENVIRON) as gw:
+    async with build_gateway(settings, environ=ENVIRON) as gw:
         yield gw
 
 

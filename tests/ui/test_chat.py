@@ -180,7 +180,7 @@ async def test_failure_is_a_readable_message_and_keeps_the_prompt(
     upstream_b.enqueue(Reply("fine now"))
     account = gateway.pool.get("B")
     assert account is not None
-    account.enable()
+    await gateway.pool.set_enabled(account, True)
     await page.press("#prompt", "Enter")
     await expect(page.locator("#turns .turn.done .reply-body")).to_have_text("fine now")
     await expect(error).to_be_hidden()

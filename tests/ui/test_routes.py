@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from core.config import ConfigError, Settings
-from core.gateway import Gateway
+from core.gateway import build_gateway
 from tests.conftest import ENVIRON, account
 from tests.fakes.upstream import FakeUpstream
 from web.app import create_app
@@ -35,6 +35,6 @@ async def test_the_app_refuses_to_start_on_a_collision(
 ) -> None:
     settings = make_settings([account("A", upstream_a, "KEY_A")],
                              paths={"chat": "/chat"})
-    async with Gateway(settings, environ=ENVIRON) as gateway:
+    async with build_gateway(settings, environ=ENVIRON) as gateway:
         with pytest.raises(ConfigError, match=r"\[paths\] chat = '/chat'"):
             create_app(gateway)

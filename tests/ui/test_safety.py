@@ -145,10 +145,10 @@ async def test_key_never_in_a_url_and_sessions_are_stored_hashed(
     assert await form.count() == 0
 
     cookie = next(c for c in await page.context.cookies() if c["name"] == "gw_session")
-    rows = await gateway.store.fetchall("SELECT id_hash, key_hash FROM web_sessions")
+    rows = await gateway.storage.db.fetchall("SELECT id_hash, key_hash FROM web_sessions")
     assert [bytes(r["id_hash"]) for r in rows] == [
         hashlib.sha256(cookie["value"].encode()).digest()]
-    dump = "\n".join(str(tuple(r)) for r in await gateway.store.fetchall(
+    dump = "\n".join(str(tuple(r)) for r in await gateway.storage.db.fetchall(
         "SELECT * FROM web_sessions"))
     assert cookie["value"] not in dump and key not in dump
 

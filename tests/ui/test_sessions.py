@@ -28,7 +28,7 @@ async def test_session_lives_while_used_and_ends_when_idle_or_old(gateway: Gatew
     store = SessionStore(gateway, clock=clock)
     key = await make_key(gateway, admin_key, "ann")
     session_id = await store.create(await gateway.authenticate(key), key)
-    row = await gateway.store.fetchone("SELECT id_hash FROM web_sessions")
+    row = await gateway.storage.db.fetchone("SELECT id_hash FROM web_sessions")
     assert row is not None and bytes(row[0]) == hashlib.sha256(session_id.encode()).digest()
 
     session = await store.load(session_id)
@@ -42,7 +42,7 @@ async def test_session_lives_while_used_and_ends_when_idle_or_old(gateway: Gatew
     # ... but never past its maximum age.
     clock.now += MAX_AGE
     assert await store.load(session_id) is None
-    assert await gateway.store.fetchall("SELECT * FROM web_sessions") == []
+    assert await gateway.storage.db.fetchall("SELECT * FROM web_sessions") == []
 
     other = await store.create(await gateway.authenticate(key), key)
     clock.now += IDLE_TIMEOUT + timedelta(seconds=1)
@@ -77,7 +77,7 @@ async def test_session_ends_with_its_key(gateway: Gateway, admin_key: str) -> No
 
     await gateway.remove_user(client, "7")
     assert await store.load(mine) is None
-    assert await gateway.store.fetchall("SELECT * FROM web_sessions") == []
+    assert await gateway.storage.db.fetchall("SELECT * FROM web_sessions") == []
 
 
 async def test_flash_is_shown_once(gateway: Gateway, admin_key: str) -> None:

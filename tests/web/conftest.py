@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from core.config import Settings
-from core.gateway import Gateway
+from core.gateway import Gateway, build_gateway
 from tests.conftest import ENVIRON, account
 from tests.fakes.upstream import FakeUpstream
 from web.app import create_app
@@ -54,7 +54,8 @@ async def custom_api(
             accounts = [account(name, fakes[name], env, tier=tier, **(account_extra or {}))
                         for name, env, tier in ACCOUNT_ENVS]
             gateway = await stack.enter_async_context(
-                Gateway(make_settings(accounts, **tables), environ={**ENVIRON, **(environ or {})}))
+                build_gateway(make_settings(accounts, **tables),
+                              environ={**ENVIRON, **(environ or {})}))
             return Api(await aiohttp_client(create_app(gateway))), gateway
 
         yield build

@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 
 from core.config import load_settings
-from core.gateway import Gateway
+from core.gateway import build_gateway
 
 from .support import KEY_RE
 
@@ -113,7 +113,7 @@ async def test_create_admin_prints_only_a_key(tmp_path: Path) -> None:
     assert KEY_RE.fullmatch(key), out
     assert key not in err
     # The key is an admin's, stored in the configured database.
-    async with Gateway(load_settings(config)) as gateway:
+    async with build_gateway(load_settings(config)) as gateway:
         admin = await gateway.authenticate(key)
         assert (admin.role, admin.name) == ("admin", "ops")
         # The database now has principals: a first start would print no key.

@@ -10,7 +10,7 @@ import openai
 import pytest
 from aiohttp import web
 
-from core.gateway import Gateway
+from core.gateway import Gateway, build_gateway
 from tests.fakes.upstream import FakeUpstream, Status, StreamBreak
 from web.app import create_app
 
@@ -252,7 +252,7 @@ async def test_finish_reason_and_out_of_service_models(
     # An account out of service (its key refused) no longer offers its model.
     account = gateway.pool.get("B")
     assert account is not None
-    account.disable()
+    await gateway.pool.set_enabled(account, False)
     assert [m.id for m in (await sdk.models.list()).data] == ["model-a"]
 
 
@@ -262,7 +262,7 @@ async def test_v1_titles_can_be_asked_of_the_model(
     from tests.conftest import ENVIRON, account
 
     settings = make_settings([account("A", upstream_a, "KEY_A")], chat={"v1_titles": True})
-    async with Gateway(settings, environ=ENVIRON) as gateway:
+    async with build_gateway(settings, environ=ENVIRON) as gateway:
         user, key = await gateway.principals.create("user", "ann")
         client = await aiohttp_client(create_app(gateway))
         resp = await client.post("/v1/chat/completions", json={"model": "model-a",

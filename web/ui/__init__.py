@@ -26,7 +26,6 @@ from core.config import ConfigError
 from ..keys import GATEWAY, SETTINGS
 from . import account, admin, chat
 from .pages import Handler, middleware
-from .sessions import SessionStore
 from .state import SESSIONS, STATIC
 
 __all__ = ["ROUTES", "middleware", "setup"]
@@ -83,7 +82,7 @@ def setup(app: web.Application) -> None:
     app[STATIC] = static
     env.globals["static"] = lambda filename: str(static.url_for(filename=filename))
     env.filters["when"] = _when
-    app[SESSIONS] = SessionStore(app[GATEWAY])
+    app[SESSIONS] = app[GATEWAY].web_sessions
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
 

@@ -36,7 +36,7 @@ async def member(gateway: Gateway, viewer: Principal, ref: str) -> Principal:
     """A member the viewer may audit: anyone for an admin (disabled ones too), a client's own
     users for a client."""
     if viewer.is_admin:
-        found = await gateway.principals.get(int(ref)) if ref.isdigit() else None
+        found = await gateway.member(viewer, int(ref)) if ref.isdigit() else None
         if found is None:
             raise NotFound(f"There is no member #{ref}.", code="user_not_found")
         return found
@@ -195,7 +195,7 @@ async def accounts_update(request: web.Request) -> web.StreamResponse:
     if action not in ("enable", "disable"):
         raise BadRequest("Choose enable or disable.", code="invalid_parameter")
     try:
-        request.app[GATEWAY].set_account_enabled(viewer, name, action == "enable")
+        await request.app[GATEWAY].set_account_enabled(viewer, name, action == "enable")
     except GatewayError as err:
         await flash(request, "error", err.message)
     else:

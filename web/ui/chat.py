@@ -136,7 +136,7 @@ async def _open(gateway: Gateway, viewer: Principal, conversation_id: str,
     if found.owner_id == viewer.id:
         return found, turns, viewer
     # Only an admin gets here (the facade answers 404 to anyone else): name the owner.
-    owner_principal = await gateway.principals.get(found.owner_id)
+    owner_principal = await gateway.member(viewer, found.owner_id)
     return found, turns, owner_principal or viewer
 
 

@@ -1,20 +1,24 @@
-"""Principals (admins, clients, users) and their keys, in SQL. No permission checks here: the
-``Gateway`` facade decides who may call what."""
+"""Principals (admins, clients, users) and their keys. No permission checks here: the
+``Gateway`` facade decides who may call what.
+
+Every change to a principal is announced on ``CHANGES`` (to every process, on PostgreSQL), and
+``version`` moves on each one, here or elsewhere: a cache of principals (the gateway's
+authentication cache) compares versions to know when it is stale.
+"""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import aiosqlite
+from ..clock import iso, utc_now
+from ..errors import Conflict, NotFound
+from ..keys import hash_key, new_key, shown_prefix
+from ..models import Principal, Role
+from .database import Database, IntegrityError, Row, Transaction
 
-from .clock import iso, utc_now
-from .errors import Conflict, NotFound
-from .keys import hash_key, new_key, shown_prefix
-from .models import Principal, Role
-from .store import Store
+CHANGES = "gateway_principals"
 
 _COLUMNS = (
     "id, role, name, client_id, external_id, plus, key_prefix, created_utc, disabled_utc,"
@@ -22,7 +26,7 @@ _COLUMNS = (
 )
 
 
-def _principal(row: aiosqlite.Row) -> Principal:
+def _principal(row: Row) -> Principal:
     return Principal(
         id=row["id"],
         role=row["role"],
@@ -39,17 +43,25 @@ def _principal(row: aiosqlite.Row) -> Principal:
 
 
 class PrincipalRepo:
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, db: Database) -> None:
+        self.db = db
         self.version = 0
-        """Bumped around every write, so a cache of principals knows when it is stale."""
+        """Bumped around every write, here or in another process, so a cache of principals
+        knows when it is stale."""
+        db.subscribe(CHANGES, self._changed_elsewhere)
+
+    def _changed_elsewhere(self, payload: str) -> None:
+        self.version += 1
 
     @asynccontextmanager
-    async def _changing(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _changing(self) -> AsyncIterator[Transaction]:
+        # Bumped before and after: a reader that started before the change and finishes after
+        # it sees a version that moved, and caches nothing it read.
         self.version += 1
         try:
-            async with self.store.transaction() as tx:
+            async with self.db.transaction() as tx:
                 yield tx
+                await tx.notify(CHANGES)
         finally:
             self.version += 1
 
@@ -66,14 +78,14 @@ class PrincipalRepo:
         key = new_key()
         try:
             async with self._changing() as tx:
-                cursor = await tx.execute(
+                row = await tx.fetchone(
                     "INSERT INTO principals (role, name, client_id, external_id, plus, key_hash,"
-                    " key_prefix, created_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (role, name, client_id, external_id, int(plus), hash_key(key),
+                    " key_prefix, created_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    (role, name, client_id, external_id, plus, hash_key(key),
                      shown_prefix(key), iso(utc_now())),
                 )
-                new_id = cursor.lastrowid
-        except sqlite3.IntegrityError:
+                new_id = row[0] if row else 0
+        except IntegrityError:
             raise Conflict(
                 f"a user with userid {external_id!r} already exists", code="user_exists"
             ) from None
@@ -82,12 +94,12 @@ class PrincipalRepo:
         return principal, key
 
     async def get(self, principal_id: int) -> Principal | None:
-        row = await self.store.fetchone(f"SELECT {_COLUMNS} FROM principals WHERE id = ?",
+        row = await self.db.fetchone(f"SELECT {_COLUMNS} FROM principals WHERE id = ?",
                                         (principal_id,))
         return _principal(row) if row else None
 
     async def by_key(self, key: str) -> Principal | None:
-        row = await self.store.fetchone(f"SELECT {_COLUMNS} FROM principals WHERE key_hash = ?",
+        row = await self.db.fetchone(f"SELECT {_COLUMNS} FROM principals WHERE key_hash = ?",
                                         (hash_key(key),))
         return _principal(row) if row else None
 
@@ -98,20 +110,20 @@ class PrincipalRepo:
             where, params = "client_id IS NULL AND external_id = ?", (external_id,)
         else:
             where, params = "client_id = ? AND external_id = ?", (client_id, external_id)
-        row = await self.store.fetchone(f"SELECT {_COLUMNS} FROM principals WHERE {where}",
+        row = await self.db.fetchone(f"SELECT {_COLUMNS} FROM principals WHERE {where}",
                                         params)
         return _principal(row) if row else None
 
     async def client_named(self, name: str) -> Principal | None:
         """The first top-level client with this name (a front's own client principal)."""
-        row = await self.store.fetchone(
+        row = await self.db.fetchone(
             f"SELECT {_COLUMNS} FROM principals WHERE role = 'client' AND name = ?"
             " AND client_id IS NULL ORDER BY id LIMIT 1", (name,),
         )
         return _principal(row) if row else None
 
     async def count(self) -> int:
-        row = await self.store.fetchone("SELECT count(*) FROM principals")
+        row = await self.db.fetchone("SELECT count(*) FROM principals")
         return int(row[0]) if row else 0
 
     async def list_page(
@@ -133,15 +145,17 @@ class PrincipalRepo:
             where.append("p.role = ?")
             params.append(role)
         if search:
-            where.append("(p.name LIKE ? ESCAPE '\\' OR p.external_id LIKE ? ESCAPE '\\')")
+            # Case-insensitive on both engines (SQLite's LIKE is, for ASCII).
+            like = "LIKE" if self.db.dialect == "sqlite" else "ILIKE"
+            where.append(f"(p.name {like} ? ESCAPE '\\' OR p.external_id {like} ? ESCAPE '\\')")
             escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             pattern = f"%{escaped}%"
             params += [pattern, pattern]
         clause = " AND ".join(where)
-        total_row = await self.store.fetchone(
+        total_row = await self.db.fetchone(
             f"SELECT count(*) FROM principals p WHERE {clause}", params
         )
-        rows = await self.store.fetchall(
+        rows = await self.db.fetchall(
             f"SELECT {_COLUMNS.replace('own_key_enc', 'p.own_key_enc')},"
             " (SELECT count(*) FROM conversations c WHERE c.owner_id = p.id) AS conversations,"
             " (SELECT count(*) FROM usage u WHERE u.principal_id = p.id) AS requests,"
@@ -160,8 +174,7 @@ class PrincipalRepo:
 
     async def delete(self, principal_id: int) -> None:
         async with self._changing() as tx:
-            cursor = await tx.execute("DELETE FROM principals WHERE id = ?", (principal_id,))
-            if cursor.rowcount == 0:
+            if not await tx.execute("DELETE FROM principals WHERE id = ?", (principal_id,)):
                 raise NotFound("no such user")
 
     async def update(
@@ -170,7 +183,7 @@ class PrincipalRepo:
         async with self._changing() as tx:
             if plus is not None:
                 await tx.execute("UPDATE principals SET plus = ? WHERE id = ?",
-                                 (int(plus), principal_id))
+                                 (plus, principal_id))
             if disabled is not None:
                 await tx.execute(
                     "UPDATE principals SET disabled_utc = ? WHERE id = ?",
@@ -185,21 +198,17 @@ class PrincipalRepo:
         """A new key for the principal; the old one stops working when this returns."""
         key = new_key()
         async with self._changing() as tx:
-            cursor = await tx.execute(
+            if not await tx.execute(
                 "UPDATE principals SET key_hash = ?, key_prefix = ? WHERE id = ?",
                 (hash_key(key), shown_prefix(key), principal_id),
-            )
-            if cursor.rowcount == 0:
+            ):
                 raise NotFound("no such user")
         return key
 
     async def touch(self, principal_id: int, when: str) -> None:
-        self.version += 1
-        try:
-            await self.store.write(lambda conn: conn.execute(
-                "UPDATE principals SET last_used_utc = ? WHERE id = ?", (when, principal_id)))
-        finally:
-            self.version += 1
+        """Record a use. Not a change that any cache must hear of: no announcement."""
+        await self.db.write([("UPDATE principals SET last_used_utc = ? WHERE id = ?",
+                              (when, principal_id))])
 
     async def set_own_key(self, principal_id: int, sealed: bytes | None) -> None:
         async with self._changing() as tx:
@@ -207,6 +216,6 @@ class PrincipalRepo:
                              (sealed, principal_id))
 
     async def own_key(self, principal_id: int) -> bytes | None:
-        row = await self.store.fetchone("SELECT own_key_enc FROM principals WHERE id = ?",
+        row = await self.db.fetchone("SELECT own_key_enc FROM principals WHERE id = ?",
                                         (principal_id,))
         return row[0] if row else None

@@ -1,4 +1,4 @@
-"""Conversations, turns and the usage log, in SQL.
+"""Conversations, turns and the usage log.
 
 A turn is one row. Adding a turn inserts that row, bumps the conversation's counters and appends
 one usage row, in a single transaction: nothing is ever rewritten whole.
@@ -6,16 +6,14 @@ one usage row, in a single transaction: nothing is ever rewritten whole.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
+from ..errors import Conflict
+from ..models import Conversation, Turn
+from .database import Database, IntegrityError, Row
 
-from .errors import Conflict
-from .models import Conversation, Turn
-from .store import Store
-
+NO_LIMIT = 2**62
 _CONVERSATION_COLUMNS = (
     "id, owner_id, title, mode, account, model, client_id, external_ref, turn_count,"
     " created_utc, updated_utc"
@@ -28,11 +26,11 @@ _TURN_COLUMNS = (
 
 
 # sqlite3.Row iterates over values, not keys, hence .keys().
-def _conversation(row: aiosqlite.Row) -> Conversation:
+def _conversation(row: Row) -> Conversation:
     return Conversation(**{key: row[key] for key in row.keys()})  # noqa: SIM118
 
 
-def _turn(row: aiosqlite.Row) -> Turn:
+def _turn(row: Row) -> Turn:
     return Turn(**{key: row[key] for key in row.keys()})  # noqa: SIM118
 
 
@@ -70,17 +68,19 @@ def _turn_params(t: Turn) -> tuple[Any, ...]:
 
 
 class ConversationRepo:
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        # Ties in time are broken by insertion order: SQLite's rowid, PostgreSQL's seq.
+        self._insertion_order = "rowid" if db.dialect == "sqlite" else "seq"
 
     async def get(self, conversation_id: str) -> Conversation | None:
-        row = await self.store.fetchone(
+        row = await self.db.fetchone(
             f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE id = ?", (conversation_id,)
         )
         return _conversation(row) if row else None
 
     async def by_external_ref(self, client_id: int, ref: str) -> Conversation | None:
-        row = await self.store.fetchone(
+        row = await self.db.fetchone(
             f"SELECT {_CONVERSATION_COLUMNS} FROM conversations"
             " WHERE client_id = ? AND external_ref = ?",
             (client_id, ref),
@@ -99,28 +99,29 @@ class ConversationRepo:
             params = [client_id]
         else:
             where, params = "1 = 1", []
-        total = await self.store.fetchone(f"SELECT count(*) FROM conversations WHERE {where}",
+        total = await self.db.fetchone(f"SELECT count(*) FROM conversations WHERE {where}",
                                           params)
-        rows = await self.store.fetchall(
+        rows = await self.db.fetchall(
             f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE {where}"
-            " ORDER BY updated_utc DESC, rowid DESC LIMIT ? OFFSET ?",
+            f" ORDER BY updated_utc DESC, {self._insertion_order} DESC LIMIT ? OFFSET ?",
             [*params, limit, offset],
         )
         return [_conversation(r) for r in rows], int(total[0]) if total else 0
 
     async def turns(self, conversation_id: str, *, limit: int = -1, offset: int = 0) -> list[Turn]:
-        """Turns oldest first."""
-        rows = await self.store.fetchall(
+        """Turns oldest first; ``limit`` -1: all of them."""
+        rows = await self.db.fetchall(
             f"SELECT {_TURN_COLUMNS} FROM turns WHERE conversation_id = ?"
             " ORDER BY position LIMIT ? OFFSET ?",
-            (conversation_id, limit, offset),
+            # SQLite takes no OFFSET without a LIMIT, PostgreSQL no negative LIMIT.
+            (conversation_id, limit if limit >= 0 else NO_LIMIT, offset),
         )
         return [_turn(r) for r in rows]
 
     async def recent_turns(self, conversation_id: str, limit: int) -> list[Turn]:
         """The last ``limit`` turns, newest first: history is trimmed from the oldest end, so
         reading backwards lets the caller stop as soon as the budget is spent."""
-        rows = await self.store.fetchall(
+        rows = await self.db.fetchall(
             f"SELECT {_TURN_COLUMNS} FROM turns WHERE conversation_id = ?"
             " ORDER BY position DESC LIMIT ?",
             (conversation_id, limit),
@@ -132,59 +133,48 @@ class ConversationRepo:
     ) -> None:
         """Store a new conversation together with its first turn, or nothing."""
         c = conversation
-
-        def insert(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                f"INSERT INTO conversations ({_CONVERSATION_COLUMNS})"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (c.id, c.owner_id, c.title, c.mode, c.account, c.model, c.client_id,
-                 c.external_ref, 1, c.created_utc, c.updated_utc),
-            )
-            conn.execute(f"INSERT INTO turns ({_TURN_COLUMNS}) {_TURN_INSERT_VALUES}",
-                         _turn_params(turn))
-            conn.execute(_USAGE_INSERT, _usage_params(usage))
-
         try:
-            await self.store.write(insert)
-        except sqlite3.IntegrityError as exc:
+            await self.db.write([
+                (f"INSERT INTO conversations ({_CONVERSATION_COLUMNS})"
+                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 (c.id, c.owner_id, c.title, c.mode, c.account, c.model, c.client_id,
+                  c.external_ref, 1, c.created_utc, c.updated_utc)),
+                (f"INSERT INTO turns ({_TURN_COLUMNS}) {_TURN_INSERT_VALUES}", _turn_params(turn)),
+                (_USAGE_INSERT, _usage_params(usage)),
+            ])
+        except IntegrityError as exc:
             raise Conflict(f"could not store the conversation: {exc}") from None
 
     async def append_turn(self, turn: Turn, usage: UsageRecord) -> bool:
         """Append a follow-up turn. False when the conversation was removed meanwhile."""
-
-        def append(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "UPDATE conversations SET turn_count = turn_count + 1, updated_utc = ?"
-                " WHERE id = ?",
-                (turn.reply_utc, turn.conversation_id),
-            )
-            if cursor.rowcount == 0:
-                return False
-            conn.execute(f"INSERT INTO turns ({_TURN_COLUMNS}) {_TURN_INSERT_VALUES}",
-                         _turn_params(turn))
-            conn.execute(_USAGE_INSERT, _usage_params(usage))
-            return True
-
-        return await self.store.write(append)
+        try:
+            return await self.db.write([
+                ("UPDATE conversations SET turn_count = turn_count + 1, updated_utc = ?"
+                 " WHERE id = ?", (turn.reply_utc, turn.conversation_id)),
+                (f"INSERT INTO turns ({_TURN_COLUMNS}) {_TURN_INSERT_VALUES}", _turn_params(turn)),
+                (_USAGE_INSERT, _usage_params(usage)),
+            ], guarded=True)
+        except IntegrityError as exc:
+            # The turn's position was taken: another process answered this conversation
+            # without its lock (never by this gateway's own code path).
+            raise Conflict(f"could not store the turn: {exc}") from None
 
     async def log_usage(self, usage: UsageRecord) -> None:
-        params = _usage_params(usage)
-        await self.store.write(lambda conn: conn.execute(_USAGE_INSERT, params))
+        await self.db.write([(_USAGE_INSERT, _usage_params(usage))])
 
     async def delete(self, conversation_id: str) -> bool:
-        async with self.store.transaction() as tx:
-            cursor = await tx.execute("DELETE FROM conversations WHERE id = ?",
-                                      (conversation_id,))
-            return cursor.rowcount > 0
+        async with self.db.transaction() as tx:
+            return bool(await tx.execute("DELETE FROM conversations WHERE id = ?",
+                                         (conversation_id,)))
 
     async def set_external_ref(self, conversation_id: str, client_id: int, ref: str | None) -> None:
         try:
-            async with self.store.transaction() as tx:
+            async with self.db.transaction() as tx:
                 await tx.execute(
                     "UPDATE conversations SET client_id = ?, external_ref = ? WHERE id = ?",
                     (client_id, ref, conversation_id),
                 )
-        except sqlite3.IntegrityError:
+        except IntegrityError:
             raise Conflict(f"reference {ref!r} already names another conversation") from None
 
     async def usage_stats(self, *, client_id: int | None = None) -> dict[str, Any]:
@@ -196,15 +186,16 @@ class ConversationRepo:
             usage_where = " WHERE client_id = ?"
             owned = " WHERE owner_id IN (SELECT id FROM principals WHERE client_id = ?)"
             params = (client_id,)
-        row = await self.store.fetchone(
+        row = await self.db.fetchone(
             "SELECT count(*) AS requests,"
             " coalesce(sum(input_tokens), 0) AS input_tokens,"
             " coalesce(sum(output_tokens), 0) AS output_tokens,"
-            f" sum(outcome != 'ok') AS failures FROM usage{usage_where}", params
+            " sum(CASE WHEN outcome <> 'ok' THEN 1 ELSE 0 END) AS failures"
+            f" FROM usage{usage_where}", params
         )
-        conversations = await self.store.fetchone(f"SELECT count(*) FROM conversations{owned}",
+        conversations = await self.db.fetchone(f"SELECT count(*) FROM conversations{owned}",
                                                    params)
-        turns = await self.store.fetchone(
+        turns = await self.db.fetchone(
             "SELECT count(*) FROM turns WHERE conversation_id IN"
             f" (SELECT id FROM conversations{owned})", params
         )

@@ -1,4 +1,4 @@
-"""The SQLite store: connections, pragmas, migrations, and group commit.
+"""The SQLite backend: one process, one WAL file, group commit.
 
 Two connections to one WAL database: a writer and a reader. In WAL mode the reader sees every
 committed write and never waits for the writer.
@@ -6,32 +6,42 @@ committed write and never waits for the writer.
 Writes take one of two ways, serialised by one asyncio lock (statements of two coroutines must
 never interleave inside one transaction):
 
-- ``write(op)``, for the hot path (storing a turn, a usage row): ``op`` is a plain function run
-  on the writer's own thread. Writes that arrive together are *group-committed*: one thread hop
-  and one COMMIT for the whole batch, each op in its own SAVEPOINT so that one op's failure
-  rolls back only that op. Under load this turns N transactions of five hops each into one.
+- ``write(statements)``, for the hot path (storing a turn, a usage row): run on the writer's
+  own thread. Writes that arrive together are *group-committed*: one thread hop and one COMMIT
+  for the whole batch, each write in its own SAVEPOINT so that one write's failure rolls back
+  only that write. Under load this turns N transactions of five hops each into one.
 - ``transaction()``, for the rest (admin actions): an async context with the connection.
+
+Only one process may use the file: locks and change announcements live in this process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiosqlite
 
-from .clock import iso, utc_now
-from .migrations import MIGRATIONS
+from ..clock import iso, utc_now
+from ..locks import KeyedLocks
+from .database import (
+    ChangeListener,
+    Dialect,
+    IntegrityError,
+    Row,
+    Statement,
+    StorageError,
+    StorageUnavailable,
+)
+from .migrations_sqlite import MIGRATIONS
 
 log = logging.getLogger(__name__)
 
-Params = Iterable[Any] | dict[str, Any]
-T = TypeVar("T")
 WriteOp = Callable[[sqlite3.Connection], Any]
 CHECKPOINT_EVERY_S = 1.0
 """How often the WAL is folded into the database, off the write path."""
@@ -39,7 +49,11 @@ MAX_BATCH = 256
 """Writes committed together at most; a bound on how long one COMMIT holds the others."""
 
 
-class Store:
+class SqliteDatabase:
+    dialect: Dialect = "sqlite"
+    shared = False
+    changes_reliable = True
+
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
         self.path = Path(path)
         self.busy_timeout_ms = busy_timeout_ms
@@ -50,12 +64,21 @@ class Store:
         self._checkpointer: aiosqlite.Connection | None = None
         self._checkpoints: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._locks = KeyedLocks()
+        self._listeners: dict[str, list[ChangeListener]] = {}
+
+    def __repr__(self) -> str:
+        return f"SQLite database {self.path}"
 
     async def open(self) -> None:
         if self.path.parent and str(self.path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await self._connect()
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageUnavailable(
+                    f"cannot create the folder of {self.path}: {exc}") from None
         try:
+            self._writer = await self._connect()
             await self._writer.execute("PRAGMA journal_mode = WAL")
             await self._migrate()
             # Checkpoints (copying the WAL into the database, with an fsync) run on a
@@ -65,6 +88,10 @@ class Store:
             self._reader = await self._connect()
             self._checkpointer = await self._connect()
             self._checkpoints = asyncio.create_task(self._checkpoint_now_and_then())
+        except sqlite3.DatabaseError as exc:
+            await self.close()
+            raise StorageUnavailable(f"cannot open the SQLite database {self.path}: {exc}") \
+                from None
         except BaseException:
             await self.close()  # no connection thread left behind by a failed start
             raise
@@ -89,6 +116,13 @@ class Store:
             except sqlite3.Error as exc:
                 log.warning("WAL checkpoint failed (will retry): %s", exc)
 
+    async def __aenter__(self) -> SqliteDatabase:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     async def close(self) -> None:
         if self._flusher is not None and self._writer is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)  # writes in flight land
@@ -107,43 +141,66 @@ class Store:
                 await conn.close()
         self._checkpointer = self._reader = self._writer = None
 
-    async def __aenter__(self) -> Store:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     @property
     def writer(self) -> aiosqlite.Connection:
         if self._writer is None:
-            raise RuntimeError("store is not open")
+            raise StorageUnavailable("the database is not open")
         return self._writer
 
     @property
     def reader(self) -> aiosqlite.Connection:
         if self._reader is None:
-            raise RuntimeError("store is not open")
+            raise StorageUnavailable("the database is not open")
         return self._reader
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    # ----------------------------------------------------------------- reads
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        # execute_fetchall is one hop to the connection's thread; a cursor would take three.
+        rows = await self.reader.execute_fetchall(sql, params)
+        return next(iter(rows), None)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return list(await self.reader.execute_fetchall(sql, params))
+
+    # ----------------------------------------------------------------- writes
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_Transaction]:
         """One write transaction; committed on success, rolled back on any exception."""
         async with self._write_lock:
             conn = self.writer
             await conn.execute("BEGIN IMMEDIATE")
+            tx = _Transaction(conn)
             try:
-                yield conn
+                yield tx
+            except sqlite3.IntegrityError as exc:
+                await conn.execute("ROLLBACK")
+                raise IntegrityError(str(exc)) from None
             except BaseException:
                 await conn.execute("ROLLBACK")
                 raise
             await conn.execute("COMMIT")
+        for channel, payload in tx.announcements:
+            await self._announce(channel, payload)
 
-    async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(self, statements: Sequence[Statement], *, guarded: bool = False) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            for number, (sql, params) in enumerate(statements):
+                if conn.execute(sql, params).rowcount == 0 and guarded and number == 0:
+                    return False
+            return True
+
+        try:
+            return bool(await self._write_op(op))
+        except sqlite3.IntegrityError as exc:
+            raise IntegrityError(str(exc)) from None
+
+    async def _write_op(self, op: WriteOp) -> Any:
         """Run ``op(connection)`` in a write transaction, group-committed with the writes that
         arrive meanwhile. Returns what ``op`` returns, or raises what it raised (its own
         changes, and only those, rolled back)."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((op, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
@@ -164,7 +221,7 @@ class Store:
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc if isinstance(exc, Exception)
-                                             else RuntimeError("store closed"))
+                                             else StorageUnavailable("the database was closed"))
                 if not isinstance(exc, Exception):
                     raise
                 continue
@@ -176,13 +233,38 @@ class Store:
                 else:
                     future.set_exception(value)
 
-    async def fetchone(self, sql: str, params: Params = ()) -> aiosqlite.Row | None:
-        # execute_fetchall is one hop to the connection's thread; a cursor would take three.
-        rows = await self.reader.execute_fetchall(sql, params)
-        return next(iter(rows), None)
+    # ----------------------------------------------------------------- one process only
 
-    async def fetchall(self, sql: str, params: Params = ()) -> list[aiosqlite.Row]:
-        return list(await self.reader.execute_fetchall(sql, params))
+    def lock(self, key: str) -> asyncio.Lock:
+        return self._locks[key]
+
+    def subscribe(self, channel: str, listener: ChangeListener) -> None:
+        self._listeners.setdefault(channel, []).append(listener)
+
+    async def _announce(self, channel: str, payload: str) -> None:
+        for listener in self._listeners.get(channel, ()):
+            outcome = listener(payload)
+            if outcome is not None:
+                await outcome
+
+    def leadership(self, name: str) -> _SoleLeader:
+        return _SoleLeader()
+
+    async def backup(self, target: str | Path) -> None:
+        """A consistent copy of the live database (SQLite's online backup), written to a
+        temporary file and renamed, so ``target`` is never a half-written database."""
+        target = Path(target)
+        partial = target.with_name(target.name + ".partial")
+        partial.unlink(missing_ok=True)
+
+        def copy(conn: sqlite3.Connection) -> None:
+            with contextlib.closing(sqlite3.connect(partial)) as out:
+                conn.backup(out, pages=4096)
+
+        await self.reader._execute(copy, self.reader._conn)  # type: ignore[no-untyped-call]
+        partial.replace(target)
+
+    # ----------------------------------------------------------------- migrations
 
     async def _migrate(self) -> None:
         conn = self.writer
@@ -194,7 +276,7 @@ class Store:
             applied = {row[0] for row in await cursor.fetchall()}
         unknown = applied - {name for name, _ in MIGRATIONS}
         if unknown:
-            raise RuntimeError(
+            raise StorageError(
                 f"database {self.path} has migrations this code does not know: {sorted(unknown)};"
                 " it was written by a newer version"
             )
@@ -205,7 +287,7 @@ class Store:
             # executescript commits first, so run the statements one by one in our transaction.
             await conn.execute("BEGIN IMMEDIATE")
             try:
-                for statement in _statements(sql):
+                for statement in statements_of(sql):
                     await conn.execute(statement)
                 await conn.execute(
                     "INSERT INTO _migrations (id, name, applied_utc) VALUES (?, ?, ?)",
@@ -215,6 +297,39 @@ class Store:
                 await conn.execute("ROLLBACK")
                 raise
             await conn.execute("COMMIT")
+
+
+class _Transaction:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+        self.announcements: list[tuple[str, str]] = []
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        cursor = await self._conn.execute(sql, params)
+        return int(cursor.rowcount)
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        rows = await self._conn.execute_fetchall(sql, params)
+        return next(iter(rows), None)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return list(await self._conn.execute_fetchall(sql, params))
+
+    async def notify(self, channel: str, payload: str = "") -> None:
+        self.announcements.append((channel, payload))
+
+
+class _SoleLeader:
+    """On SQLite the one process always leads."""
+
+    async def acquire(self) -> None:
+        return None
+
+    async def lost(self) -> None:
+        await asyncio.Event().wait()
+
+    async def release(self) -> None:
+        return None
 
 
 def _run_batch(conn: sqlite3.Connection, ops: list[WriteOp]) -> list[tuple[bool, Any]]:
@@ -238,5 +353,5 @@ def _run_batch(conn: sqlite3.Connection, ops: list[WriteOp]) -> list[tuple[bool,
     return outcomes
 
 
-def _statements(script: str) -> list[str]:
+def statements_of(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]

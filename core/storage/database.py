@@ -1,0 +1,117 @@
+"""What the repositories ask of a database, whatever the engine behind it.
+
+The repositories (principals, conversations, sessions, account state) are written once, in the
+SQL that SQLite and PostgreSQL share, with ``?`` placeholders; each backend runs it its own way:
+
+- ``SqliteDatabase``: one process, a writer and a reader connection on one WAL file, hot writes
+  group-committed, per-key locks in memory, changes announced to this process only.
+- ``PostgresDatabase``: any number of processes, an asyncpg pool, per-key locks as advisory
+  locks, changes announced to every process with LISTEN/NOTIFY.
+
+Errors: an integrity violation (a duplicate key, a lost race) surfaces as ``IntegrityError``,
+which the repositories turn into the domain's ``Conflict``; a database that cannot be reached or
+used surfaces as ``StorageUnavailable``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Literal, Protocol
+
+from ..errors import GatewayError
+
+Dialect = Literal["sqlite", "postgresql"]
+Statement = tuple[str, Sequence[Any]]
+ChangeListener = Callable[[str], Awaitable[None] | None]
+"""Called with a change's payload (e.g. an account name) on every process."""
+
+
+class StorageError(Exception):
+    """The storage cannot be used; the message says why, in words an operator can act on."""
+
+
+class StorageUnavailable(StorageError, GatewayError):
+    """The database cannot be reached (or was lost): a 503 for a request that meets it."""
+
+    status = 503
+    code = "storage_unavailable"
+
+    def __init__(self, message: str) -> None:
+        GatewayError.__init__(self, message, retry_after=5)
+
+
+class IntegrityError(StorageError):
+    """A write broke a constraint: a duplicate key, or a reference to a row that is gone."""
+
+
+class Row(Protocol):
+    """A result row: by column name or position (sqlite3.Row and asyncpg.Record both are)."""
+
+    def __getitem__(self, key: str | int, /) -> Any: ...
+    def keys(self) -> Any: ...
+
+
+class Transaction(Protocol):
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; the number of rows it changed."""
+        ...
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+    async def notify(self, channel: str, payload: str = "") -> None:
+        """Announce a change to every process once this transaction commits."""
+        ...
+
+
+class Database(Protocol):
+    dialect: Dialect
+    shared: bool
+    """True when other processes may use the same database (PostgreSQL)."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
+        """One transaction: committed when the block ends, rolled back on any exception."""
+        ...
+
+    async def write(self, statements: Sequence[Statement], *, guarded: bool = False) -> bool:
+        """The hot path's writes (a turn, a usage row), as one transaction. ``guarded``: when
+        the first statement changes no row, nothing more runs and the answer is False."""
+        ...
+
+    def lock(self, key: str) -> AbstractAsyncContextManager[None]:
+        """Held by one holder at a time across every process sharing the database; waiters
+        are served in the order they came (per process)."""
+        ...
+
+    def subscribe(self, channel: str, listener: ChangeListener) -> None:
+        """``listener(payload)`` for every change announced on ``channel``, by any process."""
+        ...
+
+    @property
+    def changes_reliable(self) -> bool:
+        """False while announcements from other processes may be missed (PostgreSQL's
+        listening connection is down): caches must not be trusted meanwhile."""
+        ...
+
+    def leadership(self, name: str) -> Leadership: ...
+
+
+class Leadership(Protocol):
+    """Which one process runs a singleton (the Discord bot)."""
+
+    async def acquire(self) -> None:
+        """Wait until this process leads (at once on SQLite)."""
+        ...
+
+    async def lost(self) -> None:
+        """Return when this process no longer leads (its database connection was lost)."""
+        ...
+
+    async def release(self) -> None: ...

@@ -1,0 +1,392 @@
+"""The PostgreSQL backend: any number of gateway processes on one database.
+
+What must hold across processes lives here, in PostgreSQL's own mechanisms:
+
+- per-key locks (the turns of one conversation) are advisory locks, each held on a connection of
+  a pool of its own: a holder keeps it for the length of an upstream call, and must never starve
+  the data pool that stores the turn it is waiting to write;
+- changes (a key rotated, an account cooling) are announced with NOTIFY inside the transaction
+  that makes them, and heard by every process on one listening connection; when that connection
+  drops, every listener is told to reload (payload ``*``) once it is back, and caches are not
+  trusted meanwhile;
+- leadership (the one process that runs the Discord bot) is an advisory lock on a connection of
+  its own, which PostgreSQL frees when the holder dies.
+
+The SQL is the repositories' own, with ``?`` placeholders rewritten to ``$n`` once per statement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from ..locks import KeyedLocks
+from .database import (
+    ChangeListener,
+    Dialect,
+    IntegrityError,
+    Row,
+    Statement,
+    StorageError,
+    StorageUnavailable,
+)
+from .migrations_postgresql import MIGRATIONS
+
+log = logging.getLogger(__name__)
+
+MIGRATION_LOCK = 0x6761_7465_0001
+"""Advisory lock key taken while migrating, so processes starting together migrate once."""
+RECONNECT_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+LEADER_POLL_S = 2.0
+"""How often a follower tries the leadership lock."""
+LEADER_CHECK_S = 1.0
+"""How often the leader checks that its lock connection is alive."""
+LEADER_GRACE_S = 3.0
+"""A new leader waits this long before starting, so that a leader which lost its connection
+(and so the lock) has noticed and stopped: two bots are never connected at once."""
+KEEPALIVE = {"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2",
+             "tcp_keepalives_count": "3"}
+"""A leader whose machine vanished without closing its connection loses the lock in ~11 s."""
+
+_CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError,
+                      asyncpg.InterfaceError, asyncio.TimeoutError)
+
+
+@functools.lru_cache(maxsize=1024)
+def dollar_params(sql: str) -> str:
+    """``?`` placeholders as PostgreSQL's ``$1, $2, ...`` (our SQL has no ``?`` in literals)."""
+    parts = sql.split("?")
+    out = [parts[0]]
+    for number, part in enumerate(parts[1:], start=1):
+        out.append(f"${number}{part}")
+    return "".join(out)
+
+
+def lock_key(name: str) -> int:
+    """A signed 64-bit advisory-lock key for a string (collisions only serialise two keys)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big",
+                          signed=True)
+
+
+def _rowcount(status: str) -> int:
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    user = f"{parts.username}@" if parts.username else ""
+    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+
+
+class PostgresDatabase:
+    dialect: Dialect = "postgresql"
+    shared = True
+
+    def __init__(self, url: str, *, password: str | None = None, pool_size: int = 20,
+                 connect_timeout_s: float = 10.0) -> None:
+        self.url = url.replace("postgres://", "postgresql://", 1)
+        self._password = password
+        self._pool_size = pool_size
+        self._timeout = connect_timeout_s
+        self._pool: asyncpg.Pool | None = None
+        self._lock_pool: asyncpg.Pool | None = None
+        self._local_locks = KeyedLocks()
+        self._listeners: dict[str, list[ChangeListener]] = {}
+        self._listening: asyncpg.Connection | None = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.changes_reliable = False
+
+    def __repr__(self) -> str:
+        return f"PostgreSQL database {safe_url(self.url)}"
+
+    async def _connect(self, **extra: Any) -> asyncpg.Connection:
+        return await asyncpg.connect(self.url, password=self._password, timeout=self._timeout,
+                                     **extra)
+
+    async def open(self) -> None:
+        where = safe_url(self.url)
+        try:
+            migrator = await self._connect()
+        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+            raise StorageUnavailable(f"cannot connect to {where}: {_reason(exc)}") from None
+        try:
+            await self._migrate(migrator)
+        finally:
+            await migrator.close()
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.url, password=self._password, min_size=1, max_size=self._pool_size,
+                timeout=self._timeout)
+            self._lock_pool = await asyncpg.create_pool(
+                self.url, password=self._password, min_size=0, max_size=self._pool_size,
+                timeout=self._timeout)
+        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+            await self.close()
+            raise StorageUnavailable(f"cannot connect to {where}: {_reason(exc)}") from None
+        self._listen_task = asyncio.create_task(self._listen_forever(), name="pg listener")
+
+    async def __aenter__(self) -> PostgresDatabase:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+            await asyncio.gather(self._listen_task, return_exceptions=True)
+            self._listen_task = None
+        if self._listening is not None:
+            with contextlib.suppress(*_CONNECTION_ERRORS):
+                await self._listening.close(timeout=2)
+            self._listening = None
+        for pool in (self._lock_pool, self._pool):
+            if pool is not None:
+                with contextlib.suppress(*_CONNECTION_ERRORS):
+                    await asyncio.wait_for(pool.close(), 5)
+        self._pool = self._lock_pool = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StorageUnavailable("the database is not open")
+        return self._pool
+
+    # ----------------------------------------------------------------- reads and writes
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        try:
+            row: Row | None = await self.pool.fetchrow(dollar_params(sql), *params)
+        except _CONNECTION_ERRORS as exc:
+            raise StorageUnavailable(f"the database did not answer: {_reason(exc)}") from None
+        return row
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        try:
+            rows: list[Row] = await self.pool.fetch(dollar_params(sql), *params)
+        except _CONNECTION_ERRORS as exc:
+            raise StorageUnavailable(f"the database did not answer: {_reason(exc)}") from None
+        return rows
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_Transaction]:
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                yield _Transaction(conn)
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise IntegrityError(str(exc)) from None
+        except _CONNECTION_ERRORS as exc:
+            raise StorageUnavailable(f"the database did not answer: {_reason(exc)}") from None
+
+    async def write(self, statements: Sequence[Statement], *, guarded: bool = False) -> bool:
+        async with self.transaction() as tx:
+            for number, (sql, params) in enumerate(statements):
+                if await tx.execute(sql, params) == 0 and guarded and number == 0:
+                    return False
+        return True
+
+    # ----------------------------------------------------------------- across processes
+
+    @contextlib.asynccontextmanager
+    async def lock(self, key: str) -> AsyncIterator[None]:
+        # Waiters of one process queue in memory, so each process holds at most one lock
+        # connection per key; the advisory lock orders the processes.
+        async with self._local_locks[key]:
+            if self._lock_pool is None:
+                raise StorageUnavailable("the database is not open")
+            try:
+                async with self._lock_pool.acquire() as conn:
+                    await conn.execute("SELECT pg_advisory_lock($1)", lock_key(key))
+                    # Released with the connection: the pool's reset runs
+                    # pg_advisory_unlock_all(), also after a cancelled wait.
+                    yield
+            except _CONNECTION_ERRORS as exc:
+                raise StorageUnavailable(f"the database did not answer: {_reason(exc)}") \
+                    from None
+
+    def subscribe(self, channel: str, listener: ChangeListener) -> None:
+        first = channel not in self._listeners
+        self._listeners.setdefault(channel, []).append(listener)
+        if first and self._listening is not None and not self._listening.is_closed():
+            # Subscribed after the listener connected (tests, late parts): listen now too.
+            asyncio.get_running_loop().create_task(self._listen_to(self._listening, channel))
+
+    async def _listen_to(self, conn: asyncpg.Connection, channel: str) -> None:
+        with contextlib.suppress(*_CONNECTION_ERRORS):
+            await conn.add_listener(channel, self._heard)
+
+    def _heard(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        asyncio.get_running_loop().create_task(self._deliver(channel, payload))
+
+    async def _deliver(self, channel: str, payload: str) -> None:
+        for listener in self._listeners.get(channel, ()):
+            try:
+                outcome = listener(payload)
+                if outcome is not None:
+                    await outcome
+            except Exception:
+                log.exception("a listener of %s failed on %r", channel, payload)
+
+    async def _listen_forever(self) -> None:
+        """Keep one connection listening; after any gap, tell every listener to reload."""
+        attempt = 0
+        while not self._closing:
+            try:
+                conn = await self._connect()
+                for channel in list(self._listeners):
+                    await conn.add_listener(channel, self._heard)
+            except _CONNECTION_ERRORS as exc:
+                delay = RECONNECT_DELAYS_S[min(attempt, len(RECONNECT_DELAYS_S) - 1)]
+                attempt += 1
+                log.warning("cannot listen for changes on %s (%s); retrying in %.1f s",
+                            safe_url(self.url), _reason(exc), delay)
+                await asyncio.sleep(delay)
+                continue
+            self._listening = conn
+            gap = attempt > 0 or not self.changes_reliable
+            attempt = 0
+            self.changes_reliable = True
+            if gap:
+                for channel in list(self._listeners):
+                    await self._deliver(channel, "*")
+            closed = asyncio.Event()
+            conn.add_termination_listener(lambda _conn, closed=closed: closed.set())
+            while not closed.is_set():
+                # A connection that died silently also ends here, within seconds.
+                try:
+                    await asyncio.wait_for(closed.wait(), 5)
+                except TimeoutError:
+                    try:
+                        await conn.fetchval("SELECT 1", timeout=5)
+                    except _CONNECTION_ERRORS:
+                        break
+            self.changes_reliable = False
+            self._listening = None
+            conn.terminate()
+            if not self._closing:
+                log.warning("lost the connection that hears changes from other processes; "
+                            "caches are off until it is back")
+                attempt = 1
+
+    def leadership(self, name: str) -> _AdvisoryLeadership:
+        return _AdvisoryLeadership(self, lock_key(f"leader:{name}"))
+
+    # ----------------------------------------------------------------- migrations
+
+    async def _migrate(self, conn: asyncpg.Connection) -> None:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS _migrations ("
+                " id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, applied_utc TEXT NOT NULL)")
+            applied = {row[0] for row in await conn.fetch("SELECT name FROM _migrations")}
+            unknown = applied - {name for name, _ in MIGRATIONS}
+            if unknown:
+                raise StorageError(
+                    f"{safe_url(self.url)} has migrations this code does not know: "
+                    f"{sorted(unknown)}; it was written by a newer version")
+            for number, (name, sql) in enumerate(MIGRATIONS, start=1):
+                if name in applied:
+                    continue
+                log.info("applying migration %s", name)
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute(
+                        "INSERT INTO _migrations (id, name, applied_utc) VALUES ($1, $2,"
+                        " to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))",
+                        number, name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+
+
+class _Transaction:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return _rowcount(await self._conn.execute(dollar_params(sql), *params))
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        row: Row | None = await self._conn.fetchrow(dollar_params(sql), *params)
+        return row
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        rows: list[Row] = await self._conn.fetch(dollar_params(sql), *params)
+        return rows
+
+    async def notify(self, channel: str, payload: str = "") -> None:
+        # Delivered to every listening session (this process's too) when the transaction
+        # commits; never if it rolls back.
+        await self._conn.execute("SELECT pg_notify($1, $2)", channel, payload)
+
+
+class _AdvisoryLeadership:
+    """Leads while it holds an advisory lock on a connection of its own."""
+
+    def __init__(self, db: PostgresDatabase, key: int) -> None:
+        self._db = db
+        self._key = key
+        self._conn: asyncpg.Connection | None = None
+
+    async def acquire(self) -> None:
+        while True:
+            try:
+                if self._conn is None or self._conn.is_closed():
+                    self._conn = await self._db._connect(server_settings=KEEPALIVE)
+                if await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key):
+                    await asyncio.sleep(LEADER_GRACE_S)
+                    return
+            except _CONNECTION_ERRORS as exc:
+                log.warning("leadership: the database did not answer (%s)", _reason(exc))
+                await self._drop()
+            await asyncio.sleep(LEADER_POLL_S)
+
+    async def lost(self) -> None:
+        while True:
+            await asyncio.sleep(LEADER_CHECK_S)
+            conn = self._conn
+            try:
+                if conn is None or conn.is_closed():
+                    break
+                await conn.fetchval("SELECT 1", timeout=LEADER_CHECK_S * 2)
+            except _CONNECTION_ERRORS:
+                break
+        await self._drop()
+
+    async def release(self) -> None:
+        await self._drop()
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            # Closing the session frees its advisory locks.
+            with contextlib.suppress(*_CONNECTION_ERRORS):
+                await conn.close(timeout=2)
+            if not conn.is_closed():
+                conn.terminate()
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, asyncpg.InvalidPasswordError):
+        return "the password was refused (set [storage] password_env or the URL's password)"
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return f"{text} (create it with createdb)"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "no answer in time"
+    return text
