@@ -173,6 +173,8 @@ class AccountPool:
         """``clock``: wall-clock seconds (cool-downs are deadlines every process shares)."""
         self._settings = settings
         self._states = states
+        # Before the storage opens, so no announcement can slip past between the two.
+        states.subscribe(self._changed)
         self._environ = environ
         self._clock = clock
         self.accounts: list[Account] = []
@@ -192,7 +194,6 @@ class AccountPool:
             account = Account(cfg, key, session, clock=self._clock, missing_key=missing)
             self.accounts.append(account)
             self._by_name[cfg.name] = account
-        self._states.subscribe(self._changed)
         await self._reload()
 
     async def _reload(self) -> None:

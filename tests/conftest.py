@@ -1,21 +1,117 @@
-"""Shared fixtures: real fake upstreams on 127.0.0.1, a real SQLite file, the real app."""
+"""Shared fixtures: real fake upstreams on 127.0.0.1, real storage, the real app.
+
+Storage: the core and HTTP suites (tests/core, tests/web) run every test that uses
+``make_settings`` twice, on a SQLite file and on a PostgreSQL database of its own (a throwaway
+cluster started once for the session, see tests/pg.py). A test about SQLite's own files carries
+``@pytest.mark.sqlite_only``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+import concurrent.futures
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
 from core.config import Settings, settings_from_dict
 from core.gateway import Gateway, build_gateway
+from core.storage.postgres import PostgresDatabase
 from tests.fakes.upstream import FakeUpstream
+from tests.pg import INSTALL_HINT, PgCluster, find_bindir
 from web.app import create_app
 
 ENVIRON = {"KEY_A": "sk-account-a", "KEY_B": "sk-account-b", "KEY_P": "sk-account-plus",
            "GATEWAY_SECRET_KEY": "Xk0ZJ9b7oQ3w3m2S2sGx1nYv6Jk8Qp8tTb6dM0c3Zq4="}
+
+
+BOTH_BACKENDS = ("tests/core/", "tests/web/")
+TEMPLATE = "gateway_template"
+_databases = itertools.count(1)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only: a test of SQLite's own files")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" not in metafunc.fixturenames:
+        return
+    path = metafunc.definition.path.as_posix()
+    backends = ["sqlite"]
+    if any(part in path for part in BOTH_BACKENDS) and \
+            metafunc.definition.get_closest_marker("sqlite_only") is None:
+        backends.append("postgresql")
+    metafunc.parametrize("backend", backends, indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One PostgreSQL server for the whole run, with a migrated template database."""
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.fail(INSTALL_HINT, pytrace=False)
+    cluster = PgCluster(bindir).start()
+    try:
+        # On a thread of its own: the session's first user may be inside a running loop.
+        with concurrent.futures.ThreadPoolExecutor(1) as thread:
+            thread.submit(asyncio.run, _make_template(cluster)).result()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def _make_template(cluster: PgCluster) -> None:
+    admin = await asyncpg.connect(cluster.url())
+    try:
+        await admin.execute(f"CREATE DATABASE {TEMPLATE}")
+    finally:
+        await admin.close()
+    async with PostgresDatabase(cluster.url(TEMPLATE)):
+        pass  # applies the migrations
+
+
+async def new_pg_database(cluster: PgCluster, *, migrated: bool = True) -> str:
+    """A database of its own for one test: a copy of the migrated template, or blank."""
+    name = f"test_{next(_databases)}"
+    admin = await asyncpg.connect(cluster.url())
+    try:
+        await admin.execute(
+            f"CREATE DATABASE {name} TEMPLATE {TEMPLATE if migrated else 'template0'}")
+    finally:
+        await admin.close()
+    return cluster.url(name)
+
+
+async def drop_pg_database(cluster: PgCluster, url: str) -> None:
+    admin = await asyncpg.connect(cluster.url())
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def storage_table(backend: str, tmp_path: Path,
+                        request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
+    """The ``[storage]`` table of this test's settings, on the backend it runs on."""
+    if backend == "sqlite":
+        yield {"path": str(tmp_path / "gateway.db")}
+        return
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    url = await new_pg_database(cluster)
+    yield {"url": url}
+    await drop_pg_database(cluster, url)
 
 
 @pytest.fixture
@@ -43,12 +139,11 @@ def account(name: str, fake: FakeUpstream, key_env: str, *, tier: str = "free",
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path) -> Callable[..., Settings]:
-    """Settings from a dict, with the database in this test's own folder."""
+def make_settings(storage_table: dict[str, Any]) -> Callable[..., Settings]:
+    """Settings from a dict, with this test's own database (see ``storage_table``)."""
 
     def build(accounts: list[dict[str, Any]], **tables: Any) -> Settings:
-        data: dict[str, Any] = {"storage": {"path": str(tmp_path / "gateway.db")},
-                                "accounts": accounts}
+        data: dict[str, Any] = {"storage": dict(storage_table), "accounts": accounts}
         chat = {"cooldown_s": 30.0, "title_timeout_s": 2.0}
         chat.update(tables.pop("chat", {}))
         data["chat"] = chat

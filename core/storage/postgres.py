@@ -106,8 +106,8 @@ class PostgresDatabase:
         self._listeners: dict[str, list[ChangeListener]] = {}
         self._listening: asyncpg.Connection | None = None
         self._listen_task: asyncio.Task[None] | None = None
-        self._closing = False
         self.changes_reliable = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"PostgreSQL database {safe_url(self.url)}"
@@ -133,10 +133,12 @@ class PostgresDatabase:
             self._lock_pool = await asyncpg.create_pool(
                 self.url, password=self._password, min_size=0, max_size=self._pool_size,
                 timeout=self._timeout)
+            self._listening = await self._connect_listener()
         except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             await self.close()
             raise StorageUnavailable(f"cannot connect to {where}: {_reason(exc)}") from None
-        self._listen_task = asyncio.create_task(self._listen_forever(), name="pg listener")
+        self.changes_reliable = True
+        self._listen_task = asyncio.create_task(self._keep_listening(), name="pg listener")
 
     async def __aenter__(self) -> PostgresDatabase:
         await self.open()
@@ -146,7 +148,7 @@ class PostgresDatabase:
         await self.close()
 
     async def close(self) -> None:
-        self._closing = True
+        self.changes_reliable = False
         if self._listen_task is not None:
             self._listen_task.cancel()
             await asyncio.gather(self._listen_task, return_exceptions=True)
@@ -224,14 +226,19 @@ class PostgresDatabase:
         self._listeners.setdefault(channel, []).append(listener)
         if first and self._listening is not None and not self._listening.is_closed():
             # Subscribed after the listener connected (tests, late parts): listen now too.
-            asyncio.get_running_loop().create_task(self._listen_to(self._listening, channel))
+            task = asyncio.get_running_loop().create_task(
+                self._listen_to(self._listening, channel))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _listen_to(self, conn: asyncpg.Connection, channel: str) -> None:
         with contextlib.suppress(*_CONNECTION_ERRORS):
             await conn.add_listener(channel, self._heard)
 
     def _heard(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        asyncio.get_running_loop().create_task(self._deliver(channel, payload))
+        task = asyncio.get_running_loop().create_task(self._deliver(channel, payload))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _deliver(self, channel: str, payload: str) -> None:
         for listener in self._listeners.get(channel, ()):
@@ -242,46 +249,42 @@ class PostgresDatabase:
             except Exception:
                 log.exception("a listener of %s failed on %r", channel, payload)
 
-    async def _listen_forever(self) -> None:
-        """Keep one connection listening; after any gap, tell every listener to reload."""
-        attempt = 0
-        while not self._closing:
-            try:
-                conn = await self._connect()
-                for channel in list(self._listeners):
-                    await conn.add_listener(channel, self._heard)
-            except _CONNECTION_ERRORS as exc:
-                delay = RECONNECT_DELAYS_S[min(attempt, len(RECONNECT_DELAYS_S) - 1)]
-                attempt += 1
-                log.warning("cannot listen for changes on %s (%s); retrying in %.1f s",
-                            safe_url(self.url), _reason(exc), delay)
-                await asyncio.sleep(delay)
-                continue
-            self._listening = conn
-            gap = attempt > 0 or not self.changes_reliable
-            attempt = 0
-            self.changes_reliable = True
-            if gap:
-                for channel in list(self._listeners):
-                    await self._deliver(channel, "*")
-            closed = asyncio.Event()
-            conn.add_termination_listener(lambda _conn, closed=closed: closed.set())
-            while not closed.is_set():
-                # A connection that died silently also ends here, within seconds.
-                try:
-                    await asyncio.wait_for(closed.wait(), 5)
-                except TimeoutError:
-                    try:
-                        await conn.fetchval("SELECT 1", timeout=5)
-                    except _CONNECTION_ERRORS:
-                        break
-            self.changes_reliable = False
-            self._listening = None
+    async def _connect_listener(self) -> asyncpg.Connection:
+        conn = await self._connect()
+        try:
+            for channel in list(self._listeners):
+                await conn.add_listener(channel, self._heard)
+        except BaseException:
             conn.terminate()
-            if not self._closing:
+            raise
+        return conn
+
+    async def _keep_listening(self) -> None:
+        """Watch the listening connection; when it is lost, reconnect, then tell every
+        listener to reload (payload ``*``): announcements made meanwhile were missed."""
+        while True:
+            conn = self._listening
+            if conn is not None:
+                await _until_lost(conn)
+                self.changes_reliable = False
+                self._listening = None
+                conn.terminate()
                 log.warning("lost the connection that hears changes from other processes; "
                             "caches are off until it is back")
-                attempt = 1
+            attempt = 0
+            while self._listening is None:
+                try:
+                    self._listening = await self._connect_listener()
+                except _CONNECTION_ERRORS as exc:
+                    delay = RECONNECT_DELAYS_S[min(attempt, len(RECONNECT_DELAYS_S) - 1)]
+                    attempt += 1
+                    log.warning("cannot listen for changes on %s (%s); retrying in %.1f s",
+                                safe_url(self.url), _reason(exc), delay)
+                    await asyncio.sleep(delay)
+            self.changes_reliable = True
+            log.info("listening for changes from other processes again")
+            for channel in list(self._listeners):
+                await self._deliver(channel, "*")
 
     def leadership(self, name: str) -> _AdvisoryLeadership:
         return _AdvisoryLeadership(self, lock_key(f"leader:{name}"))
@@ -379,6 +382,21 @@ class _AdvisoryLeadership:
                 await conn.close(timeout=2)
             if not conn.is_closed():
                 conn.terminate()
+
+
+async def _until_lost(conn: asyncpg.Connection) -> None:
+    """Return when ``conn`` is closed, or stops answering (a silent death ends here within
+    seconds too)."""
+    closed = asyncio.Event()
+    conn.add_termination_listener(lambda _conn: closed.set())
+    while not closed.is_set():
+        try:
+            await asyncio.wait_for(closed.wait(), 5)
+        except TimeoutError:
+            try:
+                await conn.fetchval("SELECT 1", timeout=5)
+            except _CONNECTION_ERRORS:
+                return
 
 
 def _reason(exc: BaseException) -> str:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from core.chat import ChatRequest, ChatResult, StartInfo
@@ -109,10 +110,22 @@ async def ask(gw: Gateway, who: Principal, prompt: str, conversation_id: str | N
                                           **fields))
 
 
-def db_bytes(db_path: str | Path) -> bytes:
-    """Every byte SQLite keeps for this database: the file, its WAL and shared memory."""
-    path = Path(db_path)
-    return b"".join(p.read_bytes() for p in sorted(path.parent.glob(path.name + "*")))
+async def db_bytes(gw: Gateway) -> bytes:
+    """Every byte the gateway's storage keeps: SQLite's file, WAL and shared memory; on
+    PostgreSQL, every value of every table (byte strings as they are)."""
+    if gw.settings.storage.backend == "sqlite":
+        path = Path(gw.settings.storage.sqlite_path)
+        return b"".join(p.read_bytes() for p in sorted(path.parent.glob(path.name + "*")))
+    conn = await asyncpg.connect(gw.settings.storage.url)  # also once the gateway is closed
+    try:
+        out = []
+        for table in await conn.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"):
+            for row in await conn.fetch(f"SELECT * FROM {table[0]}"):
+                out += [v if isinstance(v, bytes) else str(v).encode() for v in row.values()]
+    finally:
+        await conn.close()
+    return b"\n".join(out)
 
 
 def closed_port() -> int:

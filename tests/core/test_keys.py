@@ -36,7 +36,7 @@ async def test_database_holds_no_issued_key_only_its_hash(gw: Gateway,
     _, rotated = await gw.rotate_key(rotated_user)
     keys.append(rotated)
 
-    stored = db_bytes(gw.settings.storage.path)
+    stored = await db_bytes(gw)
     for key in keys:
         assert key.encode() not in stored
         assert key[len(KEY_PREFIX):].encode() not in stored  # not even the random part
@@ -47,7 +47,7 @@ async def test_database_holds_no_issued_key_only_its_hash(gw: Gateway,
     assert rotated.startswith(row["key_prefix"]) and len(row["key_prefix"]) < len(rotated) // 2
 
     await gw.close()  # the WAL is folded into the main file on close: check that too
-    stored = db_bytes(gw.settings.storage.path)
+    stored = await db_bytes(gw)
     assert not any(key.encode() in stored for key in keys)
 
 

@@ -72,9 +72,9 @@ async def test_the_access_token_is_never_stored(
 ) -> None:
     result = await ask(gw, user, "hello", access_token=TOKEN)
     await ask(gw, user, "more", result.conversation.id, access_token=TOKEN)
-    assert TOKEN.encode() not in db_bytes(gw.settings.storage.path)
+    assert TOKEN.encode() not in await db_bytes(gw)
     await gw.close()
-    assert TOKEN.encode() not in db_bytes(gw.settings.storage.path)
+    assert TOKEN.encode() not in await db_bytes(gw)
 
 
 async def test_a_refused_access_token_is_a_clear_error_and_leaves_the_pool_alone(
@@ -97,7 +97,7 @@ async def test_a_stored_own_key_is_encrypted_and_used(
     gw: Gateway, user: Principal, upstream_a: FakeUpstream, upstream_b: FakeUpstream
 ) -> None:
     await gw.set_own_key(user, STORED)
-    stored = db_bytes(gw.settings.storage.path)
+    stored = await db_bytes(gw)
     assert STORED.encode() not in stored
     sealed = await gw.principals.own_key(user.id)
     assert sealed and STORED.encode() not in sealed
@@ -121,4 +121,4 @@ async def test_a_stored_own_key_is_encrypted_and_used(
     assert me is not None and not me.has_own_key
     assert (await ask(gw, me, "pool again")).conversation.mode == "pool"
     await gw.close()
-    assert STORED.encode() not in db_bytes(gw.settings.storage.path)
+    assert STORED.encode() not in await db_bytes(gw)

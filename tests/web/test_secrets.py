@@ -78,6 +78,7 @@ async def test_access_log_masks_secret_parameters(
         assert secret.replace("@", "%40") not in everything
 
 
+@pytest.mark.sqlite_only  # reads SQLite's files; tests/core/test_keys.py covers PostgreSQL
 async def test_database_holds_no_key_or_token_in_plain_text(
     api: Api, people: People, gateway: Gateway, settings: Any, upstream_a: FakeUpstream,
 ) -> None:
