@@ -19,6 +19,8 @@ from aiohttp.typedefs import Middleware
 
 from core.errors import GatewayError
 
+from .inputs import check_query_and_path
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -56,6 +58,9 @@ def error_middleware_for(render: Render) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
+            if request.app is request.match_info.apps[-1]:
+                # The innermost app's middleware checks, so /v1 answers in its own shape.
+                check_query_and_path(request)
             return await handler(request)
         except GatewayError as err:
             return render(err.status, err.message, err.code, getattr(err, "param", None),

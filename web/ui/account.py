@@ -9,6 +9,7 @@ from aiohttp import web
 
 from core.errors import BadRequest, GatewayError, Unauthorized
 
+from ..inputs import read_form
 from ..keys import GATEWAY
 from . import csrf
 from .pages import current, flash, page, render, see_other, signed_in
@@ -35,7 +36,7 @@ def safe_next(value: object) -> str:
 
 
 async def _form(request: web.Request) -> dict[str, str]:
-    return {name: value for name, value in (await request.post()).items()
+    return {name: value for name, value in (await read_form(request)).items()
             if isinstance(value, str)}
 
 
