@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from core.chat import ChatRequest, ChatResult
-from core.errors import BadRequest
+from core.errors import BadRequest, Forbidden
 from core.gateway import Gateway
 from core.models import PlusChoice, Principal
 
@@ -123,6 +123,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
     # Every parameter is checked before anything happens: a bad flag must not cost an upstream
     # call, a stored turn or a user created on first use, and then still answer 400.
     chat_req = chat_request(params)
+    if chat_req.external_ref and not actor.is_client:
+        # A reference names a conversation in a client's namespace (the bot's thread ids):
+        # a user setting one could squat the id the client will map next (a 409 for it).
+        raise Forbidden("only a client may set external_ref: it names the client's own "
+                        "references, such as its thread ids", code="external_ref_not_allowed")
     stream, reply_only = params.flag("stream"), params.flag("reply_only")
     pretty = params.flag("pretty")
     acting = await _acting(gateway, params, actor, create=True)
