@@ -17,6 +17,7 @@ from core.errors import BadRequest, Forbidden
 from core.gateway import Gateway
 from core.models import PlusChoice, Principal
 
+from .guard import authenticate, exchange_access_token
 from .keys import GATEWAY
 from .params import Params, bearer_key, read_params
 from .render import markdown_to_safe_html
@@ -38,7 +39,7 @@ def success(payload: dict[str, Any], *, pretty: bool = False, status: int = 200)
 async def _caller(request: web.Request) -> tuple[Gateway, Params, Principal]:
     gateway = request.app[GATEWAY]
     params = await read_params(request)
-    principal = await gateway.authenticate(bearer_key(request, params))
+    principal = await authenticate(request, bearer_key(request, params))
     return gateway, params, principal
 
 
@@ -258,9 +259,11 @@ async def admin_accounts(request: web.Request) -> web.Response:
 
 
 async def access_token(request: web.Request) -> web.Response:
-    gateway = request.app[GATEWAY]
     params = await read_params(request)
-    token = await gateway.access_token(params.text("email") or "", params.text("password") or "")
+    if request.app[GATEWAY].settings.access_token.require_key:
+        await authenticate(request, bearer_key(request, params))
+    token = await exchange_access_token(request, params.text("email", max_chars=320) or "",
+                                        params.text("password", max_chars=1024) or "")
     return success(token.public())
 
 

@@ -8,6 +8,7 @@ from core.gateway import Gateway
 
 from . import api, ui
 from .errors import error_middleware
+from .guard import GUARD, Guard
 from .keys import GATEWAY, SETTINGS
 from .openai_api import create_v1_app
 
@@ -21,6 +22,7 @@ def create_app(gateway: Gateway) -> web.Application:
     )
     app[GATEWAY] = gateway
     app[SETTINGS] = settings
+    app[GUARD] = Guard(settings)
     api.add_routes(app, settings.paths)
     app.add_subapp(settings.paths.openai_prefix, create_v1_app(gateway))
     ui.setup(app)

@@ -24,6 +24,7 @@ from core.models import PlusChoice, Principal
 from core.wire import content_text
 
 from .errors import error_middleware_for, retry_after_headers
+from .guard import authenticate
 from .inputs import check_text, parse_json
 from .keys import GATEWAY
 
@@ -79,7 +80,7 @@ async def _caller(request: web.Request) -> tuple[Gateway, Principal]:
         raise Unauthorized("no API key: send 'Authorization: Bearer KEY' with your gateway key",
                            code="invalid_api_key")
     try:
-        return gateway, await gateway.authenticate(key.strip())
+        return gateway, await authenticate(request, key.strip())
     except Unauthorized as err:
         raise Unauthorized(err.message, code="invalid_api_key") from None
 

@@ -1,9 +1,10 @@
 """Hostile input gets a 400 in the usual shape, on /api and /v1, and nothing is logged as an
-error: JSON nested 100,000 deep, lone surrogates, multipart without a boundary, numbers past
-64 bits."""
+error: JSON nested 100,000 deep, lone surrogates, bytes a key cannot hold in the Authorization
+header, multipart without a boundary, numbers past 64 bits."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -81,6 +82,33 @@ async def test_lone_surrogates_are_refused(api: Api, people: People,
     async with api.client.get("/api/recall?conversation_id=%ED%A0%80",
                               headers={"Authorization": f"Bearer {member}"}) as resp:
         assert resp.status == 404
+
+
+async def raw_request(client: TestClient, head: bytes) -> tuple[int, bytes]:
+    """A request written byte by byte as given (no client library would send these bytes)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    status_line, _, rest = data.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+@pytest.mark.parametrize("path", ["/api/recall", "/v1/models"])
+async def test_bytes_a_key_cannot_hold_are_a_400(api: Api, people: People, path: str,
+                                                  no_errors_logged: None) -> None:
+    member = await user_key(api, people)
+    for bad in (member[:20].encode() + b"\xff\xfe" + member[20:].encode(),
+                member.encode() + "\u00e9".encode()):
+        status, body = await raw_request(
+            api.client, b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close"
+            b"\r\nAuthorization: Bearer " + bad + b"\r\n\r\n")
+        assert status == 400, body
+        data = json.loads(body)
+        assert "error" in data if path.startswith("/v1") else data["code"] == "malformed_key"
 
 
 async def test_multipart_without_a_boundary_is_a_400(
