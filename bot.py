@@ -18,13 +18,12 @@ import signal
 import sys
 from typing import TYPE_CHECKING, TextIO
 
-from aiohttp import web
-
 from core.config import ConfigError, Settings, load_settings, secret_from_env
 from core.gateway import Gateway
 from core.local_model import LocalModelError, LocalModelServer, needs_local_model
-from web.access_log import RedactingAccessLogger, SecretFilter
+from web.access_log import SecretFilter
 from web.app import create_app
+from web.server import EdgeServer
 
 if TYPE_CHECKING:
     from discord_bot import GatewayBot
@@ -74,14 +73,9 @@ async def run_fronts(gateway: Gateway, settings: Settings) -> int:
     if first_key:
         # Printed once, on stdout, never logged: it is the only copy.
         print(f"First start: admin key (shown once, keep it safe): {first_key}", flush=True)
-    # The original took prompts by GET: a query may be as long as a POST body may be large,
-    # so a long prompt meets the gateway's own limits (JSON 413), not aiohttp's 8 KiB line.
-    runner = web.AppRunner(create_app(gateway), access_log_class=RedactingAccessLogger,
-                           max_line_size=settings.server.max_body_bytes)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.server.host, settings.server.port)
-    await site.start()
-    for address in runner.addresses:
+    server = EdgeServer(create_app(gateway), settings.server)
+    await server.start()
+    for address in server.addresses:
         log.info("gateway listening on http://%s:%s", *address[:2])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -96,7 +90,7 @@ async def run_fronts(gateway: Gateway, settings: Settings) -> int:
     finally:
         log.info("shutting down")
         bot_failed = await stop_discord(discord_bot)
-        await runner.cleanup()
+        await server.stop()
     return 1 if bot_failed else 0
 
 

@@ -38,6 +38,17 @@ class ServerSettings(_Table):
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(1_048_576, ge=1024)
     """Requests with a bigger body are refused with 413 before they are read."""
+    header_timeout_s: float = Field(10.0, gt=0)
+    """A new connection must send its request's headers within this time, or it is closed
+    (a slowloris client trickling header lines holds a connection forever otherwise)."""
+    body_timeout_s: float = Field(60.0, gt=0)
+    """A request's body must have arrived this long after its headers, or it is closed."""
+    keepalive_timeout_s: float = Field(15.0, gt=0)
+    """An idle keep-alive connection (or one slowly sending its next request) is closed."""
+    max_connections: int = Field(512, ge=1)
+    """Connections held at once. Beyond it the oldest connection that is not serving a request
+    is closed to make room, and a new one is refused (503) when every one is busy. Keep it
+    under the open-file limit (``ulimit -n``) less the upstream connections."""
     trusted_proxies: list[str] = []
     """Addresses or networks of reverse proxies whose ``X-Forwarded-For`` is believed, for the
     throttles' caller address; empty: the peer address is the caller's."""

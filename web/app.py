@@ -11,13 +11,14 @@ from .errors import error_middleware
 from .guard import GUARD, Guard
 from .keys import GATEWAY, SETTINGS
 from .openai_api import create_v1_app
+from .server import track_requests
 
 
 def create_app(gateway: Gateway) -> web.Application:
     """The HTTP front over an opened ``Gateway``; the caller owns the gateway's lifetime."""
     settings = gateway.settings
     app = web.Application(
-        middlewares=[error_middleware, ui.middleware],
+        middlewares=[track_requests, error_middleware, ui.middleware],
         client_max_size=settings.server.max_body_bytes,
     )
     app[GATEWAY] = gateway
