@@ -16,16 +16,15 @@ import logging.handlers
 import queue
 import signal
 import sys
-from typing import TYPE_CHECKING
-
-from aiohttp import web
+from typing import TYPE_CHECKING, TextIO
 
 from core.config import ConfigError, Settings, load_settings, secret_from_env
 from core.gateway import Gateway, build_gateway
 from core.local_model import LocalModelError, LocalModelServer, needs_local_model
 from core.storage import StorageError
-from web.access_log import RedactingAccessLogger, SecretFilter
+from web.access_log import SecretFilter
 from web.app import create_app
+from web.server import EdgeServer
 
 if TYPE_CHECKING:
     from discord_bot import GatewayBot
@@ -75,16 +74,9 @@ async def run_fronts(gateway: Gateway, settings: Settings) -> int:
     if first_key:
         # Printed once, on stdout, never logged: it is the only copy.
         print(f"First start: admin key (shown once, keep it safe): {first_key}", flush=True)
-    # aiohttp logs a request it cannot parse with its raw request line: mask keys in it.
-    logging.getLogger("aiohttp.server").addFilter(SecretFilter())
-    # The original took prompts by GET: a query may be as long as a POST body may be large,
-    # so a long prompt meets the gateway's own limits (JSON 413), not aiohttp's 8 KiB line.
-    runner = web.AppRunner(create_app(gateway), access_log_class=RedactingAccessLogger,
-                           max_line_size=settings.server.max_body_bytes)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.server.host, settings.server.port)
-    await site.start()
-    for address in runner.addresses:
+    server = EdgeServer(create_app(gateway), settings.server)
+    await server.start()
+    for address in server.addresses:
         log.info("gateway listening on http://%s:%s", *address[:2])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -99,7 +91,7 @@ async def run_fronts(gateway: Gateway, settings: Settings) -> int:
     finally:
         log.info("shutting down")
         bot_failed = await stop_discord(discord_bot)
-        await runner.cleanup()
+        await server.stop()
     return 1 if bot_failed else 0
 
 
@@ -140,15 +132,18 @@ def main(argv: list[str] | None = None) -> int:
         listener.stop()
 
 
-def configure_logging(level: str) -> logging.handlers.QueueListener:
+def configure_logging(level: str, stream: TextIO | None = None) -> logging.handlers.QueueListener:
     """Log lines are formatted and written by a thread of their own: the event loop only
     queues them. Under load, three lines a request written from the loop (two upstream calls
     and the access log) took a quarter of the gateway's time (bench/, py-spy)."""
     # Our format names no file or line, so skip the stack walk that finds them for each record.
     logging._srcfile = None
     logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Keys masked in every line, whatever logged it (aiohttp logs a request it cannot parse
+    # with its raw header lines), on the writing thread rather than the event loop.
+    handler.addFilter(SecretFilter())
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     root = logging.getLogger()
     root.setLevel(level)

@@ -7,6 +7,7 @@ once, at load, into ``SecretStr`` values whose repr hides them.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -37,6 +38,30 @@ class ServerSettings(_Table):
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(1_048_576, ge=1024)
     """Requests with a bigger body are refused with 413 before they are read."""
+    header_timeout_s: float = Field(10.0, gt=0)
+    """A new connection must send its request's headers within this time, or it is closed
+    (a slowloris client trickling header lines holds a connection forever otherwise)."""
+    body_timeout_s: float = Field(60.0, gt=0)
+    """A request's body must have arrived this long after its headers, or it is closed."""
+    keepalive_timeout_s: float = Field(15.0, gt=0)
+    """An idle keep-alive connection (or one slowly sending its next request) is closed."""
+    max_connections: int = Field(512, ge=1)
+    """Connections held at once. Beyond it the oldest connection that is not serving a request
+    is closed to make room, and a new one is refused (503) when every one is busy. Keep it
+    under the open-file limit (``ulimit -n``) less the upstream connections."""
+    trusted_proxies: list[str] = []
+    """Addresses or networks of reverse proxies whose ``X-Forwarded-For`` is believed, for the
+    throttles' caller address; empty: the peer address is the caller's."""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or network: {value!r}") from None
+        return values
 
 
 class StorageSettings(_Table):
@@ -137,6 +162,9 @@ class ChatSettings(_Table):
 class LimitSettings(_Table):
     user_requests_per_minute: int = Field(0, ge=0)
     """Chat requests per caller per minute; 0 means no limit."""
+    key_failures_per_minute: int = Field(10, ge=0)
+    """Failed key checks (API keys and web sign-in) an address may make a minute before its
+    further attempts are refused with 429, valid keys included; 0: no limit."""
 
 
 class AccountSettings(_Table):
@@ -219,6 +247,11 @@ class AccessTokenSettings(_Table):
     client_secret_env: str = ""
     scope: str = ""
     timeout_s: float = Field(15.0, gt=0)
+    require_key: bool = False
+    """Ask callers of /api/access-token for a gateway key (the web UI's page always does)."""
+    attempts_per_minute: int = Field(5, ge=0)
+    """Exchanges per caller address and per e-mail a minute (a refused password counts three
+    times); 0: no limit. Each one is relayed to the identity provider with our credentials."""
 
 
 class DiscordSettings(_Table):

@@ -214,7 +214,7 @@ class Gateway:
         if actor.is_admin:
             if (found := await self.principals.by_external_id(None, ref)) is not None:
                 return found
-            if ref.isdigit():
+            if ref.isascii() and ref.isdigit() and len(ref) <= 18:  # an id SQLite can hold
                 return await self.principals.get(int(ref))
         return None
 

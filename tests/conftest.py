@@ -147,6 +147,10 @@ def make_settings(storage_table: dict[str, Any]) -> Callable[..., Settings]:
         chat = {"cooldown_s": 30.0, "title_timeout_s": 2.0}
         chat.update(tables.pop("chat", {}))
         data["chat"] = chat
+        # Every test's callers share 127.0.0.1 and many fail on purpose: the throttles are off
+        # unless a test turns them on (tests/web/test_throttle.py).
+        data["limits"] = {"key_failures_per_minute": 0, **tables.pop("limits", {})}
+        data["access_token"] = {"attempts_per_minute": 0, **tables.pop("access_token", {})}
         data.update(tables)
         return settings_from_dict(data)
 

@@ -22,16 +22,25 @@ def redact_url(url: URL) -> str:
 _SECRET_IN_TEXT = re.compile(
     r"(?i)\b(" + "|".join(sorted(SECRET_PARAMS, key=len, reverse=True)) + r")=[^&\s'\"]*"
 )
+_TOKEN_AFTER_SCHEME = re.compile(r"(?i)\b(bearer|basic)(\s+|%20|\+)[^\s'\",;]+")
+"""An Authorization value, up to the next space or quote. In a raw header line logged as a
+bytes repr, an invalid byte shows as ``\\xff`` and CR LF as ``\\r\\n``: all masked with it."""
+_KEY_SHAPES = re.compile(r"\b(gw_|sk-)[A-Za-z0-9_-]{8,}")
+"""A gateway key (core/keys.py) or an OpenAI-style key, wherever it shows up."""
 
 
 def redact_text(text: str) -> str:
-    """``user=KEY`` and the like masked anywhere in free text (a raw request line)."""
-    return _SECRET_IN_TEXT.sub(r"\1=***", text)
+    """Keys and tokens masked anywhere in free text: ``user=KEY`` and the like, any
+    ``Bearer TOKEN``, and anything shaped like a key."""
+    text = _SECRET_IN_TEXT.sub(r"\1=***", text)
+    text = _TOKEN_AFTER_SCHEME.sub(r"\1\2***", text)
+    return _KEY_SHAPES.sub(r"\1***", text)
 
 
 class SecretFilter(logging.Filter):
-    """Masks secret parameters in records of aiohttp's server logger, which logs a request it
-    cannot parse (a request line over the size limit, say) with the raw bytes of that line."""
+    """Masks keys and tokens in every record it sees. bot.py installs it on the handler that
+    writes the log, so it covers every logger: aiohttp's server logger, for one, logs a request
+    it cannot parse with the raw bytes of its request line or headers."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg, record.args = redact_text(record.getMessage()), None

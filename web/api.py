@@ -13,10 +13,11 @@ from typing import Any
 from aiohttp import web
 
 from core.chat import ChatRequest, ChatResult
-from core.errors import BadRequest
+from core.errors import BadRequest, Forbidden
 from core.gateway import Gateway
 from core.models import PlusChoice, Principal
 
+from .guard import authenticate, exchange_access_token
 from .keys import GATEWAY
 from .params import Params, bearer_key, read_params
 from .render import markdown_to_safe_html
@@ -38,7 +39,7 @@ def success(payload: dict[str, Any], *, pretty: bool = False, status: int = 200)
 async def _caller(request: web.Request) -> tuple[Gateway, Params, Principal]:
     gateway = request.app[GATEWAY]
     params = await read_params(request)
-    principal = await gateway.authenticate(bearer_key(request, params))
+    principal = await authenticate(request, bearer_key(request, params))
     return gateway, params, principal
 
 
@@ -123,6 +124,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
     # Every parameter is checked before anything happens: a bad flag must not cost an upstream
     # call, a stored turn or a user created on first use, and then still answer 400.
     chat_req = chat_request(params)
+    if chat_req.external_ref and not actor.is_client:
+        # A reference names a conversation in a client's namespace (the bot's thread ids):
+        # a user setting one could squat the id the client will map next (a 409 for it).
+        raise Forbidden("only a client may set external_ref: it names the client's own "
+                        "references, such as its thread ids", code="external_ref_not_allowed")
     stream, reply_only = params.flag("stream"), params.flag("reply_only")
     pretty = params.flag("pretty")
     acting = await _acting(gateway, params, actor, create=True)
@@ -253,9 +259,11 @@ async def admin_accounts(request: web.Request) -> web.Response:
 
 
 async def access_token(request: web.Request) -> web.Response:
-    gateway = request.app[GATEWAY]
     params = await read_params(request)
-    token = await gateway.access_token(params.text("email") or "", params.text("password") or "")
+    if request.app[GATEWAY].settings.access_token.require_key:
+        await authenticate(request, bearer_key(request, params))
+    token = await exchange_access_token(request, params.text("email", max_chars=320) or "",
+                                        params.text("password", max_chars=1024) or "")
     return success(token.public())
 
 

@@ -8,19 +8,22 @@ from core.gateway import Gateway
 
 from . import api, ui
 from .errors import error_middleware
+from .guard import GUARD, Guard
 from .keys import GATEWAY, SETTINGS
 from .openai_api import create_v1_app
+from .server import track_requests
 
 
 def create_app(gateway: Gateway) -> web.Application:
     """The HTTP front over an opened ``Gateway``; the caller owns the gateway's lifetime."""
     settings = gateway.settings
     app = web.Application(
-        middlewares=[error_middleware, ui.middleware],
+        middlewares=[track_requests, error_middleware, ui.middleware],
         client_max_size=settings.server.max_body_bytes,
     )
     app[GATEWAY] = gateway
     app[SETTINGS] = settings
+    app[GUARD] = Guard(settings)
     api.add_routes(app, settings.paths)
     app.add_subapp(settings.paths.openai_prefix, create_v1_app(gateway))
     ui.setup(app)

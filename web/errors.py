@@ -19,6 +19,8 @@ from aiohttp.typedefs import Middleware
 
 from core.errors import GatewayError
 
+from .inputs import check_query_and_path
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -49,6 +51,11 @@ def gateway_error_response(err: GatewayError) -> web.Response:
     return error_response(err.status, err.message, err.code, err.retry_after)
 
 
+def client_gone(request: web.BaseRequest) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 def error_middleware_for(render: Render) -> Middleware:
     """A middleware giving every failure the shape ``render`` draws: the API's own, or
     OpenAI's envelope on /v1. One mechanism, so both get every fix (the 405's Allow header)."""
@@ -56,6 +63,9 @@ def error_middleware_for(render: Render) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
+            if request.app is request.match_info.apps[-1]:
+                # The innermost app's middleware checks, so /v1 answers in its own shape.
+                check_query_and_path(request)
             return await handler(request)
         except GatewayError as err:
             return render(err.status, err.message, err.code, getattr(err, "param", None),
@@ -73,7 +83,11 @@ def error_middleware_for(render: Render) -> Middleware:
             if "Allow" in exc.headers:  # a 405 must say which methods are allowed (RFC 9110)
                 response.headers["Allow"] = exc.headers["Allow"]
             return response
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc, ConnectionError) and client_gone(request):
+                # The caller hung up mid-request (mid-body, say): no one to answer, no bug.
+                log.debug("the client left during %s %s", request.method, request.path)
+                return render(400, "the connection was closed", "client_gone", None, None)
             ref = secrets.token_hex(4)
             log.exception("unhandled error on %s %s (ref %s)", request.method, request.path, ref)
             return render(500, f"internal error; quote reference {ref} to an admin",

@@ -24,6 +24,8 @@ from core.models import PlusChoice, Principal
 from core.wire import content_text
 
 from .errors import error_middleware_for, retry_after_headers
+from .guard import authenticate
+from .inputs import check_text, parse_json
 from .keys import GATEWAY
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,7 @@ async def _caller(request: web.Request) -> tuple[Gateway, Principal]:
         raise Unauthorized("no API key: send 'Authorization: Bearer KEY' with your gateway key",
                            code="invalid_api_key")
     try:
-        return gateway, await gateway.authenticate(key.strip())
+        return gateway, await authenticate(request, key.strip())
     except Unauthorized as err:
         raise Unauthorized(err.message, code="invalid_api_key") from None
 
@@ -154,9 +156,9 @@ def parse_completion_request(body: Any) -> tuple[list[dict[str, Any]], dict[str,
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     gateway, principal = await _caller(request)
     try:
-        body = json.loads(await request.read() or b"null")
-    except (ValueError, UnicodeDecodeError):
-        raise _ParamError("the request body is not valid JSON", "body") from None
+        body = parse_json(await request.read() or b"null")
+    except BadRequest as err:
+        raise _ParamError(err.message, "body") from None
     except web.HTTPRequestEntityTooLarge:
         raise TooLarge("the request body is too large", code="body_too_large") from None
     messages, options, prompt = parse_completion_request(body)
@@ -165,7 +167,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     stream_options = body.get("stream_options")
     include_usage = bool(isinstance(stream_options, dict)
                          and stream_options.get("include_usage"))
-    conversation_id = request.headers.get(CONVERSATION_HEADER) or None
+    conversation_id = check_text(CONVERSATION_HEADER,
+                                 request.headers.get(CONVERSATION_HEADER, "")) or None
     chat_request = ChatRequest(
         prompt=prompt,
         conversation_id=conversation_id,

@@ -4,13 +4,14 @@ the parameter it rejects, so a caller always learns what to fix."""
 
 from __future__ import annotations
 
-import json
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 from aiohttp import web
 
 from core.errors import BadRequest, TooLarge
+
+from .inputs import check_text, parse_json, read_form
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
@@ -36,7 +37,7 @@ class Params:
             return default
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise BadRequest(f"'{name}' must be a string", code="invalid_parameter")
-        value = str(value)
+        value = check_text(name, str(value))
         if max_chars is not None and len(value) > max_chars:
             raise BadRequest(f"'{name}' is longer than {max_chars} characters",
                              code="invalid_parameter")
@@ -77,7 +78,7 @@ class Params:
         value = self.data.get(name)
         try:
             number = float(value) if not isinstance(value, bool) else None  # type: ignore[arg-type]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an int past 1e308
             number = None
         if number is None or not minimum <= number <= maximum:
             raise BadRequest(f"'{name}' must be a number from {minimum:g} to {maximum:g}",
@@ -109,8 +110,8 @@ async def read_params(request: web.Request) -> Params:
 async def _read_body(request: web.Request) -> dict[str, Any]:
     try:
         if request.content_type == "multipart/form-data":
-            form = await request.post()
-            return {k: v for k, v in form.items() if isinstance(v, str)}
+            multipart = await read_form(request)
+            return {k: v for k, v in multipart.items() if isinstance(v, str)}
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise TooLarge(
@@ -123,13 +124,13 @@ async def _read_body(request: web.Request) -> dict[str, Any]:
     looks_like_json = raw.lstrip()[:1] in (b"{", b"[")
     if request.content_type == "application/x-www-form-urlencoded" and not looks_like_json:
         try:
-            return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
+            form = dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict"))
         except UnicodeDecodeError:
             raise BadRequest("the form body is not valid UTF-8", code="malformed_form") from None
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the request body is not valid JSON", code="malformed_json") from None
+        for name, value in form.items():
+            check_text(name, value)
+        return form
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise BadRequest("the JSON body must be an object", code="malformed_json")
     return body

@@ -7,8 +7,11 @@ from typing import Any
 
 from aiohttp import web
 
-from core.errors import BadRequest, GatewayError, Unauthorized
+from core.errors import BadRequest, GatewayError, RateLimited, Unauthorized
 
+from ..errors import retry_after_headers
+from ..guard import authenticate, exchange_access_token
+from ..inputs import read_form
 from ..keys import GATEWAY
 from . import csrf
 from .pages import current, flash, page, render, see_other, signed_in
@@ -35,7 +38,7 @@ def safe_next(value: object) -> str:
 
 
 async def _form(request: web.Request) -> dict[str, str]:
-    return {name: value for name, value in (await request.post()).items()
+    return {name: value for name, value in (await read_form(request)).items()
             if isinstance(value, str)}
 
 
@@ -69,10 +72,13 @@ async def login(request: web.Request) -> web.StreamResponse:
     key = form.get("key", "").strip()[:MAX_KEY_CHARS]
     next_path = safe_next(form.get("next"))
     try:
-        principal = await request.app[GATEWAY].authenticate(key)
-    except Unauthorized as err:
+        principal = await authenticate(request, key)
+    except (Unauthorized, BadRequest, RateLimited) as err:
         message = LOGIN_MESSAGES.get(err.code, err.message)
-        return await _login_page(request, next_path=next_path, error=message, status=401)
+        response = await _login_page(request, next_path=next_path, error=message,
+                                     status=err.status)
+        response.headers.update(retry_after_headers(err.retry_after))
+        return response
     session_id = await request.app[SESSIONS].create(principal, key)
     response = see_other(next_path)
     set_cookie(request, response, session_id)
@@ -158,8 +164,10 @@ async def access_token_exchange(request: web.Request) -> web.StreamResponse:
     form = await _form(request)
     email = form.get("email", "").strip()[:320]
     try:
-        token = await request.app[GATEWAY].access_token(email, form.get("password", ""))
+        token = await exchange_access_token(request, email, form.get("password", "")[:1024])
     except GatewayError as err:
-        return await _access_token_page(request, status=err.status, error=err.message,
-                                        email=email)
+        response = await _access_token_page(request, status=err.status, error=err.message,
+                                            email=email)
+        response.headers.update(retry_after_headers(err.retry_after))
+        return response
     return await _access_token_page(request, token=token, email=email)

@@ -17,6 +17,7 @@ from core.gateway import Gateway
 from core.models import Principal, Role
 
 from ..api import MAX_ID_CHARS
+from ..inputs import read_form
 from ..keys import GATEWAY
 from .pages import flash, page, render, see_other, signed_in
 
@@ -25,6 +26,8 @@ NOT_A_MANAGER = ("The admin pages are for admins and clients. Your key is a memb
                  "you can chat, and manage your own keys.")
 ADMINS_ONLY = "Only admins can see and change the upstream accounts."
 PAGE_SIZE = 50
+MAX_PAGE_NUMBER = 1_000_000
+"""Past it the offset would leave SQLite's 64-bit integers; no list is that long."""
 ROLES: dict[str, Role] = {"user": "user", "client": "client", "admin": "admin"}
 
 
@@ -36,7 +39,7 @@ async def member(gateway: Gateway, viewer: Principal, ref: str) -> Principal:
     """A member the viewer may audit: anyone for an admin (disabled ones too), a client's own
     users for a client."""
     if viewer.is_admin:
-        found = await gateway.member(viewer, int(ref)) if ref.isdigit() else None
+        found = await gateway.member(viewer, int(ref)) if _is_id(ref) else None
         if found is None:
             raise NotFound(f"There is no member #{ref}.", code="user_not_found")
         return found
@@ -49,8 +52,13 @@ async def member(gateway: Gateway, viewer: Principal, ref: str) -> Principal:
     raise Forbidden(NOT_A_MANAGER, code="not_allowed")
 
 
+def _is_id(ref: str) -> bool:
+    """A principal's id: ASCII digits (``"²".isdigit()`` too) that SQLite's 64 bits hold."""
+    return ref.isascii() and ref.isdigit() and len(ref) <= 18
+
+
 async def _form(request: web.Request) -> dict[str, str]:
-    return {name: value for name, value in (await request.post()).items()
+    return {name: value for name, value in (await read_form(request)).items()
             if isinstance(value, str)}
 
 
@@ -80,7 +88,7 @@ async def users_page(request: web.Request, *, revealed: dict[str, str] | None = 
     viewer = signed_in(request).principal
     search = request.query.get("q", "").strip()[:100]
     try:
-        number = max(1, int(request.query.get("page", "1")))
+        number = min(max(1, int(request.query.get("page", "1"))), MAX_PAGE_NUMBER)
     except ValueError:
         number = 1
     found, total = await request.app[GATEWAY].list_users(

@@ -25,6 +25,7 @@ from core.gateway import Gateway
 from core.models import Conversation, Principal, Turn
 
 from ..api import MAX_ID_CHARS, chat_request, enriched
+from ..inputs import read_form
 from ..keys import GATEWAY
 from ..params import Params
 from ..render import markdown_to_safe_html
@@ -144,7 +145,7 @@ async def _open(gateway: Gateway, viewer: Principal, conversation_id: str,
 
 
 async def _request(request: web.Request, viewer: Principal) -> ChatRequest:
-    form = await request.post()
+    form = await read_form(request)
     params = Params({name: value for name, value in form.items() if isinstance(value, str)
                      and name in ("prompt", "conversation_id", "plus")})
     chat_req = chat_request(params, endpoint="web")
@@ -212,7 +213,7 @@ async def remove(request: web.Request) -> web.StreamResponse:
     viewer = signed_in(request).principal
     gateway = request.app[GATEWAY]
     conversation_id = request.match_info["conversation_id"]
-    form = await request.post()
+    form = await read_form(request)
     user_ref = form.get("user")
     if isinstance(user_ref, str) and user_ref and viewer.role != "user":
         owner = await member(gateway, viewer, user_ref)

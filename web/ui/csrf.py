@@ -18,6 +18,7 @@ from aiohttp import web
 
 from core.errors import Forbidden
 
+from ..inputs import read_form
 from .sessions import is_https
 
 FIELD = "csrf_token"
@@ -35,7 +36,7 @@ async def submitted(request: web.Request) -> str:
     if header:
         return header
     if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        value = (await request.post()).get(FIELD)
+        value = (await read_form(request)).get(FIELD)
         return value if isinstance(value, str) else ""
     return ""
 

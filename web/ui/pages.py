@@ -27,6 +27,7 @@ from aiohttp import web
 from core.errors import Forbidden, GatewayError, Unauthorized
 from core.models import Principal, Role
 
+from ..errors import client_gone
 from . import csrf
 from .sessions import COOKIE, Flash, Session
 from .state import SESSION, SESSIONS, STATIC
@@ -221,7 +222,10 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
             raise
         response = await error_page(request, exc.status, exc.reason or "error",
                                     json_errors=rules.json_errors)
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, ConnectionError) and client_gone(request):
+            log.debug("the client left during %s %s", request.method, request.path)
+            return web.Response(status=400, text="the connection was closed")
         ref = secrets.token_hex(4)
         log.exception("unhandled error on %s %s (ref %s)", request.method, request.path, ref)
         response = await error_page(

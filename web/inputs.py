@@ -1,0 +1,100 @@
+"""Hostile input stopped at the edge with a 400 in the usual shape, before it reaches code that
+would fail on it (and log a traceback) further in:
+
+- JSON nested deeper than ``MAX_JSON_DEPTH`` (the parser's recursion would fail);
+- lone surrogates (``"\\ud800"`` in JSON, ``%ED%A0%80`` in a query or a path), which no UTF-8
+  encoder (SQLite's, the upstream request's) accepts;
+- forms whose bytes are not UTF-8 and multipart bodies without a boundary.
+
+The error middleware (errors.py) checks every query and path parameter of every endpoint with
+``check_query_and_path``; bodies are checked by ``parse_json`` and ``read_form``, the ways the
+handlers read them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from multidict import MultiDictProxy
+
+from core.errors import BadRequest
+
+MAX_JSON_DEPTH = 64
+"""Deeper than any request the gateway takes (an OpenAI message is four levels deep)."""
+
+
+def is_text(value: str) -> bool:
+    """True unless ``value`` holds a lone surrogate (the only str UTF-8 cannot carry)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_text(name: str, value: str) -> str:
+    if not is_text(value):
+        raise BadRequest(f"'{name}' is not valid Unicode text (it holds a lone surrogate)",
+                         code="invalid_parameter")
+    return value
+
+
+def parse_json(raw: bytes, *, what: str = "the request body") -> Any:
+    """``raw`` parsed, refusing what ``json.loads`` would let through to fail later."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest(f"{what} is not valid JSON", code="malformed_json") from None
+    except RecursionError:
+        raise BadRequest(f"{what} is nested too deeply", code="malformed_json") from None
+    # Cheap tests on the raw bytes first: most bodies can hold neither problem, and walking
+    # every body would cost each request time.
+    deep = raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH
+    surrogates = b"\\u" in raw or b"\xed" in raw  # escapes, or UTF-8-encoded surrogates
+    if deep or surrogates:
+        _walk(value, what)
+    return value
+
+
+def _walk(value: Any, what: str) -> None:
+    """Iterative (a recursive walk could itself overflow the stack)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if not is_text(item):
+                raise BadRequest(f"{what} holds text that is not valid Unicode (a lone "
+                                 f"surrogate)", code="malformed_json")
+        elif isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise BadRequest(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels",
+                                 code="malformed_json")
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+
+
+async def read_form(request: web.BaseRequest) -> MultiDictProxy[str | Any]:
+    """``request.post()``, with malformed forms answered 400 rather than raised as a bug."""
+    if request.content_type == "multipart/form-data" and "boundary" not in \
+            request.headers.get("Content-Type", ""):
+        raise BadRequest("a multipart body needs a boundary in its Content-Type",
+                         code="malformed_form")
+    try:
+        form = await request.post()
+    except (ValueError, AssertionError):  # UnicodeDecodeError is a ValueError
+        raise BadRequest("the form body is malformed or not UTF-8",
+                         code="malformed_form") from None
+    for name, value in form.items():
+        if isinstance(value, str):
+            check_text(name, value)
+    return form
+
+
+def check_query_and_path(request: web.Request) -> None:
+    """Every query and path parameter, before any handler sees them."""
+    for name, value in (*request.query.items(), *request.match_info.items()):
+        check_text(name, value)
