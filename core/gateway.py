@@ -91,9 +91,11 @@ class Gateway:
 
     async def bootstrap_admin(self) -> str | None:
         """On the very first start (no principal at all), create an admin and return its key."""
-        if await self.principals.count():
-            return None
-        _, key = await self.principals.create("admin", "admin", plus=True)
+        # Several processes may start at once on one database: only one makes the admin.
+        async with self.storage.lock("bootstrap"):
+            if await self.principals.count():
+                return None
+            _, key = await self.principals.create("admin", "admin", plus=True)
         return key
 
     async def ensure_client(self, name: str) -> Principal:
