@@ -4,6 +4,8 @@ the bot), and close everything in reverse on exit.
     python bot.py [--config FILE]                    start the gateway
     python bot.py [--config FILE] create-admin NAME  create an admin; prints only its key
     python bot.py [--config FILE] needs-local-model  exit 0 when the local model would serve
+    python bot.py [--config FILE] copy-db --to URL   copy the SQLite database into PostgreSQL
+    python bot.py [--config FILE] backup FILE        a consistent copy of the SQLite database
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from core.config import ConfigError, Settings, load_settings, secret_from_env
 from core.gateway import Gateway, build_gateway
 from core.local_model import LocalModelError, LocalModelServer, needs_local_model
 from core.storage import StorageError
+from core.storage.copy import copy_sqlite_to_postgres
+from core.storage.postgres import safe_url
+from core.storage.sqlite import SqliteDatabase
 from web.access_log import SecretFilter
 from web.app import create_app
 from web.server import EdgeServer
@@ -42,6 +47,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     create.add_argument("name")
     commands.add_parser("needs-local-model",
                         help="exit 0 when no account has a key, so the local model would serve")
+    copy = commands.add_parser(
+        "copy-db", help="copy this configuration's SQLite database into an empty PostgreSQL "
+                        "database (password: in the URL or $PGPASSWORD)")
+    copy.add_argument("--to", required=True, metavar="postgresql://USER@HOST:PORT/DBNAME")
+    backup = commands.add_parser(
+        "backup", help="a consistent copy of the SQLite database, also while the gateway runs")
+    backup.add_argument("file")
     return parser.parse_args(argv)
 
 
@@ -49,6 +61,29 @@ async def create_admin(settings: Settings, name: str) -> None:
     async with build_gateway(settings) as gateway:
         key = await gateway.create_admin(name)
     print(key, flush=True)
+
+
+async def copy_db(settings: Settings, url: str) -> None:
+    if settings.storage.backend != "sqlite":
+        raise ConfigError("copy-db copies a SQLite database: point --config at the "
+                          "configuration whose [storage] is the SQLite file to move")
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"--to must be a postgresql:// URL, got {url!r}")
+    print(f"copying {settings.storage.sqlite_path} into {safe_url(url)} ...", flush=True)
+    copied = await copy_sqlite_to_postgres(
+        settings.storage.sqlite_path, url, progress=lambda line: print(line, flush=True))
+    print(f"done: {sum(copied.values()):,} rows. Set [storage] url to this database (and "
+          "GATEWAY_SECRET_KEY to the key that sealed the own keys) and start the gateway.",
+          flush=True)
+
+
+async def backup(settings: Settings, file: str) -> None:
+    if settings.storage.backend != "sqlite":
+        raise ConfigError(f"back up PostgreSQL with its own tool: pg_dump -Fc -f {file} "
+                          f"'{safe_url(settings.storage.url)}'")
+    async with SqliteDatabase(settings.storage.sqlite_path) as db:
+        await db.backup(file)
+    print(f"backed up {settings.storage.sqlite_path} to {file}", flush=True)
 
 
 async def serve(settings: Settings) -> int:
@@ -172,6 +207,10 @@ def run(args: argparse.Namespace) -> int:
             asyncio.run(create_admin(settings, args.name))
         elif args.command == "needs-local-model":
             return 0 if needs_local_model(settings) else 1
+        elif args.command == "copy-db":
+            asyncio.run(copy_db(settings, args.to))
+        elif args.command == "backup":
+            asyncio.run(backup(settings, args.file))
         else:
             return asyncio.run(serve(settings))
     except (ConfigError, StorageError) as exc:
