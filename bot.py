@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from core.config import ConfigError, Settings, load_settings, secret_from_env
+from core.errors import GatewayError
 from core.gateway import Gateway
 from core.local_model import LocalModelError, LocalModelServer, needs_local_model
 from web.access_log import RedactingAccessLogger, SecretFilter
@@ -45,10 +46,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def create_admin(settings: Settings, name: str) -> None:
+async def create_admin(settings: Settings, name: str) -> int:
     async with Gateway(settings) as gateway:
-        key = await gateway.create_admin(name)
+        try:
+            key = await gateway.create_admin(name)
+        except GatewayError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     print(key, flush=True)
+    return 0
 
 
 async def serve(settings: Settings) -> int:
@@ -172,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.command == "create-admin":
-        asyncio.run(create_admin(settings, args.name))
+        return asyncio.run(create_admin(settings, args.name))
     elif args.command == "needs-local-model":
         return 0 if needs_local_model(settings) else 1
     else:

@@ -75,6 +75,10 @@ class GatewayTree(app_commands.CommandTree["GatewayBot"]):
 class GatewayBot(commands.Bot):
     def __init__(self, gateway: Gateway, settings: Settings, *,
                  edit_interval: float = EDIT_INTERVAL_S, **options: Any) -> None:
+        # The bot never joins a voice channel: discord.py's warnings at each start that voice
+        # is unsupported (no PyNaCl, no davey) say nothing true of it. This clears only those
+        # two flags, which discord.py reads once; every other warning still reaches the log.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         intents = discord.Intents.default()
         intents.message_content = True  # a member's messages in their thread are follow-ups
         options.setdefault("intents", intents)

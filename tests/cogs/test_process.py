@@ -113,6 +113,8 @@ async def test_bot_py_serves_discord_and_http_on_one_core(
         log = stderr.read_text()
         assert "shutting down" in log and "Traceback" not in log
         assert TOKEN not in log
+        # The bot uses no voice: discord.py's "voice will NOT be supported" is noise.
+        assert "PyNaCl" not in log and "voice will NOT be supported" not in log
 
 
 async def test_a_refused_token_stops_bot_py_with_an_error(

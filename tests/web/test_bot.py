@@ -120,6 +120,21 @@ async def test_create_admin_prints_only_a_key(tmp_path: Path) -> None:
         assert await gateway.bootstrap_admin() is None
 
 
+async def test_create_admin_refuses_a_second_admin_of_one_name(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    code, _, err = await run_bot("--config", str(config), "create-admin", "ops")
+    assert code == 0, err
+    code, out, err = await run_bot("--config", str(config), "create-admin", " ops ")
+    assert code == 1 and out == ""
+    assert err.strip() == "error: an admin named 'ops' already exists: choose another name"
+    assert "Traceback" not in err
+    async with Gateway(load_settings(config)) as gateway:
+        admins, total = await gateway.principals.list_page(role="admin")
+        assert total == 1 and admins[0]["name"] == "ops"
+        # Another name is still welcome.
+        assert KEY_RE.fullmatch(await gateway.create_admin("ops2"))
+
+
 async def test_first_start_prints_one_admin_key_once_and_serves(tmp_path: Path) -> None:
     config = write_config(tmp_path, port=free_port(), extra="max_body_bytes = 20000")
     async with running_bot(config, tmp_path, "first") as (base, stdout):
@@ -174,3 +189,4 @@ async def test_unknown_config_key_stops_the_start(tmp_path: Path) -> None:
     assert "nonsense" in err2 and "unknown key" in err2
     assert not (tmp_path / "a" / "data" / "gw.db").exists()
     assert not (tmp_path / "b" / "data" / "gw.db").exists()
+
