@@ -190,3 +190,33 @@ async def test_unknown_config_key_stops_the_start(tmp_path: Path) -> None:
     assert not (tmp_path / "a" / "data" / "gw.db").exists()
     assert not (tmp_path / "b" / "data" / "gw.db").exists()
 
+
+async def test_invite_url_names_the_scopes_and_the_permissions_the_bot_uses(
+        tmp_path: Path) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    import discord
+
+    config = write_config(tmp_path)
+    code, out, err = await run_bot("--config", str(config), "invite-url",
+                                   "--application-id", "123456789012345678")
+    assert code == 0, err
+    url = urlsplit(out.strip())
+    assert (url.scheme, url.netloc, url.path) == ("https", "discord.com", "/oauth2/authorize")
+    query = parse_qs(url.query)
+    assert query["client_id"] == ["123456789012345678"]
+    assert query["scope"] == ["bot applications.commands"]
+    assert query["permissions"] == ["395137076224"]
+    granted = {name for name, on in discord.Permissions(int(query["permissions"][0])) if on}
+    # discord.py names View Channels by its older name, read_messages, when iterating.
+    assert granted == {"read_messages", "send_messages", "read_message_history", "embed_links",
+                       "create_public_threads", "create_private_threads",
+                       "send_messages_in_threads", "manage_threads"}
+
+    # From the setting; without either, a clear error naming both ways.
+    config.write_text(read(config) + "\n[discord]\napplication_id = 42\n", encoding="utf-8")
+    code, out, _ = await run_bot("--config", str(config), "invite-url")
+    assert code == 0 and "client_id=42&" in out
+    code, out, err = await run_bot("--config", str(write_config(tmp_path)), "invite-url")
+    assert code == 2 and out == ""
+    assert "[discord] application_id" in err and "--application-id" in err
