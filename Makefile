@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config.toml
 
-.PHONY: run test lint typecheck clean help bench bench-quick
+.PHONY: run test lint typecheck browser clean help bench bench-quick
 
 help:
 	@echo "make run    - install and start the gateway (CONFIG=$(CONFIG))"
@@ -42,7 +42,22 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
-test: lint typecheck
+# The web UI's browser tests drive Debian's Chromium (never `playwright install`, which
+# downloads a browser build). As root, `make test` installs it; otherwise pytest skips those
+# tests and its summary says so, with the command to run.
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "Installing Debian's chromium for the browser tests (once)"; \
+			apt-get update -qq && apt-get install -y -qq chromium \
+				|| echo "WARNING: could not install chromium: the browser tests will be skipped"; \
+		else \
+			echo "WARNING: /usr/bin/chromium is missing: the browser tests will be SKIPPED."; \
+			echo "         To run them: sudo apt-get install chromium"; \
+		fi; \
+	fi
+
+test: lint typecheck browser
 	$(BIN)/python -m pytest
 
 # The benchmark of issue 6 (bench/): `bench` measures (~15 min); `bench-quick` only checks that

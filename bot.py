@@ -6,6 +6,8 @@ the bot), and close everything in reverse on exit.
     python bot.py [--config FILE] needs-local-model  exit 0 when the local model would serve
     python bot.py [--config FILE] copy-db --to URL   copy the SQLite database into PostgreSQL
     python bot.py [--config FILE] backup FILE        a consistent copy of the SQLite database
+    python bot.py [--config FILE] invite-url [--application-id ID]
+                                                     the URL that adds the bot to a server
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import logging.handlers
 import queue
 import signal
 import sys
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from core.config import ConfigError, Settings, load_settings, secret_from_env
+from core.errors import GatewayError
 from core.gateway import Gateway, build_gateway
+from core.leadership import while_leading
 from core.local_model import LocalModelError, LocalModelServer, needs_local_model
 from core.storage import StorageError
 from core.storage.copy import copy_sqlite_to_postgres
@@ -30,9 +34,6 @@ from core.storage.sqlite import SqliteDatabase
 from web.access_log import SecretFilter
 from web.app import create_app
 from web.server import EdgeServer
-
-if TYPE_CHECKING:
-    from discord_bot import GatewayBot
 
 log = logging.getLogger("gateway")
 
@@ -54,13 +55,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     backup = commands.add_parser(
         "backup", help="a consistent copy of the SQLite database, also while the gateway runs")
     backup.add_argument("file")
+    invite = commands.add_parser("invite-url", help="print the URL that adds the Discord bot "
+                                 "to a server, with the permissions it needs")
+    invite.add_argument("--application-id", type=int, default=0,
+                        help="the Discord application's id (default: [discord] application_id)")
     return parser.parse_args(argv)
 
 
-async def create_admin(settings: Settings, name: str) -> None:
+async def create_admin(settings: Settings, name: str) -> int:
     async with build_gateway(settings) as gateway:
-        key = await gateway.create_admin(name)
+        try:
+            key = await gateway.create_admin(name)
+        except GatewayError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     print(key, flush=True)
+    return 0
 
 
 async def copy_db(settings: Settings, url: str) -> None:
@@ -103,8 +113,8 @@ async def serve(settings: Settings) -> int:
 
 
 async def run_fronts(gateway: Gateway, settings: Settings) -> int:
-    """Serve the HTTP API (and, with a token, the Discord bot) until SIGINT or SIGTERM, or
-    until the bot stops on an error of its own; the exit status."""
+    """Serve the HTTP API (and, with a token, the Discord bot) until SIGINT or SIGTERM; the exit
+    status."""
     first_key = await gateway.bootstrap_admin()
     if first_key:
         # Printed once, on stdout, never logged: it is the only copy.
@@ -119,43 +129,48 @@ async def run_fronts(gateway: Gateway, settings: Settings) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     discord_bot = start_discord(gateway, settings)
-    if discord_bot is not None:
-        discord_bot[1].add_done_callback(lambda _: stop.set())
     try:
         await stop.wait()
     finally:
         log.info("shutting down")
-        bot_failed = await stop_discord(discord_bot)
+        await stop_discord(discord_bot)
         await server.stop()
-    return 1 if bot_failed else 0
+    return 0
 
 
-def start_discord(gateway: Gateway, settings: Settings) -> tuple[GatewayBot,
-                                                                 asyncio.Task[None]] | None:
-    """With a token in the environment, the Discord bot on this loop, over this gateway."""
+def start_discord(gateway: Gateway, settings: Settings) -> asyncio.Task[None] | None:
+    """With a token in the environment, the Discord bot on this loop, over this gateway, on the
+    one process that leads (every process may be started alike: see core/leadership). It
+    retries on its own while Discord is unreachable; the HTTP API never waits for it."""
     token = secret_from_env(settings.discord.token_env)
     if token is None:
         log.info("no Discord token in $%s: the bot is off", settings.discord.token_env)
         return None
-    from discord_bot import create_bot, point_discord_at  # discord.py only when it runs
+    from discord_bot import run_discord  # discord.py only when it runs
 
-    point_discord_at(settings.discord.api_base, settings.discord.gateway_url)
-    bot = create_bot(gateway, settings)
-    return bot, asyncio.create_task(bot.start(token.get_secret_value()), name="discord bot")
+    return asyncio.create_task(while_leading(
+        gateway.storage.leadership("discord"),
+        lambda: run_discord(gateway, settings, token.get_secret_value()),
+        "the Discord bot"), name="discord bot")
 
 
-async def stop_discord(running: tuple[GatewayBot, asyncio.Task[None]] | None) -> bool:
-    """Close the bot; True when it had stopped on an error of its own (a refused token)."""
-    if running is None:
-        return False
-    bot, task = running
-    await bot.close()
-    try:
-        await task
-    except Exception:
-        log.exception("the Discord bot stopped")
-        return True
-    return False
+async def stop_discord(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def print_invite_url(application_id: int) -> int:
+    if not application_id:
+        print("error: the invite URL needs the bot's application id: set [discord] "
+              "application_id, or pass --application-id ID (Discord Developer Portal > your "
+              "application > General Information > Application ID)", file=sys.stderr)
+        return 2
+    from discord_bot import invite_url  # discord.py only when it is needed
+
+    print(invite_url(application_id), flush=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,13 +219,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.command == "create-admin":
-            asyncio.run(create_admin(settings, args.name))
+            return asyncio.run(create_admin(settings, args.name))
         elif args.command == "needs-local-model":
             return 0 if needs_local_model(settings) else 1
         elif args.command == "copy-db":
             asyncio.run(copy_db(settings, args.to))
         elif args.command == "backup":
             asyncio.run(backup(settings, args.file))
+        elif args.command == "invite-url":
+            return print_invite_url(args.application_id or settings.discord.application_id)
         else:
             return asyncio.run(serve(settings))
     except (ConfigError, StorageError) as exc:

@@ -13,6 +13,7 @@ import logging
 import re
 from typing import Any
 
+import aiohttp
 import discord
 import yarl
 from discord import app_commands
@@ -38,6 +39,26 @@ HANDLER_TASKS = ("CommandTree-invoker", "discord.py: ", "discord-ui-view-dispatc
 SHUTDOWN_GRACE_S = 30.0
 """On close, how long the answers being written may take to finish."""
 API_VERSION_PATH = re.compile(r"/api/v\d+$")
+RETRY_FIRST_S = 2.0
+RETRY_MAX_S = 300.0
+"""Back-off between attempts to reach Discord: doubled after each failure, up to the maximum."""
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, aiohttp.ClientError, discord.GatewayNotFound,
+    discord.ConnectionClosed, discord.HTTPException,
+)
+"""Failures a later attempt may not meet: Discord unreachable, slow or failing for a while."""
+INVITE_SCOPES = ("bot", "applications.commands")
+BOT_PERMISSIONS = discord.Permissions(
+    view_channel=True,              # see the channels where /chat is used
+    send_messages=True,
+    create_public_threads=True,     # /chat opens a thread on its answer
+    create_private_threads=True,    # /chat private:True
+    send_messages_in_threads=True,  # the answer and its follow-ups are written in the thread
+    read_message_history=True,      # a thread's earlier messages (the one it was opened on)
+    embed_links=True,               # links in answers show their preview
+    manage_threads=True,            # /forget archives and locks the conversation's thread
+)
+"""What the cogs do, and nothing more: no files are attached, no reactions, no voice."""
 
 
 def rest_base(api_base: str) -> str:
@@ -75,6 +96,10 @@ class GatewayTree(app_commands.CommandTree["GatewayBot"]):
 class GatewayBot(commands.Bot):
     def __init__(self, gateway: Gateway, settings: Settings, *,
                  edit_interval: float = EDIT_INTERVAL_S, **options: Any) -> None:
+        # The bot never joins a voice channel: discord.py's warnings at each start that voice
+        # is unsupported (no PyNaCl, no davey) say nothing true of it. This clears only those
+        # two flags, which discord.py reads once; every other warning still reaches the log.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         intents = discord.Intents.default()
         intents.message_content = True  # a member's messages in their thread are follow-ups
         options.setdefault("intents", intents)
@@ -218,3 +243,55 @@ def create_bot(gateway: Gateway, settings: Settings, **discord_options: Any) -> 
     """The bot over an open gateway; ``discord_options`` go to discord.py's ``Client`` (tests
     pass ``guild_ready_timeout``) or to the bot (``edit_interval``)."""
     return GatewayBot(gateway, settings, **discord_options)
+
+
+def invite_url(application_id: int) -> str:
+    """The OAuth2 URL that adds the bot to a server with the scopes and permissions it needs."""
+    return discord.utils.oauth_url(application_id, permissions=BOT_PERMISSIONS,
+                                   scopes=INVITE_SCOPES)
+
+
+async def run_discord(gateway: Gateway, settings: Settings, token: str, *,
+                      first_delay_s: float = RETRY_FIRST_S, max_delay_s: float = RETRY_MAX_S,
+                      **discord_options: Any) -> None:
+    """Run the bot until cancelled, starting it again, with a growing delay, whenever Discord
+    cannot be reached (at start, or when discord.py's own reconnection gives up). One log line
+    per failed attempt names the next delay. A token Discord refuses, or a privileged intent the
+    application lacks, is a configuration error that no retry fixes: logged, and the bot stays
+    off (this returns) while the rest of the process runs on.
+
+    Once cancelled, no bot is left connected: the running one is closed (letting the answers
+    being written finish, see ``GatewayBot.close``) before the cancellation goes on."""
+    point_discord_at(settings.discord.api_base, settings.discord.gateway_url)
+    delay, attempt = first_delay_s, 0
+    while True:
+        attempt += 1
+        bot = create_bot(gateway, settings, **discord_options)
+        try:
+            await bot.start(token)
+        except discord.LoginFailure as exc:
+            log.error("Discord refused the bot's token (%s): the bot stays off until a valid "
+                      "token is in $%s (Developer Portal > Bot > Reset Token) and the gateway "
+                      "restarts", exc, settings.discord.token_env)
+            return
+        except discord.PrivilegedIntentsRequired:
+            log.error("Discord refused the bot: turn on the Message Content intent (Developer "
+                      "Portal > Bot > Privileged Gateway Intents); the bot stays off until the "
+                      "gateway restarts")
+            return
+        except TRANSIENT_ERRORS as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a bug must not end the bot for good either: logged, retried
+            log.exception("the Discord bot failed")
+            failure = f"{type(exc).__name__}: {exc}"
+        else:
+            failure = "the connection ended"
+        finally:
+            was_ready = bot.is_ready()
+            await bot.close()
+        if was_ready:  # it had been connected: a new outage, so back-off starts over
+            delay = first_delay_s
+        log.warning("cannot reach Discord (attempt %d: %s): next attempt in %g s",
+                    attempt, failure[:300], delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_delay_s)

@@ -440,7 +440,11 @@ class ChatService:
             completion.input_tokens = sum(estimate_tokens(content_text(m.get("content")))
                                           for m in messages)
         if completion.output_tokens is None:
-            completion.output_tokens = estimate_tokens(completion.text) if completion.text else 0
+            estimate = estimate_tokens(completion.text) if completion.text else 0
+            # The estimate errs large (right for trimming history), but the upstream cannot
+            # have written more than it was allowed: a reply cut at 256 tokens is 256, not 295.
+            limit = _max_tokens(request.options) or target.max_tokens
+            completion.output_tokens = min(estimate, limit) if limit else estimate
         return completion
 
     @staticmethod
@@ -513,8 +517,7 @@ class ChatService:
                   request: ChatRequest) -> list[Message]:
         if request.messages is not None:
             return request.messages
-        max_tokens = request.options.get("max_tokens")
-        budget = prompt_budget(context_tokens, max_tokens if isinstance(max_tokens, int) else None)
+        budget = prompt_budget(context_tokens, _max_tokens(request.options))
         messages = build_messages(recent, prompt, budget=budget,
                                   system_prompt=self.settings.chat.system_prompt)
         if messages is None:
@@ -585,6 +588,15 @@ class _Progress:
     async def title(self, title: str) -> None:
         if self.inner is not None:
             await self.inner.title(title)
+
+
+def _max_tokens(options: dict[str, Any]) -> int | None:
+    """The reply length the caller asked for, under either of its Chat Completions names."""
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = options.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def _ref_owner(principal: Principal, request: ChatRequest) -> int | None:

@@ -258,6 +258,8 @@ class DiscordSettings(_Table):
     """The Discord bot, a client of the gateway. It starts only when ``token_env`` is set."""
 
     token_env: str = "DISCORD_TOKEN"
+    application_id: int = Field(0, ge=0)
+    """The Discord application's id, for ``bot.py invite-url``; 0: passed on the command line."""
     client_name: str = Field("discord", min_length=1, max_length=100)
     """Name of the bot's client principal; its members are that client's users."""
     guild_ids: list[int] = []

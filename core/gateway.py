@@ -108,7 +108,14 @@ class Gateway:
         return principal
 
     async def create_admin(self, name: str) -> str:
-        _, key = await self.principals.create("admin", _name(name), plus=True)
+        """A new admin and its key. A second admin of one name is refused: two admins that
+        the lists cannot tell apart are a mistake (a repeated command), not a wish."""
+        name = _name(name)
+        admins, _ = await self.principals.list_page(role="admin", search=name, limit=MAX_PAGE)
+        if any(item["name"] == name for item in admins):
+            raise Conflict(f"an admin named {name!r} already exists: choose another name",
+                           code="admin_exists")
+        _, key = await self.principals.create("admin", name, plus=True)
         return key
 
     # ----------------------------------------------------------------- identity

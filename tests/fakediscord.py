@@ -117,7 +117,9 @@ class FakeDiscord:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
+        """Serve on ``port`` of 127.0.0.1 (0: a free one); a stopped fake may start again on
+        its old port, as Discord coming back after an outage."""
         self._changed = asyncio.Condition()
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app.router.add_get("/gateway", self._gateway)
@@ -125,7 +127,7 @@ class FakeDiscord:
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None,
                                      shutdown_timeout=0.1)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         self.port = self._runner.addresses[0][1]
 
@@ -135,6 +137,11 @@ class FakeDiscord:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    @property
+    def connected(self) -> bool:
+        """True while a bot holds the gateway websocket open."""
+        return self._ws is not None
 
     @property
     def api_base(self) -> str:
@@ -263,6 +270,7 @@ class FakeDiscord:
             await self._notify()
         if self._ws is ws:
             self._ws = None
+            await self._notify()
         return ws
 
     async def send_ready(self) -> None:

@@ -1,7 +1,7 @@
 """``python bot.py`` with a Discord token: the bot runs beside the HTTP API in one process,
 against the fake Discord named by ``api_base`` and ``gateway_url``, and stops cleanly on
-SIGTERM, after the answers being written; a token Discord refuses stops the process with an
-error."""
+SIGTERM, after the answers being written. Discord unreachable or refusing the token never takes
+the HTTP API down: the bot retries, or (refused token) says why and stays off."""
 
 from __future__ import annotations
 
@@ -113,16 +113,67 @@ async def test_bot_py_serves_discord_and_http_on_one_core(
         log = stderr.read_text()
         assert "shutting down" in log and "Traceback" not in log
         assert TOKEN not in log
+        # The bot uses no voice: discord.py's "voice will NOT be supported" is noise.
+        assert "PyNaCl" not in log and "voice will NOT be supported" not in log
 
 
-async def test_a_refused_token_stops_bot_py_with_an_error(
+def read(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+async def wait_healthy(port: int, process: asyncio.subprocess.Process, stderr: Path) -> None:
+    async with aiohttp.ClientSession() as session, asyncio.timeout(30):
+        while True:
+            assert process.returncode is None, read(stderr)
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+
+
+async def wait_log(stderr: Path, pattern: str, count: int = 1) -> list[str]:
+    """The log lines matching ``pattern`` once there are ``count`` of them (the child's log
+    is a file: polled)."""
+    async with asyncio.timeout(30):
+        while True:
+            if len(found := re.findall(pattern, read(stderr))) >= count:
+                return found
+            await asyncio.sleep(0.05)
+
+
+async def test_a_refused_token_leaves_the_http_api_up_and_says_why(
         tmp_path: Path, fake_discord: FakeDiscord, upstream_a: FakeUpstream) -> None:
     fake_discord.token = TOKEN
-    config = write_config(tmp_path, fake_discord, upstream_a, free_port())
+    port = free_port()
+    config = write_config(tmp_path, fake_discord, upstream_a, port)
     async with bot_process(config, tmp_path, "not-the-token") as (process, stderr):
-        assert await asyncio.wait_for(process.wait(), 30) == 1
-        assert "the Discord bot stopped" in stderr.read_text()
-        assert "Improper token" in stderr.read_text()
+        await wait_log(stderr, r"ERROR discord_bot: Discord refused the bot's token")
+        await wait_healthy(port, process, stderr)
+        process.terminate()
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+    log = stderr.read_text()
+    assert "Improper token" in log and "$TEST_BOT_TOKEN" in log
+    assert "cannot reach Discord" not in log and "Traceback" not in log
+
+
+async def test_discord_unreachable_at_start_leaves_the_http_api_up_and_retries(
+        tmp_path: Path, fake_discord: FakeDiscord, upstream_a: FakeUpstream) -> None:
+    await fake_discord.stop()  # its port now refuses connections, as Discord down would
+    port = free_port()
+    config = write_config(tmp_path, fake_discord, upstream_a, port)
+    async with bot_process(config, tmp_path, TOKEN) as (process, stderr):
+        await wait_healthy(port, process, stderr)
+        lines = await wait_log(stderr, r"cannot reach Discord \(attempt \d+: [^\n]*", 2)
+        assert lines[0].startswith("cannot reach Discord (attempt 1: ClientConnectorError")
+        assert lines[0].endswith("next attempt in 2 s") and lines[1].endswith("in 4 s")
+        await wait_healthy(port, process, stderr)  # still serving between attempts
+        process.terminate()
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+    log = stderr.read_text()
+    assert "shutting down" in log and "Traceback" not in log
 
 
 async def test_sigterm_lets_the_answer_being_written_finish(

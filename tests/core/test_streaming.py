@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from core.chat import ChatRequest, StartInfo
+from core.config import Settings
 from core.errors import UpstreamError
 from core.gateway import Gateway
 from core.models import Principal
-from tests.core.conftest import Listener
+from tests.conftest import account
+from tests.core.conftest import Listener, new_user
 from tests.fakes.upstream import Delay, FakeUpstream, Reply, Status, StreamBreak
 
 TEXT = "The quick brown fox\njumps over the lazy dog, **twice**.\n\n```py\nprint(1)\n```"
@@ -141,3 +144,21 @@ async def test_chunks_that_arrive_together_go_on_as_one_delta(
     result = await gw.chat(user, ChatRequest(prompt="tell me"), listener)
     assert "".join(listener.of("delta")) == "a b c d e f g h" == result.turn.reply
     assert len(listener.of("delta")) < 8
+
+
+@pytest.mark.parametrize("asked", [{}, {"max_tokens": 16}, {"max_completion_tokens": 16}])
+async def test_estimated_usage_never_exceeds_the_max_tokens_asked(
+    open_gateway: Callable[..., Awaitable[Gateway]],
+    make_settings: Callable[..., Settings], upstream_a: FakeUpstream, asked: dict[str, int],
+) -> None:
+    # llama.cpp streams no usage: the output is estimated from the text, which at ~3.5
+    # characters a token over-counts a reply cut at max_tokens (295 estimated for 256 asked).
+    gw = await open_gateway(make_settings([account("A", upstream_a, "KEY_A", max_tokens=20)]))
+    who = await new_user(gw)
+    upstream_a.enqueue(Reply("word " * 200, usage={}, finish_reason="length"))
+    listener = Listener()
+    result = await gw.chat(who, ChatRequest(prompt="go on", options=dict(asked)), listener)
+    limit = asked.get("max_tokens") or asked.get("max_completion_tokens") or 20
+    assert result.turn.output_tokens == limit
+    row = await gw.store.fetchone("SELECT output_tokens FROM usage")
+    assert row is not None and row[0] == limit

@@ -120,6 +120,21 @@ async def test_create_admin_prints_only_a_key(tmp_path: Path) -> None:
         assert await gateway.bootstrap_admin() is None
 
 
+async def test_create_admin_refuses_a_second_admin_of_one_name(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    code, _, err = await run_bot("--config", str(config), "create-admin", "ops")
+    assert code == 0, err
+    code, out, err = await run_bot("--config", str(config), "create-admin", " ops ")
+    assert code == 1 and out == ""
+    assert err.strip() == "error: an admin named 'ops' already exists: choose another name"
+    assert "Traceback" not in err
+    async with build_gateway(load_settings(config)) as gateway:
+        admins, total = await gateway.principals.list_page(role="admin")
+        assert total == 1 and admins[0]["name"] == "ops"
+        # Another name is still welcome.
+        assert KEY_RE.fullmatch(await gateway.create_admin("ops2"))
+
+
 async def test_first_start_prints_one_admin_key_once_and_serves(tmp_path: Path) -> None:
     config = write_config(tmp_path, port=free_port(), extra="max_body_bytes = 20000")
     async with running_bot(config, tmp_path, "first") as (base, stdout):
@@ -174,3 +189,34 @@ async def test_unknown_config_key_stops_the_start(tmp_path: Path) -> None:
     assert "nonsense" in err2 and "unknown key" in err2
     assert not (tmp_path / "a" / "data" / "gw.db").exists()
     assert not (tmp_path / "b" / "data" / "gw.db").exists()
+
+
+async def test_invite_url_names_the_scopes_and_the_permissions_the_bot_uses(
+        tmp_path: Path) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    import discord
+
+    config = write_config(tmp_path)
+    code, out, err = await run_bot("--config", str(config), "invite-url",
+                                   "--application-id", "123456789012345678")
+    assert code == 0, err
+    url = urlsplit(out.strip())
+    assert (url.scheme, url.netloc, url.path) == ("https", "discord.com", "/oauth2/authorize")
+    query = parse_qs(url.query)
+    assert query["client_id"] == ["123456789012345678"]
+    assert query["scope"] == ["bot applications.commands"]
+    assert query["permissions"] == ["395137076224"]
+    granted = {name for name, on in discord.Permissions(int(query["permissions"][0])) if on}
+    # discord.py names View Channels by its older name, read_messages, when iterating.
+    assert granted == {"read_messages", "send_messages", "read_message_history", "embed_links",
+                       "create_public_threads", "create_private_threads",
+                       "send_messages_in_threads", "manage_threads"}
+
+    # From the setting; without either, a clear error naming both ways.
+    config.write_text(read(config) + "\n[discord]\napplication_id = 42\n", encoding="utf-8")
+    code, out, _ = await run_bot("--config", str(config), "invite-url")
+    assert code == 0 and "client_id=42&" in out
+    code, out, err = await run_bot("--config", str(write_config(tmp_path)), "invite-url")
+    assert code == 2 and out == ""
+    assert "[discord] application_id" in err and "--application-id" in err
