@@ -98,6 +98,9 @@ class FakeDiscord:
         self.synced: list[tuple[str, list[dict[str, Any]]]] = []
         self.commands: list[dict[str, Any]] = []
         self.identifies = 0
+        self.sockets_open = 0
+        self.most_sockets_open = 0
+        """How many bots were ever connected at once (a deployment must never run two)."""
         self.token: str | None = None
         """When set, the only bot token accepted (others get 401, as Discord answers)."""
         self._ids = itertools.count((int(time.time() * 1000) - DISCORD_EPOCH_MS) << 22)
@@ -256,6 +259,18 @@ class FakeDiscord:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self._ws = ws
+        self.sockets_open += 1
+        self.most_sockets_open = max(self.most_sockets_open, self.sockets_open)
+        try:
+            await self._serve_socket(ws)
+        finally:
+            self.sockets_open -= 1
+        if self._ws is ws:
+            self._ws = None
+            await self._notify()
+        return ws
+
+    async def _serve_socket(self, ws: web.WebSocketResponse) -> None:
         await self._send_ws({"op": 10, "d": {"heartbeat_interval": 41250}})
         async for message in ws:
             if message.type != WSMsgType.TEXT:
@@ -268,10 +283,6 @@ class FakeDiscord:
                 self.identifies += 1
                 await self.send_ready()
             await self._notify()
-        if self._ws is ws:
-            self._ws = None
-            await self._notify()
-        return ws
 
     async def send_ready(self) -> None:
         """READY then GUILD_CREATE, as after an IDENTIFY (a new session)."""
