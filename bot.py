@@ -22,7 +22,7 @@ import signal
 import sys
 from typing import TextIO
 
-from core.config import ConfigError, Settings, load_settings, secret_from_env
+from core.config import ConfigError, Settings, load_settings
 from core.errors import GatewayError
 from core.gateway import Gateway, build_gateway
 from core.leadership import while_leading
@@ -142,7 +142,7 @@ def start_discord(gateway: Gateway, settings: Settings) -> asyncio.Task[None] | 
     """With a token in the environment, the Discord bot on this loop, over this gateway, on the
     one process that leads (every process may be started alike: see core/leadership). It
     retries on its own while Discord is unreachable; the HTTP API never waits for it."""
-    token = secret_from_env(settings.discord.token_env)
+    token = gateway.secrets.discord_token
     if token is None:
         log.info("no Discord token in $%s: the bot is off", settings.discord.token_env)
         return None

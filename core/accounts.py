@@ -23,9 +23,10 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import SecretStr
 
-from .config import AccountSettings, Settings, secret_from_env
+from .config import AccountSettings, Settings
 from .errors import Conflict
 from .models import PlusChoice
+from .secrets import Secrets
 from .storage.account_state import AccountState, AccountStateRepo
 from .upstream import Target, UpstreamFailure, make_session
 
@@ -166,8 +167,8 @@ class AccountPool:
         self,
         settings: Settings,
         states: AccountStateRepo,
+        secrets: Secrets,
         *,
-        environ: dict[str, str] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``clock``: wall-clock seconds (cool-downs are deadlines every process shares)."""
@@ -175,7 +176,7 @@ class AccountPool:
         self._states = states
         # Before the storage opens, so no announcement can slip past between the two.
         states.subscribe(self._changed)
-        self._environ = environ
+        self._secrets = secrets
         self._clock = clock
         self.accounts: list[Account] = []
         self._by_name: dict[str, Account] = {}
@@ -184,10 +185,8 @@ class AccountPool:
 
     async def open(self) -> None:
         for cfg in self._settings.accounts:
-            key = secret_from_env(cfg.api_key_env, self._environ)
-            missing = None
-            if cfg.api_key_env and key is None:
-                missing = f"environment variable {cfg.api_key_env} is not set"
+            key = self._secrets.account_keys.get(cfg.name)
+            missing = self._secrets.missing_key(cfg)
             session = make_session(self._settings.proxy_for(cfg.proxy),
                                    limit=cfg.max_concurrency * 2)
             self._sessions[cfg.name] = session

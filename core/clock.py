@@ -13,8 +13,3 @@ def iso(moment: datetime) -> str:
     """``2026-11-25T21:18:54.123Z``: fixed width, so text order is time order."""
     # isoformat is C code, several times faster than strftime; this runs on every stored turn.
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
-
-
-def readable(moment: datetime) -> str:
-    """The original project's ``YYYY-MM-DD | HH:MM:SS`` form, in UTC."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%d | %H:%M:%S")

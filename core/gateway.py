@@ -21,12 +21,13 @@ import aiohttp
 from .accounts import AccountPool
 from .chat import ChatListener, ChatRequest, ChatResult, ChatService
 from .clock import iso, utc_now
-from .config import ConfigError, Settings, secret_from_env
+from .config import ConfigError, Settings
 from .crypto import CredentialBox
 from .errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from .keys import hash_key
 from .models import Conversation, PlusChoice, Principal, Role, Turn
 from .oauth import AccessToken, PasswordGrant
+from .secrets import Secrets
 from .storage import Storage, storage_for
 from .upstream import make_session
 from .web_sessions import WebSessions
@@ -50,6 +51,7 @@ class Gateway:
         chat_service: ChatService,
         box: CredentialBox,
         password_grant: PasswordGrant,
+        secrets: Secrets | None = None,
         http_sessions: tuple[aiohttp.ClientSession, ...] = (),
     ) -> None:
         """The facade over its parts, which ``build_gateway`` makes from settings (tests and
@@ -62,6 +64,7 @@ class Gateway:
         self.chat_service = chat_service
         self.box = box
         self.password_grant = password_grant
+        self.secrets = secrets or Secrets()
         self._http_sessions = http_sessions
         self._authenticated: dict[bytes, tuple[int, float, Principal]] = {}
         self.web_sessions = WebSessions(storage.sessions, self._usable)
@@ -432,32 +435,30 @@ def _name(value: str) -> str:
 
 def build_gateway(settings: Settings, *, environ: dict[str, str] | None = None,
                   clock: Callable[[], float] = time.time) -> Gateway:
-    """A gateway with the parts ``settings`` describe (not yet opened). ``clock``: wall-clock
-    seconds, for account cool-downs and the rate limit (tests pass a fake one)."""
-    storage = storage_for(settings.storage, environ)
-    pool = AccountPool(settings, storage.accounts, environ=environ, clock=clock)
+    """A gateway with the parts ``settings`` describe (not yet opened), its secrets read from
+    ``environ`` (default: the process's environment). ``clock``: wall-clock seconds, for
+    account cool-downs and the rate limit (tests pass a fake one)."""
+    secrets = Secrets.read(settings, environ)
+    storage = storage_for(settings.storage, secrets.storage_password)
+    pool = AccountPool(settings, storage.accounts, secrets, clock=clock)
     own_key_session = make_session(settings.proxy_for(settings.own_key.proxy))
     oauth_session = make_session("")
     chat_service = ChatService(
         settings, pool, storage.conversations, own_key_session,
         limiter=storage.rate_limiter(settings.limits.user_requests_per_minute, clock),
         lock=storage.lock)
-    password_grant = PasswordGrant(
-        settings.access_token,
-        secret_from_env(settings.access_token.client_secret_env, environ),
-        oauth_session,
-    )
+    password_grant = PasswordGrant(settings.access_token, secrets.oauth_client_secret,
+                                   oauth_session)
     return Gateway(settings, storage=storage, pool=pool, chat_service=chat_service,
-                   box=credential_box(settings, storage, environ), password_grant=password_grant,
-                   http_sessions=(own_key_session, oauth_session))
+                   box=credential_box(settings, storage, secrets), password_grant=password_grant,
+                   secrets=secrets, http_sessions=(own_key_session, oauth_session))
 
 
-def credential_box(settings: Settings, storage: Storage,
-                   environ: dict[str, str] | None = None) -> CredentialBox:
+def credential_box(settings: Settings, storage: Storage, secrets: Secrets) -> CredentialBox:
     """The key that seals own keys: from the environment; on SQLite alone, else a key file
     beside the database. Processes sharing a database must share the key, so a shared
     storage without it is refused."""
-    secret = secret_from_env(settings.secret_key_env, environ)
+    secret = secrets.credential_key
     if secret is None and storage.shared:
         raise ConfigError(
             f"${settings.secret_key_env} is not set: with {storage!r}, every gateway process "

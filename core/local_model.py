@@ -22,7 +22,8 @@ import time
 
 import aiohttp
 
-from .config import AccountSettings, LocalModelSettings, Settings, secret_from_env
+from .config import AccountSettings, LocalModelSettings, Settings
+from .secrets import Secrets
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class LocalModelError(Exception):
     """The local model cannot be started; the message says why and what to do."""
 
 
-def needs_local_model(settings: Settings, environ: dict[str, str] | None = None) -> bool:
+def needs_local_model(settings: Settings, secrets: Secrets | None = None) -> bool:
     """True when the local model should serve: forced on, or on "auto" with no usable account
     (every configured account lacks the key it needs)."""
     mode = settings.local_model.enabled
@@ -43,8 +44,8 @@ def needs_local_model(settings: Settings, environ: dict[str, str] | None = None)
         return False
     if mode == "always":
         return True
-    usable = [a for a in settings.accounts
-              if not a.api_key_env or secret_from_env(a.api_key_env, environ) is not None]
+    secrets = secrets or Secrets.read(settings)
+    usable = [a for a in settings.accounts if secrets.missing_key(a) is None]
     return not usable
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 Role = Literal["admin", "client", "user"]
@@ -108,27 +108,3 @@ class Turn:
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
         }
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-
-    def public(self) -> dict[str, int | None]:
-        total = None
-        if self.input_tokens is not None and self.output_tokens is not None:
-            total = self.input_tokens + self.output_tokens
-        return {
-            "prompt_tokens": self.input_tokens,
-            "completion_tokens": self.output_tokens,
-            "total_tokens": total,
-        }
-
-
-@dataclass(slots=True)
-class Page:
-    items: list[Any] = field(default_factory=list)
-    total: int = 0
-    limit: int = 50
-    offset: int = 0

@@ -47,10 +47,6 @@ def error_response(status: int, message: str, code: str,
                              status=status, headers=retry_after_headers(retry_after))
 
 
-def gateway_error_response(err: GatewayError) -> web.Response:
-    return error_response(err.status, err.message, err.code, err.retry_after)
-
-
 def client_gone(request: web.BaseRequest) -> bool:
     transport = request.transport
     return transport is None or transport.is_closing()

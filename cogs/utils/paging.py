@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import discord
 
 from .replies import NO_MENTIONS, answer_error, reply
-
-if TYPE_CHECKING:
-    from discord_bot import GatewayBot
 
 PAGER_TIMEOUT_S = 600.0
 """Buttons work this long after the last click (ephemeral answers expire after 15 minutes)."""
@@ -99,7 +96,7 @@ class Pager(discord.ui.View):
         await answer_error(interaction, error)
 
 
-async def send_pages(interaction: discord.Interaction[GatewayBot], fetch: PageFn) -> None:
+async def send_pages(interaction: discord.Interaction[Any], fetch: PageFn) -> None:
     """Answer with the first page, and buttons when there are more."""
     content, pages = await fetch(0)
     view = None

@@ -20,7 +20,9 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from ..config import StorageSettings, secret_from_env
+from pydantic import SecretStr
+
+from ..config import StorageSettings
 from .account_state import AccountState, AccountStateRepo
 from .conversations import ConversationRepo, UsageRecord
 from .database import Database, Leadership, StorageError, StorageUnavailable
@@ -81,14 +83,13 @@ class Storage:
         return MemoryRateLimiter(per_minute, clock)
 
 
-def storage_for(settings: StorageSettings, environ: dict[str, str] | None = None) -> Storage:
-    """The storage ``settings`` name (not yet opened)."""
+def storage_for(settings: StorageSettings, password: SecretStr | None = None) -> Storage:
+    """The storage ``settings`` name (not yet opened); ``password``: PostgreSQL's."""
     if settings.backend == "sqlite":
         return Storage(SqliteDatabase(settings.sqlite_path,
                                       busy_timeout_ms=settings.busy_timeout_ms))
     from .postgres import PostgresDatabase  # asyncpg only when it is used
 
-    password = secret_from_env(settings.password_env, environ)
     return Storage(PostgresDatabase(
         settings.url, password=password.get_secret_value() if password else None,
         pool_size=settings.pool_size, connect_timeout_s=settings.connect_timeout_s))

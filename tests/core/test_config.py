@@ -11,6 +11,7 @@ import pytest
 
 from core.accounts import AccountPool
 from core.config import ConfigError, load_settings, secret_from_env, settings_from_dict
+from core.secrets import Secrets
 from core.storage.account_state import AccountStateRepo
 from core.storage.sqlite import SqliteDatabase
 
@@ -139,7 +140,7 @@ async def states(tmp_path: Path) -> AsyncIterator[AccountStateRepo]:
 async def test_account_keys_come_from_env_and_unset_ones_are_out(
         tmp_path: Path, states: AccountStateRepo) -> None:
     settings = load_settings(_write(tmp_path, GOOD))
-    pool = AccountPool(settings, states, environ={"MAIN_KEY": "sk-main"})
+    pool = AccountPool(settings, states, Secrets.read(settings, {"MAIN_KEY": "sk-main"}))
     await pool.open()
     try:
         main, big = pool.get("main"), pool.get("big")
@@ -158,7 +159,7 @@ async def test_account_keys_come_from_env_and_unset_ones_are_out(
 
 async def test_an_account_without_api_key_env_needs_no_key(states: AccountStateRepo) -> None:
     settings = settings_from_dict({"accounts": [_account(name="local")]})
-    pool = AccountPool(settings, states, environ={})
+    pool = AccountPool(settings, states, Secrets.read(settings, {}))
     await pool.open()
     try:
         local = pool.get("local")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.config import settings_from_dict
+from core.config import Settings, settings_from_dict
 from core.local_model import needs_local_model
+from core.secrets import Secrets
 
 
 def _settings(enabled: str = "auto", **account: Any) -> Any:
@@ -14,15 +15,19 @@ def _settings(enabled: str = "auto", **account: Any) -> Any:
     return settings_from_dict({"accounts": accounts, "local_model": {"enabled": enabled}})
 
 
+def _needs(settings: Settings, environ: dict[str, str]) -> bool:
+    return needs_local_model(settings, Secrets.read(settings, environ))
+
+
 def test_auto_serves_the_local_model_only_without_a_usable_key() -> None:
-    assert needs_local_model(_settings(), environ={})
-    assert needs_local_model(_settings(), environ={"OPENAI_API_KEY": ""})
-    assert not needs_local_model(_settings(), environ={"OPENAI_API_KEY": "sk-x"})
+    assert _needs(_settings(), {})
+    assert _needs(_settings(), {"OPENAI_API_KEY": ""})
+    assert not _needs(_settings(), {"OPENAI_API_KEY": "sk-x"})
     # A server that needs no key (llama.cpp, Ollama) is usable as it is.
-    assert not needs_local_model(_settings(api_key_env=""), environ={})
-    assert needs_local_model(settings_from_dict({"accounts": []}), environ={})
+    assert not _needs(_settings(api_key_env=""), {})
+    assert _needs(settings_from_dict({"accounts": []}), {})
 
 
 def test_always_and_never_override_auto() -> None:
-    assert needs_local_model(_settings("always"), environ={"OPENAI_API_KEY": "sk-x"})
-    assert not needs_local_model(_settings("never"), environ={})
+    assert _needs(_settings("always"), {"OPENAI_API_KEY": "sk-x"})
+    assert not _needs(_settings("never"), {})

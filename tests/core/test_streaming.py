@@ -160,5 +160,5 @@ async def test_estimated_usage_never_exceeds_the_max_tokens_asked(
     result = await gw.chat(who, ChatRequest(prompt="go on", options=dict(asked)), listener)
     limit = asked.get("max_tokens") or asked.get("max_completion_tokens") or 20
     assert result.turn.output_tokens == limit
-    row = await gw.store.fetchone("SELECT output_tokens FROM usage")
+    row = await gw.storage.db.fetchone("SELECT output_tokens FROM usage")
     assert row is not None and row[0] == limit
