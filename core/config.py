@@ -96,6 +96,10 @@ class ChatSettings(_Table):
     cooldown_s: float = Field(30.0, ge=0)
     """Cool-down of an account after a 429, 5xx, time-out or proxy failure without Retry-After."""
     max_cooldown_s: float = Field(3600.0, ge=0)
+    slot_wait_s: float = Field(10.0, ge=0)
+    """How long a call may wait for one of its account's ``max_concurrency`` slots before the
+    caller gets a 503 naming the busy account. A new conversation never waits while another
+    account has a free slot; a follow-up, which must stay on its account, waits this long."""
 
 
 class LimitSettings(_Table):
