@@ -29,7 +29,12 @@ from .wire import (
     OnDelta,
     Target,
     UpstreamFailure,
+    count_of,
+    list_of,
+    malformed,
+    object_of,
     sse_batches,
+    text_of,
 )
 
 __all__ = [
@@ -198,21 +203,25 @@ async def complete(
 async def _read_json(resp: aiohttp.ClientResponse, target: Target) -> Completion:
     try:
         data = json.loads(await resp.read())
-        choice = data["choices"][0]
-        text = choice["message"].get("content") or ""
-        if not isinstance(text, str):
-            raise TypeError("content is not text")
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
         raise UpstreamFailure("garbage", "the upstream answered something that is not a chat "
-                              "completion", status=resp.status) from None
-    usage = data.get("usage") or {}
+                              "completion", status=resp.status)
+    choices = list_of(data, "choices")
+    if not choices or not isinstance(choices[0], dict):
+        raise malformed("no choice in 'choices'")
+    choice = choices[0]
+    if not isinstance(choice.get("message"), dict):
+        raise malformed("the choice has no 'message' object")
+    usage = object_of(data, "usage")
     return Completion(
-        text=text,
-        model=data.get("model") or target.model,
-        upstream_id=data.get("id"),
-        input_tokens=usage.get("prompt_tokens"),
-        output_tokens=usage.get("completion_tokens"),
-        finish_reason=choice.get("finish_reason"),
+        text=text_of(choice["message"], "content") or "",
+        model=text_of(data, "model") or target.model,
+        upstream_id=text_of(data, "id"),
+        input_tokens=count_of(usage, "prompt_tokens"),
+        output_tokens=count_of(usage, "completion_tokens"),
+        finish_reason=text_of(choice, "finish_reason"),
     )
 
 
@@ -224,22 +233,23 @@ def _take_chunk(raw: str, result: Completion, pieces: list[str], status: int) ->
         raise UpstreamFailure("garbage", "the upstream streamed something that is not JSON",
                               status=status) from None
     if not isinstance(chunk, dict):
-        return
+        raise malformed("a streamed chunk is not an object")
     if "error" in chunk:
         message = chunk["error"].get("message") if isinstance(chunk["error"], dict) else None
         raise UpstreamFailure("server", str(message or "the upstream failed mid-stream"))
-    result.upstream_id = result.upstream_id or chunk.get("id")
-    result.model = chunk.get("model") or result.model
-    usage = chunk.get("usage")
+    result.upstream_id = result.upstream_id or text_of(chunk, "id")
+    result.model = text_of(chunk, "model") or result.model
+    usage = object_of(chunk, "usage")
     if usage:
-        result.input_tokens = usage.get("prompt_tokens")
-        result.output_tokens = usage.get("completion_tokens")
-    for choice in chunk.get("choices") or ():
-        text = (choice.get("delta") or {}).get("content")
+        result.input_tokens = count_of(usage, "prompt_tokens")
+        result.output_tokens = count_of(usage, "completion_tokens")
+    for choice in list_of(chunk, "choices"):
+        if not isinstance(choice, dict):
+            raise malformed("a streamed choice is not an object")
+        text = text_of(object_of(choice, "delta"), "content")
         if text:
             pieces.append(text)
-        if choice.get("finish_reason"):
-            result.finish_reason = choice["finish_reason"]
+        result.finish_reason = text_of(choice, "finish_reason") or result.finish_reason
 
 
 async def _read_stream(

@@ -1,5 +1,11 @@
 """Shapes shared by the upstream protocols (Chat Completions and Responses): the call target,
-the completed answer, the classified failure, and server-sent event parsing."""
+the completed answer, the classified failure, server-sent event parsing, and the typed reading
+of an answer's fields.
+
+An upstream's JSON is read field by field through ``text_of``, ``count_of``, ``object_of`` and
+``list_of``: a field of the wrong type (usage as a list, content as a number) is the upstream's
+failure, ``garbage``, like a body that is not JSON at all. It cools the account and sends a new
+conversation to the next one; nothing of the wrong type reaches the caller or the database."""
 
 from __future__ import annotations
 
@@ -20,6 +26,8 @@ COOLING_KINDS: frozenset[str] = frozenset(
 )
 
 Message = dict[str, Any]
+MAX_TOKEN_COUNT = 1 << 31
+"""A token count at or past this is no real count (and would not fit the database's column)."""
 
 
 def content_text(content: Any) -> str:
@@ -62,6 +70,49 @@ class UpstreamFailure(Exception):
     def is_the_accounts_fault(self) -> bool:
         """True when another account may well succeed where this one failed."""
         return self.cools_down or self.takes_out
+
+
+def malformed(what: str) -> UpstreamFailure:
+    return UpstreamFailure("garbage", f"the upstream's answer is malformed: {what}")
+
+
+def object_of(data: dict[str, Any], key: str) -> dict[str, Any]:
+    """``data[key]`` as an object; absent or null gives ``{}``."""
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise malformed(f"{key!r} is not an object")
+    return value
+
+
+def list_of(data: dict[str, Any], key: str) -> list[Any]:
+    """``data[key]`` as a list; absent or null gives ``[]``."""
+    value = data.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise malformed(f"{key!r} is not a list")
+    return value
+
+
+def text_of(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise malformed(f"{key!r} is not text")
+    return value
+
+
+def count_of(data: dict[str, Any], key: str) -> int | None:
+    """A token count: a whole number (some servers send 12.0), never negative or absurd."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_TOKEN_COUNT:
+        raise malformed(f"{key!r} is not a token count")
+    return value
 
 
 @dataclass(slots=True)
