@@ -111,18 +111,19 @@ class Account:
         )
 
     @asynccontextmanager
-    async def slot(self, wait_s: float) -> Any:
+    async def slot(self, wait_s: float, *, is_reply: bool = True) -> Any:
         """Hold one of the account's ``max_concurrency`` slots for the length of a call,
         waiting at most ``wait_s`` for one (0: only a slot free at once). Raises
         ``SlotRefused`` when none came in time, or when the account is no longer healthy once
-        one did: the calls waited behind may have cooled it."""
+        one did: the calls waited behind may have cooled it. Title calls take slots too but
+        are not counted as the account's requests (``is_reply=False``)."""
         await self._acquire(wait_s)
         try:
             health = self.health()
             if health != "healthy":
                 raise SlotRefused(self, health)
             self.stats.in_flight += 1
-            self.stats.requests += 1
+            self.stats.requests += is_reply
             try:
                 yield
             finally:

@@ -472,7 +472,8 @@ class ChatService:
                 # asked for before this point either, so the title still costs no wait.
                 if new_conversation:
                     title_task = asyncio.create_task(
-                        self._title(target, prompt, listener) if request.generate_title
+                        self._title(target, account, prompt, listener)
+                        if request.generate_title
                         else self._prompt_title(prompt, listener)
                     )
                 try:
@@ -524,14 +525,24 @@ class ChatService:
         raise NotFound(f"the model {model!r} is not served by this gateway",
                        code="model_not_found")
 
-    async def _title(self, target: Target, prompt: str, listener: ChatListener | None) -> str:
+    async def _title(self, target: Target, account: Account | None, prompt: str,
+                     listener: ChatListener | None) -> str:
+        """The model's title, asked beside the reply in a slot of its own, but only in one
+        free at once: the title must neither take the account past ``max_concurrency`` nor
+        queue ahead of, or delay, anyone's reply. Without a free slot it is cut from the
+        prompt, as it would be if the call failed."""
         try:
-            completion = await complete(
-                target, title_messages(prompt),
-                options={"max_tokens": TITLE_MAX_TOKENS, "temperature": 0.2},
-                purpose="title",
-            )
+            async with account.slot(0, is_reply=False) if account is not None \
+                    else contextlib.nullcontext():
+                completion = await complete(
+                    target, title_messages(prompt),
+                    options={"max_tokens": TITLE_MAX_TOKENS, "temperature": 0.2},
+                    purpose="title",
+                )
             title = clean_title(completion.text) or fallback_title(prompt)
+        except SlotRefused:
+            log.debug("no free slot on %s for a title; using the prompt", target.name)
+            title = fallback_title(prompt)
         except UpstreamFailure as failure:
             log.info("title request on %s failed (%s); using the prompt", target.name,
                      failure.kind)

@@ -408,17 +408,21 @@ class FakeUpstream:
         self._title_queue.clear()
         self._chat_count = 0
 
-    async def wait_in_flight(self, n: int, timeout: float = 5) -> None:
-        """Wait until exactly ``n`` chat requests are being answered at once."""
+    async def wait_until(self, condition: Callable[[], bool], timeout: float = 5) -> None:
+        """Wait until ``condition`` holds, checked whenever a request arrives or ends."""
         try:
             async with asyncio.timeout(timeout):
                 async with self._recorded:
-                    await self._recorded.wait_for(lambda: self.in_flight == n)
+                    await self._recorded.wait_for(condition)
         except TimeoutError:
             raise TimeoutError(
-                f"FakeUpstream {self.name!r}: expected {n} requests in flight within {timeout}s,"
-                f" got {self.in_flight}"
+                f"FakeUpstream {self.name!r}: condition not met within {timeout}s "
+                f"({len(self.requests)} requests, {self.in_flight} in flight)"
             ) from None
+
+    async def wait_in_flight(self, n: int, timeout: float = 5) -> None:
+        """Wait until exactly ``n`` chat requests are being answered at once."""
+        await self.wait_until(lambda: self.in_flight == n, timeout)
 
     async def _count_in_flight(self, change: int) -> None:
         async with self._recorded:

@@ -167,3 +167,26 @@ async def test_a_follow_up_that_waited_for_a_cooled_account_is_told_it_cools(
     assert 11 <= int(result.headers["Retry-After"]) <= 12
     assert len(upstream_a.chat_requests()) == asked
 
+async def test_title_requests_count_against_max_concurrency(
+    custom_api: MakeApi, upstream_a: FakeUpstream,
+) -> None:
+    """The campaign saw 16 upstream requests at once on an account limited to 8: each new
+    conversation's title call went beside the limit. Here the titles hang until released, so
+    any title sent beside the limit would still be in flight when the replies are all in."""
+    api, gateway = await custom_api(account_extra={"max_concurrency": 2, "timeout_s": 60},
+                                    chat={"slot_wait_s": 30, "title_timeout_s": 30})
+    admin = await gateway.create_admin("root")
+    await api.ok("/api/admin/accounts", {"action": "disable", "name": "B"}, key=admin)
+    gate = asyncio.Event()
+    upstream_a.enqueue_title(*[Hold(gate, then="A Model Title")] * 8)
+    chats = [asyncio.create_task(api.call("/api/chat", {"prompt": f"question {n}"}, key=admin))
+             for n in range(8)]
+    await upstream_a.wait_until(lambda: len(upstream_a.chat_requests(titles=False)) == 8)
+    assert upstream_a.in_flight <= 2
+    gate.set()
+    results = await asyncio.gather(*chats)
+    assert [r.status for r in results] == [200] * 8
+    assert upstream_a.max_in_flight <= 2
+    # Titles that found no free slot at once were cut from their prompts, not waited for.
+    titles = {r.body["conversation_title"] for r in results}
+    assert titles <= {"A Model Title"} | {f"question {n}" for n in range(8)}
