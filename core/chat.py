@@ -498,7 +498,8 @@ class ChatService:
                     previous_response_id: str | None = None) -> Completion:
         completion = await complete(target, messages, options=request.options,
                                     on_delta=listener.delta if listener is not None else None,
-                                    previous_response_id=previous_response_id)
+                                    previous_response_id=previous_response_id,
+                                    max_reply_bytes=self.settings.chat.max_reply_bytes)
         # Some servers (llama.cpp) report no usage when streaming: every turn still gets token
         # counts, estimated as the history is (about 3.5 characters a token).
         if completion.input_tokens is None:
@@ -684,6 +685,7 @@ def _describe(failure: UpstreamFailure) -> str:
         "misconfigured": "wrong base_url or model",
         "garbage": "invalid answer",
         "rejected": "request refused",
+        "reply_too_large": "reply too large",
     }[failure.kind]
 
 
@@ -708,5 +710,9 @@ def _as_gateway_error(failure: UpstreamFailure, account: str | None) -> GatewayE
                            code="account_out")
     if failure.kind == "timeout":
         return UpstreamError(f"{where} did not answer in time", code="upstream_timeout")
+    if failure.kind == "reply_too_large":
+        return UpstreamError(f"the reply from {where} was refused: {failure.detail} "
+                             "(max_reply_bytes); nothing was stored",
+                             code="upstream_reply_too_large")
     return UpstreamError(f"{where} failed: {_describe(failure)}", code=f"upstream_{failure.kind}")
 

@@ -100,6 +100,9 @@ class ChatSettings(_Table):
     """How long a call may wait for one of its account's ``max_concurrency`` slots before the
     caller gets a 503 naming the busy account. A new conversation never waits while another
     account has a free slot; a follow-up, which must stay on its account, waits this long."""
+    max_reply_bytes: int = Field(1_048_576, ge=1024)
+    """The longest reply (UTF-8 bytes) taken from an upstream; a longer one is refused with a
+    502 and nothing is stored, before it can fill the gateway's memory or the database."""
 
 
 class LimitSettings(_Table):

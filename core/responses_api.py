@@ -17,6 +17,7 @@ from .wire import (
     Completion,
     Message,
     OnDelta,
+    ReplyMeter,
     Target,
     UpstreamFailure,
     count_of,
@@ -91,7 +92,7 @@ def read_json(raw: bytes, target: Target) -> Completion:
 
 
 async def read_stream(batches: AsyncIterator[list[str]], target: Target,
-                      on_delta: OnDelta) -> Completion:
+                      on_delta: OnDelta, meter: ReplyMeter) -> Completion:
     """Consume the typed events of a streamed response until ``response.completed``; the text
     deltas of one network read are passed on as one."""
     async for batch in batches:
@@ -111,6 +112,7 @@ async def read_stream(batches: AsyncIterator[list[str]], target: Target,
             if kind == "response.output_text.delta":
                 delta = text_of(event, "delta")
                 if delta:
+                    meter.add(delta)
                     texts.append(delta)
             elif kind == "response.completed":
                 completed = completion_from(event.get("response"), target)

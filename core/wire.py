@@ -17,13 +17,21 @@ import aiohttp
 
 FailureKind = Literal[
     "rate_limited", "server", "timeout", "proxy", "connect", "auth", "misconfigured", "rejected",
-    "garbage",
+    "garbage", "reply_too_large",
 ]
 TAKES_OUT_KINDS: frozenset[str] = frozenset({"auth", "misconfigured"})
 """Failures only an admin can fix: the account is taken out until restored."""
 COOLING_KINDS: frozenset[str] = frozenset(
     {"rate_limited", "server", "timeout", "proxy", "connect", "garbage"}
 )
+"""Failures that cool the account. Not ``reply_too_large``: the account answered, and the
+gateway's size limit is a policy another account would meet just the same."""
+
+DEFAULT_MAX_REPLY_BYTES = 1 << 20
+RAW_BYTES_PER_REPLY_BYTE = 4
+"""A non-streamed answer's body may be this many times the reply limit (plus an envelope):
+JSON escapes a character in up to six bytes, but text of real words stays well within four."""
+RAW_ENVELOPE_BYTES = 1 << 16
 
 Message = dict[str, Any]
 MAX_TOKEN_COUNT = 1 << 31
@@ -113,6 +121,25 @@ def count_of(data: dict[str, Any], key: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_TOKEN_COUNT:
         raise malformed(f"{key!r} is not a token count")
     return value
+
+
+def too_large(limit: int) -> UpstreamFailure:
+    return UpstreamFailure("reply_too_large",
+                           f"the reply exceeds the gateway's limit of {limit} bytes")
+
+
+class ReplyMeter:
+    """Counts a reply's UTF-8 bytes as it arrives, so a reply over the limit is refused while
+    it is read rather than once it is whole (in memory, or in the database)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+
+    def add(self, text: str) -> None:
+        self.size += len(text.encode("utf-8", "surrogatepass"))
+        if self.size > self.limit:
+            raise too_large(self.limit)
 
 
 @dataclass(slots=True)
