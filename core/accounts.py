@@ -9,6 +9,11 @@ own account by name and are told plainly when it cannot serve.
 Health is shared: every change is saved in the storage's ``account_state`` and announced, so
 every process (on PostgreSQL) sees a cool-down or a removal within moments, and a restart keeps
 it. Reads stay in memory: choosing an account costs no database round trip.
+
+Each account runs at most ``max_concurrency`` upstream calls at once (replies and titles alike),
+per process. A call waits for a slot only for a bounded time and checks the account's health
+again once it has one: the calls it waited behind may have cooled the account meanwhile.
+``SlotRefused`` says which of the two stopped it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from .storage.account_state import AccountState, AccountStateRepo
 from .upstream import Target, UpstreamFailure, make_session
 
 Health = Literal["healthy", "cooling", "out"]
+BUSY_RETRY_AFTER_S = 5.0
+"""The Retry-After given with a refusal for a busy account: slots free as calls end, which
+nothing predicts, and a few seconds spreads the callers' retries."""
 TIERS_FOR_CHOICE: dict[str, tuple[str, ...]] = {
     "false": ("free",),
     "true": ("plus",),
@@ -38,11 +46,23 @@ TIERS_FOR_CHOICE: dict[str, tuple[str, ...]] = {
 }
 
 
+class SlotRefused(Exception):
+    """No call was made on ``account``: it stayed busy past the wait, or it was cooling or out
+    of service once a slot was won."""
+
+    def __init__(self, account: Account, why: Literal["busy", "cooling", "out"]) -> None:
+        super().__init__(f"account {account.name} is {why}")
+        self.account = account
+        self.why = why
+
+
 @dataclass(slots=True)
 class AccountStats:
     requests: int = 0
     failures: int = 0
     in_flight: int = 0
+    waiting: int = 0
+    """Calls waiting for a slot: they count against the capacity a new conversation sees."""
     input_tokens: int = 0
     output_tokens: int = 0
     last_error: str | None = None
@@ -99,7 +119,9 @@ class Account:
 
     @property
     def has_capacity(self) -> bool:
-        return self.stats.in_flight < self.settings.max_concurrency
+        """A call started now would get a slot at once: not every slot is taken, and nobody
+        is queued for one (a waiter would be served first)."""
+        return not self._slots.locked()
 
     def target(self, model: str | None = None) -> Target:
         return Target(
@@ -114,15 +136,40 @@ class Account:
         )
 
     @asynccontextmanager
-    async def slot(self) -> Any:
-        """Hold one of the account's ``max_concurrency`` slots for the length of a call."""
-        async with self._slots:
+    async def slot(self, wait_s: float, *, is_reply: bool = True) -> Any:
+        """Hold one of the account's ``max_concurrency`` slots for the length of a call,
+        waiting at most ``wait_s`` for one (0: only a slot free at once). Raises
+        ``SlotRefused`` when none came in time, or when the account is no longer healthy once
+        one did: the calls waited behind may have cooled it. Title calls take slots too but
+        are not counted as the account's requests (``is_reply=False``)."""
+        await self._acquire(wait_s)
+        try:
+            health = self.health()
+            if health != "healthy":
+                raise SlotRefused(self, health)
             self.stats.in_flight += 1
-            self.stats.requests += 1
+            self.stats.requests += is_reply
             try:
                 yield
             finally:
                 self.stats.in_flight -= 1
+        finally:
+            self._slots.release()
+
+    async def _acquire(self, wait_s: float) -> None:
+        if not self._slots.locked():
+            await self._slots.acquire()  # a free slot: taken without yielding
+            return
+        if wait_s <= 0:
+            raise SlotRefused(self, "busy")
+        self.stats.waiting += 1
+        try:
+            async with asyncio.timeout(wait_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise SlotRefused(self, "busy") from None
+        finally:
+            self.stats.waiting -= 1
 
     def record_success(self, input_tokens: int | None, output_tokens: int | None) -> None:
         self.stats.input_tokens += input_tokens or 0
@@ -154,6 +201,7 @@ class Account:
             "out_reason": self.out_reason,
             "max_concurrency": self.settings.max_concurrency,
             "in_flight": self.stats.in_flight,
+            "waiting": self.stats.waiting,
             "requests": self.stats.requests,
             "failures": self.stats.failures,
             "input_tokens": self.stats.input_tokens,
@@ -245,8 +293,9 @@ class AccountPool:
     def pick(self, choice: PlusChoice, exclude: set[str],
              model: str | None = None) -> Account | None:
         """The next healthy account for a new conversation, round robin within ``choice``.
-        One with a free slot is preferred, so a busy account does not queue work that another
-        could start at once."""
+        One with a free slot is preferred, so a busy account (every slot taken, or callers
+        already queued for one) does not queue work that another could start at once; a busy
+        one is offered only when every healthy account is busy."""
         pool = self.candidates(choice, model)
         if not pool:
             return None

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from .accounts import Account, AccountPool
+from .accounts import BUSY_RETRY_AFTER_S, Account, AccountPool, SlotRefused
 from .clock import iso, utc_now
 from .config import Settings
 from .errors import (
@@ -197,6 +197,11 @@ class ChatService:
 
         tried: set[str] = set()
         last_failure: UpstreamFailure | None = None
+        busy = False
+        # One bound on the whole search: waiting for a busy account's slot (only when every
+        # healthy account is busy) never adds up across accounts.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.chat.slot_wait_s
         while (account := self.pool.pick(choice, tried, request.model)) is not None:
             tried.add(account.name)
             messages = self._messages([], prompt, account.settings.context_tokens, request)
@@ -206,10 +211,13 @@ class ChatService:
                     account.target(request.model), account, messages, prompt, request,
                     progress if listener is not None else None,
                     new_conversation=True, conversation_id=conversation_id,
-                    message_id=message_id,
+                    message_id=message_id, slot_wait_s=max(0.0, deadline - loop.time()),
                 )
+            except SlotRefused as refusal:
+                # Nothing was asked of it: busy past the wait, or cooled while we waited.
+                busy = busy or refusal.why == "busy"
+                continue
             except UpstreamFailure as failure:
-                await self._record_failure(account, failure)
                 last_failure = failure
                 if progress.sent_text or not failure.is_the_accounts_fault:
                     await self._log_failure(principal, request, None, account.name,
@@ -226,6 +234,13 @@ class ChatService:
             )
         retry = self.pool.soonest_recovery(choice, request.model)
         reason = "every account of this tier is cooling down or out of service"
+        if busy and last_failure is None:
+            await self._log_failure(principal, request, None, None, started, None, "busy")
+            raise Unavailable(
+                "every upstream account of this tier is busy (all its slots taken, none freed "
+                f"within {self.settings.chat.slot_wait_s:g} s); try again shortly",
+                code="accounts_busy", retry_after=BUSY_RETRY_AFTER_S,
+            )
         if last_failure is not None:
             reason = f"every account of this tier failed (last: {_describe(last_failure)})"
         await self._log_failure(principal, request, None, None, started, None, "unavailable")
@@ -335,10 +350,21 @@ class ChatService:
                     new_conversation=False, conversation_id=conversation.id,
                     message_id=message_id, parent_id=previous.id,
                     previous_response_id=previous_response_id,
+                    slot_wait_s=self.settings.chat.slot_wait_s,
                 )
+            except SlotRefused as refusal:
+                if refusal.why != "busy":
+                    # It cooled (or went out) while this turn waited: say so, as before a wait.
+                    self._account_for_follow_up(conversation, principal)
+                await self._log_failure(principal, request, conversation.id, conversation.account,
+                                        started, None, "busy")
+                raise Unavailable(
+                    f"this conversation's account '{refusal.account.name}' is busy: all its "
+                    f"{refusal.account.settings.max_concurrency} slots are taken and none freed "
+                    f"within {self.settings.chat.slot_wait_s:g} s; try again shortly",
+                    code="account_busy", retry_after=BUSY_RETRY_AFTER_S,
+                ) from None
             except UpstreamFailure as failure:
-                if account is not None:
-                    await self._record_failure(account, failure)
                 await self._log_failure(principal, request, conversation.id, conversation.account,
                                         started, failure)
                 raise _as_gateway_error(failure, conversation.account) from None
@@ -402,24 +428,39 @@ class ChatService:
         message_id: str,
         parent_id: str | None = None,
         previous_response_id: str | None = None,
+        slot_wait_s: float = 0.0,
     ) -> tuple[Completion, str]:
-        """The reply and, for a new conversation, its title, asked of the same target at once."""
+        """The reply and, for a new conversation, its title, asked of the same target at once.
+        With an account, a slot of it is won first (``SlotRefused`` if none comes within
+        ``slot_wait_s`` or the account is no longer healthy), before the listener hears
+        anything, so a refused attempt leaves no trace with the caller."""
         title_task = None
         try:
-            if listener is not None:
-                await listener.started(StartInfo(conversation_id, message_id, parent_id,
-                                                 target.model, target.name if account else None,
-                                                 new_conversation))
-            # Only now, so a listener hears "started" before any title; the reply is not asked
-            # for before this point either, so the title still costs no wait.
-            if new_conversation:
-                title_task = asyncio.create_task(
-                    self._title(target, prompt, listener) if request.generate_title
-                    else self._prompt_title(prompt, listener)
-                )
-            async with account.slot() if account is not None else contextlib.nullcontext():
-                completion = await self._call(target, messages, request, listener,
-                                              previous_response_id)
+            async with contextlib.AsyncExitStack() as slot:
+                if account is not None:
+                    await slot.enter_async_context(account.slot(slot_wait_s))
+                if listener is not None:
+                    await listener.started(StartInfo(conversation_id, message_id, parent_id,
+                                                     target.model,
+                                                     target.name if account else None,
+                                                     new_conversation))
+                # Only now, so a listener hears "started" before any title; the reply is not
+                # asked for before this point either, so the title still costs no wait.
+                if new_conversation:
+                    title_task = asyncio.create_task(
+                        self._title(target, account, prompt, listener)
+                        if request.generate_title
+                        else self._prompt_title(prompt, listener)
+                    )
+                try:
+                    completion = await self._call(target, messages, request, listener,
+                                                  previous_response_id)
+                except UpstreamFailure as failure:
+                    if account is not None:
+                        # Recorded before the slot is freed, so a call that waited for it
+                        # finds the account cooling rather than asking it again.
+                        await self._record_failure(account, failure)
+                    raise
             title = ""
             if title_task is not None:
                 title = await self._await_title(title_task, prompt, listener)
@@ -433,7 +474,8 @@ class ChatService:
                     previous_response_id: str | None = None) -> Completion:
         completion = await complete(target, messages, options=request.options,
                                     on_delta=listener.delta if listener is not None else None,
-                                    previous_response_id=previous_response_id)
+                                    previous_response_id=previous_response_id,
+                                    max_reply_bytes=self.settings.chat.max_reply_bytes)
         # Some servers (llama.cpp) report no usage when streaming: every turn still gets token
         # counts, estimated as the history is (about 3.5 characters a token).
         if completion.input_tokens is None:
@@ -464,14 +506,24 @@ class ChatService:
         raise NotFound(f"the model {model!r} is not served by this gateway",
                        code="model_not_found")
 
-    async def _title(self, target: Target, prompt: str, listener: ChatListener | None) -> str:
+    async def _title(self, target: Target, account: Account | None, prompt: str,
+                     listener: ChatListener | None) -> str:
+        """The model's title, asked beside the reply in a slot of its own, but only in one
+        free at once: the title must neither take the account past ``max_concurrency`` nor
+        queue ahead of, or delay, anyone's reply. Without a free slot it is cut from the
+        prompt, as it would be if the call failed."""
         try:
-            completion = await complete(
-                target, title_messages(prompt),
-                options={"max_tokens": TITLE_MAX_TOKENS, "temperature": 0.2},
-                purpose="title",
-            )
+            async with account.slot(0, is_reply=False) if account is not None \
+                    else contextlib.nullcontext():
+                completion = await complete(
+                    target, title_messages(prompt),
+                    options={"max_tokens": TITLE_MAX_TOKENS, "temperature": 0.2},
+                    purpose="title",
+                )
             title = clean_title(completion.text) or fallback_title(prompt)
+        except SlotRefused:
+            log.debug("no free slot on %s for a title; using the prompt", target.name)
+            title = fallback_title(prompt)
         except UpstreamFailure as failure:
             log.info("title request on %s failed (%s); using the prompt", target.name,
                      failure.kind)
@@ -621,6 +673,7 @@ def _describe(failure: UpstreamFailure) -> str:
         "misconfigured": "wrong base_url or model",
         "garbage": "invalid answer",
         "rejected": "request refused",
+        "reply_too_large": "reply too large",
     }[failure.kind]
 
 
@@ -645,5 +698,9 @@ def _as_gateway_error(failure: UpstreamFailure, account: str | None) -> GatewayE
                            code="account_out")
     if failure.kind == "timeout":
         return UpstreamError(f"{where} did not answer in time", code="upstream_timeout")
+    if failure.kind == "reply_too_large":
+        return UpstreamError(f"the reply from {where} was refused: {failure.detail} "
+                             "(max_reply_bytes); nothing was stored",
+                             code="upstream_reply_too_large")
     return UpstreamError(f"{where} failed: {_describe(failure)}", code=f"upstream_{failure.kind}")
 

@@ -157,6 +157,13 @@ class ChatSettings(_Table):
     cooldown_s: float = Field(30.0, ge=0)
     """Cool-down of an account after a 429, 5xx, time-out or proxy failure without Retry-After."""
     max_cooldown_s: float = Field(3600.0, ge=0)
+    slot_wait_s: float = Field(10.0, ge=0)
+    """How long a call may wait for one of its account's ``max_concurrency`` slots before the
+    caller gets a 503 naming the busy account. A new conversation never waits while another
+    account has a free slot; a follow-up, which must stay on its account, waits this long."""
+    max_reply_bytes: int = Field(1_048_576, ge=1024)
+    """The longest reply (UTF-8 bytes) taken from an upstream; a longer one is refused with a
+    502 and nothing is stored, before it can fill the gateway's memory or the database."""
 
 
 class LimitSettings(_Table):

@@ -13,7 +13,19 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .wire import Completion, Message, OnDelta, Target, UpstreamFailure
+from .wire import (
+    Completion,
+    Message,
+    OnDelta,
+    ReplyMeter,
+    Target,
+    UpstreamFailure,
+    count_of,
+    list_of,
+    malformed,
+    object_of,
+    text_of,
+)
 
 # Chat Completions options that have a Responses equivalent; the rest are not sent.
 _OPTION_NAMES = {
@@ -44,23 +56,29 @@ def completion_from(response: Any, target: Target) -> Completion:
     if not isinstance(response, dict) or not isinstance(response.get("output"), list):
         raise UpstreamFailure("garbage", "the upstream answered something that is not a "
                               "response object")
-    if response.get("status") == "failed":
-        error = response.get("error") or {}
+    status = text_of(response, "status")
+    if status == "failed":
+        error = object_of(response, "error")
         raise UpstreamFailure("server", str(error.get("message") or "the response failed"))
-    texts = [
-        part.get("text", "")
-        for item in response["output"] if isinstance(item, dict) and item.get("type") == "message"
-        for part in item.get("content") or () if isinstance(part, dict)
-        and part.get("type") == "output_text"
-    ]
-    usage = response.get("usage") or {}
+    texts: list[str] = []
+    for item in response["output"]:
+        if not isinstance(item, dict):
+            raise malformed("an output item is not an object")
+        if item.get("type") != "message":
+            continue  # reasoning, tool calls: not part of the reply's text
+        for part in list_of(item, "content"):
+            if not isinstance(part, dict):
+                raise malformed("a content part is not an object")
+            if part.get("type") == "output_text":
+                texts.append(text_of(part, "text") or "")
+    usage = object_of(response, "usage")
     return Completion(
         text="".join(texts),
-        model=response.get("model") or target.model,
-        upstream_id=response.get("id"),
-        input_tokens=usage.get("input_tokens"),
-        output_tokens=usage.get("output_tokens"),
-        finish_reason="stop" if response.get("status") == "completed" else response.get("status"),
+        model=text_of(response, "model") or target.model,
+        upstream_id=text_of(response, "id"),
+        input_tokens=count_of(usage, "input_tokens"),
+        output_tokens=count_of(usage, "output_tokens"),
+        finish_reason="stop" if status == "completed" else status,
     )
 
 
@@ -74,7 +92,7 @@ def read_json(raw: bytes, target: Target) -> Completion:
 
 
 async def read_stream(batches: AsyncIterator[list[str]], target: Target,
-                      on_delta: OnDelta) -> Completion:
+                      on_delta: OnDelta, meter: ReplyMeter) -> Completion:
     """Consume the typed events of a streamed response until ``response.completed``; the text
     deltas of one network read are passed on as one."""
     async for batch in batches:
@@ -88,16 +106,20 @@ async def read_stream(batches: AsyncIterator[list[str]], target: Target,
             except ValueError:
                 raise UpstreamFailure("garbage", "the upstream streamed something that is not "
                                       "JSON") from None
-            kind = event.get("type") if isinstance(event, dict) else None
+            if not isinstance(event, dict):
+                raise malformed("a streamed event is not an object")
+            kind = event.get("type")
             if kind == "response.output_text.delta":
-                delta = event.get("delta")
-                if isinstance(delta, str) and delta:
+                delta = text_of(event, "delta")
+                if delta:
+                    meter.add(delta)
                     texts.append(delta)
             elif kind == "response.completed":
                 completed = completion_from(event.get("response"), target)
                 break
             elif kind in ("response.failed", "error"):
-                detail = event.get("message") or (event.get("response") or {}).get("error", {})
+                detail = event.get("message") or object_of(object_of(event, "response"),
+                                                           "error").get("message")
                 raise UpstreamFailure("server", f"the upstream failed mid-stream: {detail}")
         if texts:
             await on_delta("".join(texts))

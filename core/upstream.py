@@ -23,13 +23,23 @@ from . import responses_api
 from .clock import utc_now
 from .wire import (
     COOLING_KINDS,
+    DEFAULT_MAX_REPLY_BYTES,
+    RAW_BYTES_PER_REPLY_BYTE,
+    RAW_ENVELOPE_BYTES,
     Completion,
     FailureKind,
     Message,
     OnDelta,
+    ReplyMeter,
     Target,
     UpstreamFailure,
+    count_of,
+    list_of,
+    malformed,
+    object_of,
     sse_batches,
+    text_of,
+    too_large,
 )
 
 __all__ = [
@@ -73,10 +83,27 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
+ERROR_BODY_BYTES = 1 << 16
+"""An error body is read this far for its message; past it, the status says enough."""
+
+
+async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, read piece by piece and refused (``reply_too_large``) once past ``limit``
+    bytes: a huge answer is never buffered whole."""
+    if resp.content_length is not None and resp.content_length > limit:
+        raise too_large(limit)
+    body = bytearray()
+    async for block in resp.content.iter_chunked(1 << 16):
+        body += block
+        if len(body) > limit:
+            raise too_large(limit)
+    return bytes(body)
+
+
 async def _error_detail(resp: aiohttp.ClientResponse) -> str:
     """The upstream's own error message when it gave one in OpenAI's shape."""
     try:
-        body = await resp.read()
+        body = await read_capped(resp, ERROR_BODY_BYTES)
         data = json.loads(body)
         message = data.get("error", {}).get("message") if isinstance(data, dict) else None
         if isinstance(message, str) and message:
@@ -135,10 +162,12 @@ async def complete(
     on_delta: OnDelta | None = None,
     purpose: str = "chat",
     previous_response_id: str | None = None,
+    max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
 ) -> Completion:
     """One chat completion. With ``on_delta`` the upstream streams and each text piece is passed
     on as it arrives; without it, one JSON answer is awaited. Accounts with ``api="responses"``
-    speak the Responses API instead, continuing ``previous_response_id`` when given."""
+    speak the Responses API instead, continuing ``previous_response_id`` when given. A reply
+    longer than ``max_reply_bytes`` fails as ``reply_too_large`` while it is being read."""
     started = time.perf_counter()
     stream = on_delta is not None
     responses = target.api == "responses"
@@ -164,14 +193,18 @@ async def complete(
         ) as resp:
             status = resp.status
             await _raise_for_status(resp)
-            if responses and on_delta is not None:
-                result = await responses_api.read_stream(sse_batches(resp), target, on_delta)
-            elif responses:
-                result = responses_api.read_json(await resp.read(), target)
+            meter = ReplyMeter(max_reply_bytes)
+            if on_delta is not None and responses:
+                result = await responses_api.read_stream(sse_batches(resp), target, on_delta,
+                                                         meter)
             elif on_delta is not None:
-                result = await _read_stream(resp, target, on_delta)
+                result = await _read_stream(resp, target, on_delta, meter)
             else:
-                result = await _read_json(resp, target)
+                raw = await read_capped(
+                    resp, max_reply_bytes * RAW_BYTES_PER_REPLY_BYTE + RAW_ENVELOPE_BYTES)
+                result = (responses_api.read_json(raw, target) if responses
+                          else _read_json(raw, resp.status, target))
+                meter.add(result.text)
     except UpstreamFailure as failure:
         status = failure.status or failure.kind
         raise
@@ -195,28 +228,33 @@ async def complete(
     return result
 
 
-async def _read_json(resp: aiohttp.ClientResponse, target: Target) -> Completion:
+def _read_json(raw: bytes, status: int, target: Target) -> Completion:
     try:
-        data = json.loads(await resp.read())
-        choice = data["choices"][0]
-        text = choice["message"].get("content") or ""
-        if not isinstance(text, str):
-            raise TypeError("content is not text")
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
         raise UpstreamFailure("garbage", "the upstream answered something that is not a chat "
-                              "completion", status=resp.status) from None
-    usage = data.get("usage") or {}
+                              "completion", status=status)
+    choices = list_of(data, "choices")
+    if not choices or not isinstance(choices[0], dict):
+        raise malformed("no choice in 'choices'")
+    choice = choices[0]
+    if not isinstance(choice.get("message"), dict):
+        raise malformed("the choice has no 'message' object")
+    usage = object_of(data, "usage")
     return Completion(
-        text=text,
-        model=data.get("model") or target.model,
-        upstream_id=data.get("id"),
-        input_tokens=usage.get("prompt_tokens"),
-        output_tokens=usage.get("completion_tokens"),
-        finish_reason=choice.get("finish_reason"),
+        text=text_of(choice["message"], "content") or "",
+        model=text_of(data, "model") or target.model,
+        upstream_id=text_of(data, "id"),
+        input_tokens=count_of(usage, "prompt_tokens"),
+        output_tokens=count_of(usage, "completion_tokens"),
+        finish_reason=text_of(choice, "finish_reason"),
     )
 
 
-def _take_chunk(raw: str, result: Completion, pieces: list[str], status: int) -> None:
+def _take_chunk(raw: str, result: Completion, pieces: list[str], status: int,
+                meter: ReplyMeter) -> None:
     """Fold one ``chat.completion.chunk`` into the result; its text goes to ``pieces``."""
     try:
         chunk = json.loads(raw)
@@ -224,26 +262,28 @@ def _take_chunk(raw: str, result: Completion, pieces: list[str], status: int) ->
         raise UpstreamFailure("garbage", "the upstream streamed something that is not JSON",
                               status=status) from None
     if not isinstance(chunk, dict):
-        return
+        raise malformed("a streamed chunk is not an object")
     if "error" in chunk:
         message = chunk["error"].get("message") if isinstance(chunk["error"], dict) else None
         raise UpstreamFailure("server", str(message or "the upstream failed mid-stream"))
-    result.upstream_id = result.upstream_id or chunk.get("id")
-    result.model = chunk.get("model") or result.model
-    usage = chunk.get("usage")
+    result.upstream_id = result.upstream_id or text_of(chunk, "id")
+    result.model = text_of(chunk, "model") or result.model
+    usage = object_of(chunk, "usage")
     if usage:
-        result.input_tokens = usage.get("prompt_tokens")
-        result.output_tokens = usage.get("completion_tokens")
-    for choice in chunk.get("choices") or ():
-        text = (choice.get("delta") or {}).get("content")
+        result.input_tokens = count_of(usage, "prompt_tokens")
+        result.output_tokens = count_of(usage, "completion_tokens")
+    for choice in list_of(chunk, "choices"):
+        if not isinstance(choice, dict):
+            raise malformed("a streamed choice is not an object")
+        text = text_of(object_of(choice, "delta"), "content")
         if text:
+            meter.add(text)
             pieces.append(text)
-        if choice.get("finish_reason"):
-            result.finish_reason = choice["finish_reason"]
+        result.finish_reason = text_of(choice, "finish_reason") or result.finish_reason
 
 
 async def _read_stream(
-    resp: aiohttp.ClientResponse, target: Target, on_delta: OnDelta
+    resp: aiohttp.ClientResponse, target: Target, on_delta: OnDelta, meter: ReplyMeter
 ) -> Completion:
     result = Completion(text="", model=target.model)
     pieces: list[str] = []
@@ -254,7 +294,7 @@ async def _read_stream(
             if raw == "[DONE]":
                 done = True
                 break
-            _take_chunk(raw, result, pieces, resp.status)
+            _take_chunk(raw, result, pieces, resp.status, meter)
         if len(pieces) > arrived:
             # Everything that came in one read goes on as one delta.
             await on_delta("".join(pieces[arrived:]))

@@ -1,5 +1,11 @@
 """Shapes shared by the upstream protocols (Chat Completions and Responses): the call target,
-the completed answer, the classified failure, and server-sent event parsing."""
+the completed answer, the classified failure, server-sent event parsing, and the typed reading
+of an answer's fields.
+
+An upstream's JSON is read field by field through ``text_of``, ``count_of``, ``object_of`` and
+``list_of``: a field of the wrong type (usage as a list, content as a number) is the upstream's
+failure, ``garbage``, like a body that is not JSON at all. It cools the account and sends a new
+conversation to the next one; nothing of the wrong type reaches the caller or the database."""
 
 from __future__ import annotations
 
@@ -11,15 +17,25 @@ import aiohttp
 
 FailureKind = Literal[
     "rate_limited", "server", "timeout", "proxy", "connect", "auth", "misconfigured", "rejected",
-    "garbage",
+    "garbage", "reply_too_large",
 ]
 TAKES_OUT_KINDS: frozenset[str] = frozenset({"auth", "misconfigured"})
 """Failures only an admin can fix: the account is taken out until restored."""
 COOLING_KINDS: frozenset[str] = frozenset(
     {"rate_limited", "server", "timeout", "proxy", "connect", "garbage"}
 )
+"""Failures that cool the account. Not ``reply_too_large``: the account answered, and the
+gateway's size limit is a policy another account would meet just the same."""
+
+DEFAULT_MAX_REPLY_BYTES = 1 << 20
+RAW_BYTES_PER_REPLY_BYTE = 4
+"""A non-streamed answer's body may be this many times the reply limit (plus an envelope):
+JSON escapes a character in up to six bytes, but text of real words stays well within four."""
+RAW_ENVELOPE_BYTES = 1 << 16
 
 Message = dict[str, Any]
+MAX_TOKEN_COUNT = 1 << 31
+"""A token count at or past this is no real count (and would not fit the database's column)."""
 
 
 def content_text(content: Any) -> str:
@@ -62,6 +78,68 @@ class UpstreamFailure(Exception):
     def is_the_accounts_fault(self) -> bool:
         """True when another account may well succeed where this one failed."""
         return self.cools_down or self.takes_out
+
+
+def malformed(what: str) -> UpstreamFailure:
+    return UpstreamFailure("garbage", f"the upstream's answer is malformed: {what}")
+
+
+def object_of(data: dict[str, Any], key: str) -> dict[str, Any]:
+    """``data[key]`` as an object; absent or null gives ``{}``."""
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise malformed(f"{key!r} is not an object")
+    return value
+
+
+def list_of(data: dict[str, Any], key: str) -> list[Any]:
+    """``data[key]`` as a list; absent or null gives ``[]``."""
+    value = data.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise malformed(f"{key!r} is not a list")
+    return value
+
+
+def text_of(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise malformed(f"{key!r} is not text")
+    return value
+
+
+def count_of(data: dict[str, Any], key: str) -> int | None:
+    """A token count: a whole number (some servers send 12.0), never negative or absurd."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_TOKEN_COUNT:
+        raise malformed(f"{key!r} is not a token count")
+    return value
+
+
+def too_large(limit: int) -> UpstreamFailure:
+    return UpstreamFailure("reply_too_large",
+                           f"the reply exceeds the gateway's limit of {limit} bytes")
+
+
+class ReplyMeter:
+    """Counts a reply's UTF-8 bytes as it arrives, so a reply over the limit is refused while
+    it is read rather than once it is whole (in memory, or in the database)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+
+    def add(self, text: str) -> None:
+        self.size += len(text.encode("utf-8", "surrogatepass"))
+        if self.size > self.limit:
+            raise too_large(self.limit)
 
 
 @dataclass(slots=True)

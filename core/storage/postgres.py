@@ -149,6 +149,8 @@ class PostgresDatabase:
 
     async def close(self) -> None:
         self.changes_reliable = False
+        for task in list(self._tasks):
+            task.cancel()
         if self._listen_task is not None:
             self._listen_task.cancel()
             await asyncio.gather(self._listen_task, return_exceptions=True)
@@ -275,7 +277,8 @@ class PostgresDatabase:
             while self._listening is None:
                 try:
                     self._listening = await self._connect_listener()
-                except _CONNECTION_ERRORS as exc:
+                except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+                    # Refusals too: a server starting up or shutting down says so in words.
                     delay = RECONNECT_DELAYS_S[min(attempt, len(RECONNECT_DELAYS_S) - 1)]
                     attempt += 1
                     log.warning("cannot listen for changes on %s (%s); retrying in %.1f s",
@@ -354,7 +357,7 @@ class _AdvisoryLeadership:
                 if await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key):
                     await asyncio.sleep(LEADER_GRACE_S)
                     return
-            except _CONNECTION_ERRORS as exc:
+            except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
                 log.warning("leadership: the database did not answer (%s)", _reason(exc))
                 await self._drop()
             await asyncio.sleep(LEADER_POLL_S)
@@ -367,7 +370,7 @@ class _AdvisoryLeadership:
                 if conn is None or conn.is_closed():
                     break
                 await conn.fetchval("SELECT 1", timeout=LEADER_CHECK_S * 2)
-            except _CONNECTION_ERRORS:
+            except (*_CONNECTION_ERRORS, asyncpg.PostgresError):
                 break
         await self._drop()
 

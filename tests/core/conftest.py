@@ -59,7 +59,9 @@ OpenGateway = Callable[..., Awaitable[Gateway]]
 
 
 @pytest.fixture
-async def open_gateway(clock: FakeClock) -> AsyncIterator[OpenGateway]:
+async def open_gateway(clock: FakeClock,
+                       storage_table: dict[str, Any]) -> AsyncIterator[OpenGateway]:
+    # storage_table: set up first, so its database outlives the gateways opened on it.
     """Open a Gateway on given settings (fake clock, test environ); closed at teardown."""
     opened: list[Gateway] = []
 

@@ -19,6 +19,7 @@ from tests.fakes.upstream import (
     FakeUpstream,
     Garbage,
     Hang,
+    Hold,
     Reply,
     Status,
     StreamBreak,
@@ -227,6 +228,24 @@ async def test_delay_then_reply(fake: FakeUpstream, client: openai.AsyncOpenAI) 
     reply = await client.chat.completions.create(model="m-1", messages=USER)
     assert reply.choices[0].message.content == "late"
     assert time.monotonic() - started >= 0.05
+
+
+async def test_hold_keeps_requests_in_flight_until_released(
+    fake: FakeUpstream, client: openai.AsyncOpenAI
+) -> None:
+    gate = asyncio.Event()
+    fake.enqueue(Hold(gate, then=Reply("first")), Hold(gate, then=Status(500)))
+    replies = [asyncio.create_task(client.chat.completions.create(model="m-1", messages=USER))
+               for _ in range(2)]
+    await fake.wait_in_flight(2)
+    assert not any(task.done() for task in replies)
+    gate.set()
+    results = await asyncio.gather(*replies, return_exceptions=True)
+    await fake.wait_in_flight(0)
+    first = results[0]
+    assert not isinstance(first, BaseException) and first.choices[0].message.content == "first"
+    assert isinstance(results[1], openai.InternalServerError)
+    assert fake.max_in_flight == 2
 
 
 async def test_stop_is_prompt_while_request_hangs(http: aiohttp.ClientSession) -> None:

@@ -27,9 +27,11 @@ __all__ = [
     "Behaviour",
     "Delay",
     "FakeUpstream",
+    "Flood",
     "Garbage",
     "Hang",
     "Headers",
+    "Hold",
     "RecordedRequest",
     "Reply",
     "Status",
@@ -113,6 +115,18 @@ class Garbage:
             content_type="application/json",
         )
 
+    @classmethod
+    def json(cls, payload: Any) -> Garbage:
+        """Well-formed JSON of any shape, e.g. a completion whose ``usage`` is a list."""
+        return cls(body=json.dumps(payload), content_type="application/json")
+
+    @classmethod
+    def sse(cls, *payloads: Any) -> Garbage:
+        """A well-formed event stream whose events carry ``payloads`` (JSON of any shape),
+        ended by ``[DONE]``: for a streamed request whose chunks have the wrong shape."""
+        events = "".join(f"data: {json.dumps(p)}\n\n" for p in payloads)
+        return cls(body=events + "data: [DONE]\n\n", content_type="text/event-stream")
+
 
 @dataclass(frozen=True)
 class Delay:
@@ -122,7 +136,27 @@ class Delay:
     then: Behaviour | str | None = None
 
 
-Behaviour: TypeAlias = Reply | Status | Hang | StreamBreak | Garbage | Delay
+@dataclass(frozen=True)
+class Flood:
+    """Answer 200 with a body of ``total_bytes`` (chunked, no Content-Length), ``piece``
+    repeated: a reply far larger than any gateway should take. ``FakeUpstream.flood_sent``
+    says how much of it the client read before it hung up."""
+
+    total_bytes: int
+    piece: bytes = b'{"choices": [{"message": {"content": "' + b"x" * 65_536
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True, eq=False)
+class Hold:
+    """Wait until the test sets ``gate`` (or ``stop()``), then perform ``then``: the request
+    stays in flight exactly as long as the test needs, with no timer involved."""
+
+    gate: asyncio.Event
+    then: Behaviour | str | None = None
+
+
+Behaviour: TypeAlias = Reply | Status | Hang | StreamBreak | Garbage | Delay | Hold | Flood
 """Anything ``enqueue()`` accepts (a plain ``str`` is shorthand for ``Reply(str)``)."""
 
 
@@ -291,6 +325,12 @@ class FakeUpstream:
         them; ``previous_response_id`` must name one of these."""
         self._recorded = asyncio.Condition()
         self._stopping = asyncio.Event()
+        self.in_flight = 0
+        """Chat requests being answered now (received, response not finished)."""
+        self.max_in_flight = 0
+        """The most chat requests ever answered at once: what a concurrency limit must bound."""
+        self.flood_sent = 0
+        """Bytes of ``Flood`` bodies written before the client stopped reading."""
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
 
@@ -368,6 +408,28 @@ class FakeUpstream:
         self._title_queue.clear()
         self._chat_count = 0
 
+    async def wait_until(self, condition: Callable[[], bool], timeout: float = 5) -> None:
+        """Wait until ``condition`` holds, checked whenever a request arrives or ends."""
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._recorded:
+                    await self._recorded.wait_for(condition)
+        except TimeoutError:
+            raise TimeoutError(
+                f"FakeUpstream {self.name!r}: condition not met within {timeout}s "
+                f"({len(self.requests)} requests, {self.in_flight} in flight)"
+            ) from None
+
+    async def wait_in_flight(self, n: int, timeout: float = 5) -> None:
+        """Wait until exactly ``n`` chat requests are being answered at once."""
+        await self.wait_until(lambda: self.in_flight == n, timeout)
+
+    async def _count_in_flight(self, change: int) -> None:
+        async with self._recorded:
+            self.in_flight += change
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self._recorded.notify_all()
+
     async def wait_for_requests(self, n: int, timeout: float = 5) -> None:
         """Wait until at least ``n`` requests (of any kind) have been received."""
         try:
@@ -423,6 +485,13 @@ class FakeUpstream:
         )
 
     async def _handle_chat(self, request: web.Request) -> web.StreamResponse:
+        await self._count_in_flight(+1)
+        try:
+            return await self._answer_chat(request)
+        finally:
+            await self._count_in_flight(-1)
+
+    async def _answer_chat(self, request: web.Request) -> web.StreamResponse:
         recorded = await self._record(request)
         if recorded.body is None or not isinstance(recorded.body.get("messages"), list):
             return _json_response(
@@ -441,6 +510,13 @@ class FakeUpstream:
         return await self._perform(request, recorded, behaviour)
 
     async def _handle_responses(self, request: web.Request) -> web.StreamResponse:
+        await self._count_in_flight(+1)
+        try:
+            return await self._answer_responses(request)
+        finally:
+            await self._count_in_flight(-1)
+
+    async def _answer_responses(self, request: web.Request) -> web.StreamResponse:
         """The Responses API: the upstream keeps the conversation, and a follow-up names the
         previous response, which only this server can resolve."""
         recorded = await self._record(request)
@@ -532,6 +608,19 @@ class FakeUpstream:
             return web.Response(
                 status=200, text=behaviour.body, content_type=behaviour.content_type
             )
+        if isinstance(behaviour, Flood):
+            return await self._flood(request, behaviour)
+        if isinstance(behaviour, Hold):
+            waits = [asyncio.ensure_future(behaviour.gate.wait()),
+                     asyncio.ensure_future(self._stopping.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
+            if self._stopping.is_set():
+                return _drop(request)
+            return await self._perform(request, recorded, behaviour.then)
         if isinstance(behaviour, Delay):
             try:
                 await asyncio.wait_for(self._stopping.wait(), behaviour.seconds)
@@ -602,6 +691,18 @@ class FakeUpstream:
         if recorded.include_usage:
             await _send(resp, chunk.usage(self._usage(recorded, reply)))
         await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def _flood(self, request: web.Request, flood: Flood) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200, headers={"Content-Type": flood.content_type})
+        await resp.prepare(request)
+        try:
+            while self.flood_sent < flood.total_bytes and not self._stopping.is_set():
+                await resp.write(flood.piece)
+                self.flood_sent += len(flood.piece)
+        except (ConnectionError, RuntimeError):
+            return resp  # the client hung up: what a size limit should make it do
         await resp.write_eof()
         return resp
 

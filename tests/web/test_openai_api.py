@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from core.gateway import Gateway, build_gateway
-from tests.fakes.upstream import FakeUpstream, Status, StreamBreak
+from tests.fakes.upstream import FakeUpstream, Garbage, Status, StreamBreak
 from web.app import create_app
 
 
@@ -232,6 +232,31 @@ async def test_stream_breaking_mid_way_ends_with_an_error_and_stores_nothing(
     admin = (await gateway.principals.create("admin", "root"))[0]
     conversations, total = await gateway.list_conversations(admin, everyone=True)
     assert total == 0 and conversations == []
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_an_answer_of_the_wrong_shape_is_a_502_and_cools_the_account(
+    sdk: openai.AsyncOpenAI, gateway: Gateway, upstream_a: FakeUpstream, stream: bool,
+) -> None:
+    first = await sdk.chat.completions.with_raw_response.create(model="model-a",
+                                                                messages=USER_HI)
+    pinned = {"X-Conversation-Id": first.headers["x-conversation-id"]}
+    upstream_a.enqueue(
+        Garbage.sse({"id": "c", "choices": [{"index": 0, "delta": {"content": 42}}]})
+        if stream else Garbage.json({"choices": [{"message": {"content": "hi"}}], "usage": [1]})
+    )
+    with pytest.raises(openai.InternalServerError) as failed:
+        await sdk.chat.completions.create(model="model-a", messages=USER_HI, stream=stream,
+                                          extra_headers=pinned)
+    assert failed.value.status_code == 502
+    assert _error(failed.value)["code"] == "upstream_garbage"
+    account = gateway.pool.get("A")
+    assert account is not None and account.health() == "cooling"
+    assert account.cooling_reason == "garbage"
+    # model-a is served by A alone: a new conversation is refused plainly while A cools.
+    with pytest.raises(openai.InternalServerError) as cooling:
+        await sdk.chat.completions.create(model="model-a", messages=USER_HI, stream=stream)
+    assert cooling.value.status_code == 503
 
 
 def _error(exc: openai.APIStatusError) -> dict[str, Any]:

@@ -5,6 +5,10 @@ stored."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from tests.fakes.upstream import FakeUpstream, Garbage, Hang, Reply, Status
 
 from .support import Api, MakeApi, People, assert_error, sse_events, user_key
@@ -168,3 +172,69 @@ async def test_unconfigured_tier_is_503(custom_api: MakeApi, upstream_a: FakeUps
     assert_error(result, 503, "no_healthy_account")
     upstream_a.enqueue(Reply("still fine"))
     assert (await api.chat(admin, "x"))["reply"] == "still fine"
+
+
+COMPLETION: dict[str, Any] = {
+    "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "model-a",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+}
+CHUNK: dict[str, Any] = {
+    "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "model-a",
+    "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}],
+}
+WRONG_ANSWERS = {
+    "usage as a list": Garbage.json({**COMPLETION, "usage": [1, 2]}),
+    "content as a number": Garbage.json(
+        {**COMPLETION, "choices": [{"index": 0, "message": {"content": 42}}]}),
+    "choices as a string": Garbage.json({**COMPLETION, "choices": "hi"}),
+    "a token count as text": Garbage.json({**COMPLETION, "usage": {"prompt_tokens": "many"}}),
+    "the model as an object": Garbage.json({**COMPLETION, "model": {"name": "x"}}),
+    "a list for the whole answer": Garbage.json([COMPLETION]),
+}
+WRONG_STREAMS = {
+    "choices as a string": Garbage.sse({**CHUNK, "choices": "hi"}),
+    "content as a number": Garbage.sse(
+        {**CHUNK, "choices": [{"index": 0, "delta": {"content": 42}}]}),
+    "usage as a list": Garbage.sse({**CHUNK, "usage": [3, 1]}, CHUNK),
+    "a chunk that is a number": Garbage.sse(7),
+    "a delta as a list": Garbage.sse({**CHUNK, "choices": [{"index": 0, "delta": ["hi"]}]}),
+}
+
+
+@pytest.mark.parametrize("shape", list(WRONG_ANSWERS))
+async def test_an_answer_of_the_wrong_shape_is_the_upstreams_failure(
+    api: Api, people: People, upstream_a: FakeUpstream, upstream_b: FakeUpstream, shape: str,
+) -> None:
+    ann = await user_key(api, people)
+    upstream_a.enqueue(WRONG_ANSWERS[shape])
+    body = await api.chat(ann, "hello")
+    assert body["account"] == "B" and body["reply"] == "reply 1 from B"
+    health = await accounts(api, people.admin)
+    assert health["A"]["health"] == "cooling" and health["A"]["cooldown_reason"] == "garbage"
+    # A follow-up must stay on its account: 502, and nothing stored.
+    upstream_b.enqueue(WRONG_ANSWERS[shape])
+    await api.error("/api/chat", {"prompt": "more", "conversation_id": body["conversation_id"]},
+                    key=ann, status=502, code="upstream_garbage")
+    assert await turns(api, ann, body["conversation_id"]) == ["hello"]
+
+
+@pytest.mark.parametrize("shape", list(WRONG_STREAMS))
+async def test_a_stream_of_the_wrong_shape_is_the_upstreams_failure(
+    api: Api, people: People, upstream_a: FakeUpstream, upstream_b: FakeUpstream, shape: str,
+) -> None:
+    ann = await user_key(api, people)
+    upstream_a.enqueue(WRONG_STREAMS[shape])
+    result = await api.call("/api/chat", {"prompt": "hi", "stream": True}, key=ann)
+    assert result.status == 200, result.text
+    done = sse_events(result.text)[-1]
+    assert done[0] == "done" and done[1]["account"] == "B", result.text
+    health = await accounts(api, people.admin)
+    assert health["A"]["cooldown_reason"] == "garbage"
+    upstream_b.enqueue(WRONG_STREAMS[shape])
+    cid = done[1]["conversation_id"]
+    # The bad chunk comes first, so no text has gone out: the error keeps its status.
+    await api.error("/api/chat", {"prompt": "more", "conversation_id": cid, "stream": True},
+                    key=ann, status=502, code="upstream_garbage")
+    assert await turns(api, ann, cid) == ["hi"]
