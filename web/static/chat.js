@@ -1,6 +1,7 @@
 // The chat page: sends a prompt to /chat/stream with fetch and reads the reply as server-sent
-// events from a ReadableStream. The server sends the reply already rendered and sanitised
-// (`html` events); model text is never interpreted here. Without this script the composer
+// events from a ReadableStream. While the reply streams, its new text comes as `delta` events,
+// shown as plain text (a text node: never interpreted as HTML); the reply rendered and sanitised
+// on the server comes once, in `done`, and replaces it. Model text is never interpreted here. Without this script the composer
 // still works as a plain form (the whole reply, then the page).
 "use strict";
 
@@ -121,6 +122,35 @@
     });
   }
 
+  // The reply as it streams, before the rendered one replaces it: its text in paragraphs (at
+  // blank lines, as Markdown makes them, so the reply keeps its height when it is rendered),
+  // each a text node that deltas are appended to. Each delta is handled once: the work, like
+  // the bytes sent, grows with the reply, not with its square.
+  function streamInto(body) {
+    var current = null;
+    var held = "";  // trailing newlines: the start of a blank line, or of a line break
+    function paragraph() {
+      var p = document.createElement("p");
+      p.className = "streaming-text";
+      current = document.createTextNode("");
+      p.append(current);
+      body.append(p);
+    }
+    body.replaceChildren();
+    paragraph();
+    return function (text) {
+      var parts = (held + text).split(/\n{2,}/);
+      var last = parts[parts.length - 1];
+      var kept = last.replace(/\n+$/, "");
+      held = last.slice(kept.length);
+      parts[parts.length - 1] = kept;
+      parts.forEach(function (part, index) {
+        if (index > 0) paragraph();
+        if (part) current.appendData(part);
+      });
+    };
+  }
+
   function newTurn(text) {
     var empty = document.getElementById("empty-chat");
     if (empty) empty.remove();
@@ -215,7 +245,8 @@
     var body = turn.querySelector(".reply-body");
     var link = null;
     var failed = null;
-    var htmlEvents = 0;
+    var deltaEvents = 0;
+    var streamed = null;  // appends a delta to the reply as it streams (streamInto)
     var created = false;
     var before = { url: location.href, title: title.textContent };
     var tier = form.querySelector("label.tier, span.tier:not(#follow-note)");
@@ -240,10 +271,11 @@
         }
         link = addToList(data.conversation_id);
       },
-      html: function (data) {
-        htmlEvents += 1;
-        turn.dataset.htmlEvents = String(htmlEvents);
-        keepingPlace(function () { body.innerHTML = data.html; });
+      delta: function (data) {
+        deltaEvents += 1;
+        turn.dataset.deltaEvents = String(deltaEvents);
+        if (!streamed) streamed = streamInto(body);
+        keepingPlace(function () { streamed(data.text); });
       },
       title: function (data) {
         title.textContent = data.title;
