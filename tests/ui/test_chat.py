@@ -262,6 +262,61 @@ async def test_single_newlines_are_line_breaks(ui: Ui, gateway: Gateway, admin_k
     await expect(ui.turns().first.locator(".reply-body p br")).to_have_count(2)
 
 
+async def test_header_and_list_follow_the_conversation_without_a_reload(
+    ui: Ui, gateway: Gateway, admin_key: str, upstream_a: FakeUpstream,
+) -> None:
+    upstream_a.enqueue_title("Prime numbers")
+    await ui.sign_in(await make_key(gateway, admin_key, "ann"))
+    page = ui.page
+    await expect(page.locator("#chat-info")).to_be_hidden()
+    await expect(page.get_by_text("Remove", exact=True)).to_be_hidden()
+
+    await ui.send("Name three primes")
+    await expect(page.locator("#chat-title")).to_have_text("Prime numbers")
+    await expect(page).to_have_title("Prime numbers · LLM Gateway")
+    await expect(page.locator("#chat-info")).to_have_text("A · model-a")
+    conversation_id = page.url.rsplit("/", 1)[1]
+    item = page.locator(f'#conversation-list a[data-id="{conversation_id}"]')
+    await expect(item.locator(".c-meta")).to_contain_text("1 turn")
+    await ui.send("And the next?")
+    await expect(item.locator(".c-meta")).to_contain_text("2 turns")
+    await expect(page.locator("#conversation-list li")).to_have_count(1)
+
+    # What the page shows now is what a reload shows.
+    live = {name: await page.locator(name).inner_text()
+            for name in ("#chat-title", "#chat-info", "#conversation-list")}
+    await page.reload()
+    for name, text in live.items():
+        await expect(page.locator(name)).to_have_text(text)
+
+    await page.goto("/chat")
+    await ui.send("another one")
+    # Remove, offered at once, removes the conversation the reply opened.
+    await page.get_by_text("Remove", exact=True).click()
+    await page.locator("#confirm-remove").click()
+    await expect(page.locator(".flash-ok")).to_contain_text("Removed")
+    await expect(page.locator("#conversation-list li")).to_have_count(1)
+
+
+async def test_tiers_without_an_account_are_not_offered(
+    ui: Ui, gateway: Gateway, admin_key: str,
+) -> None:
+    admin = await gateway.authenticate(admin_key)
+    await ui.sign_in(await make_key(gateway, admin_key, "plus-member", plus=True))
+    assert await ui.page.locator("#tier option").all_inner_texts() == ["Free", "Plus", "Any"]
+    gateway.set_account_enabled(admin, "P", False)  # the only plus account
+    await ui.page.reload()
+    await expect(ui.page.locator("#tier")).to_have_count(0)
+    await expect(ui.page.locator("#tier-fixed")).to_have_text("Tier: Free")
+    gateway.set_account_enabled(admin, "A", False)
+    gateway.set_account_enabled(admin, "B", False)
+    gateway.set_account_enabled(admin, "P", True)
+    await ui.page.reload()
+    await expect(ui.page.locator("#tier-fixed")).to_have_text("Tier: Plus")
+    turn = await ui.send("only plus is left")
+    await expect(turn.locator(".meta")).to_contain_text("model-plus")
+
+
 async def test_stream_bytes_grow_with_the_reply_not_its_square(
     ui: Ui, gateway: Gateway, admin_key: str, upstream_a: FakeUpstream,
 ) -> None:

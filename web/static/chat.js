@@ -17,6 +17,9 @@
   var list = document.getElementById("conversation-list");
   var noConversations = document.getElementById("no-conversations");
   var title = document.getElementById("chat-title");
+  var info = document.getElementById("chat-info");
+  var removal = document.getElementById("remove-conversation");
+  var removeForm = document.getElementById("remove-form");
   var search = document.getElementById("conversation-search");
   var toggle = document.getElementById("sidebar-toggle");
   var scrim = document.getElementById("scrim");
@@ -63,6 +66,7 @@
       link = document.createElement("a");
       link.href = "/chat/" + encodeURIComponent(conversationId);
       link.dataset.id = conversationId;
+      link.dataset.turns = "0";
       var name = document.createElement("span");
       name.className = "c-title";
       name.textContent = "New conversation";
@@ -77,6 +81,37 @@
     list.prepend(link.parentElement);
     noConversations.hidden = true;
     return link;
+  }
+
+  // The list item of a conversation after a turn: its new time and number of turns, as the
+  // server writes them, so the list is current without a reload.
+  function countTurn(link, when) {
+    var count = Number(link.dataset.turns || 0) + 1;
+    link.dataset.turns = String(count);
+    var meta = link.querySelector(".c-meta");
+    var time = document.createElement("time");
+    time.setAttribute("datetime", when);
+    meta.replaceChildren(time, " · " + count + " turn" + (count === 1 ? "" : "s"));
+    window.Gateway.localTimes(meta);
+  }
+
+  function setTitle(text, link) {
+    if (!text) return;
+    title.textContent = text;
+    document.title = text + " · LLM Gateway";
+    if (link) link.querySelector(".c-title").textContent = text;
+  }
+
+  // The header of the conversation a reply opened: its account and model, and Remove.
+  function showConversation(data) {
+    if (info) {
+      info.textContent = (data.account || "own key") + " · " + data.model;
+      info.hidden = false;
+    }
+    if (removal && removeForm) {
+      removeForm.action = "/chat/" + encodeURIComponent(data.conversation_id) + "/remove";
+      removal.hidden = false;
+    }
   }
 
   // ---------------------------------------------------------------- turns
@@ -248,7 +283,7 @@
     var deltaEvents = 0;
     var streamed = null;  // appends a delta to the reply as it streams (streamInto)
     var created = false;
-    var before = { url: location.href, title: title.textContent };
+    var before = { url: location.href, title: title.textContent, doc: document.title };
     var tier = form.querySelector("label.tier, span.tier:not(#follow-note)");
     var note = document.getElementById("follow-note");
     function lockTier(locked, account) {
@@ -270,6 +305,7 @@
           lockTier(true, data.account);
         }
         link = addToList(data.conversation_id);
+        showConversation(data);
       },
       delta: function (data) {
         deltaEvents += 1;
@@ -277,14 +313,12 @@
         if (!streamed) streamed = streamInto(body);
         keepingPlace(function () { streamed(data.text); });
       },
-      title: function (data) {
-        title.textContent = data.title;
-        document.title = data.title + " · LLM Gateway";
-        if (link) link.querySelector(".c-title").textContent = data.title;
-      },
+      title: function (data) { setTitle(data.title, link); },
       done: function (data) {
         keepingPlace(function () { finish(turn, data); });
-        if (link) link.querySelector(".c-meta").textContent = "just now";
+        // The title may have come only now (a late title gives way to one cut from the prompt).
+        setTitle(data.title, link);
+        if (link) countTurn(link, data.json.message.create_time);
       },
       error: function (data) { failed = data; },
       get failed() { return failed; },
@@ -295,6 +329,9 @@
         conversationInput.value = "";
         history.replaceState(null, "", before.url);
         title.textContent = before.title;
+        document.title = before.doc;
+        if (info) info.hidden = true;
+        if (removal) removal.hidden = true;
         lockTier(false);
       },
     };

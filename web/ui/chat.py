@@ -47,9 +47,17 @@ class TurnView:
     json: str
 
 
-def tiers_for(principal: Principal) -> list[tuple[str, str]]:
-    allowed = ("false", "true", "any") if principal.plus or principal.is_admin else ("false",)
-    return [(value, TIERS[value]) for value in allowed]
+def tiers_for(principal: Principal, gateway: Gateway) -> list[tuple[str, str]]:
+    """The tiers a new conversation may ask for: those the principal may use that have an
+    account in service (*Any* only when both do; with one tier it would be that tier again).
+    With none, *Free*, whose answer then says why nothing can serve."""
+    serving = {account.tier for account in gateway.pool if account.health() != "out"}
+    may_plus = principal.plus or principal.is_admin
+    allowed = [value for value, tier in (("false", "free"), ("true", "plus"))
+               if tier in serving and (tier == "free" or may_plus)]
+    if len(allowed) == 2:
+        allowed.append("any")
+    return [(value, TIERS[value]) for value in allowed or ["false"]]
 
 
 def render_reply(text: str) -> str:
@@ -99,15 +107,19 @@ async def chat_page(request: web.Request, conversation_id: str | None, *,
     gateway = request.app[GATEWAY]
     search = request.query.get("q", "").strip()[:200]
     user_ref = request.query.get("user", "").strip()[:MAX_ID_CHARS] or None
-    conversations, total = await gateway.list_conversations(viewer, limit=LIST_LIMIT)
-    if search:
-        conversations = [c for c in conversations if search.casefold() in c.title.casefold()]
     current, views, owner = None, [], viewer
     if conversation_id:
         current, turns, owner = await _open(gateway, viewer, conversation_id, user_ref)
         views = turn_views(current, turns, owner)
+    audit = owner.id != viewer.id
+    if audit and user_ref is None:
+        user_ref = str(owner.id)  # an admin names members by id (admin.member_ref)
+    # An audit lists the member's conversations, not the viewer's own: the page is theirs.
+    conversations, total = await gateway.list_conversations(owner, limit=LIST_LIMIT)
+    if search:
+        conversations = [c for c in conversations if search.casefold() in c.title.casefold()]
     return await render(request, "chat.html", {
-        "section": "chat",
+        "section": "admin" if audit else "chat",
         "conversations": conversations,
         "total": total,
         "list_limit": LIST_LIMIT,
@@ -115,9 +127,9 @@ async def chat_page(request: web.Request, conversation_id: str | None, *,
         "current": current,
         "turns": views,
         "owner": owner,
-        "audit": owner.id != viewer.id,
-        "user_ref": user_ref if owner.id != viewer.id else None,
-        "tiers": tiers_for(viewer),
+        "audit": audit,
+        "user_ref": user_ref if audit else None,
+        "tiers": tiers_for(viewer, gateway),
         "prompt": prompt if prompt is not None else request.query.get("prompt", ""),
         "error": error,
     }, status=status)
