@@ -190,6 +190,20 @@ async def test_admin_opens_a_members_conversation(ui: Ui, gateway: Gateway,
     await expect(page.locator(".mainnav [aria-current=page]")).to_have_text("Chat")
 
 
+async def test_admin_row_actions_stay_on_one_line(ui: Ui, gateway: Gateway,
+                                                  admin_key: str) -> None:
+    await make_key(gateway, admin_key, "Bea Example With A Long Name", userid="s-1234567")
+    await ui.sign_in(admin_key, start="/login?next=/admin/users", lands="/admin/users")
+    row = ui.page.locator("tr", has_text="Bea Example")
+    tops = await row.locator(".row-actions").evaluate(
+        "cell => Array.from(cell.querySelectorAll('.btn'))"
+        ".filter(b => !b.closest('.confirm-panel'))"  # those open only on a click
+        ".map(b => Math.round(b.getBoundingClientRect().top))")
+    assert len(tops) >= 4 and len(set(tops)) == 1, tops
+    width = await ui.page.evaluate("document.documentElement.scrollWidth")
+    assert width <= await ui.page.evaluate("window.innerWidth")
+
+
 async def test_accounts_show_health_and_can_be_taken_out(
     ui: Ui, gateway: Gateway, admin_key: str, upstream_a: FakeUpstream,
 ) -> None:
