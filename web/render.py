@@ -4,11 +4,17 @@ the output is sanitised again by nh3 (ammonia), so no script, handler or remote 
 With ``highlight=True`` (the web UI) fenced code blocks that name a language are coloured by
 Pygments on the server: the parser's highlight hook returns only ``<span class="hl-…">`` around
 text that Pygments escaped, and the same sanitiser still runs over the result. The colours live
-in ``web/static/highlight.css`` (classes prefixed ``hl-``, see ``highlight_css``)."""
+in ``web/static/highlight.css`` (classes prefixed ``hl-``, see ``highlight_css``).
+
+With ``breaks=True`` (the web UI) a single newline is a line break, as the model meant it, rather
+than CommonMark's soft break that joins lines into one paragraph: models write lists, addresses
+and short poems one line each without blank lines between, and joined they read as a wall of
+text. Everything else stays Markdown."""
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import nh3
 from markdown_it import MarkdownIt
@@ -35,10 +41,15 @@ def _highlight(code: str, lang: str, _attrs: str) -> str:
     return str(pygments_highlight(code, lexer, _formatter))
 
 
-_markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
-_highlighting = MarkdownIt(
-    "commonmark", {"html": False, "linkify": False, "highlight": _highlight}
-).enable("table")
+def _parser(*, highlight: bool, breaks: bool) -> MarkdownIt:
+    options: dict[str, Any] = {"html": False, "linkify": False, "breaks": breaks}
+    if highlight:
+        options["highlight"] = _highlight
+    return MarkdownIt("commonmark", options).enable("table")
+
+
+_PARSERS = {(highlight, breaks): _parser(highlight=highlight, breaks=breaks)
+            for highlight in (False, True) for breaks in (False, True)}
 
 _ALLOWED_TAGS = {
     "p", "br", "hr", "strong", "em", "code", "pre", "blockquote", "ul", "ol", "li", "a",
@@ -54,10 +65,11 @@ _HIGHLIGHT_ATTRIBUTES = {"a": {"href", "title"}, "code": {"class"}, "span": {"cl
 _ALIGN = re.compile(r' style="text-align:(left|right|center)"')
 
 
-def markdown_to_safe_html(text: str, *, highlight: bool = False) -> str:
+def markdown_to_safe_html(text: str, *, highlight: bool = False, breaks: bool = False) -> str:
+    source = _PARSERS[highlight, breaks].render(text)
     if highlight:
         return nh3.clean(
-            _ALIGN.sub(r' class="align-\1"', _highlighting.render(text)),
+            _ALIGN.sub(r' class="align-\1"', source),
             tags=_HIGHLIGHT_TAGS,
             attributes=_HIGHLIGHT_ATTRIBUTES,
             url_schemes={"http", "https", "mailto"},
@@ -65,9 +77,8 @@ def markdown_to_safe_html(text: str, *, highlight: bool = False) -> str:
             # A link in a reply opens beside the chat rather than replacing it.
             set_tag_attribute_values={"a": {"target": "_blank"}},
         )
-    html = _markdown.render(text)
     return nh3.clean(
-        html,
+        source,
         tags=_ALLOWED_TAGS,
         attributes=_ALLOWED_ATTRIBUTES,
         url_schemes={"http", "https", "mailto"},

@@ -145,22 +145,63 @@ async def test_client_manages_only_its_own_users(ui: Ui, gateway: Gateway,
 
 
 async def test_admin_opens_a_members_conversation(ui: Ui, gateway: Gateway,
-                                                  admin_key: str) -> None:
+                                                  admin_key: str, upstream_a: FakeUpstream,
+                                                  upstream_b: FakeUpstream) -> None:
     ann_key = await make_key(gateway, admin_key, "ann")
     ann = await gateway.authenticate(ann_key)
-    await gateway.chat(ann, ChatRequest(prompt="my essay question"))
+    admin = await gateway.authenticate(admin_key)
+    # Round robin: A, B, then A again.
+    for who, fake, title in ((ann, upstream_a, "Essay question"),
+                             (ann, upstream_b, "Second thoughts"),
+                             (admin, upstream_a, "The admin's own")):
+        fake.enqueue_title(title)
+        await gateway.chat(who, ChatRequest(prompt=title.lower()))
     page = ui.page
     await ui.sign_in(admin_key, start="/login?next=/admin/users", lands="/admin/users")
     await page.locator("tr", has_text="ann").get_by_role("link", name="Conversations").click()
     await expect(page.locator("h2")).to_contain_text("ann's conversations")
-    await page.get_by_role("link", name=re.compile("Fake Title")).click()
+    await page.get_by_role("link", name=re.compile("Essay question")).click()
 
     await expect(page.locator(".banner")).to_contain_text("ann's conversation")
     await expect(ui.turns()).to_have_count(1)
-    await expect(ui.turns().first.locator(".bubble")).to_have_text("my essay question")
+    await expect(ui.turns().first.locator(".bubble")).to_have_text("essay question")
     await expect(page.locator("#composer")).to_have_count(0)  # audit is read-only
-    # The admin's own list stays the admin's own.
-    await expect(page.locator("#conversation-list li")).to_have_count(0)
+    await expect(page.get_by_text("Remove", exact=True)).to_have_count(0)
+    # The page is ann's: her conversations beside it, each opening as an audit too; and it
+    # is an admin page, not the admin's own chat.
+    titles = page.locator("#conversation-list .c-title")
+    await expect(titles).to_have_text(["Second thoughts", "Essay question"])
+    await expect(page.locator(".mainnav [aria-current=page]")).to_have_text("Admin")
+    await expect(page.locator("#new-chat")).to_have_count(0)
+    await page.locator("#conversation-list a", has_text="Second thoughts").click()
+    await expect(page.locator(".banner")).to_contain_text("ann's conversation")
+    await expect(ui.turns().first.locator(".bubble")).to_have_text("second thoughts")
+    await page.locator("#audit-back").click()
+    await expect(page.locator("h2")).to_contain_text("ann's conversations")
+
+    # Opened by its address alone (no ?user=), an audit looks the same.
+    conversation_id = (await gateway.list_conversations(ann))[0][0].id
+    await page.goto(f"/chat/{conversation_id}")
+    await expect(titles).to_have_text(["Second thoughts", "Essay question"])
+    await expect(page.get_by_text("Remove", exact=True)).to_have_count(0)
+    # And the admin's own chat is still the admin's own.
+    await page.goto("/chat")
+    await expect(titles).to_have_text(["The admin's own"])
+    await expect(page.locator(".mainnav [aria-current=page]")).to_have_text("Chat")
+
+
+async def test_admin_row_actions_stay_on_one_line(ui: Ui, gateway: Gateway,
+                                                  admin_key: str) -> None:
+    await make_key(gateway, admin_key, "Bea Example With A Long Name", userid="s-1234567")
+    await ui.sign_in(admin_key, start="/login?next=/admin/users", lands="/admin/users")
+    row = ui.page.locator("tr", has_text="Bea Example")
+    tops = await row.locator(".row-actions").evaluate(
+        "cell => Array.from(cell.querySelectorAll('.btn'))"
+        ".filter(b => !b.closest('.confirm-panel'))"  # those open only on a click
+        ".map(b => Math.round(b.getBoundingClientRect().top))")
+    assert len(tops) >= 4 and len(set(tops)) == 1, tops
+    width = await ui.page.evaluate("document.documentElement.scrollWidth")
+    assert width <= await ui.page.evaluate("window.innerWidth")
 
 
 async def test_accounts_show_health_and_can_be_taken_out(

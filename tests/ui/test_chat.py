@@ -66,7 +66,7 @@ async def test_new_conversation_streams_then_follow_up(
     # Code is highlighted on the server: coloured spans inside the code block.
     await expect(body.locator("pre code.language-python span.hl-k").first).to_have_text("def")
     await expect(body.locator("td.align-right")).to_have_text("2")
-    assert int(await first.get_attribute("data-html-events") or 0) >= 1  # it streamed
+    assert int(await first.get_attribute("data-delta-events") or 0) >= 1  # it streamed
     await expect(page.locator("#chat-title")).to_have_text("Prime numbers")
     await expect(page).to_have_url(re.compile(r"/chat/[0-9a-f-]{36}$"))
     conversation_id = page.url.rsplit("/", 1)[1]
@@ -231,7 +231,7 @@ async def test_reply_grows_in_place_while_streaming(ui: Ui, gateway: Gateway, ad
     layout = await page.evaluate("window.__layout")
     growing = [entry for entry in layout if entry["height"] > 0]
     assert len(growing) >= 3, layout  # several renders reached the page before the end
-    assert {entry["top"] for entry in growing} == {growing[0]["top"]}
+    assert {entry["top"] for entry in growing} == {growing[0]["top"]}, layout
     assert {entry["body"] for entry in growing} == {growing[0]["body"]}
     assert {entry["meta"] for entry in growing} == {growing[0]["meta"]}
     heights = [entry["height"] for entry in growing]
@@ -240,3 +240,105 @@ async def test_reply_grows_in_place_while_streaming(ui: Ui, gateway: Gateway, ad
         "(() => { const m = document.getElementById('messages');"
         " return m.scrollHeight - m.scrollTop - m.clientHeight; })()")
     assert at_end < 2
+
+
+async def test_single_newlines_are_line_breaks(ui: Ui, gateway: Gateway, admin_key: str,
+                                              upstream_a: FakeUpstream) -> None:
+    """A model writes lines one under the other without blank lines between: they stay lines,
+    not one run-on paragraph, and the rest is still Markdown."""
+    upstream_a.enqueue("Shopping:\neggs\n**milk**\n\n- one\n- two")
+    await ui.sign_in(await make_key(gateway, admin_key, "ann"))
+    turn = await ui.send("what do I buy?")
+    body = turn.locator(".reply-body")
+    await expect(body.locator("p").first).to_have_text("Shopping:\neggs\nmilk")
+    await expect(body.locator("p").first.locator("br")).to_have_count(2)
+    await expect(body.locator("p strong")).to_have_text("milk")
+    await expect(body.locator("ul li")).to_have_count(2)
+    lines = await body.locator("p").first.evaluate(
+        "p => Math.round(p.getBoundingClientRect().height / "
+        "parseFloat(getComputedStyle(p).lineHeight))")
+    assert lines == 3
+    await ui.page.reload()  # the stored reply is rendered the same way
+    await expect(ui.turns().first.locator(".reply-body p br")).to_have_count(2)
+
+
+async def test_header_and_list_follow_the_conversation_without_a_reload(
+    ui: Ui, gateway: Gateway, admin_key: str, upstream_a: FakeUpstream,
+) -> None:
+    upstream_a.enqueue_title("Prime numbers")
+    await ui.sign_in(await make_key(gateway, admin_key, "ann"))
+    page = ui.page
+    await expect(page.locator("#chat-info")).to_be_hidden()
+    await expect(page.get_by_text("Remove", exact=True)).to_be_hidden()
+
+    await ui.send("Name three primes")
+    await expect(page.locator("#chat-title")).to_have_text("Prime numbers")
+    await expect(page).to_have_title("Prime numbers · LLM Gateway")
+    await expect(page.locator("#chat-info")).to_have_text("A · model-a")
+    conversation_id = page.url.rsplit("/", 1)[1]
+    item = page.locator(f'#conversation-list a[data-id="{conversation_id}"]')
+    await expect(item.locator(".c-meta")).to_contain_text("1 turn")
+    await ui.send("And the next?")
+    await expect(item.locator(".c-meta")).to_contain_text("2 turns")
+    await expect(page.locator("#conversation-list li")).to_have_count(1)
+
+    # What the page shows now is what a reload shows.
+    live = {name: await page.locator(name).inner_text()
+            for name in ("#chat-title", "#chat-info", "#conversation-list")}
+    await page.reload()
+    for name, text in live.items():
+        await expect(page.locator(name)).to_have_text(text)
+
+    await page.goto("/chat")
+    await ui.send("another one")
+    # Remove, offered at once, removes the conversation the reply opened.
+    await page.get_by_text("Remove", exact=True).click()
+    await page.locator("#confirm-remove").click()
+    await expect(page.locator(".flash-ok")).to_contain_text("Removed")
+    await expect(page.locator("#conversation-list li")).to_have_count(1)
+
+
+async def test_tiers_without_an_account_are_not_offered(
+    ui: Ui, gateway: Gateway, admin_key: str,
+) -> None:
+    admin = await gateway.authenticate(admin_key)
+    await ui.sign_in(await make_key(gateway, admin_key, "plus-member", plus=True))
+    assert await ui.page.locator("#tier option").all_inner_texts() == ["Free", "Plus", "Any"]
+    gateway.set_account_enabled(admin, "P", False)  # the only plus account
+    await ui.page.reload()
+    await expect(ui.page.locator("#tier")).to_have_count(0)
+    await expect(ui.page.locator("#tier-fixed")).to_have_text("Tier: Free")
+    gateway.set_account_enabled(admin, "A", False)
+    gateway.set_account_enabled(admin, "B", False)
+    gateway.set_account_enabled(admin, "P", True)
+    await ui.page.reload()
+    await expect(ui.page.locator("#tier-fixed")).to_have_text("Tier: Plus")
+    turn = await ui.send("only plus is left")
+    await expect(turn.locator(".meta")).to_contain_text("model-plus")
+
+
+async def test_stream_bytes_grow_with_the_reply_not_its_square(
+    ui: Ui, gateway: Gateway, admin_key: str, upstream_a: FakeUpstream,
+) -> None:
+    """The stream sends each piece of text once, and the rendered reply once at the end (D8:
+    it used to re-send the whole rendered reply with every chunk)."""
+    pieces = 60
+    text = " ".join(f"{n:04d}" + "x" * 3995 for n in range(pieces))  # 240 kB in 60 chunks
+    upstream_a.enqueue(Reply(text, chunk_delay=0.06))
+    await ui.sign_in(await make_key(gateway, admin_key, "ann"))
+    await ui.chat_ready()
+    sent = await ui.page.evaluate("""async (prompt) => {
+        const form = document.getElementById('composer');
+        const fields = new URLSearchParams(new FormData(form));
+        fields.set('prompt', prompt);
+        const response = await fetch('/chat/stream', {method: 'POST', body: fields,
+            headers: {'X-CSRF-Token': fields.get('csrf_token'), 'Accept': 'text/event-stream'}});
+        const body = await response.text();
+        return {bytes: new TextEncoder().encode(body).length,
+                deltas: (body.match(/^event: delta$/gm) || []).length,
+                done: (body.match(/^event: done$/gm) || []).length};
+    }""", "a long one")
+    assert sent["done"] == 1 and sent["deltas"] >= pieces // 2, sent
+    # The text once in deltas; the done event has it rendered, and twice in the JSON (reply,
+    # message.content.parts) as the API gives it: about 4 times the text, whatever its length.
+    assert sent["bytes"] < 5 * len(text), (sent, len(text))

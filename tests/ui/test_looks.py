@@ -121,3 +121,20 @@ async def test_pages_fit_and_follow_the_colour_scheme(
     await camera.check("admin-users", full_page=True)
     await page.goto("/admin/accounts")
     await camera.check("admin-accounts", full_page=True)
+
+
+async def test_the_phone_top_bar_names_who_is_signed_in(
+    open_context: OpenContext, gateway: Gateway, admin_key: str,
+) -> None:
+    key = await make_key(gateway, admin_key, "Ann Example", plus=True)
+    page = await (await open_context(**PHONE)).new_page()
+    await page.goto("/login")
+    await page.fill("#key", key)
+    await page.get_by_role("button", name="Sign in").click()
+    who = page.locator(".topbar .who-name")
+    await expect(who).to_be_visible()
+    await expect(who).to_contain_text("Ann")
+    await expect(who).to_be_in_viewport(ratio=1)
+    await expect(page.get_by_role("button", name="Sign out")).to_be_in_viewport(ratio=1)
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= await page.evaluate("window.innerWidth")

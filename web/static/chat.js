@@ -1,6 +1,7 @@
 // The chat page: sends a prompt to /chat/stream with fetch and reads the reply as server-sent
-// events from a ReadableStream. The server sends the reply already rendered and sanitised
-// (`html` events); model text is never interpreted here. Without this script the composer
+// events from a ReadableStream. While the reply streams, its new text comes as `delta` events,
+// shown as plain text (a text node: never interpreted as HTML); the reply rendered and sanitised
+// on the server comes once, in `done`, and replaces it. Model text is never interpreted here. Without this script the composer
 // still works as a plain form (the whole reply, then the page).
 "use strict";
 
@@ -16,6 +17,9 @@
   var list = document.getElementById("conversation-list");
   var noConversations = document.getElementById("no-conversations");
   var title = document.getElementById("chat-title");
+  var info = document.getElementById("chat-info");
+  var removal = document.getElementById("remove-conversation");
+  var removeForm = document.getElementById("remove-form");
   var search = document.getElementById("conversation-search");
   var toggle = document.getElementById("sidebar-toggle");
   var scrim = document.getElementById("scrim");
@@ -62,6 +66,7 @@
       link = document.createElement("a");
       link.href = "/chat/" + encodeURIComponent(conversationId);
       link.dataset.id = conversationId;
+      link.dataset.turns = "0";
       var name = document.createElement("span");
       name.className = "c-title";
       name.textContent = "New conversation";
@@ -76,6 +81,37 @@
     list.prepend(link.parentElement);
     noConversations.hidden = true;
     return link;
+  }
+
+  // The list item of a conversation after a turn: its new time and number of turns, as the
+  // server writes them, so the list is current without a reload.
+  function countTurn(link, when) {
+    var count = Number(link.dataset.turns || 0) + 1;
+    link.dataset.turns = String(count);
+    var meta = link.querySelector(".c-meta");
+    var time = document.createElement("time");
+    time.setAttribute("datetime", when);
+    meta.replaceChildren(time, " · " + count + " turn" + (count === 1 ? "" : "s"));
+    window.Gateway.localTimes(meta);
+  }
+
+  function setTitle(text, link) {
+    if (!text) return;
+    title.textContent = text;
+    document.title = text + " · LLM Gateway";
+    if (link) link.querySelector(".c-title").textContent = text;
+  }
+
+  // The header of the conversation a reply opened: its account and model, and Remove.
+  function showConversation(data) {
+    if (info) {
+      info.textContent = (data.account || "own key") + " · " + data.model;
+      info.hidden = false;
+    }
+    if (removal && removeForm) {
+      removeForm.action = "/chat/" + encodeURIComponent(data.conversation_id) + "/remove";
+      removal.hidden = false;
+    }
   }
 
   // ---------------------------------------------------------------- turns
@@ -119,6 +155,35 @@
       });
       pre.append(button);
     });
+  }
+
+  // The reply as it streams, before the rendered one replaces it: its text in paragraphs (at
+  // blank lines, as Markdown makes them, so the reply keeps its height when it is rendered),
+  // each a text node that deltas are appended to. Each delta is handled once: the work, like
+  // the bytes sent, grows with the reply, not with its square.
+  function streamInto(body) {
+    var current = null;
+    var held = "";  // trailing newlines: the start of a blank line, or of a line break
+    function paragraph() {
+      var p = document.createElement("p");
+      p.className = "streaming-text";
+      current = document.createTextNode("");
+      p.append(current);
+      body.append(p);
+    }
+    body.replaceChildren();
+    paragraph();
+    return function (text) {
+      var parts = (held + text).split(/\n{2,}/);
+      var last = parts[parts.length - 1];
+      var kept = last.replace(/\n+$/, "");
+      held = last.slice(kept.length);
+      parts[parts.length - 1] = kept;
+      parts.forEach(function (part, index) {
+        if (index > 0) paragraph();
+        if (part) current.appendData(part);
+      });
+    };
   }
 
   function newTurn(text) {
@@ -215,9 +280,10 @@
     var body = turn.querySelector(".reply-body");
     var link = null;
     var failed = null;
-    var htmlEvents = 0;
+    var deltaEvents = 0;
+    var streamed = null;  // appends a delta to the reply as it streams (streamInto)
     var created = false;
-    var before = { url: location.href, title: title.textContent };
+    var before = { url: location.href, title: title.textContent, doc: document.title };
     var tier = form.querySelector("label.tier, span.tier:not(#follow-note)");
     var note = document.getElementById("follow-note");
     function lockTier(locked, account) {
@@ -239,20 +305,20 @@
           lockTier(true, data.account);
         }
         link = addToList(data.conversation_id);
+        showConversation(data);
       },
-      html: function (data) {
-        htmlEvents += 1;
-        turn.dataset.htmlEvents = String(htmlEvents);
-        keepingPlace(function () { body.innerHTML = data.html; });
+      delta: function (data) {
+        deltaEvents += 1;
+        turn.dataset.deltaEvents = String(deltaEvents);
+        if (!streamed) streamed = streamInto(body);
+        keepingPlace(function () { streamed(data.text); });
       },
-      title: function (data) {
-        title.textContent = data.title;
-        document.title = data.title + " · LLM Gateway";
-        if (link) link.querySelector(".c-title").textContent = data.title;
-      },
+      title: function (data) { setTitle(data.title, link); },
       done: function (data) {
         keepingPlace(function () { finish(turn, data); });
-        if (link) link.querySelector(".c-meta").textContent = "just now";
+        // The title may have come only now (a late title gives way to one cut from the prompt).
+        setTitle(data.title, link);
+        if (link) countTurn(link, data.json.message.create_time);
       },
       error: function (data) { failed = data; },
       get failed() { return failed; },
@@ -263,6 +329,9 @@
         conversationInput.value = "";
         history.replaceState(null, "", before.url);
         title.textContent = before.title;
+        document.title = before.doc;
+        if (info) info.hidden = true;
+        if (removal) removal.hidden = true;
         lockTier(false);
       },
     };

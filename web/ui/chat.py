@@ -1,9 +1,11 @@
 """The chat pages: the conversation list, one conversation, a prompt sent (streamed to chat.js as
 server-sent events, or as a plain form post when JavaScript is off) and removal.
 
-Model text is only ever turned into HTML here, on the server, by ``markdown_to_safe_html``: while
-a reply streams, the text so far is re-rendered and sent as an ``html`` event at most every
-``HTML_EVERY_S``, so the browser never interprets model output itself.
+Model text is only ever turned into HTML here, on the server, by ``markdown_to_safe_html``. While
+a reply streams, only its new text is sent (``delta`` events, which chat.js shows as plain text,
+never as HTML); the rendered reply is sent once, in ``done``. So the bytes sent grow with the
+reply (4 times its text, the JSON view's two copies included), where re-sending the whole
+rendered reply with every chunk grew with its square (47 MB to the browser for a 1 MB reply).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -37,8 +38,6 @@ log = logging.getLogger(__name__)
 
 LIST_LIMIT = 200
 """Conversations listed beside the chat (the most recent ones)."""
-HTML_EVERY_S = 0.05
-"""How often, at most, a growing reply is re-rendered and sent while it streams."""
 TIERS = {"false": "Free", "true": "Plus", "any": "Any"}
 
 
@@ -49,13 +48,21 @@ class TurnView:
     json: str
 
 
-def tiers_for(principal: Principal) -> list[tuple[str, str]]:
-    allowed = ("false", "true", "any") if principal.plus or principal.is_admin else ("false",)
-    return [(value, TIERS[value]) for value in allowed]
+def tiers_for(principal: Principal, gateway: Gateway) -> list[tuple[str, str]]:
+    """The tiers a new conversation may ask for: those the principal may use that have an
+    account in service (*Any* only when both do; with one tier it would be that tier again).
+    With none, *Free*, whose answer then says why nothing can serve."""
+    serving = {account.tier for account in gateway.pool if account.health() != "out"}
+    may_plus = principal.plus or principal.is_admin
+    allowed = [value for value, tier in (("false", "free"), ("true", "plus"))
+               if tier in serving and (tier == "free" or may_plus)]
+    if len(allowed) == 2:
+        allowed.append("any")
+    return [(value, TIERS[value]) for value in allowed or ["false"]]
 
 
 def render_reply(text: str) -> str:
-    return markdown_to_safe_html(text, highlight=True)
+    return markdown_to_safe_html(text, highlight=True, breaks=True)
 
 
 def reply_json(result: ChatResult, owner: Principal) -> dict[str, Any]:
@@ -101,15 +108,19 @@ async def chat_page(request: web.Request, conversation_id: str | None, *,
     gateway = request.app[GATEWAY]
     search = request.query.get("q", "").strip()[:200]
     user_ref = request.query.get("user", "").strip()[:MAX_ID_CHARS] or None
-    conversations, total = await gateway.list_conversations(viewer, limit=LIST_LIMIT)
-    if search:
-        conversations = [c for c in conversations if search.casefold() in c.title.casefold()]
     current, views, owner = None, [], viewer
     if conversation_id:
         current, turns, owner = await _open(gateway, viewer, conversation_id, user_ref)
         views = turn_views(current, turns, owner)
+    audit = owner.id != viewer.id
+    if audit and user_ref is None:
+        user_ref = str(owner.id)  # an admin names members by id (admin.member_ref)
+    # An audit lists the member's conversations, not the viewer's own: the page is theirs.
+    conversations, total = await gateway.list_conversations(owner, limit=LIST_LIMIT)
+    if search:
+        conversations = [c for c in conversations if search.casefold() in c.title.casefold()]
     return await render(request, "chat.html", {
-        "section": "chat",
+        "section": "admin" if audit else "chat",
         "conversations": conversations,
         "total": total,
         "list_limit": LIST_LIMIT,
@@ -117,9 +128,9 @@ async def chat_page(request: web.Request, conversation_id: str | None, *,
         "current": current,
         "turns": views,
         "owner": owner,
-        "audit": owner.id != viewer.id,
-        "user_ref": user_ref if owner.id != viewer.id else None,
-        "tiers": tiers_for(viewer),
+        "audit": audit,
+        "user_ref": user_ref if audit else None,
+        "tiers": tiers_for(viewer, gateway),
         "prompt": prompt if prompt is not None else request.query.get("prompt", ""),
         "error": error,
     }, status=status)
@@ -173,28 +184,13 @@ async def send_form(request: web.Request) -> web.StreamResponse:
     raise see_other(f"/chat/{quote(result.conversation.id)}")
 
 
-class _Stream(EventStream):
-    """The turn as server-sent events for chat.js: ``start``, ``html`` (the reply so far,
-    rendered on the server, at most every HTML_EVERY_S), ``title``, then ``done`` or
-    ``error``."""
-
-    def __init__(self, request: web.Request) -> None:
-        super().__init__(request, SECURITY_HEADERS)
-        self.text = ""
-        self.rendered_at = 0.0
-
-    async def on_text(self, text: str) -> None:
-        self.text += text
-        if time.monotonic() - self.rendered_at >= HTML_EVERY_S:
-            self.rendered_at = time.monotonic()
-            await self.send("html", {"html": render_reply(self.text)})
-
-
 @page(json_errors=True)
 async def stream(request: web.Request) -> web.StreamResponse:
     viewer = signed_in(request).principal
     chat_req = await _request(request, viewer)
-    listener = _Stream(request)
+    # The turn as server-sent events for chat.js: ``start``, ``delta`` (new text), ``title``,
+    # then ``done`` (with the rendered reply) or ``error``.
+    listener = EventStream(request, SECURITY_HEADERS)
     result = await listener.run(request.app[GATEWAY].chat(viewer, chat_req, listener))
     if result is not None:
         await listener.send("done", {
