@@ -1,13 +1,12 @@
-"""Seed a gateway database fast, with plain sqlite3 (not through HTTP): principals, conversations,
-turns and their usage rows, in big ``executemany`` transactions.
+"""Seed a gateway database fast (not through HTTP): principals, conversations, turns and their
+usage rows, loaded by the storage package's bulk loader in big transactions.
 
     python -m bench.seed --db PATH [--users 10000] [--conversations 100000] [--turns 1000000]
                          [--keys-out FILE]
 
-The schema is the gateway's own: on a new file the migrations of ``core.migrations`` are applied
-exactly as ``core.store.Store`` applies them (and recorded in ``_migrations``), and keys are
-hashed with ``core.keys``. Besides the background rows, it always adds one *probe* user (with a
-known key) owning ``--probe-conversations`` conversations of ``--probe-turns`` turns each, so a
+The schema is the gateway's own (``core.storage.bulk`` opens the file as the gateway would,
+applying its migrations), and keys are hashed with ``core.keys``. Besides the background
+rows, it always adds one *probe* user (with a known key) owning ``--probe-conversations`` conversations of ``--probe-turns`` turns each, so a
 seeded and an empty database can be compared on identical recall requests. ``--keys-out`` gets
 a JSON file with the probe's key and conversation ids.
 """
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 import time
 import uuid
@@ -24,10 +22,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from core.migrations import MIGRATIONS
-
 from core.clock import iso
 from core.keys import hash_key, new_key, shown_prefix
+from core.storage.bulk import SqliteBulkLoader
 
 BATCH_CONVERSATIONS = 10_000
 CLIENTS = 10
@@ -46,50 +43,11 @@ _REPLIES = [
 ]
 
 
-def apply_migrations(conn: sqlite3.Connection) -> None:
-    """The gateway's schema, applied as ``Store._migrate`` does; a no-op when already there."""
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS _migrations ("
-        " id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, applied_utc TEXT NOT NULL)"
-    )
-    applied = {row[0] for row in conn.execute("SELECT name FROM _migrations")}
-    for number, (name, sql) in enumerate(MIGRATIONS, start=1):
-        if name in applied:
-            continue
-        conn.execute("BEGIN IMMEDIATE")
-        for statement in (s.strip() for s in sql.split(";")):
-            if statement:
-                conn.execute(statement)
-        conn.execute("INSERT INTO _migrations (id, name, applied_utc) VALUES (?, ?, ?)",
-                     (number, name, iso(datetime.now(UTC))))
-        conn.execute("COMMIT")
-
-
 def _principal_row(role: str, name: str, client_id: int | None, external_id: str | None,
                    created: str) -> tuple[tuple[Any, ...], str]:
     key = new_key()
     return (role, name, client_id, external_id, 0, hash_key(key), shown_prefix(key),
             created), key
-
-
-_PRINCIPAL_INSERT = (
-    "INSERT INTO principals (role, name, client_id, external_id, plus, key_hash, key_prefix,"
-    " created_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_CONVERSATION_INSERT = (
-    "INSERT INTO conversations (id, owner_id, title, mode, account, model, client_id,"
-    " external_ref, turn_count, created_utc, updated_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_TURN_INSERT = (
-    "INSERT INTO turns (id, conversation_id, parent_id, position, prompt, reply, model,"
-    " upstream_id, prompt_utc, reply_utc, duration_ms, input_tokens, output_tokens)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_USAGE_INSERT = (
-    "INSERT INTO usage (principal_id, client_id, conversation_id, account, model, endpoint,"
-    " outcome, created_utc, duration_ms, input_tokens, output_tokens)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
 
 
 def _conversation_rows(owner: tuple[int, int | None], number: int, turns: int,
@@ -123,33 +81,19 @@ def _conversation_rows(owner: tuple[int, int | None], number: int, turns: int,
 def seed(db: Path, *, users: int, conversations: int, turns: int, probe_conversations: int,
          probe_turns: int, usage: bool = True, log: bool = True) -> dict[str, Any]:
     started = time.perf_counter()
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    apply_migrations(conn)
-    conn.execute("PRAGMA synchronous = OFF")
-    conn.execute("PRAGMA cache_size = -524288")  # 512 MiB while seeding only
-    conn.execute("PRAGMA temp_store = MEMORY")
+    loader = SqliteBulkLoader(db)
     now = datetime.now(UTC)
     year_ago = now - timedelta(days=365)
 
-    conn.execute("BEGIN IMMEDIATE")
-    client_ids: list[int] = []
-    for c in range(CLIENTS if users else 1):
-        row, _ = _principal_row("client", f"seed-client-{c}", None, None, iso(year_ago))
-        client_ids.append(int(conn.execute(_PRINCIPAL_INSERT, row).lastrowid or 0))
-    first_user = int(conn.execute("SELECT coalesce(max(id), 0) + 1 FROM principals")
-                     .fetchone()[0])
-    rows = []
-    for u in range(users):
-        client = client_ids[u % len(client_ids)]
-        row, _ = _principal_row("user", f"seed user {u}", client, f"seed-{u}", iso(year_ago))
-        rows.append(row)
-    conn.executemany(_PRINCIPAL_INSERT, rows)
+    client_rows = [_principal_row("client", f"seed-client-{c}", None, None, iso(year_ago))[0]
+                   for c in range(CLIENTS if users else 1)]
+    client_ids = loader.add_principals(client_rows)
+    user_rows = [_principal_row("user", f"seed user {u}", client_ids[u % len(client_ids)],
+                                f"seed-{u}", iso(year_ago))[0] for u in range(users)]
     probe_row, probe_key = _principal_row("user", "bench probe", client_ids[0], "bench-probe",
                                           iso(year_ago))
-    probe_id = int(conn.execute(_PRINCIPAL_INSERT, probe_row).lastrowid or 0)
-    conn.execute("COMMIT")
-    owners = [(first_user + u, client_ids[u % len(client_ids)]) for u in range(users)]
+    *user_ids, probe_id = loader.add_principals([*user_rows, probe_row])
+    owners = [(user_ids[u], client_ids[u % len(client_ids)]) for u in range(users)]
 
     per_conversation = max(1, turns // conversations) if conversations else 0
     span = timedelta(days=360) / max(1, conversations)
@@ -162,12 +106,7 @@ def seed(db: Path, *, users: int, conversations: int, turns: int, probe_conversa
         for n in range(done, done + batch):
             _conversation_rows(owners[n % len(owners)], n, per_conversation, year_ago + span * n,
                                conv_rows, turn_rows, usage_rows)
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(_CONVERSATION_INSERT, conv_rows)
-        conn.executemany(_TURN_INSERT, turn_rows)
-        if usage:
-            conn.executemany(_USAGE_INSERT, usage_rows)
-        conn.execute("COMMIT")
+        loader.add_conversations(conv_rows, turn_rows, usage_rows if usage else ())
         done += batch
         if log:
             print(f"seed: {done:,} conversations, {done * per_conversation:,} turns, "
@@ -180,16 +119,9 @@ def seed(db: Path, *, users: int, conversations: int, turns: int, probe_conversa
                            usage_rows)
         for p in range(probe_conversations)
     ]
-    conn.execute("BEGIN IMMEDIATE")
-    conn.executemany(_CONVERSATION_INSERT, conv_rows)
-    conn.executemany(_TURN_INSERT, turn_rows)
-    if usage:
-        conn.executemany(_USAGE_INSERT, usage_rows)
-    conn.execute("COMMIT")
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    counts = {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-              for table in ("principals", "conversations", "turns", "usage")}
-    conn.close()
+    loader.add_conversations(conv_rows, turn_rows, usage_rows if usage else ())
+    counts = loader.counts()
+    loader.close()
     size = sum(p.stat().st_size for p in db.parent.glob(db.name + "*"))
     return {"probe_key": probe_key, "probe_id": probe_id, "probe_conversations": probe_ids,
             "counts": counts, "seconds": time.perf_counter() - started, "bytes": size}
