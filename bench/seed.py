@@ -6,9 +6,10 @@ usage rows, loaded by the storage package's bulk loader in big transactions.
 
 The schema is the gateway's own (``core.storage.bulk`` opens the file as the gateway would,
 applying its migrations), and keys are hashed with ``core.keys``. Besides the background
-rows, it always adds one *probe* user (with a known key) owning ``--probe-conversations`` conversations of ``--probe-turns`` turns each, so a
-seeded and an empty database can be compared on identical recall requests. ``--keys-out`` gets
-a JSON file with the probe's key and conversation ids.
+rows, it always adds one *probe* user (with a known key) owning ``--probe-conversations``
+conversations of ``--probe-turns`` turns each, so a seeded and an empty database can be
+compared on identical recall requests. ``--keys-out`` gets a JSON file with the probe's key
+and conversation ids.
 """
 
 from __future__ import annotations

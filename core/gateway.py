@@ -67,7 +67,7 @@ class Gateway:
         self.secrets = secrets or Secrets()
         self._http_sessions = http_sessions
         self._authenticated: dict[bytes, tuple[int, float, Principal]] = {}
-        self.web_sessions = WebSessions(storage.sessions, self._usable)
+        self.web_sessions = WebSessions(storage.sessions, self.usable)
 
     async def open(self) -> None:
         await self.storage.open()
@@ -170,7 +170,7 @@ class Gateway:
                                     code="key_disabled")
         return None
 
-    async def _usable(self, principal_id: int) -> Principal | None:
+    async def usable(self, principal_id: int) -> Principal | None:
         """The principal, if its key would still authenticate (for web sessions)."""
         principal = await self.principals.get(principal_id)
         if principal is None or await self._refusal(principal) is not None:

@@ -7,7 +7,7 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 
 from core.gateway import Gateway
-from web.ui.sessions import IDLE_TIMEOUT, MAX_AGE, Flash, SessionStore
+from core.web_sessions import IDLE_TIMEOUT, MAX_AGE, Flash, WebSessions
 
 from .support import LOOP, make_key
 
@@ -25,7 +25,7 @@ class Clock:
 async def test_session_lives_while_used_and_ends_when_idle_or_old(gateway: Gateway,
                                                                    admin_key: str) -> None:
     clock = Clock()
-    store = SessionStore(gateway, clock=clock)
+    store = WebSessions(gateway.storage.sessions, gateway.usable, clock=clock)
     key = await make_key(gateway, admin_key, "ann")
     session_id = await store.create(await gateway.authenticate(key), key)
     row = await gateway.storage.db.fetchone("SELECT id_hash FROM web_sessions")
@@ -50,7 +50,7 @@ async def test_session_lives_while_used_and_ends_when_idle_or_old(gateway: Gatew
 
 
 async def test_session_ends_with_its_key(gateway: Gateway, admin_key: str) -> None:
-    store = SessionStore(gateway)
+    store = gateway.web_sessions
     admin = await gateway.authenticate(admin_key)
     client_key = await make_key(gateway, admin_key, "bot", role="client")
     client = await gateway.authenticate(client_key)
@@ -81,7 +81,7 @@ async def test_session_ends_with_its_key(gateway: Gateway, admin_key: str) -> No
 
 
 async def test_flash_is_shown_once(gateway: Gateway, admin_key: str) -> None:
-    store = SessionStore(gateway)
+    store = gateway.web_sessions
     session_id = await store.create(await gateway.authenticate(admin_key), admin_key)
     session = await store.load(session_id)
     assert session is not None and session.flash is None
