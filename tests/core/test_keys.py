@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 
@@ -130,3 +131,36 @@ async def test_bootstrap_admin_only_on_an_empty_database(gw: Gateway) -> None:
     assert key is not None
     assert (await gw.authenticate(key)).is_admin
     assert await gw.bootstrap_admin() is None
+
+
+@pytest.mark.parametrize("change", ["rotate", "disable", "remove"])
+async def test_a_change_racing_a_check_of_the_key_is_never_cached_as_current(
+    gw: Gateway, admin: Principal, change: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """D1: a request whose key check is under way while the key is rotated, disabled or
+    removed may finish as it started, but nothing it read may be remembered: every request
+    that starts after the change has returned is refused (it was accepted for up to 60 s)."""
+    _, key = await gw.add_user(admin, userid="ann", username="Ann")
+    reading, go_on = asyncio.Event(), asyncio.Event()
+    real_by_key = gw.principals.by_key
+
+    async def slow_by_key(candidate: str) -> Principal | None:
+        found = await real_by_key(candidate)  # read before the change ...
+        reading.set()
+        await go_on.wait()  # ... and finished after it
+        return found
+
+    monkeypatch.setattr(gw.principals, "by_key", slow_by_key)
+    racing = asyncio.create_task(gw.authenticate(key))
+    await reading.wait()
+    if change == "rotate":
+        await gw.rotate_key(admin, "ann")
+    elif change == "disable":
+        await gw.update_user(admin, "ann", disabled=True)
+    else:
+        await gw.remove_user(admin, "ann")
+    go_on.set()
+    await racing  # started before the change: it may pass
+    monkeypatch.setattr(gw.principals, "by_key", real_by_key)
+    with pytest.raises(Unauthorized):
+        await gw.authenticate(key)
