@@ -1,0 +1,87 @@
+"""The records of one chat turn: what was asked (``ChatRequest``), what a streaming front hears
+(``ChatListener``, ``StartInfo``), what comes back (``ChatResult``), and the turn while it is
+being answered (``Attempt``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from .clock import utc_now
+from .models import Conversation, PlusChoice, Principal, Turn
+from .upstream import Message
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    prompt: str | None
+    conversation_id: str | None = None
+    plus: PlusChoice = "false"
+    access_token: str | None = field(default=None, repr=False)
+    user_plus: bool = False
+    external_ref: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    """Extra Chat Completions fields passed upstream as given (temperature, max_tokens, ...)."""
+    endpoint: str = "api"
+    model: str | None = None
+    """Ask for this model: only accounts serving it are picked (the /v1 API's ``model``)."""
+    messages: list[Message] | None = None
+    """The caller's own message list, sent instead of the stored history (the /v1 API, where
+    the client owns the context). ``prompt`` is then what is stored as the turn's prompt."""
+    generate_title: bool = True
+    """False: the title is cut from the prompt, with no extra upstream call."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartInfo:
+    conversation_id: str
+    message_id: str
+    parent_id: str | None
+    model: str
+    account: str | None
+    is_new: bool
+
+
+class ChatListener(Protocol):
+    """Receives a streamed turn as it happens."""
+
+    async def started(self, info: StartInfo) -> None: ...
+    async def delta(self, text: str) -> None: ...
+    async def title(self, title: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    conversation: Conversation
+    turn: Turn
+    previous: Turn | None
+    is_new: bool
+    prompt_time: datetime
+    elapsed_s: float
+    finish_reason: str = "stop"
+    """As the upstream said: "stop", or "length" when max_tokens cut the reply."""
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One turn while it is answered: who asked what, where it will be stored, since when."""
+
+    principal: Principal
+    request: ChatRequest
+    prompt: str
+    conversation_id: str
+    message_id: str
+    is_new: bool
+    parent_id: str | None = None
+    prompt_time: datetime = field(default_factory=utc_now)
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.started
+
+    def start_info(self, model: str, account: str | None) -> StartInfo:
+        return StartInfo(self.conversation_id, self.message_id, self.parent_id, model,
+                         account, self.is_new)
