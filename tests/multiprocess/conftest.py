@@ -170,6 +170,8 @@ class Gateways:
     url: str = ""
     """The database they share."""
     users: dict[str, str] = field(default_factory=dict)
+    extra: list[Proc] = field(default_factory=list)
+    """Processes started beside the cluster (stopped at teardown too)."""
 
     def __getitem__(self, number: int) -> Proc:
         return self.procs[number]
@@ -201,6 +203,21 @@ class Gateways:
         self.users[userid] = key
         return key
 
+    def another(self, *, env: Mapping[str, str | None]) -> Proc:
+        """One more process (not started) with the first one's config on a port of its own,
+        and ``env`` changed (a None value unsets a variable)."""
+        first = self.procs[0]
+        number = len(self.procs) + len(self.extra)
+        port = free_port()
+        config = first.config.with_name(f"gateway{number}.toml")
+        config.write_text(first.config.read_text(encoding="utf-8").replace(
+            f"port = {first.port}\n", f"port = {port}\n", 1), encoding="utf-8")
+        environ = changed(first.env, env)
+        proc = Proc(number, port, config, first.stdout.with_name(f"gateway{number}.out"),
+                    first.stderr.with_name(f"gateway{number}.err"), environ)
+        self.extra.append(proc)
+        return proc
+
     async def accounts(self, proc: Proc) -> dict[str, dict[str, Any]]:
         body = await self.ok(proc, "/api/admin/accounts", key=self.admin)
         return {item["name"]: item for item in body["accounts"]}
@@ -220,6 +237,16 @@ async def within(deadline_s: float, check: Callable[[], Awaitable[bool]], what: 
         await asyncio.sleep(0.02)
 
 
+def changed(environ: Mapping[str, str], changes: Mapping[str, str | None]) -> dict[str, str]:
+    out = dict(environ)
+    for name, value in changes.items():
+        if value is None:
+            out.pop(name, None)
+        else:
+            out[name] = value
+    return out
+
+
 StartGateways = Callable[..., Awaitable[Gateways]]
 
 
@@ -237,12 +264,7 @@ async def start_gateways(pg_cluster: PgCluster, tmp_path: Path) -> AsyncIterator
         urls.append(url)
         environ = {k: v for k, v in os.environ.items()
                    if not k.startswith(("DISCORD", "KEY_", "GATEWAY_"))}
-        environ |= ENVIRON
-        for name, value in (env or {}).items():
-            if value is None:
-                environ.pop(name, None)
-            else:
-                environ[name] = value
+        environ = changed(environ | ENVIRON, env or {})
         procs = []
         for number in range(count):
             port = free_port()
@@ -268,9 +290,10 @@ async def start_gateways(pg_cluster: PgCluster, tmp_path: Path) -> AsyncIterator
         yield start
     finally:
         for gateways in started:
-            statuses = await asyncio.gather(*(proc.stop() for proc in gateways.procs))
+            procs = gateways.procs + gateways.extra
+            statuses = await asyncio.gather(*(proc.stop() for proc in procs))
             await gateways.http.close()
-            for proc, status in zip(gateways.procs, statuses, strict=True):
+            for proc, status in zip(procs, statuses, strict=True):
                 print(f"----- gateway {proc.number} (port {proc.port}, exit {status}) stderr")
                 print(proc.log()[-20000:])
         for url in urls:
