@@ -291,8 +291,9 @@ async def start_gateways(pg_cluster: PgCluster, tmp_path: Path) -> AsyncIterator
     finally:
         for gateways in started:
             procs = gateways.procs + gateways.extra
-            statuses = await asyncio.gather(*(proc.stop() for proc in procs))
+            # Our keep-alive connections closed first: a server waits for them on SIGTERM.
             await gateways.http.close()
+            statuses = await asyncio.gather(*(proc.stop() for proc in procs))
             for proc, status in zip(procs, statuses, strict=True):
                 print(f"----- gateway {proc.number} (port {proc.port}, exit {status}) stderr")
                 print(proc.log()[-20000:])

@@ -43,24 +43,33 @@ async def test_account_health_is_shared_and_survives_a_restart(
         assert [accounts[n]["health"] for n in "ABC"] == ["healthy", "healthy", "out"]
         assert "KEY_C" in accounts["C"]["out_reason"]
 
-    # A 429 with Retry-After on A, met by gateway 0 (its first new conversation goes to A):
+    # A conversation on A, started through gateway 0 (a new process's first pick is A).
+    pinned = await gw.ok(p0, "/api/chat", {"prompt": "on A"}, key=key)
+    assert pinned["account"] == "A"
+
+    # A 429 with Retry-After on A, met by gateway 1 (its first new conversation goes to A):
     # the request moves on to B, and A cools down for everyone.
     upstream_a.enqueue(Status(429, headers={"Retry-After": str(RETRY_AFTER_S)}))
-    reply = await gw.ok(p0, "/api/chat", {"prompt": "first"}, key=key)
+    reply = await gw.ok(p1, "/api/chat", {"prompt": "first"}, key=key)
     changed = time.monotonic()
     assert reply["account"] == "B"
-    assert len(upstream_a.chat_requests(titles=False)) == 1
-    took = await health_everywhere(gw, [p1, p2], "A", "cooling", started=changed)
+    assert len(upstream_a.chat_requests(titles=False)) == 2
+    took = await health_everywhere(gw, [p0, p2], "A", "cooling", started=changed)
     print(f"cool-down seen by the others in {took:.3f} s")
-    for proc in (p1, p2):
+    for proc in (p0, p2):
         cooling = (await gw.accounts(proc))["A"]
         assert RETRY_AFTER_S - 30 < cooling["cooldown_s"] <= RETRY_AFTER_S
         assert cooling["cooldown_reason"]
-    # The others send new conversations to B, none to A.
-    for proc in (p1, p2, p1, p2):
+    # The others send new conversations to B, none to A; A's conversation waits, saying why.
+    for proc in (p0, p2, p0, p2):
         reply = await gw.ok(proc, "/api/chat", {"prompt": f"via {proc.number}"}, key=key)
         assert reply["account"] == "B"
-    assert len(upstream_a.chat_requests(titles=False)) == 1
+    waiting = await gw.call(p2, "/api/chat", {"prompt": "go on",
+                                              "conversation_id": pinned["conversation_id"]},
+                            key=key)
+    assert (waiting.status, waiting.body["code"]) == (503, "account_cooling")
+    assert RETRY_AFTER_S - 30 < int(waiting.headers["Retry-After"]) <= RETRY_AFTER_S
+    assert len(upstream_a.chat_requests(titles=False)) == 2
 
     # An admin's enable through gateway 1 ends the cool-down everywhere.
     await gw.ok(p1, "/api/admin/accounts", {"action": "enable", "name": "A"}, key=gw.admin)

@@ -49,6 +49,10 @@ class Load:
     killed: asyncio.Event = field(default_factory=asyncio.Event)
     enough: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once ``KILL_AFTER`` answers are in."""
+    follow_ups_at_victim: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Follow-ups in flight to the victim: prompt -> (key, conversation id)."""
+    orphaned: list[tuple[str, str]] = field(default_factory=list)
+    """(key, conversation id) of the follow-ups that died with the victim."""
 
     def live(self) -> list[Proc]:
         # A load balancer's job: once a process is down, nothing more is sent to it.
@@ -68,17 +72,22 @@ async def client(load: Load, number: int, key: str, rng: random.Random) -> None:
             params["conversation_id"] = rng.choice(conversations)
         to_victim = proc is load.victim
         load.to_victim += to_victim
+        if to_victim and "conversation_id" in params:
+            load.follow_ups_at_victim[prompt] = (key, params["conversation_id"])
         try:
             reply = await load.gw.call(proc, "/api/chat", params, key=key)
         except (aiohttp.ClientError, OSError) as exc:
             if to_victim and load.killed.is_set():
                 load.died += 1
+                if prompt in load.follow_ups_at_victim:
+                    load.orphaned.append(load.follow_ups_at_victim[prompt])
                 continue
             load.refused.append(f"gateway {proc.number}: {exc!r}")
             continue
         if reply.status != 200:
             load.refused.append(f"gateway {proc.number}: {reply.status} {reply.text}")
             continue
+        load.follow_ups_at_victim.pop(prompt, None)
         body = reply.body
         load.acks.append(Ack(key, body["conversation_id"], body["message"]["id"], prompt,
                              body["reply"]))
@@ -90,19 +99,15 @@ async def client(load: Load, number: int, key: str, rng: random.Random) -> None:
 
 async def killer(load: Load) -> None:
     await load.enough.wait()
-    # Then as soon as it is in the middle of a turn (an upstream call in flight).
+    # Then as soon as it holds a conversation's lock: the upstream has received one of its
+    # follow-ups and is taking its time to answer.
     for _ in range(2000):
-        if await in_flight(load.gw, load.victim):
+        if any(prompt in load.given for prompt in load.follow_ups_at_victim):
             break
         await asyncio.sleep(0.005)
     # Set first: the clients' requests to it fail as soon as the signal lands.
     load.killed.set()
     await load.victim.kill()
-
-
-async def in_flight(gw: Gateways, proc: Proc) -> bool:
-    """Whether the process is answering a chat now (its accounts' requests in flight)."""
-    return any(a["in_flight"] for a in (await gw.accounts(proc)).values())
 
 
 async def test_kill_9_under_load_loses_no_acknowledged_reply(
@@ -129,6 +134,16 @@ async def test_kill_9_under_load_loses_no_acknowledged_reply(
     # 200 (before and after the kill), and so was every one to it before the kill.
     assert load.refused == []
     assert len(load.acks) + load.died == REQUESTS
+
+    # The conversations whose follow-ups died with their process go on through the others:
+    # the dead process's lock on them went with its connections.
+    assert load.orphaned, "no follow-up was in flight at the kill"
+    for number, (key, conversation_id) in enumerate(load.orphaned):
+        prompt = f"after the kill {number}"
+        body = await gw.ok(gw[number % 2], "/api/chat",
+                           {"prompt": prompt, "conversation_id": conversation_id}, key=key)
+        load.acks.append(Ack(key, conversation_id, body["message"]["id"], prompt,
+                             body["reply"]))
 
     # Every acknowledged reply is stored, as the upstream gave it, and is recalled through
     # a surviving process.
@@ -163,6 +178,7 @@ async def test_kill_9_under_load_loses_no_acknowledged_reply(
     unacknowledged = len(stored) - len(load.acks)
     assert 0 <= unacknowledged <= load.died
     print(f"requests sent {load.sent}, to the killed process {load.to_victim}; acknowledged "
-          f"{len(load.acks)}; failed because their process died {load.died}; stored "
+          f"{len(load.acks) - len(load.orphaned)} (+{len(load.orphaned)} follow-ups after the "
+          f"kill); failed because their process died {load.died}; stored "
           f"{len(stored)} turns in {len(conversations)} conversations "
           f"({unacknowledged} stored but never acknowledged)")
