@@ -1,10 +1,12 @@
-"""Two follow-ups to one conversation, sent at once through two different processes: both
-are stored, in order, the later one sent upstream with the earlier one in its history, one
+"""Follow-ups to one conversation sent at once through different processes (two, then three):
+all are stored, in order, each sent upstream with the ones before it in its history, one
 upstream call each, and never a 500."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from typing import Any
 
@@ -21,7 +23,7 @@ def answer_slowly(messages: list[dict[str, Any]]) -> Delay:
     return Delay(UPSTREAM_DELAY_S, Reply(f"answer to <{prompt}>"))
 
 
-async def test_follow_ups_at_once_through_two_processes_both_land_in_order(
+async def test_follow_ups_at_once_through_several_processes_all_land_in_order(
         start_gateways: StartGateways, upstream_a: FakeUpstream) -> None:
     gw = await start_gateways([account("A", upstream_a, "KEY_A")])
     key = await gw.add_user("ann")
@@ -79,3 +81,35 @@ async def test_follow_ups_at_once_through_two_processes_both_land_in_order(
             (1, earlier["api_prompt"], earlier["reply"]),
             (2, later["api_prompt"], later["reply"]),
         ]
+
+    # Then three at once, one through each process, one of them streamed: all three land,
+    # each sent upstream once with exactly the stored turns before it.
+    def streamed_body(text: str) -> dict[str, Any]:
+        done = re.search(r"event: done\ndata: (.*)\n", text)
+        assert done is not None, text
+        return dict(json.loads(done[1]))
+
+    async def streamed(proc_number: int, prompt: str) -> dict[str, Any]:
+        reply = await gw.call(gw[proc_number], "/api/chat", {
+            "prompt": prompt, "conversation_id": conversation, "stream": True}, key=key)
+        assert reply.status == 200, reply.text
+        return streamed_body(reply.text)
+
+    async def plain(proc_number: int, prompt: str) -> dict[str, Any]:
+        reply = await follow_up(proc_number, prompt)
+        assert reply.status == 200, reply.text
+        return dict(reply.body)
+
+    bodies = await asyncio.gather(streamed(0, "streamed via 0"), plain(1, "round 2 via 1"),
+                                  plain(2, "round 2 via 2"))
+    recalled = await gw.ok(gw[0], "/api/recall", {"conversation_id": conversation}, key=key)
+    turns = recalled["messages"]
+    assert [t["position"] for t in turns] == list(range(6))
+    assert [t["parent_id"] for t in turns] == [None] + [t["id"] for t in turns[:-1]]
+    assert {t["id"] for t in turns[3:]} == {body["message"]["id"] for body in bodies}
+    calls = upstream_a.chat_requests(titles=False)
+    assert len(calls) == 6
+    for position, turn in enumerate(turns):
+        (call,) = [c for c in calls if message_text(c.messages[-1]) == turn["prompt"]]
+        history = [text for t in turns[:position] for text in (t["prompt"], t["reply"])]
+        assert [message_text(m) for m in call.messages] == [*history, turn["prompt"]]

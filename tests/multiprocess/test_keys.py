@@ -4,8 +4,11 @@ process works on every process, and ends on all of them when its key is rotated.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import time
+from collections.abc import AsyncIterator
 
 import aiohttp
 
@@ -40,6 +43,30 @@ async def refused_by(gw: Gateways, procs: list[Proc], key: str, *, started: floa
     return await within(REFUSED_WITHIN_S, all_refuse, what, started=started)
 
 
+@contextlib.asynccontextmanager
+async def hammering(gw: Gateways, procs: list[Proc], key: str) -> AsyncIterator[None]:
+    """Requests with ``key`` to ``procs`` all along, so that their caches are being filled
+    while the key changes (a check that began before the change must not outlive it)."""
+    stop = asyncio.Event()
+
+    async def hammer(proc: Proc) -> None:
+        while not stop.is_set():
+            await accepted(gw, proc, key)
+
+    tasks = [asyncio.create_task(hammer(proc)) for proc in procs for _ in range(2)]
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+async def stays_refused(gw: Gateways, key: str) -> None:
+    for _ in range(5):
+        for proc in gw.procs:
+            assert not await accepted(gw, proc, key), f"accepted again by gateway {proc.number}"
+
+
 async def test_a_changed_key_or_session_is_refused_by_every_process_within_a_second(
         start_gateways: StartGateways, upstream_a: FakeUpstream) -> None:
     gw = await start_gateways([account("A", upstream_a, "KEY_A")])
@@ -48,29 +75,35 @@ async def test_a_changed_key_or_session_is_refused_by_every_process_within_a_sec
     # Rotated by its owner through gateway 0.
     old = await gw.add_user("ann")
     await warm(gw, old)
-    body = await gw.ok(p0, "/api/rotate-key", key=old)
-    took = await refused_by(gw, [p1, p2], old, started=time.monotonic(),
-                            what="the rotated key refused by gateways 1 and 2")
+    async with hammering(gw, [p1, p2], old):
+        body = await gw.ok(p0, "/api/rotate-key", key=old)
+        took = await refused_by(gw, [p1, p2], old, started=time.monotonic(),
+                                what="the rotated key refused by gateways 1 and 2")
     print(f"rotation seen by the others in {took:.3f} s")
+    await stays_refused(gw, old)
     new = body["api_key"]
     for proc in gw.procs:
         assert await accepted(gw, proc, new)
 
     # Disabled by the admin through gateway 1.
     await warm(gw, new)
-    await gw.ok(p1, "/api/client/update-user", {"userid": "ann", "disabled": True},
-                key=gw.admin)
-    await refused_by(gw, [p0, p2], new, started=time.monotonic(),
-                     what="the disabled key refused by gateways 0 and 2")
+    async with hammering(gw, [p0, p2], new):
+        await gw.ok(p1, "/api/client/update-user", {"userid": "ann", "disabled": True},
+                    key=gw.admin)
+        await refused_by(gw, [p0, p2], new, started=time.monotonic(),
+                         what="the disabled key refused by gateways 0 and 2")
+    await stays_refused(gw, new)
     reply = await gw.call(p2, "/api/chat", {"prompt": "hello"}, key=new)
     assert (reply.status, reply.body["code"]) == (401, "key_disabled")
 
     # Removed by the admin through gateway 2.
     bob = await gw.add_user("bob")
     await warm(gw, bob)
-    await gw.ok(p2, "/api/client/remove-user", {"userid": "bob"}, key=gw.admin)
-    await refused_by(gw, [p0, p1], bob, started=time.monotonic(),
-                     what="the removed key refused by gateways 0 and 1")
+    async with hammering(gw, [p0, p1], bob):
+        await gw.ok(p2, "/api/client/remove-user", {"userid": "bob"}, key=gw.admin)
+        await refused_by(gw, [p0, p1], bob, started=time.monotonic(),
+                         what="the removed key refused by gateways 0 and 1")
+    await stays_refused(gw, bob)
     assert upstream_a.chat_requests() == []
 
     # (One test with the key changes above: three processes take a while to start.)
