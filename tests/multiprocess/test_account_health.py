@@ -9,7 +9,7 @@ import time
 
 from tests.fakes.upstream import FakeUpstream, Status
 
-from .conftest import Gateways, Proc, StartGateways, account, within
+from .conftest import ADMIN_LINE, Gateways, Proc, StartGateways, account, within
 
 SEEN_WITHIN_S = 1.0
 RETRY_AFTER_S = 120
@@ -104,6 +104,8 @@ async def test_account_health_is_shared_and_survives_a_restart(
     assert await p1.stop() == 0
     await p1.start()
     await p1.wait_ready(gw.http)
+    # (It found its admin there too: no second first-start key.)
+    assert sum(len(ADMIN_LINE.findall(p.stdout.read_text())) for p in gw.procs) == 1
     accounts = await gw.accounts(p1)
     assert accounts["A"]["health"] == "cooling"
     assert RETRY_AFTER_S - 60 < accounts["A"]["cooldown_s"] <= RETRY_AFTER_S

@@ -127,7 +127,7 @@ async def test_kill_9_under_load_loses_no_acknowledged_reply(
     load = Load(gw, gw[2], given)
     rng = random.Random(9)
     await asyncio.wait_for(asyncio.gather(
-        killer(load), *(client(load, n, key, rng) for n, key in enumerate(keys))), 120)
+        killer(load), *(client(load, n, key, rng) for n, key in enumerate(keys))), 90)
 
     assert load.killed.is_set()
     # The two others kept answering: every request that did not go to the dead process was a
