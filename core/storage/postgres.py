@@ -103,6 +103,7 @@ class PostgresDatabase:
         self._pool: asyncpg.Pool | None = None
         self._lock_pool: asyncpg.Pool | None = None
         self._local_locks = KeyedLocks()
+        self._delivering = KeyedLocks()
         self._listeners: dict[str, list[ChangeListener]] = {}
         self._listening: asyncpg.Connection | None = None
         self._listen_task: asyncio.Task[None] | None = None
@@ -243,6 +244,13 @@ class PostgresDatabase:
         task.add_done_callback(self._tasks.discard)
 
     async def _deliver(self, channel: str, payload: str) -> None:
+        # One change at a time per channel, in the order heard: a listener that reads the
+        # state it was told of (the account pool does) must not apply an older read after a
+        # newer one, which would leave this process on a stale state until the next change.
+        async with self._delivering[channel]:
+            await self._deliver_now(channel, payload)
+
+    async def _deliver_now(self, channel: str, payload: str) -> None:
         for listener in self._listeners.get(channel, ()):
             try:
                 outcome = listener(payload)
