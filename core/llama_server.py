@@ -1,0 +1,38 @@
+"""llama-cpp-python's OpenAI-compatible server, with llama.cpp's weight repacking turned off.
+
+Run as ``python core/llama_server.py ARGS`` (the arguments of ``python -m llama_cpp.server``) by
+``core.local_model``. On a CPU with AMX inside a virtual machine that does not give it the AMX
+state (this project's machines: Firecracker), llama.cpp repacks the weights for AMX and the
+process dies with SIGSEGV at the first token: the local model answered nothing at all. The
+server has no option for it, so the default model parameters are wrapped to say
+``use_extra_bufts = False`` (llama.cpp's ``--no-repack``). For a 270M model the repacked kernels
+bring nothing worth a crash.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import llama_cpp
+import llama_cpp.llama
+
+_default_model_params = llama_cpp.llama_model_default_params
+
+
+def _without_repacking() -> Any:
+    params = _default_model_params()
+    params.use_extra_bufts = False
+    return params
+
+
+def main() -> None:
+    # llama_cpp.llama reads the function through its module at each model load (pinned 0.3.x).
+    llama_cpp.llama_model_default_params = _without_repacking
+    llama_cpp.llama.llama_cpp.llama_model_default_params = _without_repacking
+    from llama_cpp.server.__main__ import main as serve
+
+    serve()
+
+
+if __name__ == "__main__":
+    main()
