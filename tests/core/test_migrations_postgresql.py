@@ -175,7 +175,7 @@ async def test_an_unreachable_server_stops_the_start_with_a_message(tmp_path: Pa
     process = await asyncio.create_subprocess_exec(
         sys.executable, "bot.py", "--config", str(config), cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(process.communicate(), 60)
+    _, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 2
     text = err.decode()
     assert "error: cannot connect to postgresql://gateway@127.0.0.1" in text
