@@ -390,6 +390,14 @@ class Gateway:
         choice: PlusChoice = "any" if actor.plus or actor.is_admin else "false"
         return [(model, account.name) for model, account in self.pool.models_for(choice)]
 
+    def tiers_in_service(self) -> set[str]:
+        """The tiers that have at least one account not out of service."""
+        return {account.tier for account in self.pool if account.health() != "out"}
+
+    @property
+    def access_token_configured(self) -> bool:
+        return self.password_grant.configured
+
     async def health(self) -> dict[str, Any]:
         """What a load balancer's health check needs; raises ``StorageUnavailable`` when the
         database does not answer."""

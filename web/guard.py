@@ -70,7 +70,7 @@ async def authenticate(request: web.Request, key: str | None) -> Principal:
 async def exchange_access_token(request: web.Request, email: str,
                                 password: str) -> AccessToken:
     gateway = request.config_dict[GATEWAY]
-    if not (gateway.password_grant.configured and email and password):
+    if not (gateway.access_token_configured and email and password):
         # Refused without asking the identity provider (not configured, nothing to send).
         return await gateway.access_token(email, password)
     guard = request.config_dict[GUARD]

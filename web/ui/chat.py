@@ -52,7 +52,7 @@ def tiers_for(principal: Principal, gateway: Gateway) -> list[tuple[str, str]]:
     """The tiers a new conversation may ask for: those the principal may use that have an
     account in service (*Any* only when both do; with one tier it would be that tier again).
     With none, *Free*, whose answer then says why nothing can serve."""
-    serving = {account.tier for account in gateway.pool if account.health() != "out"}
+    serving = gateway.tiers_in_service()
     may_plus = principal.plus or principal.is_admin
     allowed = [value for value, tier in (("false", "free"), ("true", "plus"))
                if tier in serving and (tier == "free" or may_plus)]
