@@ -19,7 +19,7 @@ import aiohttp_socks
 import python_socks
 from aiohttp_socks import ProxyConnector
 
-from . import responses_api
+from . import completions_api, responses_api
 from .clock import utc_now
 from .wire import (
     COOLING_KINDS,
@@ -138,17 +138,23 @@ async def complete(
 ) -> Completion:
     """One chat completion. With ``on_delta`` the upstream streams and each text piece is passed
     on as it arrives; without it, one JSON answer is awaited. Accounts with ``api="responses"``
-    speak the Responses API instead, continuing ``previous_response_id`` when given."""
+    speak the Responses API instead, continuing ``previous_response_id`` when given; those
+    with ``api="completions"`` the plain Completions API, the messages written as a transcript
+    (``purpose="title"`` asks for a title's transcript)."""
     started = time.perf_counter()
     stream = on_delta is not None
     responses = target.api == "responses"
     options = options or {}
     if target.max_tokens and not {"max_tokens", "max_completion_tokens"} & options.keys():
         options = {**options, "max_tokens": target.max_tokens}
+    completions = target.api == "completions"
     if responses:
         url = f"{target.base_url}/responses"
         body = responses_api.request_body(target, messages, stream, options or {},
                                           previous_response_id)
+    elif completions:
+        url = f"{target.base_url}/completions"
+        body = completions_api.request_body(target, messages, stream, options, purpose)
     else:
         url = f"{target.base_url}/chat/completions"
         body = _body(target, messages, stream, options or {})
@@ -168,6 +174,10 @@ async def complete(
                 result = await responses_api.read_stream(sse_batches(resp), target, on_delta)
             elif responses:
                 result = responses_api.read_json(await resp.read(), target)
+            elif completions and on_delta is not None:
+                result = await completions_api.read_stream(sse_batches(resp), target, on_delta)
+            elif completions:
+                result = completions_api.read_json(await resp.read(), target)
             elif on_delta is not None:
                 result = await _read_stream(resp, target, on_delta)
             else:
