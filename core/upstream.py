@@ -19,7 +19,7 @@ import aiohttp_socks
 import python_socks
 from aiohttp_socks import ProxyConnector
 
-from . import responses_api
+from . import completions_api, responses_api
 from .clock import utc_now
 from .wire import (
     COOLING_KINDS,
@@ -166,18 +166,24 @@ async def complete(
 ) -> Completion:
     """One chat completion. With ``on_delta`` the upstream streams and each text piece is passed
     on as it arrives; without it, one JSON answer is awaited. Accounts with ``api="responses"``
-    speak the Responses API instead, continuing ``previous_response_id`` when given. A reply
-    longer than ``max_reply_bytes`` fails as ``reply_too_large`` while it is being read."""
+    speak the Responses API instead, continuing ``previous_response_id`` when given; those
+    with ``api="completions"`` the plain Completions API, the messages written as a transcript
+    (``purpose="title"`` asks for a title's transcript). A reply longer than
+    ``max_reply_bytes`` fails as ``reply_too_large`` while it is being read."""
     started = time.perf_counter()
     stream = on_delta is not None
     responses = target.api == "responses"
     options = options or {}
     if target.max_tokens and not {"max_tokens", "max_completion_tokens"} & options.keys():
         options = {**options, "max_tokens": target.max_tokens}
+    completions = target.api == "completions"
     if responses:
         url = f"{target.base_url}/responses"
         body = responses_api.request_body(target, messages, stream, options or {},
                                           previous_response_id)
+    elif completions:
+        url = f"{target.base_url}/completions"
+        body = completions_api.request_body(target, messages, stream, options, purpose)
     else:
         url = f"{target.base_url}/chat/completions"
         body = _body(target, messages, stream, options or {})
@@ -197,13 +203,20 @@ async def complete(
             if on_delta is not None and responses:
                 result = await responses_api.read_stream(sse_batches(resp), target, on_delta,
                                                          meter)
+            elif on_delta is not None and completions:
+                result = await completions_api.read_stream(sse_batches(resp), target, on_delta,
+                                                           meter)
             elif on_delta is not None:
                 result = await _read_stream(resp, target, on_delta, meter)
             else:
                 raw = await read_capped(
                     resp, max_reply_bytes * RAW_BYTES_PER_REPLY_BYTE + RAW_ENVELOPE_BYTES)
-                result = (responses_api.read_json(raw, target) if responses
-                          else _read_json(raw, resp.status, target))
+                if responses:
+                    result = responses_api.read_json(raw, target)
+                elif completions:
+                    result = completions_api.read_json(raw, target)
+                else:
+                    result = _read_json(raw, resp.status, target)
                 meter.add(result.text)
     except UpstreamFailure as failure:
         status = failure.status or failure.kind

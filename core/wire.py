@@ -162,7 +162,7 @@ class Target:
     session: aiohttp.ClientSession
     api_key: str | None
     timeout_s: float
-    api: Literal["chat", "responses"] = "chat"
+    api: Literal["chat", "responses", "completions"] = "chat"
     max_tokens: int | None = None
     """Reply length asked for when the caller sets none."""
     extra_headers: dict[str, str] = field(default_factory=dict)

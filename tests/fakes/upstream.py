@@ -40,6 +40,7 @@ __all__ = [
 
 CHAT_PATH = "/v1/chat/completions"
 RESPONSES_PATH = "/v1/responses"
+COMPLETIONS_PATH = "/v1/completions"
 MODELS_PATH = "/v1/models"
 
 
@@ -216,8 +217,15 @@ class RecordedRequest:
         return model if isinstance(model, str) else None
 
     @property
+    def prompt(self) -> str:
+        """A plain completion request's ``prompt`` (llama.cpp's /v1/completions), or ""."""
+        prompt = (self.body or {}).get("prompt")
+        return prompt if isinstance(prompt, str) else ""
+
+    @property
     def is_chat(self) -> bool:
-        return self.method == "POST" and self.path in (CHAT_PATH, RESPONSES_PATH)
+        return self.method == "POST" and self.path in (CHAT_PATH, RESPONSES_PATH,
+                                                       COMPLETIONS_PATH)
 
     @property
     def previous_response_id(self) -> str | None:
@@ -226,6 +234,8 @@ class RecordedRequest:
     @property
     def is_title(self) -> bool:
         """A chat request whose first message is a system prompt mentioning "title"."""
+        if self.path == COMPLETIONS_PATH:  # a transcript whose first line asks for titles
+            return "title" in self.prompt.partition("\n")[0].lower()
         if not self.is_chat or not self.messages:
             return False
         first = self.messages[0]
@@ -346,6 +356,7 @@ class FakeUpstream:
         app = web.Application()
         app.router.add_post(CHAT_PATH, self._handle_chat)
         app.router.add_post(RESPONSES_PATH, self._handle_responses)
+        app.router.add_post(COMPLETIONS_PATH, self._handle_completions)
         app.router.add_get(MODELS_PATH, self._handle_models)
         app.router.add_route("*", "/{tail:.*}", self._handle_unknown)
         runner = web.AppRunner(
@@ -559,6 +570,45 @@ class FakeUpstream:
         await resp.write_eof()
         return resp
 
+    async def _handle_completions(self, request: web.Request) -> web.StreamResponse:
+        """The plain Completions API, as llama.cpp serves it: a ``prompt`` in, ``text`` out;
+        streamed chunks carry no usage unless ``stream_options.include_usage`` asks."""
+        recorded = await self._record(request)
+        if recorded.body is None or not isinstance(recorded.body.get("prompt"), str):
+            return _json_response(error_body(400, "'prompt' must be a string"), status=400)
+        behaviour: Behaviour | str
+        if recorded.is_title:
+            behaviour = self._title_queue.popleft() if self._title_queue else self.default_title
+        else:
+            self._chat_count += 1
+            behaviour = self._queue.popleft() if self._queue else self._default_behaviour(recorded)
+        if isinstance(behaviour, str):
+            behaviour = Reply(behaviour)
+        if not isinstance(behaviour, Reply):
+            return await self._perform(request, recorded, behaviour)
+        base = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion",
+                "created": int(time.time()), "model": self._model_for(recorded, behaviour)}
+        if not recorded.stream:
+            return _json_response({**base, "choices": [
+                {"index": 0, "text": behaviour.text, "logprobs": None,
+                 "finish_reason": behaviour.finish_reason}],
+                "usage": self._usage(recorded, behaviour)})
+        resp = await self._start_stream(request)
+        for index, piece in enumerate(split_deltas(behaviour.text)):
+            if index and behaviour.chunk_delay:
+                await asyncio.sleep(behaviour.chunk_delay)
+            await _send(resp, {**base, "choices": [
+                {"index": 0, "text": piece, "logprobs": None, "finish_reason": None}]})
+        await _send(resp, {**base, "choices": [
+            {"index": 0, "text": "", "logprobs": None,
+             "finish_reason": behaviour.finish_reason}]})
+        if recorded.include_usage:
+            await _send(resp, {**base, "choices": [],
+                               "usage": self._usage(recorded, behaviour)})
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
     def _response_object(self, recorded: RecordedRequest, reply: Reply) -> dict[str, Any]:
         usage = self._usage(recorded, reply)
         return {
@@ -635,6 +685,7 @@ class FakeUpstream:
         if reply.usage is not None:
             return dict(reply.usage)
         prompt = sum(count_words(message_text(m)) for m in recorded.messages if isinstance(m, dict))
+        prompt += count_words(recorded.prompt)
         completion = count_words(reply.text)
         return {
             "prompt_tokens": prompt,
