@@ -19,6 +19,7 @@ again once it has one: the calls it waited behind may have cooled the account me
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
@@ -91,6 +92,7 @@ class Account:
         """Why the upstream's answer or an admin took the account out (shared, persisted)."""
         self.missing_key = missing_key
         """Why this process has no key for it (its configuration; not shared)."""
+        self.state_version = 0
         self.stats = AccountStats()
 
     @property
@@ -99,13 +101,18 @@ class Account:
 
     @property
     def state(self) -> AccountState:
-        return AccountState(self.name, self.cooling_until, self.cooling_reason, self.taken_out)
+        return AccountState(self.name, self.cooling_until, self.cooling_reason, self.taken_out,
+                            self.state_version)
 
     def apply(self, state: AccountState) -> None:
-        """Take on a state saved by this or another process."""
+        """Take on a state saved by this or another process, unless it is older than the one
+        held (a read that started before a later change finished after it)."""
+        if state.version and state.version <= self.state_version:
+            return
         self.cooling_until = state.cooling_until
         self.cooling_reason = state.cooling_reason
         self.taken_out = state.out_reason
+        self.state_version = state.version
 
     def health(self) -> Health:
         if self.out_reason:
@@ -261,7 +268,7 @@ class AccountPool:
         before = account.state
         account.record_failure(failure, default_cooldown, max_cooldown)
         if account.state != before:
-            await self._states.save(account.state)
+            await self._save(account)
 
     async def set_enabled(self, account: Account, enabled: bool) -> None:
         """An admin's word: back in service (cool-down and removal cleared), or out."""
@@ -271,10 +278,17 @@ class AccountPool:
                 " and restart this gateway",
                 code="account_has_no_key")
         if enabled:
-            account.apply(AccountState(account.name))
+            account.cooling_until, account.cooling_reason, account.taken_out = 0.0, None, None
         else:
             account.taken_out = "taken out by an admin"
-        await self._states.save(account.state)
+        await self._save(account)
+
+    async def _save(self, account: Account) -> None:
+        state = account.state
+        version = await self._states.save(state)
+        # What was saved is the newest state there is: held as such, announcements of older
+        # versions still on their way are ignored (and one that came in meanwhile is undone).
+        account.apply(dataclasses.replace(state, version=version))
 
     async def close(self) -> None:
         for session in self._sessions.values():

@@ -35,7 +35,8 @@ TABLES: list[tuple[str, list[str]]] = [
                "output_tokens"]),
     ("web_sessions", ["id_hash", "principal_id", "key_hash", "csrf_token", "flash_json",
                       "created_utc", "expires_utc"]),
-    ("account_state", ["name", "cooling_until", "cooling_reason", "out_reason", "updated_utc"]),
+    ("account_state", ["name", "cooling_until", "cooling_reason", "out_reason", "updated_utc",
+                       "version"]),
 ]
 BOOLEAN = {("principals", "plus")}
 IDENTITIES = [("principals", "id"), ("conversations", "seq"), ("usage", "id")]

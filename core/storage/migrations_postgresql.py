@@ -113,7 +113,8 @@ MIGRATIONS: list[tuple[str, str]] = [
             cooling_until   DOUBLE PRECISION NOT NULL DEFAULT 0,
             cooling_reason  TEXT,
             out_reason      TEXT,
-            updated_utc     TEXT NOT NULL
+            updated_utc     TEXT NOT NULL,
+            version         BIGINT NOT NULL DEFAULT 1
         );
         CREATE UNLOGGED TABLE rate_windows (
             principal_id    BIGINT PRIMARY KEY,

@@ -111,7 +111,8 @@ MIGRATIONS: list[tuple[str, str]] = [
             cooling_until   REAL NOT NULL DEFAULT 0,
             cooling_reason  TEXT,
             out_reason      TEXT,
-            updated_utc     TEXT NOT NULL
+            updated_utc     TEXT NOT NULL,
+            version         INTEGER NOT NULL DEFAULT 1
         );
         """,
     ),

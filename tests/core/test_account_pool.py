@@ -239,3 +239,19 @@ async def test_an_admin_can_take_an_account_out_and_back(
         await gw.set_account_enabled(user, "A", False)
     with pytest.raises(NotFound):
         await gw.set_account_enabled(admin, "nope", False)
+
+
+async def test_a_state_read_before_a_later_change_never_undoes_it(
+    gw: Gateway, admin: Principal,
+) -> None:
+    """Announcements are re-read: a read that started before the next change (an admin's
+    enable right after a disable) and finished after it must not put the old state back."""
+    account = gw.pool.get("A")
+    assert account is not None
+    await gw.set_account_enabled(admin, "A", False)
+    slow_read = await gw.storage.accounts.get("A")  # what a slow re-read would hold
+    assert slow_read.out_reason == "taken out by an admin"
+    await gw.set_account_enabled(admin, "A", True)
+    account.apply(slow_read)  # ... and finishes now
+    assert account.health() == "healthy"
+    assert (await gw.storage.accounts.get("A")).version > slow_read.version

@@ -90,6 +90,7 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, int, int]]] = {
         ("cooling_reason", "TEXT", 0, 0),
         ("out_reason", "TEXT", 0, 0),
         ("updated_utc", "TEXT", 1, 0),
+        ("version", "INTEGER", 1, 0),
     ],
 }
 

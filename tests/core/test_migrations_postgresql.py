@@ -65,7 +65,7 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
     "account_state": [
         ("name", "text", "NO"), ("cooling_until", "double precision", "NO"),
         ("cooling_reason", "text", "YES"), ("out_reason", "text", "YES"),
-        ("updated_utc", "text", "NO"),
+        ("updated_utc", "text", "NO"), ("version", "bigint", "NO"),
     ],
     "rate_windows": [("principal_id", "bigint", "NO"), ("hits", "ARRAY", "NO")],
 }
