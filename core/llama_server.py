@@ -11,25 +11,21 @@ bring nothing worth a crash.
 
 from __future__ import annotations
 
-from typing import Any
+import llama_cpp.llama_cpp as low_level
 
-import llama_cpp
-import llama_cpp.llama
-
-_default_model_params = llama_cpp.llama_model_default_params
+_default_model_params = low_level.llama_model_default_params
 
 
-def _without_repacking() -> Any:
-    params = _default_model_params()
+def _without_repacking() -> low_level.llama_model_params:
+    params: low_level.llama_model_params = _default_model_params()
     params.use_extra_bufts = False
     return params
 
 
 def main() -> None:
-    # llama_cpp.llama reads the function through its module at each model load (pinned 0.3.x).
-    llama_cpp.llama_model_default_params = _without_repacking
-    llama_cpp.llama.llama_cpp.llama_model_default_params = (  # type: ignore[attr-defined]
-        _without_repacking)
+    # llama_cpp.llama.Llama reads this function from the low-level module at each model load
+    # (llama-cpp-python 0.3.x, pinned in requirements-local.txt).
+    low_level.llama_model_default_params = _without_repacking
     from llama_cpp.server.__main__ import main as serve
 
     serve()  # type: ignore[no-untyped-call]

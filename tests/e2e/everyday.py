@@ -54,11 +54,18 @@ class Case:
             return "too long"
         if JUNK.search(text):
             return "transcript junk"
+        if self.title and _words(self.prompt)[:3] == _words(text)[:3]:
+            # The prompt itself, echoed by the model or cut by the fallback: not a title.
+            return "the prompt, not a title"
         found = {m.group(0).lower() for m in re.finditer(self.expect, text, re.IGNORECASE)}
         if len(found) < self.at_least:
             return f"does not say {self.expect!r}" + (
                 f" {self.at_least} times" if self.at_least > 1 else "")
         return None
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
 
 
 def _any(words: tuple[str, ...]) -> str:
