@@ -30,9 +30,9 @@ import aiohttp
 from pydantic import SecretStr
 
 from .config import AccountSettings, Settings
+from .env_secrets import Secrets
 from .errors import Conflict
 from .models import PlusChoice
-from .secrets import Secrets
 from .storage.account_state import AccountState, AccountStateRepo
 from .upstream import Target, UpstreamFailure, make_session
 

@@ -23,11 +23,11 @@ from .chat import ChatListener, ChatRequest, ChatResult, ChatService
 from .clock import iso, utc_now
 from .config import ConfigError, Settings
 from .crypto import CredentialBox
+from .env_secrets import Secrets
 from .errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from .keys import hash_key
 from .models import Conversation, PlusChoice, Principal, Role, Turn
 from .oauth import AccessToken, PasswordGrant
-from .secrets import Secrets
 from .storage import Storage, storage_for
 from .upstream import make_session
 from .web_sessions import WebSessions

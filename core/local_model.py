@@ -25,7 +25,7 @@ from pathlib import Path
 import aiohttp
 
 from .config import AccountSettings, LocalModelSettings, Settings
-from .secrets import Secrets
+from .env_secrets import Secrets
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,10 @@ class LocalModelServer:
         path = model_path(self.settings)
         command = [
             # By path, not -m: the child must not depend on the gateway's working directory.
-            sys.executable, str(Path(__file__).with_name("llama_server.py")), "--model", path,
+            # -P: core/ is not put first on the child's sys.path, where its modules would
+            # shadow the standard library's (core/secrets.py once hid ``secrets``).
+            sys.executable, "-P", str(Path(__file__).with_name("llama_server.py")),
+            "--model", path,
             "--model_alias", self.settings.model_name,
             "--chat_format", self.settings.chat_format, "--host", "127.0.0.1",
             "--port", str(self.port), "--n_ctx", str(self.settings.context_tokens),

@@ -11,7 +11,7 @@ import pytest
 
 from core.accounts import AccountPool
 from core.config import ConfigError, load_settings, secret_from_env, settings_from_dict
-from core.secrets import Secrets
+from core.env_secrets import Secrets
 from core.storage.account_state import AccountStateRepo
 from core.storage.sqlite import SqliteDatabase
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from core.config import Settings, settings_from_dict
+from core.env_secrets import Secrets
 from core.local_model import needs_local_model
-from core.secrets import Secrets
 
 
 def _settings(enabled: str = "auto", **account: Any) -> Any:

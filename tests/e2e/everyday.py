@@ -22,7 +22,7 @@ from pathlib import Path
 from core.chat import ChatRequest
 from core.config import settings_from_dict
 from core.errors import GatewayError
-from core.gateway import Gateway
+from core.gateway import Gateway, build_gateway
 from core.local_model import LocalModelServer
 
 MAX_CHARS = 400
@@ -135,7 +135,7 @@ async def run(api: str, folder: Path) -> list[Result]:
     })
     async with LocalModelServer(settings.local_model) as local:
         settings = settings.model_copy(update={"accounts": [local.account()]})
-        async with Gateway(settings) as gateway:
+        async with build_gateway(settings) as gateway:
             return await ask_all(gateway)
 
 

@@ -304,13 +304,13 @@ async def test_tiers_without_an_account_are_not_offered(
     admin = await gateway.authenticate(admin_key)
     await ui.sign_in(await make_key(gateway, admin_key, "plus-member", plus=True))
     assert await ui.page.locator("#tier option").all_inner_texts() == ["Free", "Plus", "Any"]
-    gateway.set_account_enabled(admin, "P", False)  # the only plus account
+    await gateway.set_account_enabled(admin, "P", False)  # the only plus account
     await ui.page.reload()
     await expect(ui.page.locator("#tier")).to_have_count(0)
     await expect(ui.page.locator("#tier-fixed")).to_have_text("Tier: Free")
-    gateway.set_account_enabled(admin, "A", False)
-    gateway.set_account_enabled(admin, "B", False)
-    gateway.set_account_enabled(admin, "P", True)
+    await gateway.set_account_enabled(admin, "A", False)
+    await gateway.set_account_enabled(admin, "B", False)
+    await gateway.set_account_enabled(admin, "P", True)
     await ui.page.reload()
     await expect(ui.page.locator("#tier-fixed")).to_have_text("Tier: Plus")
     turn = await ui.send("only plus is left")
