@@ -1,6 +1,6 @@
 """One lock per key (a conversation id, a Discord thread id), kept only while someone holds or
-waits for it. Within one process; several processes would need a database lock instead, and
-this is the seam for it."""
+waits for it. Within one process: across processes, the storage's ``lock`` (PostgreSQL advisory
+locks) orders them, with these in front so that each process waits in memory first."""
 
 from __future__ import annotations
 
