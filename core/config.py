@@ -99,8 +99,9 @@ class StorageSettings(_Table):
 
     @property
     def sqlite_path(self) -> str:
-        """The SQLite file (``sqlite:///x`` is the relative path x; ``sqlite:////x`` is /x)."""
-        if not self.url:
+        """The SQLite file (``sqlite:///x`` is the relative path x; ``sqlite:////x`` is /x);
+        ``path`` when the url names another engine (where a key file would be kept)."""
+        if self.backend != "sqlite" or not self.url:
             return self.path
         return self.url.removeprefix("sqlite://").removeprefix("/") or self.path
 

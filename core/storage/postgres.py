@@ -22,7 +22,7 @@ import contextlib
 import functools
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -229,17 +229,18 @@ class PostgresDatabase:
         self._listeners.setdefault(channel, []).append(listener)
         if first and self._listening is not None and not self._listening.is_closed():
             # Subscribed after the listener connected (tests, late parts): listen now too.
-            task = asyncio.get_running_loop().create_task(
-                self._listen_to(self._listening, channel))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._listen_to(self._listening, channel))
 
     async def _listen_to(self, conn: asyncpg.Connection, channel: str) -> None:
         with contextlib.suppress(*_CONNECTION_ERRORS):
             await conn.add_listener(channel, self._heard)
 
     def _heard(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._deliver(channel, payload))
+        self._spawn(self._deliver(channel, payload))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` beside the caller, kept (and cancelled on close) until it ends."""
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

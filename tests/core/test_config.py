@@ -168,3 +168,23 @@ async def test_an_account_without_api_key_env_needs_no_key(states: AccountStateR
         assert "Authorization" not in local.target().headers()
     finally:
         await pool.close()
+
+
+@pytest.mark.parametrize(("storage", "engine", "sqlite_path"), [
+    ({}, "sqlite", "data/gateway.db"),
+    ({"path": "db/gw.db"}, "sqlite", "db/gw.db"),
+    ({"url": "sqlite:///data/other.db"}, "sqlite", "data/other.db"),
+    ({"url": "sqlite:////var/lib/gateway/gw.db"}, "sqlite", "/var/lib/gateway/gw.db"),
+    ({"url": "postgresql://gw@db:5432/gateway"}, "postgresql", "data/gateway.db"),
+    ({"url": "postgres://gw@db/gateway"}, "postgresql", "data/gateway.db"),
+])
+def test_storage_url_names_the_backend(storage: dict[str, Any], engine: str,
+                                       sqlite_path: str) -> None:
+    settings = settings_from_dict({"storage": storage})
+    assert settings.storage.backend == engine
+    assert settings.storage.sqlite_path == sqlite_path
+
+
+def test_a_storage_url_of_another_kind_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"storage\.url: .*sqlite:/// or postgresql://"):
+        settings_from_dict({"storage": {"url": "mysql://gw@db/gateway"}})

@@ -150,3 +150,13 @@ async def test_backup_of_a_live_database(tmp_path: Path, upstream_a: FakeUpstrea
         assert conn.execute("SELECT count(*) FROM turns").fetchone()[0] == 5
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert not copy.with_name("copy.db.partial").exists()
+
+
+async def test_backup_on_postgresql_points_at_pg_dump(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text('[storage]\nurl = "postgresql://gw:pw@db.internal:5432/gateway"\n',
+                      encoding="utf-8")
+    code, out, err = await _bot("--config", str(config), "backup", "gw.dump")
+    assert code == 2 and out == ""
+    assert "pg_dump -Fc -f gw.dump 'postgresql://gw@db.internal:5432/gateway'" in err
+    assert "pw@" not in err and "Traceback" not in err
