@@ -119,6 +119,8 @@ class PathSettings(_Table):
     remove_conversation: str = "/api/remove-conversation"
     rotate_key: str = "/api/rotate-key"
     admin_accounts: str = "/api/admin/accounts"
+    usage: str = "/api/usage"
+    admin_usage: str = "/api/admin/usage"
     health: str = "/healthz"
     openai_prefix: str = "/v1"
     """Prefix of the OpenAI-compatible API (``/v1/chat/completions``, ``/v1/models``)."""
@@ -167,12 +169,37 @@ class ChatSettings(_Table):
     502 and nothing is stored, before it can fill the gateway's memory or the database."""
 
 
+BUDGET_KEYS = ("tokens_per_day", "tokens_per_month", "cost_per_month")
+"""The kinds of budget, in the order they are shown."""
+
+
+class BudgetSettings(_Table):
+    """One tier's default budgets (``[limits.free]``, ``[limits.plus]``); absent: no limit."""
+
+    tokens_per_day: int | None = Field(None, ge=0)
+    """Input and output tokens a member may use per calendar day (``[billing] timezone``)."""
+    tokens_per_month: int | None = Field(None, ge=0)
+    cost_per_month: float | None = Field(None, ge=0)
+    """In ``[billing] currency``, from the accounts' prices."""
+
+
 class LimitSettings(_Table):
     user_requests_per_minute: int = Field(0, ge=0)
     """Chat requests per caller per minute; 0 means no limit."""
+    free: BudgetSettings = BudgetSettings()
+    """Budgets of every user without plus, unless set for the user with update-user."""
+    plus: BudgetSettings = BudgetSettings()
+    """Budgets of every user with plus, unless set for the user with update-user."""
     key_failures_per_minute: int = Field(10, ge=0)
     """Failed key checks (API keys and web sign-in) an address may make a minute before its
     further attempts are refused with 429, valid keys included; 0: no limit."""
+
+
+class PriceSettings(_Table):
+    price_input_per_mtok: float = Field(0.0, ge=0)
+    """What a million prompt tokens cost, in ``[billing] currency``."""
+    price_output_per_mtok: float = Field(0.0, ge=0)
+    """What a million reply tokens cost."""
 
 
 class AccountSettings(_Table):
@@ -198,6 +225,11 @@ class AccountSettings(_Table):
     context_tokens: int = Field(8192, ge=64)
     max_tokens: int | None = Field(None, ge=1)
     """Reply length asked for when the caller sets none (keeps a small local model brief)."""
+    price_input_per_mtok: float = Field(0.0, ge=0)
+    """What a million prompt tokens cost on this account, in ``[billing] currency``."""
+    price_output_per_mtok: float = Field(0.0, ge=0)
+    model_prices: dict[str, PriceSettings] = {}
+    """Prices of the further ``models`` that differ from the account's own, by model name."""
 
     @field_validator("base_url")
     @classmethod
@@ -214,6 +246,33 @@ class AccountSettings(_Table):
     @property
     def served_models(self) -> list[str]:
         return [self.model, *(m for m in self.models if m != self.model)]
+
+    def price(self, model: str | None) -> PriceSettings:
+        """The prices of ``model`` on this account: its own, else the account's."""
+        found = self.model_prices.get(model or self.model)
+        if found is not None:
+            return found
+        return PriceSettings(price_input_per_mtok=self.price_input_per_mtok,
+                             price_output_per_mtok=self.price_output_per_mtok)
+
+
+class BillingSettings(_Table):
+    currency: str = Field("USD", min_length=1, max_length=12)
+    """The currency the accounts' prices and ``cost_per_month`` budgets are in."""
+    timezone: str = "UTC"
+    """Where calendar days and months begin, for budgets and usage reports (an IANA name)."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as "
+                             "'Europe/Paris')") from None
+        return value
 
 
 class LocalModelSettings(_Table):
@@ -315,6 +374,7 @@ class Settings(_Table):
     proxy: ProxySettings = ProxySettings()
     chat: ChatSettings = ChatSettings()
     limits: LimitSettings = LimitSettings()
+    billing: BillingSettings = BillingSettings()
     accounts: list[AccountSettings] = []
     own_key: OwnKeySettings = OwnKeySettings()
     local_model: LocalModelSettings = LocalModelSettings()

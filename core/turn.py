@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from .clock import utc_now
 from .models import Conversation, PlusChoice, Principal, Turn
-from .upstream import Message
+from .upstream import Completion, Message
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +77,8 @@ class Attempt:
     parent_id: str | None = None
     prompt_time: datetime = field(default_factory=utc_now)
     started: float = field(default_factory=time.perf_counter)
+    title_usage: Completion | None = None
+    """The title call's usage, when the model was asked for one: the member's use too."""
 
     @property
     def elapsed_s(self) -> float:

@@ -150,6 +150,8 @@ class Completion:
     input_tokens: int | None = None
     output_tokens: int | None = None
     finish_reason: str | None = None
+    usage_estimated: bool = False
+    """The upstream reported no usage: the token counts are the gateway's estimates."""
 
 
 @dataclass(slots=True)

@@ -13,9 +13,11 @@ from typing import Any
 from aiohttp import web
 
 from core.chat import ChatRequest, ChatResult
+from core.config import BUDGET_KEYS
 from core.errors import BadRequest, Forbidden
 from core.gateway import Gateway
 from core.models import PlusChoice, Principal
+from core.storage.usage_report import GROUPS
 
 from .guard import authenticate, exchange_access_token
 from .keys import GATEWAY
@@ -213,8 +215,11 @@ async def remove_user(request: web.Request) -> web.Response:
 
 async def update_user(request: web.Request) -> web.Response:
     gateway, params, actor = await _caller(request)
+    # A budget is a number, "none" (no limit) or "default" (the tier's); JSON null is "none".
+    limits = {kind: "none" if params.data[kind] is None else params.text(kind, max_chars=40)
+              for kind in BUDGET_KEYS if kind in params.data}
     user = await gateway.update_user(actor, _userid(params), plus=params.optional_flag("plus"),
-                                     disabled=params.optional_flag("disabled"))
+                                     disabled=params.optional_flag("disabled"), limits=limits)
     return success({"user": user.public()})
 
 
@@ -236,6 +241,28 @@ async def rotate_key(request: web.Request) -> web.Response:
 def _userid(params: Params) -> str | None:
     return params.text("userid", max_chars=MAX_ID_CHARS) or params.text(
         "user_id", max_chars=MAX_ID_CHARS)
+
+
+# --------------------------------------------------------------------------------- usage
+
+
+async def usage(request: web.Request) -> web.Response:
+    gateway, params, actor = await _caller(request)
+    summary = await gateway.usage(actor, _userid(params))
+    return success(summary, pretty=params.flag("pretty"))
+
+
+async def admin_usage(request: web.Request) -> web.Response:
+    gateway, params, actor = await _caller(request)
+    report = await gateway.usage_report(
+        actor, params.choice("group_by", GROUPS, "user"),
+        params.text("from", max_chars=10), params.text("to", max_chars=10),
+        own_key=params.flag("own_key"))
+    if params.choice("format", ("json", "csv"), "json") == "csv":
+        name = f"usage-{report.group_by}-{report.start}-{report.end}.csv"
+        return web.Response(text=report.csv(), content_type="text/csv", charset="utf-8",
+                            headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return success(report.public(), pretty=params.flag("pretty"))
 
 
 # --------------------------------------------------------------------------------- admin
@@ -283,6 +310,8 @@ def add_routes(app: web.Application, paths: Any) -> None:
         paths.remove_conversation: remove_conversation,
         paths.rotate_key: rotate_key,
         paths.admin_accounts: admin_accounts,
+        paths.usage: usage,
+        paths.admin_usage: admin_usage,
         paths.health: health,
     }
     for path, handler in routes.items():

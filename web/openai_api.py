@@ -10,6 +10,7 @@ conversation on the account that started it. Every error uses OpenAI's envelope
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -23,7 +24,7 @@ from core.gateway import Gateway
 from core.models import PlusChoice, Principal
 from core.wire import content_text
 
-from .errors import error_middleware_for, retry_after_headers
+from .errors import Handler, error_middleware_for, retry_after_headers
 from .guard import authenticate
 from .inputs import check_text, parse_json
 from .keys import GATEWAY
@@ -58,8 +59,12 @@ _ERROR_TYPES = {
 
 def openai_error(status: int, message: str, code: str | None, param: str | None = None,
                  retry_after: float | None = None) -> web.Response:
-    body = {"error": {"message": message, "type": _ERROR_TYPES.get(status, "api_error"),
-                      "param": param, "code": code}}
+    kind = _ERROR_TYPES.get(status, "api_error")
+    if code == "quota_exceeded":
+        # What OpenAI answers when an account's quota is spent, which SDKs and agent
+        # frameworks recognise (and do not retry the way they retry a rate limit).
+        kind = code = "insufficient_quota"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return web.json_response(body, status=status, headers=retry_after_headers(retry_after))
 
 
@@ -71,6 +76,44 @@ class _ParamError(BadRequest):
 
 openai_errors = error_middleware_for(openai_error)
 """Every failure on /v1 in OpenAI's envelope, whatever raised it."""
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+
+async def rate_limit_headers(request: web.Request) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers for the caller: its requests a minute and its tightest
+    token budget, each as limit, remaining and reset (``6m0s``)."""
+    principal = request.get(PRINCIPAL)
+    if principal is None:
+        return {}
+    headers = {}
+    for name, (limit, remaining, reset) in (
+            await request.app[GATEWAY].rate_limits(principal)).items():
+        headers[f"x-ratelimit-limit-{name}"] = str(int(limit))
+        headers[f"x-ratelimit-remaining-{name}"] = str(int(remaining))
+        headers[f"x-ratelimit-reset-{name}"] = _duration(reset)
+    return headers
+
+
+def _duration(seconds: float) -> str:
+    """A time as OpenAI writes it in its headers: 20ms, 1s, 6m0s, 2h3m4s."""
+    if seconds < 1:
+        return f"{int(seconds * 1000)}ms"
+    whole = int(seconds + 0.999)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+@web.middleware
+async def rate_limit_headers_middleware(request: web.Request,
+                                        handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    if not response.prepared:  # a stream added them before it opened
+        with contextlib.suppress(GatewayError):  # the answer matters more than its headers
+            response.headers.update(await rate_limit_headers(request))
+    return response
 
 
 async def _caller(request: web.Request) -> tuple[Gateway, Principal]:
@@ -80,9 +123,11 @@ async def _caller(request: web.Request) -> tuple[Gateway, Principal]:
         raise Unauthorized("no API key: send 'Authorization: Bearer KEY' with your gateway key",
                            code="invalid_api_key")
     try:
-        return gateway, await authenticate(request, key.strip())
+        principal = await authenticate(request, key.strip())
     except Unauthorized as err:
         raise Unauthorized(err.message, code="invalid_api_key") from None
+    request[PRINCIPAL] = principal
+    return gateway, principal
 
 
 def _tier_choice(principal: Principal) -> PlusChoice:
@@ -262,6 +307,8 @@ class _ChunkWriter:
     async def open(self) -> None:
         if not self.response.prepared:
             self.response.headers[CONVERSATION_HEADER] = self.conversation_id
+            with contextlib.suppress(GatewayError):
+                self.response.headers.update(await rate_limit_headers(self.request))
             await self.response.prepare(self.request)
             await self.write(self.chunk({"role": "assistant", "content": "", "refusal": None}))
 
@@ -300,7 +347,7 @@ async def _stream(request: web.Request, gateway: Gateway, principal: Principal,
 
 def create_v1_app(gateway: Gateway) -> web.Application:
     """The /v1 sub-application, with its own error envelope."""
-    app = web.Application(middlewares=[openai_errors],
+    app = web.Application(middlewares=[rate_limit_headers_middleware, openai_errors],
                           client_max_size=gateway.settings.server.max_body_bytes)
     app[GATEWAY] = gateway
     app.router.add_post("/chat/completions", chat_completions)
