@@ -156,7 +156,10 @@ class Admin(commands.Cog):
         """This month's use of the bot's members: the top ones, the totals and the budget."""
         await interaction.response.defer(ephemeral=True, thinking=True)
         report = await self.bot.gateway.usage_report(self.client, "user")
-        ceiling = await self.bot.gateway.budgets.states(self.client)
+        # Read again: the bot's own principal is kept from its start, and an admin of the
+        # gateway may have set its budget since.
+        client = await self.bot.gateway.principals.get(self.client.id) or self.client
+        ceiling = await self.bot.gateway.budgets.states(client)
         await reply(interaction, admin_usage_text(report.public(), ceiling))
 
     @admin.command(name="limit")

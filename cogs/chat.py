@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
@@ -38,11 +39,16 @@ NOT_SAVED = "Nothing was saved; send it again when you like."
 SPENT = "Nothing was sent to the model. `/usage` shows your budgets and when each resets."
 
 
+CLIENT_BUDGET = re.compile(r"^the client '.*?' \(all its users together\) ")
+"""How the core names a client's budget in a refusal; members know it as the server's."""
+
+
 def failure(err: GatewayError) -> tuple[str, str]:
     """What a member reads when a turn failed: the reason, and what it means for them. A spent
     budget refuses the same request again until it resets, so it is not "send it again"."""
     if isinstance(err, QuotaExceeded):
-        return f"⚠️ {err.message[:1].upper()}{err.message[1:]}.", SPENT
+        message = CLIENT_BUDGET.sub("the server's shared (all members together) ", err.message)
+        return f"⚠️ {message[:1].upper()}{message[1:]}.", SPENT
     return f"⚠️ {err.message}", NOT_SAVED
 
 

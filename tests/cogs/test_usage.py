@@ -4,15 +4,20 @@ every call; the budgets come from ``[limits.free]`` or from /admin limit."""
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
+from cogs.utils.usage_text import bar
+from core.turn import ChatRequest
 from tests.conftest import account
 from tests.fakediscord import EPHEMERAL
-from tests.fakes.upstream import Reply
+from tests.fakes.upstream import FakeUpstream, Reply
 
-from .conftest import ADMIN, ADMIN_CHANNEL, ANN, BOB, GENERAL, Harness, MakeHarness
+from .conftest import ADMIN, ADMIN_CHANNEL, ANN, BOB, GENERAL, PAT, Harness, MakeHarness
 
 
 def used(prompt: int, completion: int, text: str = "answer") -> Reply:
@@ -125,3 +130,172 @@ async def test_a_daily_budget_is_shown_alerted_once_each_and_refused_when_spent(
         assert all(m["allowed_mentions"] == {"parse": []} for m in
                    (c.json for c in h.fake.calls
                     if c.path == f"/channels/{ADMIN_CHANNEL}/messages"))
+
+
+def month_end_utc() -> int:
+    now = datetime.now(UTC)
+    year, month = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
+    return int(datetime(year, month, 1, tzinfo=UTC).timestamp())
+
+
+async def test_the_bots_shared_budget_is_shown_alerted_and_stops_every_member(
+        h: Harness) -> None:
+    admin = await h.gateway.authenticate(await h.gateway.create_admin("org admin"))
+    await h.gateway.update_user(admin, str(h.bot.client_principal.id),
+                                limits={"tokens_per_month": 200})
+    await ask(h, "ann's", used(60, 40))
+    await ask(h, "bob's", used(50, 20), user=BOB)
+    month = f"{datetime.now(UTC):%Y-%m}"
+    assert admin_channel(h) == [
+        "⚠️ The bot's members together have used 80% of the bot's shared tokens per month "
+        f"budget for {month}: 170 tokens of 200 tokens (resets <t:{month_end_utc()}:R>)."]
+
+    mine = await slash(h, "usage")
+    assert mine.splitlines()[-2:] == [
+        "**The server's shared budget** (all members together)",
+        "Tokens per month: `████████░░` 85% · 30 tokens left of 200 tokens · resets "
+        f"<t:{month_end_utc()}:R>"]
+    report = await slash(h, "admin", "usage", user=ADMIN, channel=ADMIN_CHANNEL)
+    assert report.splitlines()[1:] == [
+        "Total: 170 tokens · 2 requests · 0.00 USD",
+        "**Top 2** (by tokens)",
+        f"1. <@{ANN}> (ann) · 100 tokens · 1 request · 0.00 USD",
+        f"2. <@{BOB}> (bob) · 70 tokens · 1 request · 0.00 USD",
+        "**The bot's shared budget** (all members together)",
+        "Tokens per month: `████████░░` 85% · 30 tokens left of 200 tokens · resets "
+        f"<t:{month_end_utc()}:R>"]
+
+    await ask(h, "bob again", used(20, 20), user=BOB)
+    assert admin_channel(h)[1:] == [
+        "🛑 The bot's members together have used all of the bot's shared tokens per month "
+        f"budget for {month}: 210 tokens of 200 tokens (requests are refused until it resets "
+        f"<t:{month_end_utc()}:R>)."]
+    refused = await h.chat("ann is stopped too")
+    assert h.answer(refused).startswith(
+        "⚠️ The server's shared (all members together) tokens_per_month budget of 200 tokens "
+        "is spent (210 tokens used this month); it resets at ")
+
+
+async def test_alerts_recorded_while_no_bot_ran_are_posted_at_start(h: Harness) -> None:
+    client = h.bot.client_principal
+    await h.stop()
+    # Another process (the HTTP API) serves the member meanwhile; the core records the alert.
+    await h.gateway.acting_as(client, str(ANN), username="ann")
+    ann = await h.gateway.update_user(client, str(ANN), limits={"tokens_per_day": 100})
+    h.upstreams["A"].enqueue(used(50, 40))
+    await h.gateway.chat(ann, ChatRequest(prompt="over the API", generate_title=False))
+    assert admin_channel(h) == []
+    await h.start()
+    await h.settle()
+    assert admin_channel(h) == [
+        f"⚠️ <@{ANN}> (ann) has used 80% of their tokens per day budget for "
+        f"{datetime.now(UTC):%Y-%m-%d}: 90 tokens of 100 tokens "
+        f"(resets <t:{tomorrow_utc()}:R>)."]
+
+
+async def test_alerts_about_other_clients_users_stay_out_of_the_admin_channel(
+        make_harness: MakeHarness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "cogs.budget_alerts")
+    async with make_harness(limits=DAILY_100) as h:
+        admin = await h.gateway.authenticate(await h.gateway.create_admin("org admin"))
+        web, _ = await h.gateway.add_user(admin, userid="web", username="web", role="client")
+        stranger = await h.gateway.acting_as(web, "s1", username="stranger")
+        h.upstreams["A"].enqueue(used(50, 50))
+        await h.gateway.chat(stranger, ChatRequest(prompt="elsewhere", generate_title=False))
+        await h.settle()
+        # The bot heard of the stranger's two alerts (80% and 100%), and kept them to itself.
+        assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+            f"budget alert of principal {stranger.id} (tokens_per_day, {t}%) is not about the "
+            "bot's members" for t in (80, 100)]
+        assert admin_channel(h) == []
+        await ask(h, "ann's", used(50, 50))
+        alerts = admin_channel(h)
+        assert len(alerts) == 2 and all(a.count(f"<@{ANN}> (ann)") == 1 for a in alerts)
+        assert "stranger" not in "".join(alerts)
+
+
+async def limit(h: Harness, member: int, kind: str, value: str) -> str:
+    return await slash(h, "admin", "limit", user=ADMIN, channel=ADMIN_CHANNEL, member=member,
+                       kind=kind, value=value)
+
+
+async def test_admin_limit_sets_lifts_and_restores_a_members_budget(
+        make_harness: MakeHarness) -> None:
+    async with make_harness(limits=DAILY_100) as h:
+        await ask(h, "ann's", used(30, 20))
+        assert await limit(h, ANN, "tokens_per_day", "50000") == (
+            f"<@{ANN}>'s tokens per day budget is now 50,000 tokens, set for them (the free "
+            "tier's default is 100 tokens).\nThey have used 50 tokens today.")
+        assert "50,000 tokens" in await slash(h, "usage")
+
+        assert await limit(h, ANN, "tokens_per_day", "None") == (
+            f"<@{ANN}> now has no tokens per day budget (the free tier's default, 100 tokens, "
+            "no longer applies to them).\nThey have used 50 tokens today.")
+        assert "No budget limits your use" in await slash(h, "usage")
+
+        assert await limit(h, ANN, "tokens_per_day", "default") == (
+            f"<@{ANN}>'s tokens per day budget follows the free tier's default: 100 tokens."
+            "\nThey have used 50 tokens today.")
+
+        assert await limit(h, ANN, "cost_per_month", " 2.5 ") == (
+            f"<@{ANN}>'s cost per month budget is now 2.50 USD, set for them (the free tier's "
+            "default is no limit).\nThey have used 0.00 USD this month.")
+        budgets = (await slash(h, "usage")).splitlines()
+        assert [line.split(":")[0] for line in budgets if "resets" in line] == [
+            "Tokens per day", "Cost per month"]
+
+
+async def test_admin_limit_answers_a_bad_value_and_changes_nothing(h: Harness) -> None:
+    for kind, value, shown in (("tokens_per_day", "lots", "'lots'"),
+                               ("tokens_per_month", "1.5", "'1.5'"),
+                               ("cost_per_month", "-3", "'-3'")):
+        answer = await limit(h, ANN, kind, value)
+        assert answer.startswith(f"⚠️ {kind} must be a ")
+        assert answer.endswith(f"number of at least 0, 'none' or 'default'; got {shown}")
+    assert "No budget limits your use" in await slash(h, "usage")
+
+
+async def test_a_zero_budget_refuses_at_once_and_says_so(h: Harness) -> None:
+    await limit(h, BOB, "tokens_per_day", "0")  # set before Bob ever used the bot
+    refused = await h.chat("hello", user=BOB)
+    assert h.answer(refused).startswith(
+        "⚠️ Your tokens_per_day budget of 0 tokens is spent (0 tokens used today)")
+    assert h.fake.threads() == [] and h.upstreams["A"].requests == []
+    assert "`██████████` 100% · 0 tokens left of 0 tokens" in await slash(h, "usage", user=BOB)
+
+
+async def test_admin_usage_ranks_members_and_adds_up_the_month(
+        make_harness: MakeHarness, upstream_a: FakeUpstream) -> None:
+    priced = account("A", upstream_a, "KEY_A", price_input_per_mtok=1000,
+                     price_output_per_mtok=2000)
+    async with make_harness(accounts=[priced]) as h:
+        empty = await slash(h, "admin", "usage", user=ADMIN, channel=ADMIN_CHANNEL)
+        assert empty.splitlines()[1:] == ["Total: 0 tokens · 0 requests · 0.00 USD",
+                                          "No member has used the bot this month."]
+        thread = (await ask(h, "ann's", used(50, 35))).original_id
+        assert thread is not None
+        await ask(h, "again", used(100, 50), channel=thread)
+        await ask(h, "bob's", used(10, 5), user=BOB)
+        await ask(h, "pat's", used(1, 1), user=PAT)
+
+        report = await slash(h, "admin", "usage", user=ADMIN, channel=ADMIN_CHANNEL)
+        first, *rest = report.splitlines()
+        assert first.startswith("**Usage this month** · ") and first.endswith(" · 3 members")
+        # ann: 0.05 + 0.07 + 0.10 + 0.10; bob: 0.01 + 0.01; pat: 0.001 + 0.002
+        assert rest == [
+            "Total: 252 tokens · 4 requests · 0.34 USD",
+            "**Top 3** (by tokens)",
+            f"1. <@{ANN}> (ann) · 235 tokens · 2 requests · 0.32 USD",
+            f"2. <@{BOB}> (bob) · 15 tokens · 1 request · 0.02 USD",
+            f"3. <@{PAT}> (pat) · 2 tokens · 1 request · 0.0030 USD",
+        ]
+        mine = (await slash(h, "usage")).splitlines()
+        assert mine[1].endswith("): 235 tokens · 2 requests · 0.32 USD")
+
+
+def test_the_bar_fills_a_cell_per_tenth_used_up() -> None:
+    assert bar(0) == "`░░░░░░░░░░` 0%"
+    assert bar(52.9) == "`█████░░░░░` 52%"
+    assert bar(99.9) == "`█████████░` 99%"  # full only once spent
+    assert bar(100) == "`██████████` 100%"
+    assert bar(230) == "`██████████` 230%"
