@@ -160,7 +160,8 @@ class Admin(commands.Cog):
         # gateway may have set its budget since.
         client = await self.bot.gateway.principals.get(self.client.id) or self.client
         ceiling = await self.bot.gateway.budgets.states(client)
-        await reply(interaction, admin_usage_text(report.public(), ceiling))
+        text = admin_usage_text(report.public(), ceiling)
+        await send_pages(interaction, static_pages(split_message(text)))
 
     @admin.command(name="limit")
     @app_commands.describe(

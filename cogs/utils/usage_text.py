@@ -18,7 +18,6 @@ from core.budgets import BudgetState
 from core.storage.spend import Alert
 
 from .format import escape
-from .text import MESSAGE_LIMIT, shorten
 
 BAR_CELLS = 10
 TOP_MEMBERS = 10
@@ -123,8 +122,7 @@ def admin_usage_text(report: Mapping[str, Any], ceiling: Sequence[BudgetState],
     if ceiling:
         lines.append("**The bot's shared budget** (all members together)")
         lines += [budget_line(s, currency) for s in ceiling]
-    text = "\n".join(lines)
-    return text if len(text) <= MESSAGE_LIMIT else shorten(text, MESSAGE_LIMIT)
+    return "\n".join(lines)
 
 
 def limit_text(member_id: int, kind: str, set_value: float | None, explicit: bool, tier: str,
