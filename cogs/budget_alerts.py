@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from datetime import datetime
 
 import discord
@@ -58,8 +59,16 @@ class BudgetAlerts(commands.Cog):
             log.info("no [discord] admin_channel_id: budget alerts are not posted")
             return
         self._listening = True
-        # The core has no way to forget a listener: one of a closed bot stays, doing nothing.
-        self.bot.gateway.budgets.on_alert(self.wake)
+        # The core keeps its listeners for good, and the bot is made anew after an outage:
+        # a weak reference lets a closed bot go, leaving a listener that does nothing.
+        wake = weakref.WeakMethod(self.wake)
+
+        def listener() -> None:
+            method = wake()
+            if method is not None:
+                method()
+
+        self.bot.gateway.budgets.on_alert(listener)
         self.wake()  # those recorded while no bot ran
 
     async def cog_unload(self) -> None:

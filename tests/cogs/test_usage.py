@@ -4,6 +4,7 @@ every call; the budgets come from ``[limits.free]`` or from /admin limit."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 from datetime import UTC, datetime
@@ -299,3 +300,11 @@ def test_the_bar_fills_a_cell_per_tenth_used_up() -> None:
     assert bar(99.9) == "`█████████░` 99%"  # full only once spent
     assert bar(100) == "`██████████` 100%"
     assert bar(230) == "`██████████` 230%"
+
+
+async def test_a_bot_made_anew_after_an_outage_leaves_the_old_one_free(h: Harness) -> None:
+    """The core keeps alert listeners for good: the closed bots' must not keep them alive."""
+    await h.restart()
+    await h.restart()
+    gc.collect()
+    assert sum(type(o).__name__ == "BudgetAlerts" for o in gc.get_objects()) == 1
