@@ -18,7 +18,17 @@ from tests.conftest import account
 from tests.fakediscord import EPHEMERAL
 from tests.fakes.upstream import FakeUpstream, Reply
 
-from .conftest import ADMIN, ADMIN_CHANNEL, ANN, BOB, GENERAL, PAT, Harness, MakeHarness
+from .conftest import (
+    ADMIN,
+    ADMIN_CHANNEL,
+    ANN,
+    BOB,
+    EVE,
+    GENERAL,
+    PAT,
+    Harness,
+    MakeHarness,
+)
 
 
 def used(prompt: int, completion: int, text: str = "answer") -> Reply:
@@ -72,6 +82,13 @@ async def test_usage_without_a_budget_says_nothing_limits_the_member(h: Harness)
     assert lines[2].startswith("This month (") and "19 tokens · 1 request" in lines[2]
     assert lines[-1].startswith("No budget limits your use")
     assert "█" not in text
+
+
+async def test_usage_is_refused_to_a_member_without_an_allowed_role(h: Harness) -> None:
+    refused = await h.fake.slash("usage", user=EVE)
+    assert refused.callbacks[0]["type"] == 4 and refused.callbacks[0]["data"]["flags"] == EPHEMERAL
+    assert h.answer(refused).startswith("Sorry, this bot is open to members with one of")
+    assert await h.bot.known_member(EVE) is None
 
 
 async def test_a_daily_budget_is_shown_alerted_once_each_and_refused_when_spent(
