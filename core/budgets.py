@@ -18,6 +18,7 @@ A principal without any budget (the common case) costs nothing here but a dictio
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -110,6 +111,7 @@ class Budgets:
         self._totals: dict[Key, Totals] = {}
         self._held: dict[Key, list[float]] = {}
         self._periods: tuple[str, str] | None = None
+        self._serial = itertools.count(1)
         self._clients: dict[int, tuple[int, Limits, str]] = {}
         self._alert_listeners: list[Callable[[], Any]] = []
         storage.db.subscribe(ALERTS, self._alerted)
@@ -163,11 +165,10 @@ class Budgets:
         periods = self.calendar.at(now)
         amounts = {(scope.id, key): (tokens, cost) for scope in scopes
                    for key in (periods.day, periods.month)}
-        hold = Hold(new_id(), scopes, periods, amounts)
         if self._shared:
+            hold = Hold(new_id(), scopes, periods, amounts)  # a row every process can tell
             limits: dict[Key, dict[str, float]] = {(scope.id, periods.key(kind)): {}
-                                                   for scope in scopes
-                      for kind in scope.limits}
+                                                   for scope in scopes for kind in scope.limits}
             for scope in scopes:
                 for kind, limit in scope.limits.items():
                     limits[(scope.id, periods.key(kind))][kind] = limit
@@ -181,14 +182,18 @@ class Budgets:
             hold.before = totals
             return hold
         self._roll(periods)
+        totals, holding = self._totals, self._held
         for scope in scopes:
             for kind, limit in scope.limits.items():
                 key = (scope.id, periods.key(kind))
-                spent = self._totals.get(key, Totals())
-                held_now = self._held.get(key, [0, 0.0])
-                if _used(kind, spent, (int(held_now[0]), held_now[1])) >= limit:
+                spent = totals.get(key, _NOTHING)
+                held_now = holding.get(key, _NO_HOLD)
+                used = spent.cost + held_now[1] if kind == "cost_per_month" \
+                    else spent.tokens + held_now[0]
+                if used >= limit:
                     raise self._refusal(scope, kind, spent, (int(held_now[0]), held_now[1]),
                                         periods, now)
+        hold = Hold(str(next(self._serial)), scopes, periods, amounts)
         for key, (t, c) in amounts.items():
             held_now = self._held.setdefault(key, [0, 0.0])
             held_now[0] += t
@@ -279,20 +284,21 @@ class Budgets:
                     del self._held[key]
 
     async def _alerts(self, hold: Hold, rows: Sequence[SpendRow]) -> None:
+        """Record the alerts of the thresholds this use crossed (rarely any: checked last)."""
         added: dict[Key, Totals] = {}
         for scope_id, period, requests, tokens, cost in rows:
             added.setdefault((scope_id, period), Totals()).add(requests, tokens, cost)
         for scope in hold.scopes:
             for kind, limit in scope.limits.items():
-                if limit <= 0:
-                    continue
                 key = (scope.id, hold.periods.key(kind))
                 delta = added.get(key)
-                if delta is None:
+                if delta is None or limit <= 0:
                     continue
-                after = self._totals.get(key, Totals()) if not self._shared else \
-                    _plus(hold.before.get(key, Totals()), delta)
+                after = _plus(hold.before.get(key, _NOTHING), delta) if self._shared \
+                    else self._totals.get(key, _NOTHING)
                 after_used = _used(kind, after, (0, 0.0))
+                if after_used < limit * ALERT_THRESHOLDS[0] / 100:
+                    continue
                 before_used = after_used - _used(kind, delta, (0, 0.0))
                 for threshold in ALERT_THRESHOLDS:
                     mark = limit * threshold / 100
@@ -367,6 +373,11 @@ class Budgets:
         """Every budget kind with its limit for the principal's own use (None: no limit)."""
         own = member_limits(principal, self.tiers)
         return {kind: own.get(kind) for kind in BUDGET_KEYS}
+
+
+_NOTHING = Totals()
+"""Read-only stand-in for a period with no use yet."""
+_NO_HOLD: list[float] = [0, 0.0]  # read-only
 
 
 def _used(kind: str, spent: Totals, held: tuple[int, float]) -> float:
