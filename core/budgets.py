@@ -75,8 +75,8 @@ class Hold:
     periods: Periods
     amounts: dict[Key, tuple[int, float]]
     before: dict[Key, Totals] = field(default_factory=dict)
-    """Each key's totals when the hold was taken (PostgreSQL), to tell when a use crosses an
-    alert threshold."""
+    """Each key's totals and others' holds when the hold was taken (PostgreSQL): a bound that
+    says whether this use may have reached an alert threshold."""
     settled: bool = False
 
 
@@ -112,6 +112,7 @@ class Budgets:
         self._held: dict[Key, list[float]] = {}
         self._periods: tuple[str, str] | None = None
         self._serial = itertools.count(1)
+        self._alerted_marks: set[tuple[int, str, str, int]] = set()
         self._clients: dict[int, tuple[int, Limits, str]] = {}
         self._alert_listeners: list[Callable[[], Any]] = []
         storage.db.subscribe(ALERTS, self._alerted)
@@ -179,7 +180,10 @@ class Budgets:
                 scope = next(s for s in scopes if s.id == refused_key[0])
                 raise self._refusal(scope, refused_kind, totals.get(refused_key, Totals()),
                                     held.get(refused_key, (0, 0.0)), periods, now)
-            hold.before = totals
+            hold.before = {key: _plus(spent, Totals(0, *held.get(key, (0, 0.0))))
+                           for key, spent in totals.items()}
+            for key, (tokens_held, cost_held) in held.items():
+                hold.before.setdefault(key, Totals(0, tokens_held, cost_held))
             return hold
         self._roll(periods)
         totals, holding = self._totals, self._held
@@ -224,6 +228,7 @@ class Budgets:
         self._periods = current
         self._totals = {k: v for k, v in self._totals.items() if k[1] in current}
         self._held = {k: v for k, v in self._held.items() if k[1] in current}
+        self._alerted_marks = {m for m in self._alerted_marks if m[2] in current}
 
     # ------------------------------------------------------------------ after the call
 
@@ -284,7 +289,8 @@ class Budgets:
                     del self._held[key]
 
     async def _alerts(self, hold: Hold, rows: Sequence[SpendRow]) -> None:
-        """Record the alerts of the thresholds this use crossed (rarely any: checked last)."""
+        """Record the alert of every threshold a budget has reached (each once per period:
+        remembered here, and the table refuses a second). Below 80% nothing is read."""
         added: dict[Key, Totals] = {}
         for scope_id, period, requests, tokens, cost in rows:
             added.setdefault((scope_id, period), Totals()).add(requests, tokens, cost)
@@ -294,17 +300,24 @@ class Budgets:
                 delta = added.get(key)
                 if delta is None or limit <= 0:
                     continue
-                after = _plus(hold.before.get(key, _NOTHING), delta) if self._shared \
-                    else self._totals.get(key, _NOTHING)
-                after_used = _used(kind, after, (0, 0.0))
-                if after_used < limit * ALERT_THRESHOLDS[0] / 100:
-                    continue
-                before_used = after_used - _used(kind, delta, (0, 0.0))
+                if self._shared:
+                    # What it was when the hold was taken, others' holds included: an upper
+                    # bound, so the real total is read only near a threshold.
+                    bound = _used(kind, _plus(hold.before.get(key, _NOTHING), delta), (0, 0.0))
+                    if bound < limit * ALERT_THRESHOLDS[0] / 100:
+                        continue
+                    after = (await self.spend.totals([key])).get(key, _NOTHING)
+                else:
+                    after = self._totals.get(key, _NOTHING)
+                used = _used(kind, after, (0, 0.0))
                 for threshold in ALERT_THRESHOLDS:
-                    mark = limit * threshold / 100
-                    if before_used < mark <= after_used:
+                    mark = (scope.id, kind, key[1], threshold)
+                    if used >= limit * threshold / 100 and mark not in self._alerted_marks:
+                        if len(self._alerted_marks) > 100_000:  # old periods' (PostgreSQL)
+                            self._alerted_marks.clear()
+                        self._alerted_marks.add(mark)
                         await self._record_alert(Alert(scope.id, kind, key[1], threshold,
-                                                       after_used, limit, iso(utc_now())))
+                                                       used, limit, iso(utc_now())))
 
     async def _record_alert(self, alert: Alert) -> None:
         try:

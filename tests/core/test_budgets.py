@@ -315,3 +315,40 @@ async def test_totals_survive_a_restart(
     again = await open_gateway(settings)
     with pytest.raises(QuotaExceeded):
         await quiet(again, ann, "still spent after the restart")
+
+
+@pytest.mark.postgresql_only
+async def test_two_gateways_on_one_database_share_the_budgets(
+    make_settings: Callable[..., Settings], open_gateway: OpenGateway,
+    upstream_a: FakeUpstream, clock: FakeClock,
+) -> None:
+    """Two processes' worth of gateways: requests arriving at both at once are admitted
+    together only while the holds of both leave room, and each sees the other's use."""
+    clock.now = at("2026-12-01T10:00:00")
+    settings = make_settings([account("A", upstream_a, "KEY_A")],
+                             limits={"free": {"tokens_per_day": 1000}})
+    one, two = await open_gateway(settings), await open_gateway(settings)
+    admin = await one.authenticate(await one.create_admin("root"))
+    ann, _ = await one.add_user(admin, userid="ann", username="Ann")
+    gate = asyncio.Event()
+    upstream_a.enqueue(*[Hold(gate, used(5, 300)) for _ in range(10)])
+    asks = [asyncio.create_task(quiet(gw, ann, f"q{n}", options={"max_tokens": 300}))
+            for n in range(5) for gw in (one, two)]
+    refused: list[asyncio.Task[Any]] = []
+    pending: set[asyncio.Task[Any]] = set(asks)
+    while len(refused) < 6:
+        done, pending = await asyncio.wait(pending, timeout=10,
+                                           return_when=asyncio.FIRST_COMPLETED)
+        assert done, "six requests should have been refused"
+        refused += done
+    assert all(isinstance(t.exception(), QuotaExceeded) for t in refused)
+    await upstream_a.wait_in_flight(4)
+    gate.set()
+    await asyncio.gather(*pending)
+    for gw in (one, two):
+        assert (await gw.usage(ann))["tokens_today"] == 4 * 305
+        with pytest.raises(QuotaExceeded):
+            await quiet(gw, ann, "spent, whichever process is asked")
+    alerts = await two.budgets.take_alerts()
+    assert [a.threshold for a in alerts] == [80, 100]
+    assert await one.budgets.take_alerts() == []
