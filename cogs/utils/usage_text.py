@@ -131,14 +131,18 @@ def limit_text(member_id: int, kind: str, set_value: float | None, explicit: boo
     from (set for them, or their tier's default)."""
     label = KIND_LABEL[kind].lower()
     period = "today" if KIND_PERIOD[kind] == "day" else "this month"
-    default = "no limit" if tier_value is None else amount(kind, tier_value, currency)
+    default = None if tier_value is None else amount(kind, tier_value, currency)
     if explicit and set_value is None:
-        text = (f"<@{member_id}> now has no {label} budget (the {tier} tier's default, "
-                f"{default}, no longer applies to them).")
+        text = f"<@{member_id}> now has no {label} budget" + (
+            "." if default is None else
+            f" (the {tier} tier's default, {default}, no longer applies to them).")
     elif explicit:
         assert set_value is not None
         text = (f"<@{member_id}>'s {label} budget is now {amount(kind, set_value, currency)}, "
-                f"set for them (the {tier} tier's default is {default}).")
+                "set for them " + (f"(the {tier} tier has none)." if default is None else
+                                   f"(the {tier} tier's default is {default})."))
+    elif default is None:
+        text = f"<@{member_id}> follows the {tier} tier again, which has no {label} budget."
     else:
         text = f"<@{member_id}>'s {label} budget follows the {tier} tier's default: {default}."
     return f"{text}\nThey have used {amount(kind, used, currency)} {period}."

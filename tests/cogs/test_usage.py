@@ -256,8 +256,14 @@ async def test_admin_limit_sets_lifts_and_restores_a_members_budget(
             "\nThey have used 50 tokens today.")
 
         assert await limit(h, ANN, "cost_per_month", " 2.5 ") == (
-            f"<@{ANN}>'s cost per month budget is now 2.50 USD, set for them (the free tier's "
-            "default is no limit).\nThey have used 0.00 USD this month.")
+            f"<@{ANN}>'s cost per month budget is now 2.50 USD, set for them (the free tier "
+            "has none).\nThey have used 0.00 USD this month.")
+        assert await limit(h, ANN, "cost_per_month", "none") == (
+            f"<@{ANN}> now has no cost per month budget.\nThey have used 0.00 USD this month.")
+        assert await limit(h, ANN, "cost_per_month", "default") == (
+            f"<@{ANN}> follows the free tier again, which has no cost per month budget."
+            "\nThey have used 0.00 USD this month.")
+        await limit(h, ANN, "cost_per_month", "2.5")
         budgets = (await slash(h, "usage")).splitlines()
         assert [line.split(":")[0] for line in budgets if "resets" in line] == [
             "Tokens per day", "Cost per month"]
