@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from .capabilities import CAPABILITIES, account_capabilities
+
 PROXY_SCHEMES = ("socks5", "socks5h", "socks4", "http", "https")
 
 
@@ -162,6 +164,10 @@ class ChatSettings(_Table):
     """How long a call may wait for one of its account's ``max_concurrency`` slots before the
     caller gets a 503 naming the busy account. A new conversation never waits while another
     account has a free slot; a follow-up, which must stay on its account, waits this long."""
+    max_attachment_bytes: int = Field(10_485_760, ge=1)
+    """The most bytes of images, audio and files one request may carry as ``data:`` URLs
+    (decoded); more is refused with a 413 naming this limit. The body as a whole is bounded by
+    ``[server] max_body_bytes``."""
     max_reply_bytes: int = Field(1_048_576, ge=1024)
     """The longest reply (UTF-8 bytes) taken from an upstream; a longer one is refused with a
     502 and nothing is stored, before it can fill the gateway's memory or the database."""
@@ -198,6 +204,17 @@ class AccountSettings(_Table):
     context_tokens: int = Field(8192, ge=64)
     max_tokens: int | None = Field(None, ge=1)
     """Reply length asked for when the caller sets none (keeps a small local model brief)."""
+    embedding_models: list[str] = []
+    """Embedding models this account serves on ``/v1/embeddings`` (besides any of ``models``
+    a caller names there)."""
+    # What the account's upstream can do; unset: the default of its ``api`` (see
+    # core/capabilities.py). A request needing one goes only to accounts that have it.
+    vision: bool | None = None
+    tools: bool | None = None
+    structured_output: bool | None = None
+    audio: bool | None = None
+    files: bool | None = None
+    logprobs: bool | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -214,6 +231,11 @@ class AccountSettings(_Table):
     @property
     def served_models(self) -> list[str]:
         return [self.model, *(m for m in self.models if m != self.model)]
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return account_capabilities(self.api, {name: getattr(self, name)
+                                               for name in CAPABILITIES})
 
 
 class LocalModelSettings(_Table):

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from . import exchange
 from .clock import iso, utc_now
 from .errors import NotFound
+from .exchange import Attachment
 from .models import Conversation, Mode, Turn
 from .storage.conversations import ConversationRepo, UsageRecord
 from .turn import Attempt, ChatResult
@@ -31,9 +33,11 @@ class TurnRecorder:
             client_id=ref_owner(attempt), external_ref=request.external_ref,
             turn_count=1, created_utc=iso(attempt.prompt_time), updated_utc=turn.reply_utc,
         )
-        await self.conversations.create_with_turn(conversation, turn, usage)
+        await self.conversations.create_with_turn(conversation, turn, usage,
+                                                  _attachments(attempt))
         return ChatResult(conversation, turn, None, True, attempt.prompt_time,
-                          turn.duration_ms / 1000, completion.finish_reason or "stop")
+                          turn.duration_ms / 1000, completion.finish_reason or "stop",
+                          completion)
 
     async def append(self, attempt: Attempt, conversation: Conversation, previous: Turn,
                      completion: Completion) -> ChatResult:
@@ -41,13 +45,14 @@ class TurnRecorder:
         meanwhile (then nothing is stored)."""
         turn, usage = self._records(attempt, conversation.account, completion,
                                     position=previous.position + 1)
-        if not await self.conversations.append_turn(turn, usage):
+        if not await self.conversations.append_turn(turn, usage, _attachments(attempt)):
             raise NotFound("the conversation was removed while it was being answered",
                            code="conversation_removed")
         updated = dataclasses.replace(conversation, turn_count=turn.position + 1,
                                       updated_utc=turn.reply_utc)
         return ChatResult(updated, turn, previous, False, attempt.prompt_time,
-                          turn.duration_ms / 1000, completion.finish_reason or "stop")
+                          turn.duration_ms / 1000, completion.finish_reason or "stop",
+                          completion)
 
     async def failed(self, attempt: Attempt, account: str | None,
                      failure: UpstreamFailure | None, outcome: str | None = None) -> None:
@@ -71,6 +76,8 @@ class TurnRecorder:
             reply=completion.text, model=completion.model, upstream_id=completion.upstream_id,
             prompt_utc=iso(attempt.prompt_time), reply_utc=now, duration_ms=elapsed_ms,
             input_tokens=completion.input_tokens, output_tokens=completion.output_tokens,
+            exchange_json=(exchange.record(attempt.request.exchange, completion)
+                           if attempt.request.exchange is not None else None),
         )
         usage = UsageRecord(
             principal_id=attempt.principal.id, client_id=attempt.principal.client_id,
@@ -80,6 +87,11 @@ class TurnRecorder:
             output_tokens=completion.output_tokens,
         )
         return turn, usage
+
+
+def _attachments(attempt: Attempt) -> list[Attachment]:
+    draft = attempt.request.exchange
+    return draft.attachments if draft is not None else []
 
 
 def ref_owner(attempt: Attempt) -> int | None:

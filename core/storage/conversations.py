@@ -6,23 +6,31 @@ one usage row, in a single transaction: nothing is ever rewritten whole.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import Conflict
+from ..exchange import Attachment
 from ..models import Conversation, Turn
-from .database import Database, IntegrityError, Row
+from .database import Database, IntegrityError, Row, Statement
 
 NO_LIMIT = 2**62
 _CONVERSATION_COLUMNS = (
     "id, owner_id, title, mode, account, model, client_id, external_ref, turn_count,"
     " created_utc, updated_utc"
 )
-_TURN_INSERT_VALUES = "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_TURN_INSERT_VALUES = "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _TURN_COLUMNS = (
     "id, conversation_id, parent_id, position, prompt, reply, model, upstream_id, prompt_utc,"
-    " reply_utc, duration_ms, input_tokens, output_tokens"
+    " reply_utc, duration_ms, input_tokens, output_tokens, exchange_json"
 )
+# An attachment already stored (the same bytes, sent again) is kept as it is.
+_ATTACHMENT_INSERT = (
+    "INSERT INTO attachments (sha256, mime_type, size_bytes, data, created_utc)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING"
+)
+_TURN_ATTACHMENT_INSERT = "INSERT INTO turn_attachments (turn_id, sha256) VALUES (?, ?)"
 
 
 # sqlite3.Row iterates over values, not keys, hence .keys().
@@ -64,7 +72,16 @@ def _usage_params(u: UsageRecord) -> tuple[Any, ...]:
 def _turn_params(t: Turn) -> tuple[Any, ...]:
     return (t.id, t.conversation_id, t.parent_id, t.position, t.prompt, t.reply, t.model,
             t.upstream_id, t.prompt_utc, t.reply_utc, t.duration_ms, t.input_tokens,
-            t.output_tokens)
+            t.output_tokens, t.exchange_json)
+
+
+def _attachment_statements(turn: Turn, attachments: Sequence[Attachment]) -> list[Statement]:
+    statements: list[Statement] = []
+    for a in attachments:
+        statements.append((_ATTACHMENT_INSERT,
+                           (a.sha256, a.mime_type, len(a.data), a.data, turn.reply_utc)))
+        statements.append((_TURN_ATTACHMENT_INSERT, (turn.id, a.sha256)))
+    return statements
 
 
 class ConversationRepo:
@@ -128,8 +145,34 @@ class ConversationRepo:
         )
         return [_turn(r) for r in rows]
 
+    async def turn(self, turn_id: str) -> Turn | None:
+        row = await self.db.fetchone(f"SELECT {_TURN_COLUMNS} FROM turns WHERE id = ?",
+                                     (turn_id,))
+        return _turn(row) if row else None
+
+    async def attachments(self, hashes: Iterable[str]) -> dict[str, Attachment]:
+        """The stored attachments of these hashes (those that exist)."""
+        wanted = sorted(set(hashes))
+        if not wanted:
+            return {}
+        rows = await self.db.fetchall(
+            "SELECT sha256, mime_type, data FROM attachments WHERE sha256 IN"
+            f" ({', '.join('?' * len(wanted))})", wanted)
+        return {r["sha256"]: Attachment(r["sha256"], r["mime_type"], bytes(r["data"]))
+                for r in rows}
+
+    async def attachment_of(self, conversation_id: str, sha256: str) -> Attachment | None:
+        """An attachment, if a turn of this conversation refers to it."""
+        row = await self.db.fetchone(
+            "SELECT a.sha256, a.mime_type, a.data FROM attachments a"
+            " JOIN turn_attachments ta ON ta.sha256 = a.sha256"
+            " JOIN turns t ON t.id = ta.turn_id"
+            " WHERE t.conversation_id = ? AND a.sha256 = ? LIMIT 1", (conversation_id, sha256))
+        return Attachment(row["sha256"], row["mime_type"], bytes(row["data"])) if row else None
+
     async def create_with_turn(
-        self, conversation: Conversation, turn: Turn, usage: UsageRecord
+        self, conversation: Conversation, turn: Turn, usage: UsageRecord,
+        attachments: Sequence[Attachment] = (),
     ) -> None:
         """Store a new conversation together with its first turn, or nothing."""
         c = conversation
@@ -141,11 +184,13 @@ class ConversationRepo:
                   c.external_ref, 1, c.created_utc, c.updated_utc)),
                 (f"INSERT INTO turns ({_TURN_COLUMNS}) {_TURN_INSERT_VALUES}", _turn_params(turn)),
                 (_USAGE_INSERT, _usage_params(usage)),
+                *_attachment_statements(turn, attachments),
             ])
         except IntegrityError as exc:
             raise Conflict(f"could not store the conversation: {exc}") from None
 
-    async def append_turn(self, turn: Turn, usage: UsageRecord) -> bool:
+    async def append_turn(self, turn: Turn, usage: UsageRecord,
+                          attachments: Sequence[Attachment] = ()) -> bool:
         """Append a follow-up turn. False when the conversation was removed meanwhile."""
         try:
             return await self.db.write([
@@ -153,6 +198,7 @@ class ConversationRepo:
                  " WHERE id = ?", (turn.reply_utc, turn.conversation_id)),
                 (f"INSERT INTO turns ({_TURN_COLUMNS}) {_TURN_INSERT_VALUES}", _turn_params(turn)),
                 (_USAGE_INSERT, _usage_params(usage)),
+                *_attachment_statements(turn, attachments),
             ], guarded=True)
         except IntegrityError as exc:
             # The turn's position was taken: another process answered this conversation
