@@ -23,6 +23,7 @@ from .chat import ChatListener, ChatRequest, ChatResult, ChatService
 from .clock import iso, utc_now
 from .config import ConfigError, Settings
 from .crypto import CredentialBox
+from .embeddings import EmbeddingService
 from .env_secrets import Secrets
 from .errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from .keys import hash_key
@@ -53,6 +54,7 @@ class Gateway:
         password_grant: PasswordGrant,
         secrets: Secrets | None = None,
         http_sessions: tuple[aiohttp.ClientSession, ...] = (),
+        embeddings: EmbeddingService | None = None,
     ) -> None:
         """The facade over its parts, which ``build_gateway`` makes from settings (tests and
         other setups may pass their own). The gateway owns them: ``open`` and ``close``."""
@@ -62,6 +64,8 @@ class Gateway:
         self.conversations = storage.conversations
         self.pool = pool
         self.chat_service = chat_service
+        self.embedding_service = embeddings or EmbeddingService(
+            settings, pool, storage.conversations, chat_service.limiter)
         self.box = box
         self.password_grant = password_grant
         self.secrets = secrets or Secrets()
@@ -389,6 +393,25 @@ class Gateway:
         """Each model the actor may ask for, with the account that serves it first."""
         choice: PlusChoice = "any" if actor.plus or actor.is_admin else "false"
         return [(model, account.name) for model, account in self.pool.models_for(choice)]
+
+    def model_capabilities(self, actor: Principal) -> list[tuple[str, str, list[str]]]:
+        """Each model the actor may ask for, the account that serves it first, and what it
+        can do there (any of its accounts; a request needing more goes where it can)."""
+        choice: PlusChoice = "any" if actor.plus or actor.is_admin else "false"
+        entries: dict[str, tuple[str, set[str]]] = {}
+        for model, account in self.pool.models_for(choice):
+            have: set[str] = set()
+            for other in self.pool.candidates(choice, model):
+                if other.health() != "out":
+                    have |= other.settings.capabilities
+            entries[model] = (account.name, have)
+        for model, account in self.embedding_service.models(choice):
+            _, have = entries.setdefault(model, (account.name, set()))
+            have.add("embeddings")
+        return [(model, owner, sorted(have)) for model, (owner, have) in entries.items()]
+
+    async def embeddings(self, actor: Principal, body: Any) -> dict[str, Any]:
+        return await self.embedding_service.embed(actor, body)
 
     def tiers_in_service(self) -> set[str]:
         """The tiers that have at least one account not out of service."""

@@ -45,7 +45,8 @@ from .wire import (
 
 __all__ = [
     "COOLING_KINDS", "Completion", "FailureKind", "Message", "OnDelta", "OnRaw", "Target",
-    "UpstreamFailure", "complete", "make_session", "parse_retry_after", "sse_batches",
+    "UpstreamFailure", "complete", "make_session", "parse_retry_after", "post_json",
+    "sse_batches",
 ]
 
 log = logging.getLogger(__name__)
@@ -245,6 +246,40 @@ async def complete(
             (time.perf_counter() - started) * 1000,
         )
     return result
+
+
+async def post_json(target: Target, path: str, body: dict[str, Any], *,
+                    purpose: str, max_bytes: int) -> dict[str, Any]:
+    """One JSON request to ``{base_url}{path}`` and its JSON object answer (embeddings),
+    failing as ``complete`` does."""
+    started = time.perf_counter()
+    status: int | str = "-"
+    try:
+        async with target.session.post(
+            f"{target.base_url}{path}", data=json.dumps(body, ensure_ascii=False).encode(),
+            headers=target.headers(), timeout=aiohttp.ClientTimeout(total=target.timeout_s),
+        ) as resp:
+            status = resp.status
+            await _raise_for_status(resp)
+            raw = await read_capped(resp, max_bytes)
+    except UpstreamFailure as failure:
+        status = failure.status or failure.kind
+        raise
+    except TRANSPORT_ERRORS as exc:
+        transport_failure = _transport_failure(exc)
+        status = transport_failure.kind
+        raise transport_failure from None
+    finally:
+        log.info("upstream %s account=%s model=%s status=%s duration_ms=%d", purpose,
+                 target.name, target.model, status, (time.perf_counter() - started) * 1000)
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise UpstreamFailure("garbage", f"the upstream's {purpose} answer is not a JSON object",
+                              status=resp.status)
+    return data
 
 
 def _read_json(raw: bytes, status: int, target: Target) -> Completion:

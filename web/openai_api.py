@@ -98,21 +98,32 @@ def _tier_choice(principal: Principal) -> PlusChoice:
 
 async def list_models(request: web.Request) -> web.Response:
     gateway, principal = await _caller(request)
-    data = [_model_object(model, owner) for model, owner in gateway.models(principal)]
+    data = [_model_object(*entry) for entry in gateway.model_capabilities(principal)]
     return web.json_response({"object": "list", "data": data})
 
 
 async def get_model(request: web.Request) -> web.Response:
     gateway, principal = await _caller(request)
     wanted = request.match_info["model"]
-    for model, owner in gateway.models(principal):
-        if model == wanted:
-            return web.json_response(_model_object(model, owner))
+    for entry in gateway.model_capabilities(principal):
+        if entry[0] == wanted:
+            return web.json_response(_model_object(*entry))
     raise _not_found_model(wanted)
 
 
-def _model_object(model: str, owner: str) -> dict[str, Any]:
-    return {"id": model, "object": "model", "created": 0, "owned_by": owner}
+def _model_object(model: str, owner: str, capabilities: list[str]) -> dict[str, Any]:
+    # OpenAI's fields, and what the model can do here (a request needing more is refused).
+    return {"id": model, "object": "model", "created": 0, "owned_by": owner,
+            "capabilities": capabilities}
+
+
+# --------------------------------------------------------------------------------- embeddings
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    gateway, principal = await _caller(request)
+    body = await read_body(request)
+    return web.json_response(await gateway.embeddings(principal, body))
 
 
 def _not_found_model(model: str) -> GatewayError:
@@ -443,6 +454,7 @@ def create_v1_app(gateway: Gateway) -> web.Application:
     app[GATEWAY] = gateway
     app[BODY_LIMIT] = limit
     app.router.add_post("/chat/completions", chat_completions)
+    app.router.add_post("/embeddings", embeddings)
     app.router.add_get("/models", list_models)
     app.router.add_get("/models/{model}", get_model)
     return app
