@@ -56,6 +56,8 @@ def account_capabilities(api: str, declared: Mapping[str, bool | None]) -> froze
             have.discard(name)
     if api == "chat":
         have.add("n")  # several choices: only Chat Completions returns them
+    if api == "responses":
+        have.add("responses_api")  # built-in tools and items only the Responses API knows
     return frozenset(have)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -335,6 +336,23 @@ class Gateway:
         ):
             raise NotFound("no such conversation", code="conversation_not_found")
         return conversation
+
+    async def response_turn(self, actor: Principal, response_id: str) -> tuple[Conversation,
+                                                                                Turn]:
+        """The conversation and turn a /v1/responses id names (ours: ``resp_`` and the turn's
+        id), if the actor may continue it: its own, and not created with ``store=false``."""
+        turn = None
+        hex_id = response_id.removeprefix("resp_")
+        if response_id.startswith("resp_") and len(hex_id) == 32 and \
+                all(c in "0123456789abcdef" for c in hex_id):
+            turn = await self.conversations.turn(str(uuid.UUID(hex_id)))
+        conversation = await self.conversations.get(turn.conversation_id) if turn else None
+        stored = turn.exchange if turn else None
+        if turn is None or conversation is None or conversation.owner_id != actor.id or \
+                stored is None or stored.get("store") is False:
+            raise NotFound(f"Previous response with id '{response_id}' not found.",
+                           code="previous_response_not_found")
+        return conversation, turn
 
     async def list_conversations(
         self, actor: Principal, *, limit: int = 50, offset: int = 0, everyone: bool = False

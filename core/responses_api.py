@@ -52,7 +52,8 @@ def request_body(target: Target, messages: list[Message], stream: bool,
     parts in the Responses shape)."""
     if caller_request is not None:
         body = {k: v for k, v in caller_request.items() if k not in _OURS}
-        body.update(model=target.model, store=True)
+        # Stored upstream unless the caller said not to (then it cannot be continued either).
+        body.update(model=target.model, store=caller_request.get("store", True) is not False)
         if options.get("max_tokens") and "max_output_tokens" not in body:
             body["max_output_tokens"] = options["max_tokens"]  # the account's default
     else:

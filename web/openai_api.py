@@ -455,6 +455,9 @@ def create_v1_app(gateway: Gateway) -> web.Application:
     app[BODY_LIMIT] = limit
     app.router.add_post("/chat/completions", chat_completions)
     app.router.add_post("/embeddings", embeddings)
+    from .v1_responses import add_routes  # it builds on this module's helpers
+
+    add_routes(app)
     app.router.add_get("/models", list_models)
     app.router.add_get("/models/{model}", get_model)
     return app

@@ -285,6 +285,10 @@ def message_text(message: Mapping[str, Any]) -> str:
     return ""
 
 
+def behaviour_delay(behaviour: Reply | ToolCalls) -> float:
+    return behaviour.chunk_delay
+
+
 def embedding_of(item: Any) -> list[float]:
     """A deterministic stand-in vector for an input."""
     digest = uuid.uuid5(uuid.NAMESPACE_OID, json.dumps(item)).bytes
@@ -591,30 +595,42 @@ class FakeUpstream:
         if not recorded.stream:
             return _json_response(response)
         resp = await self._start_stream(request)
-        sequence = 1
-        await _send_event(resp, "response.created", {
-            "type": "response.created", "sequence_number": sequence,
-            "response": {**response, "status": "in_progress", "output": [], "usage": None}})
+        events: list[dict[str, Any]] = [{
+            "type": "response.created",
+            "response": {**response, "status": "in_progress", "output": [], "usage": None}}]
         for index, item in enumerate(response["output"]):
-            if item["type"] != "function_call":
-                continue
-            sequence += 1
-            await _send_event(resp, "response.output_item.added", {
-                "type": "response.output_item.added", "output_index": index,
-                "item": {**item, "arguments": ""}, "sequence_number": sequence})
-            sequence += 1
-            await _send_event(resp, "response.function_call_arguments.delta", {
-                "type": "response.function_call_arguments.delta", "item_id": item["id"],
-                "output_index": index, "delta": item["arguments"], "sequence_number": sequence})
-        for piece in split_deltas(behaviour.text):
-            sequence += 1
-            await _send_event(resp, "response.output_text.delta", {
-                "type": "response.output_text.delta", "item_id": response["output"][0]["id"],
-                "output_index": 0, "content_index": 0, "delta": piece,
-                "sequence_number": sequence})
-        await _send_event(resp, "response.completed", {
-            "type": "response.completed", "response": response,
-            "sequence_number": sequence + 1})
+            if item["type"] == "function_call":
+                events += [
+                    {"type": "response.output_item.added", "output_index": index,
+                     "item": {**item, "arguments": "", "status": "in_progress"}},
+                    {"type": "response.function_call_arguments.delta", "item_id": item["id"],
+                     "output_index": index, "delta": item["arguments"]},
+                    {"type": "response.function_call_arguments.done", "item_id": item["id"],
+                     "output_index": index, "arguments": item["arguments"]},
+                ]
+            else:
+                part = item["content"][0]
+                events += [
+                    {"type": "response.output_item.added", "output_index": index,
+                     "item": {**item, "status": "in_progress", "content": []}},
+                    {"type": "response.content_part.added", "item_id": item["id"],
+                     "output_index": index, "content_index": 0, "part": {**part, "text": ""}},
+                    *({"type": "response.output_text.delta", "item_id": item["id"],
+                       "output_index": index, "content_index": 0, "delta": piece}
+                      for piece in split_deltas(part["text"])),
+                    {"type": "response.output_text.done", "item_id": item["id"],
+                     "output_index": index, "content_index": 0, "text": part["text"]},
+                    {"type": "response.content_part.done", "item_id": item["id"],
+                     "output_index": index, "content_index": 0, "part": part},
+                ]
+            events.append({"type": "response.output_item.done", "output_index": index,
+                           "item": item})
+        events.append({"type": "response.completed", "response": response})
+        for sequence, event in enumerate(events, start=1):
+            if event["type"] == "response.output_text.delta" and sequence > 1 and \
+                    behaviour_delay(behaviour):
+                await asyncio.sleep(behaviour_delay(behaviour))
+            await _send_event(resp, event["type"], {**event, "sequence_number": sequence})
         await resp.write_eof()
         return resp
 
