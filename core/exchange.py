@@ -173,3 +173,38 @@ def history(exchanges: list[dict[str, Any]]) -> list[Message]:
         if reply:
             messages.append(reply)
     return messages
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What a stored exchange held besides text, for views that show a turn briefly (the web
+    UI, Discord's audit): its attachments, the tools the reply called, the tool results it
+    sent."""
+
+    attachments: list[dict[str, Any]]
+    tool_calls: list[tuple[str, str]]
+    """(name, arguments) of each call the reply made."""
+    tool_results: list[tuple[str, str]]
+    """(call id, result text) of each tool result the request carried."""
+    refusal: str | None = None
+
+
+def summary(stored: Mapping[str, Any] | None) -> Summary | None:
+    if not stored:
+        return None
+    reply = stored.get("reply") or {}
+    calls = [(str((c.get("function") or {}).get("name")),
+              str((c.get("function") or {}).get("arguments") or ""))
+             for c in reply.get("tool_calls") or [] if isinstance(c, dict)]
+    results = [(str(m.get("tool_call_id")), _plain(m.get("content")))
+               for m in stored.get("messages") or []
+               if isinstance(m, dict) and m.get("role") == "tool"]
+    return Summary(list(stored.get("attachments") or []), calls, results, reply.get("refusal"))
+
+
+def _plain(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""

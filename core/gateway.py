@@ -27,6 +27,7 @@ from .crypto import CredentialBox
 from .embeddings import EmbeddingService
 from .env_secrets import Secrets
 from .errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from .exchange import Attachment
 from .keys import hash_key
 from .models import Conversation, PlusChoice, Principal, Role, Turn
 from .oauth import AccessToken, PasswordGrant
@@ -367,6 +368,16 @@ class Gateway:
         conversation = await self.conversation_for(actor, conversation_id)
         turns = await self.conversations.turns(conversation.id, limit=limit, offset=offset)
         return conversation, turns
+
+    async def attachment(self, actor: Principal, conversation_id: str,
+                         sha256: str) -> Attachment:
+        """An attachment of a conversation the actor may see."""
+        conversation = await self.conversation_for(actor, conversation_id)
+        found = await self.conversations.attachment_of(conversation.id, sha256.lower())
+        if found is None:
+            raise NotFound("no such attachment in this conversation",
+                           code="attachment_not_found")
+        return found
 
     async def remove_conversation(self, actor: Principal, conversation_id: str) -> Conversation:
         conversation = await self.conversation_for(actor, conversation_id)

@@ -210,8 +210,19 @@ class ConversationRepo:
 
     async def delete(self, conversation_id: str) -> bool:
         async with self.db.transaction() as tx:
-            return bool(await tx.execute("DELETE FROM conversations WHERE id = ?",
-                                         (conversation_id,)))
+            held = [r[0] for r in await tx.fetchall(
+                "SELECT DISTINCT ta.sha256 FROM turn_attachments ta"
+                " JOIN turns t ON t.id = ta.turn_id WHERE t.conversation_id = ?",
+                (conversation_id,))]
+            removed = bool(await tx.execute("DELETE FROM conversations WHERE id = ?",
+                                            (conversation_id,)))
+            if held:
+                # Its attachments go with it, unless another turn still refers to them.
+                await tx.execute(
+                    f"DELETE FROM attachments WHERE sha256 IN ({', '.join('?' * len(held))})"
+                    " AND NOT EXISTS (SELECT 1 FROM turn_attachments ta"
+                    " WHERE ta.sha256 = attachments.sha256)", held)
+            return removed
 
     async def set_external_ref(self, conversation_id: str, client_id: int, ref: str | None) -> None:
         try:

@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 
 from core.config import Settings
+from core.errors import NotFound
 from core.gateway import Gateway, build_gateway
 from tests.conftest import ENVIRON, account
 from tests.fakes.upstream import FakeUpstream, ToolCalls
@@ -210,12 +211,24 @@ async def test_an_inline_image_reaches_the_upstream_intact_and_is_stored_once(
     assert turns[0]["prompt"] == "What is in this picture?"
 
     # Sent again (a caller resending its context): the bytes are kept once.
-    await sdk.chat.completions.create(
+    again = await sdk.chat.completions.with_raw_response.create(
         model="model-a", messages=[{"role": "user", "content": parts}])  # type: ignore[misc]
     rows = await gateway.storage.db.fetchall("SELECT sha256, size_bytes FROM attachments")
     assert [(r[0], r[1]) for r in rows] == [(digest, len(data))]
-    stored = await gateway.conversations.attachments([digest])
-    assert stored[digest].data == data
+    first_id = raw.headers["x-conversation-id"]
+    owner = await gateway.authenticate(member)
+    assert (await gateway.attachment(owner, first_id, digest)).data == data
+    admin, _ = await gateway.principals.create("admin", "root")
+    assert (await gateway.attachment(admin, first_id, digest)).mime_type == "image/png"
+    bob, _ = await gateway.principals.create("user", "bob")
+    with pytest.raises(NotFound):
+        await gateway.attachment(bob, first_id, digest)
+
+    # Removing a conversation frees its attachments once no other turn refers to them.
+    await gateway.remove_conversation(owner, first_id)
+    assert await gateway.conversations.attachments([digest])
+    await gateway.remove_conversation(owner, again.headers["x-conversation-id"])
+    assert await gateway.conversations.attachments([digest]) == {}
 
 
 async def test_json_schema_response_format_is_passed_as_given(
