@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 import openai
 import pytest
-from agents import (  # type: ignore[import-not-found, unused-ignore]
+from agents import (
     Agent,
     OpenAIResponsesModel,
     Runner,

@@ -221,3 +221,34 @@ async def test_unknown_foreign_and_unstored_responses_cannot_be_continued(
                                             tools=[{"type": "web_search"}])
     assert isinstance(builtin.value.body, dict)
     assert builtin.value.body["param"] == "tools[0]"
+
+
+async def test_chat_completions_with_tools_on_a_responses_account(
+    setup: Setup, upstream_plus: FakeUpstream
+) -> None:
+    tool = {"type": "function", "function": {k: WEATHER[k] for k in (
+        "name", "description", "parameters")}}
+    schema = {"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "object"}}}
+    upstream_plus.enqueue(ToolCalls((("get_weather", {"city": "Oslo"}),)),
+                          ToolCalls((("get_weather", {"city": "Rome"}),)))
+    done = await setup.client.chat.completions.create(
+        model="model-r", messages=[{"role": "user", "content": "Oslo?"}],
+        tools=[tool], tool_choice={"type": "function",  # type: ignore[list-item]
+                                   "function": {"name": "get_weather"}},
+        response_format=schema)  # type: ignore[arg-type]
+    call = done.choices[0].message.tool_calls[0]  # type: ignore[index]
+    assert call.function.name == "get_weather" and done.choices[0].finish_reason == "tool_calls"
+    sent = upstream_plus.chat_requests()[0]
+    assert sent.path == "/v1/responses" and sent.body is not None
+    assert sent.body["tools"] == [{"type": "function", **tool["function"]}]  # type: ignore[dict-item]
+    assert sent.body["tool_choice"] == {"type": "function", "name": "get_weather"}
+    assert sent.body["text"] == {"format": {"type": "json_schema", "name": "w",
+                                            "schema": {"type": "object"}}}
+
+    stream = await setup.client.chat.completions.create(
+        model="model-r", stream=True, tools=[tool],  # type: ignore[list-item]
+        messages=[{"role": "user", "content": "Rome?"}])
+    calls = [c for chunk in [c async for c in stream] if chunk.choices
+             for c in chunk.choices[0].delta.tool_calls or []]
+    assert [(c.index, c.function.name) for c in calls] == [  # type: ignore[union-attr]
+        (0, "get_weather")]

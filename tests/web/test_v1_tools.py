@@ -272,3 +272,17 @@ async def test_attachments_past_the_limit_are_refused_naming_it(
     assert isinstance(error, dict) and error["code"] == "attachments_too_large"
     assert "max_attachment_bytes" in error["message"] and "2000" in error["message"]
     assert upstream_a.chat_requests() == []
+
+
+async def test_legacy_functions_logprobs_and_n_are_passed_on(
+    sdk: openai.AsyncOpenAI, upstream_a: FakeUpstream
+) -> None:
+    functions = [WEATHER_TOOL["function"]]
+    await sdk.chat.completions.create(
+        model="model-a", messages=[{"role": "user", "content": "Paris?"}],
+        functions=functions, function_call={"name": "get_weather"},  # type: ignore[list-item]
+        logprobs=True, top_logprobs=2, n=2)
+    sent = upstream_a.chat_requests(titles=False)[0].body
+    assert sent is not None
+    assert (sent["functions"], sent["function_call"]) == (functions, {"name": "get_weather"})
+    assert (sent["logprobs"], sent["top_logprobs"], sent["n"]) == (True, 2, 2)
