@@ -257,6 +257,9 @@ class LocalModelSettings(_Table):
     """Short: the stop sequences end most answers well before, and a small model that goes
     on past its answer only wanders."""
     max_concurrency: int = Field(2, ge=1)
+    embeddings: bool = True
+    """Serve ``/v1/embeddings`` too, under ``model_name`` (llama.cpp's embedding mode, the
+    input's token vectors averaged). The packaged base model's vectors are rough, but real."""
     threads: int = Field(0, ge=0)
     """0: one per core."""
     timeout_s: float = Field(300.0, gt=0)
