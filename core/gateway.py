@@ -280,6 +280,7 @@ class Gateway:
     async def remove_user(self, actor: Principal, userid: str | None) -> Principal:
         user = await self._managed_user(actor, userid)
         await self.principals.delete(user.id)
+        await self.conversations.prune_attachments()  # their conversations' images went too
         log.info("principal %s removed principal %s", actor.id, user.id)
         return user
 

@@ -193,16 +193,15 @@ def _check_message(message: Any, index: int) -> None:
                           f"{where}.tool_call_id")
 
 
-def draft(messages: list[dict[str, Any]], settings: Settings, *, is_new: bool,
-          api: str = "chat", store: bool = True,
-          where: str = "messages") -> exchange.Draft:
-    """What the turn will store of these messages: the new ones, inline data by hash."""
-    kept = exchange.new_messages(messages, is_new) if api == "chat" else messages
-    stored, attachments = exchange.extract(kept, settings.chat.max_attachment_bytes, where)
-    if not is_new and api == "chat":
-        # Only the new messages are stored, but every inline attachment counts to the limit.
-        exchange.extract(messages, settings.chat.max_attachment_bytes, where)
-    return exchange.Draft(api, stored, attachments, store)
+def draft(messages: list[dict[str, Any]], settings: Settings, *, is_new: bool) -> exchange.Draft:
+    """What the turn will store of these messages: the new ones, inline data by hash. Every
+    inline attachment of the request counts to the limit, stored or not."""
+    stored, attachments = exchange.extract(messages, settings.chat.max_attachment_bytes)
+    kept = exchange.new_messages(stored, is_new)
+    if kept is not stored:
+        used = exchange.references(kept)
+        attachments = [a for a in attachments if a.sha256 in used]
+    return exchange.Draft("chat", kept, attachments)
 
 
 async def read_body(request: web.Request) -> Any:

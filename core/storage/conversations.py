@@ -75,11 +75,15 @@ def _turn_params(t: Turn) -> tuple[Any, ...]:
             t.output_tokens, t.exchange_json)
 
 
-def _attachment_statements(turn: Turn, attachments: Sequence[Attachment]) -> list[Statement]:
+def _attachment_statements(turn: Turn, attachments: Sequence[Attachment],
+                           known: set[str]) -> list[Statement]:
+    """The attachments' rows (the bytes only of those not stored yet) and the turn's
+    references to them."""
     statements: list[Statement] = []
     for a in attachments:
-        statements.append((_ATTACHMENT_INSERT,
-                           (a.sha256, a.mime_type, len(a.data), a.data, turn.reply_utc)))
+        if a.sha256 not in known:
+            statements.append((_ATTACHMENT_INSERT,
+                               (a.sha256, a.mime_type, len(a.data), a.data, turn.reply_utc)))
         statements.append((_TURN_ATTACHMENT_INSERT, (turn.id, a.sha256)))
     return statements
 
@@ -161,6 +165,23 @@ class ConversationRepo:
         return {r["sha256"]: Attachment(r["sha256"], r["mime_type"], bytes(r["data"]))
                 for r in rows}
 
+    async def _stored(self, attachments: Sequence[Attachment]) -> set[str]:
+        """Which of these are stored already: a /v1 caller resends its whole context, so the
+        same image comes with every request, and its bytes need not travel again."""
+        if not attachments:
+            return set()
+        hashes = sorted({a.sha256 for a in attachments})
+        rows = await self.db.fetchall(
+            f"SELECT sha256 FROM attachments WHERE sha256 IN ({', '.join('?' * len(hashes))})",
+            hashes)
+        return {r[0] for r in rows}
+
+    async def prune_attachments(self) -> None:
+        """Remove the attachments no turn refers to any more (after a user's removal took
+        their conversations with it)."""
+        await self.db.write([("DELETE FROM attachments WHERE NOT EXISTS (SELECT 1 FROM"
+                              " turn_attachments ta WHERE ta.sha256 = attachments.sha256)", ())])
+
     async def attachment_of(self, conversation_id: str, sha256: str) -> Attachment | None:
         """An attachment, if a turn of this conversation refers to it."""
         row = await self.db.fetchone(
@@ -184,7 +205,7 @@ class ConversationRepo:
                   c.external_ref, 1, c.created_utc, c.updated_utc)),
                 (f"INSERT INTO turns ({_TURN_COLUMNS}) {_TURN_INSERT_VALUES}", _turn_params(turn)),
                 (_USAGE_INSERT, _usage_params(usage)),
-                *_attachment_statements(turn, attachments),
+                *_attachment_statements(turn, attachments, await self._stored(attachments)),
             ])
         except IntegrityError as exc:
             raise Conflict(f"could not store the conversation: {exc}") from None
@@ -198,7 +219,7 @@ class ConversationRepo:
                  " WHERE id = ?", (turn.reply_utc, turn.conversation_id)),
                 (f"INSERT INTO turns ({_TURN_COLUMNS}) {_TURN_INSERT_VALUES}", _turn_params(turn)),
                 (_USAGE_INSERT, _usage_params(usage)),
-                *_attachment_statements(turn, attachments),
+                *_attachment_statements(turn, attachments, await self._stored(attachments)),
             ], guarded=True)
         except IntegrityError as exc:
             # The turn's position was taken: another process answered this conversation

@@ -286,3 +286,17 @@ async def test_legacy_functions_logprobs_and_n_are_passed_on(
     assert sent is not None
     assert (sent["functions"], sent["function_call"]) == (functions, {"name": "get_weather"})
     assert (sent["logprobs"], sent["top_logprobs"], sent["n"]) == (True, 2, 2)
+
+
+async def test_removing_a_user_frees_their_attachments(
+    gateway: Gateway, root: str, upstream_a: FakeUpstream
+) -> None:
+    admin, _ = await gateway.principals.create("admin", "root")
+    _, key = await gateway.add_user(admin, userid="u-7", username="cy")
+    url, _ = png_data_url(500)
+    async with openai.AsyncOpenAI(base_url=f"{root}/v1", api_key=key, max_retries=0) as sdk:
+        await sdk.chat.completions.create(model="model-a", messages=[{
+            "role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}])
+    assert await gateway.storage.db.fetchall("SELECT sha256 FROM attachments")
+    await gateway.remove_user(admin, "u-7")
+    assert await gateway.storage.db.fetchall("SELECT sha256 FROM attachments") == []
