@@ -29,6 +29,7 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import SecretStr
 
+from .capabilities import can_all
 from .config import AccountSettings, Settings
 from .env_secrets import Secrets
 from .errors import Conflict
@@ -305,7 +306,7 @@ class AccountPool:
         tiers = TIERS_FOR_CHOICE[choice]
         return [a for a in self.accounts if a.tier in tiers
                 and (model is None or model in a.settings.served_models)
-                and (not needs or a.settings.capabilities.issuperset(needs))]
+                and (not needs or can_all(a.settings.api, a.settings.capabilities, needs))]
 
     def pick(self, choice: PlusChoice, exclude: set[str],
              model: str | None = None, needs: Collection[str] = ()) -> Account | None:

@@ -38,6 +38,24 @@ _PART_NEEDS: dict[str, Capability] = {
 }
 
 
+FIELD = "field:"
+"""A need of the form ``field:NAME``: a Chat Completions field that must reach the upstream.
+A Chat Completions account takes every field as given (those it does not know too, as
+OpenAI-compatible servers have their own); the other protocols carry only the fields they have
+a counterpart for (``CARRIED``), and a request with another is refused, not trimmed."""
+CARRIED: dict[str, frozenset[str]] = {
+    "responses": frozenset({
+        "max_tokens", "max_completion_tokens", "temperature", "top_p", "user", "metadata",
+        "tools", "tool_choice", "parallel_tool_calls", "response_format", "reasoning_effort",
+        "service_tier"}),
+    "completions": frozenset({
+        "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "user",
+        "presence_penalty", "frequency_penalty", "stop"}),
+}
+HANDLED = frozenset({"model", "messages", "stream", "stream_options"})
+"""Fields the gateway itself acts on, whatever the account."""
+
+
 class CapabilityMissing(BadRequest):
     """No account that could serve this request has what one of its parameters needs."""
 
@@ -80,6 +98,9 @@ def needs_of_chat(body: Mapping[str, Any]) -> dict[str, str]:
         needs["n"] = "n"
     if body.get("logprobs") or body.get("top_logprobs") is not None:
         needs.setdefault("logprobs", "logprobs" if body.get("logprobs") else "top_logprobs")
+    modalities = body.get("modalities")
+    if body.get("audio") or (isinstance(modalities, list) and "audio" in modalities):
+        needs.setdefault("audio", "audio" if body.get("audio") else "modalities")
     messages = body.get("messages")
     for index, message in enumerate(messages if isinstance(messages, list) else ()):
         if not isinstance(message, dict):
@@ -88,7 +109,22 @@ def needs_of_chat(body: Mapping[str, Any]) -> dict[str, str]:
                 or message.get("role") == "function":
             needs.setdefault("tools", f"messages[{index}]")
         _part_needs(message.get("content"), f"messages[{index}].content", needs)
+    for name, value in body.items():
+        # null is the default, and n = 1 is what every protocol does anyway.
+        if name not in HANDLED and value is not None and not (name == "n" and value == 1):
+            needs.setdefault(FIELD + name, name)
     return needs
+
+
+def can(api: str, have: frozenset[str], need: str) -> bool:
+    """Whether an account of ``api`` with capabilities ``have`` meets ``need``."""
+    if need.startswith(FIELD):
+        return api == "chat" or need[len(FIELD):] in CARRIED.get(api, frozenset())
+    return need in have
+
+
+def can_all(api: str, have: frozenset[str], needs: Iterable[str]) -> bool:
+    return all(can(api, have, need) for need in needs)
 
 
 def needs_of_input(items: Iterable[Any], param: str = "input") -> dict[str, str]:
@@ -111,10 +147,11 @@ def _part_needs(content: Any, param: str, needs: dict[str, str]) -> None:
             needs.setdefault(need, f"{param}[{number}]")
 
 
-def missing(needs: Mapping[str, str], have: frozenset[str]) -> tuple[str, str] | None:
+def missing(needs: Mapping[str, str], api: str,
+            have: frozenset[str]) -> tuple[str, str] | None:
     """The first capability needed and not had, with the parameter that needs it."""
     for capability, param in needs.items():
-        if capability not in have:
+        if not can(api, have, capability):
             return capability, param
     return None
 
@@ -122,5 +159,9 @@ def missing(needs: Mapping[str, str], have: frozenset[str]) -> tuple[str, str] |
 def refusal(capability: str, param: str, where: str) -> CapabilityMissing:
     """The 400 for a request that needs what ``where`` (the accounts it may use, or its
     conversation's account) cannot do."""
+    if capability.startswith(FIELD):
+        return CapabilityMissing(
+            f"'{param}' can only be passed on to a Chat Completions account (api = \"chat\"), "
+            f"and {where}", param)
     return CapabilityMissing(
         f"'{param}' needs an account that can do '{capability}', and {where}", param)

@@ -25,7 +25,7 @@ import aiohttp
 from . import exchange
 from .accounts import BUSY_RETRY_AFTER_S, Account, AccountPool, SlotRefused
 from .answering import Answerer, Progress, max_tokens
-from .capabilities import CapabilityMissing, missing
+from .capabilities import CapabilityMissing, can, missing
 from .capabilities import refusal as capability_refusal
 from .config import Settings
 from .errors import BadRequest, Conflict, Forbidden, NotFound, TooLarge, Unavailable
@@ -187,7 +187,8 @@ class ChatService:
             return
         serving = self.pool.candidates(choice, request.model)
         for capability, param in request.needs.items():
-            if not any(capability in a.settings.capabilities for a in serving):
+            if not any(can(a.settings.api, a.settings.capabilities, capability)
+                       for a in serving):
                 where = (f"no account serving the model {request.model!r} can"
                          if request.model else "no account you may use can")
                 raise capability_refusal(capability, param, where)
@@ -238,7 +239,8 @@ class ChatService:
         account: Account | None = None
         if conversation.mode == "pool":
             account = self._account_for_follow_up(conversation, principal)
-            lacking = missing(request.needs, account.settings.capabilities)
+            lacking = missing(request.needs, account.settings.api,
+                              account.settings.capabilities)
             if lacking is not None:
                 raise capability_refusal(
                     *lacking, f"this conversation's account '{account.name}' cannot")

@@ -80,6 +80,10 @@ def chat_options_to_responses(options: dict[str, Any]) -> dict[str, Any]:
         out["tool_choice"] = choice
     if "parallel_tool_calls" in options:
         out["parallel_tool_calls"] = options["parallel_tool_calls"]
+    if "reasoning_effort" in options:
+        out["reasoning"] = {"effort": options["reasoning_effort"]}
+    if "service_tier" in options:
+        out["service_tier"] = options["service_tier"]
     response_format = options.get("response_format")
     if isinstance(response_format, dict):
         if response_format.get("type") == "json_schema":
@@ -179,6 +183,9 @@ def options_to_chat(body: dict[str, Any]) -> dict[str, Any]:
                          ("parallel_tool_calls", "parallel_tool_calls")):
         if body.get(ours) is not None:
             out[theirs] = body[ours]
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, dict) and reasoning.get("effort"):
+        out["reasoning_effort"] = reasoning["effort"]
     tools = body.get("tools")
     if tools:
         converted = []

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from core import exchange
-from core.capabilities import needs_of_chat
+from core.capabilities import HANDLED, needs_of_chat
 from core.chat import ChatRequest, ChatResult, StartInfo
 from core.config import Settings
 from core.errors import BadRequest, GatewayError, NotFound, TooLarge, Unauthorized
@@ -35,17 +35,9 @@ log = logging.getLogger(__name__)
 
 CONVERSATION_HEADER = "X-Conversation-Id"
 BODY_LIMIT = web.AppKey("body_limit", int)
-# Fields passed upstream as given. What an account cannot do is refused (core/capabilities.py)
-# rather than dropped, so a caller never believes a setting took effect when it did not.
-PASSED_FIELDS = frozenset({
-    "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "presence_penalty",
-    "frequency_penalty", "seed", "user", "response_format", "logit_bias", "metadata",
-    "reasoning_effort", "service_tier", "tools", "tool_choice", "parallel_tool_calls",
-    "functions", "function_call", "logprobs", "top_logprobs", "n", "prediction",
-    "verbosity",
-})
-IGNORED_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "store"})
-UNSUPPORTED_FIELDS = frozenset({"audio", "modalities", "web_search_options"})
+# Every field but those the gateway acts on is passed on as given (those it does not know too:
+# OpenAI-compatible servers have their own). What an account cannot do or carry is refused
+# with the parameter named (core/capabilities.py), never dropped silently.
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 _ERROR_TYPES = {
@@ -144,9 +136,6 @@ def parse_completion_request(body: Any) -> tuple[list[dict[str, Any]], dict[str,
         raise _ParamError("'messages' must be a non-empty array", "messages")
     for index, message in enumerate(messages):
         _check_message(message, index)
-    for name in body:
-        if name in UNSUPPORTED_FIELDS:
-            raise _ParamError(f"'{name}' is not supported by this gateway", name)
     n = body.get("n", 1)
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 128):
         raise _ParamError("'n' must be a whole number from 1 to 128", "n")
@@ -159,7 +148,7 @@ def parse_completion_request(body: Any) -> tuple[list[dict[str, Any]], dict[str,
     for name in ("stream",):
         if name in body and not isinstance(body[name], bool):
             raise _ParamError(f"'{name}' must be a boolean", name)
-    options = {k: v for k, v in body.items() if k in PASSED_FIELDS}
+    options = {k: v for k, v in body.items() if k not in HANDLED}
     if options.get("n") == 1:
         del options["n"]
     users = [m for m in messages if m.get("role") == "user"]

@@ -42,6 +42,12 @@ from .openai_api import (
 
 UNSUPPORTED = frozenset({"background", "conversation", "prompt"})
 """Responses features that need state the gateway does not keep for callers."""
+TRANSLATED = frozenset({
+    "model", "input", "instructions", "previous_response_id", "stream", "store", "tools",
+    "tool_choice", "text", "max_output_tokens", "temperature", "top_p", "user", "metadata",
+    "parallel_tool_calls", "reasoning"})
+"""Fields a Chat Completions account can be given a counterpart of; any other with a value
+needs a Responses account, so it is never dropped on the way."""
 
 
 def response_id(turn_id: str) -> str:
@@ -87,6 +93,11 @@ def _plan(body: dict[str, Any]) -> tuple[list[Message], dict[str, Any], dict[str
     except ShapeError as err:
         needs.setdefault("responses_api", err.param)
         options = {}
+    for name, value in body.items():
+        # Empty values and the defaults ask for nothing (the Agents SDK sends include=[]).
+        if name not in TRANSLATED and value not in (None, [], {}, "") and \
+                (name, value) != ("truncation", "disabled"):
+            needs.setdefault("responses_api", name)
     return messages, options, needs
 
 

@@ -252,3 +252,39 @@ async def test_chat_completions_with_tools_on_a_responses_account(
              for c in chunk.choices[0].delta.tool_calls or []]
     assert [(c.index, c.function.name) for c in calls] == [  # type: ignore[union-attr]
         (0, "get_weather")]
+
+
+async def test_fields_reach_the_upstream_or_are_refused_never_dropped(
+    setup: Setup, upstream_a: FakeUpstream, upstream_b: FakeUpstream,
+    upstream_plus: FakeUpstream,
+) -> None:
+    hi = [{"role": "user", "content": "hi"}]
+    # A Chat Completions account takes every field, those the gateway does not know too.
+    await setup.client.chat.completions.create(
+        model="model-a", messages=hi, seed=7,  # type: ignore[arg-type]
+        extra_body={"guided_choice": ["yes", "no"]})
+    sent = _requests(upstream_a, upstream_b)[0].body
+    assert sent is not None and (sent["seed"], sent["guided_choice"]) == (7, ["yes", "no"])
+
+    # A Responses account has no counterpart for them: refused, naming the field.
+    for kwargs, param in (({"seed": 7}, "seed"),
+                          ({"extra_body": {"guided_choice": ["a"]}}, "guided_choice")):
+        with pytest.raises(openai.BadRequestError) as refused:
+            await setup.client.chat.completions.create(
+                model="model-r", messages=hi, **kwargs)  # type: ignore[arg-type]
+        assert isinstance(refused.value.body, dict)
+        assert refused.value.body["param"] == param
+        assert "Chat Completions" in refused.value.body["message"]
+    # What it has a counterpart for is translated.
+    await setup.client.chat.completions.create(model="model-r", messages=hi,
+                                               reasoning_effort="low")  # type: ignore[arg-type]
+    body = upstream_plus.chat_requests()[-1].body
+    assert body is not None and body["reasoning"] == {"effort": "low"}
+
+    # The other way: a Responses-only field goes to a Responses account, as given.
+    await setup.client.responses.create(model="model-r", input="x", truncation="auto")
+    body = upstream_plus.chat_requests()[-1].body
+    assert body is not None and body["truncation"] == "auto"
+    with pytest.raises(openai.BadRequestError) as refused:
+        await setup.client.responses.create(model="model-a", input="x", truncation="auto")
+    assert isinstance(refused.value.body, dict) and refused.value.body["param"] == "truncation"
