@@ -288,3 +288,21 @@ async def test_fields_reach_the_upstream_or_are_refused_never_dropped(
     with pytest.raises(openai.BadRequestError) as refused:
         await setup.client.responses.create(model="model-a", input="x", truncation="auto")
     assert isinstance(refused.value.body, dict) and refused.value.body["param"] == "truncation"
+
+
+@pytest.mark.parametrize("model", ["model-a", "model-r"])
+async def test_streamed_tool_calls_as_responses_events(
+    setup: Setup, model: str, upstream_a: FakeUpstream, upstream_b: FakeUpstream,
+    upstream_plus: FakeUpstream,
+) -> None:
+    for fake in (upstream_a, upstream_b, upstream_plus):
+        fake.enqueue(ToolCalls((("get_weather", {"city": "Oslo"}), ("get_weather", {}))))
+    async with setup.client.responses.stream(
+            model=model, input="Oslo?", tools=[WEATHER]) as stream:  # type: ignore[list-item]
+        kinds = [event.type async for event in stream]
+        final = await stream.get_final_response()
+    calls = [item for item in final.output if item.type == "function_call"]
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [
+        ("get_weather", {"city": "Oslo"}), ("get_weather", {})]
+    assert "response.function_call_arguments.delta" in kinds
+    assert kinds[-1] == "response.completed" and final.id.startswith("resp_")
