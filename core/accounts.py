@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,6 +29,7 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import SecretStr
 
+from .capabilities import can_all
 from .config import AccountSettings, Settings
 from .env_secrets import Secrets
 from .errors import Conflict
@@ -298,22 +299,25 @@ class AccountPool:
     def get(self, name: str) -> Account | None:
         return self._by_name.get(name)
 
-    def candidates(self, choice: PlusChoice, model: str | None = None) -> list[Account]:
-        """Accounts of the tiers ``choice`` allows, serving ``model`` when one is named."""
+    def candidates(self, choice: PlusChoice, model: str | None = None,
+                   needs: Collection[str] = ()) -> list[Account]:
+        """Accounts of the tiers ``choice`` allows, serving ``model`` when one is named, with
+        every capability in ``needs``."""
         tiers = TIERS_FOR_CHOICE[choice]
         return [a for a in self.accounts if a.tier in tiers
-                and (model is None or model in a.settings.served_models)]
+                and (model is None or model in a.settings.served_models)
+                and (not needs or can_all(a.settings.api, a.settings.capabilities, needs))]
 
     def pick(self, choice: PlusChoice, exclude: set[str],
-             model: str | None = None) -> Account | None:
+             model: str | None = None, needs: Collection[str] = ()) -> Account | None:
         """The next healthy account for a new conversation, round robin within ``choice``.
         One with a free slot is preferred, so a busy account (every slot taken, or callers
         already queued for one) does not queue work that another could start at once; a busy
         one is offered only when every healthy account is busy."""
-        pool = self.candidates(choice, model)
+        pool = self.candidates(choice, model, needs)
         if not pool:
             return None
-        key = f"{choice}/{model or ''}"
+        key = f"{choice}/{model or ''}/{','.join(sorted(needs))}"
         start = self._cursor.get(key, 0) % len(pool)
         ordered = pool[start:] + pool[:start]
         usable = [a for a in ordered if a.name not in exclude and a.health() == "healthy"]

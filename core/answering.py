@@ -62,7 +62,8 @@ class Answerer:
                     )
                 try:
                     completion = await self._call(target, messages, attempt.request.options,
-                                                  listener, previous_response_id)
+                                                  listener, previous_response_id,
+                                                  attempt.request.responses_request)
                 except UpstreamFailure as failure:
                     if account is not None:
                         # Recorded before the slot is freed, so a call that waited for it
@@ -83,10 +84,13 @@ class Answerer:
 
     async def _call(self, target: Target, messages: list[Message], options: dict[str, Any],
                     listener: ChatListener | None,
-                    previous_response_id: str | None = None) -> Completion:
+                    previous_response_id: str | None = None,
+                    responses_request: dict[str, Any] | None = None) -> Completion:
         completion = await complete(target, messages, options=options,
                                     on_delta=listener.delta if listener is not None else None,
+                                    on_raw=getattr(listener, "raw", None),
                                     previous_response_id=previous_response_id,
+                                    responses_request=responses_request,
                                     max_reply_bytes=self.settings.chat.max_reply_bytes)
         # Some servers (llama.cpp) report no usage when streaming: every turn still gets token
         # counts, estimated as the history is (about 3.5 characters a token).
@@ -177,6 +181,15 @@ class Progress:
         self.sent_text = True
         if self.inner is not None:
             await self.inner.delta(text)
+
+    async def raw(self, chunks: list[dict[str, Any]]) -> bool:
+        """The upstream's streamed objects, to a front that passes them on as given (/v1):
+        once one of them reached the caller, a failure can no longer move accounts."""
+        forward = getattr(self.inner, "raw", None)
+        if forward is not None and await forward(chunks):
+            self.sent_text = True
+            return True
+        return False
 
     async def title(self, title: str) -> None:
         if self.inner is not None:

@@ -22,10 +22,13 @@ from typing import Any
 
 import aiohttp
 
+from . import exchange
 from .accounts import BUSY_RETRY_AFTER_S, Account, AccountPool, SlotRefused
 from .answering import Answerer, Progress, max_tokens
 from .billing import cost_of
 from .budgets import Budgets, Hold
+from .capabilities import CapabilityMissing, can, missing
+from .capabilities import refusal as capability_refusal
 from .config import Settings
 from .errors import BadRequest, Conflict, Forbidden, NotFound, TooLarge, Unavailable
 from .history import build_messages, estimate_tokens, prompt_budget
@@ -130,7 +133,8 @@ class ChatService:
         # healthy account is busy) never adds up across accounts.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.chat.slot_wait_s
-        while (account := self.pool.pick(choice, tried, request.model)) is not None:
+        needs = list(request.needs)
+        while (account := self.pool.pick(choice, tried, request.model, needs)) is not None:
             tried.add(account.name)
             messages = self._messages([], attempt.prompt, account.settings.context_tokens,
                                       request)
@@ -190,7 +194,25 @@ class ChatService:
             tier = {"false": "free", "true": "plus", "any": "any"}[choice]
             raise Unavailable(f"no upstream account is configured for the {tier} tier",
                               code="no_account")
+        self._check_capabilities(request, choice)
         return choice
+
+    def _check_capabilities(self, request: ChatRequest, choice: PlusChoice) -> None:
+        """A 400 naming the parameter when no account the request may use can do all it
+        needs (an account that can do the rest is no answer: the part would be lost)."""
+        if not request.needs or self.pool.candidates(choice, request.model, list(request.needs)):
+            return
+        serving = self.pool.candidates(choice, request.model)
+        for capability, param in request.needs.items():
+            if not any(can(a.settings.api, a.settings.capabilities, capability)
+                       for a in serving):
+                where = (f"no account serving the model {request.model!r} can"
+                         if request.model else "no account you may use can")
+                raise capability_refusal(capability, param, where)
+        first = next(iter(request.needs.values()))
+        raise CapabilityMissing(
+            f"'{first}' and the other parameters of this request together need more than any "
+            "one account you may use can do", first)
 
     async def _none_could_answer(self, attempt: Attempt, choice: PlusChoice, busy: bool,
                                  last_failure: UpstreamFailure | None) -> Unavailable:
@@ -234,6 +256,11 @@ class ChatService:
         account: Account | None = None
         if conversation.mode == "pool":
             account = self._account_for_follow_up(conversation, principal)
+            lacking = missing(request.needs, account.settings.api,
+                              account.settings.capabilities)
+            if lacking is not None:
+                raise capability_refusal(
+                    *lacking, f"this conversation's account '{account.name}' cannot")
             target = account.target(conversation.model)
             context = account.settings.context_tokens
         else:
@@ -247,21 +274,29 @@ class ChatService:
                 # The turn before this one, which held the lock, may have cooled the account.
                 account = self._account_for_follow_up(conversation, principal)
             # A caller that sends its own context (/v1) needs only the last turn, as parent.
+            own_context = request.messages is not None and request.continues_turn is None
             recent = await self.conversations.recent_turns(
-                conversation.id, 1 if request.messages is not None else MAX_HISTORY_TURNS)
+                conversation.id, 1 if own_context else MAX_HISTORY_TURNS)
             if not recent:
                 raise NotFound("no such conversation", code="conversation_not_found")
             previous = recent[0]
+            if request.continues_turn is not None and previous.id != request.continues_turn:
+                raise Conflict(
+                    "previous_response_id must name the latest response of its conversation; "
+                    "an earlier one was already continued", code="response_not_latest")
             attempt = Attempt(principal, request, prompt, conversation.id, new_id(),
                               is_new=False, parent_id=previous.id)
             previous_response_id = None
-            if target.api == "responses":
+            if request.continues_turn is not None and target.api != "responses":
+                messages = await self._exchange_history(recent, request)
+            elif target.api == "responses":
                 # The upstream holds the history: send only the new prompt, chained by id.
                 previous_response_id = previous.upstream_id
                 if not previous_response_id:
                     raise Conflict("this conversation's last turn has no upstream response id "
                                    "to continue from", code="history_unavailable")
-                messages: list[Message] = [{"role": "user", "content": prompt}]
+                messages = (request.messages or []) if request.continues_turn is not None \
+                    else [{"role": "user", "content": prompt}]
             else:
                 messages = self._messages(recent, prompt, context, request)
             hold = None
@@ -305,6 +340,18 @@ class ChatService:
             account.record_success(completion.input_tokens, completion.output_tokens)
         return await self._recorder.append(attempt, conversation, previous, completion,
                                            hold)
+
+    async def _exchange_history(self, recent: list[Turn],
+                                request: ChatRequest) -> list[Message]:
+        """The conversation so far from its stored exchanges, inline data restored, then the
+        request's new messages: how a stateless account continues a stateful caller."""
+        turns = list(reversed(recent))
+        if any(turn.exchange is None for turn in turns):
+            raise Conflict("this conversation has turns stored without their exchange; "
+                           "continue it where it started", code="history_unavailable")
+        stored = exchange.history([turn.exchange for turn in turns if turn.exchange])
+        attachments = await self.conversations.attachments(exchange.references(stored))
+        return [*exchange.restore(stored, attachments), *(request.messages or [])]
 
     def _account_for_follow_up(self, conversation: Conversation, principal: Principal) -> Account:
         name = conversation.account or ""

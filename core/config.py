@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from .capabilities import CAPABILITIES, account_capabilities
+
 PROXY_SCHEMES = ("socks5", "socks5h", "socks4", "http", "https")
 
 
@@ -164,6 +166,10 @@ class ChatSettings(_Table):
     """How long a call may wait for one of its account's ``max_concurrency`` slots before the
     caller gets a 503 naming the busy account. A new conversation never waits while another
     account has a free slot; a follow-up, which must stay on its account, waits this long."""
+    max_attachment_bytes: int = Field(10_485_760, ge=1)
+    """The most bytes of images, audio and files one request may carry as ``data:`` URLs
+    (decoded); more is refused with a 413 naming this limit. The body as a whole is bounded by
+    ``[server] max_body_bytes``."""
     max_reply_bytes: int = Field(1_048_576, ge=1024)
     """The longest reply (UTF-8 bytes) taken from an upstream; a longer one is refused with a
     502 and nothing is stored, before it can fill the gateway's memory or the database."""
@@ -230,6 +236,17 @@ class AccountSettings(_Table):
     price_output_per_mtok: float = Field(0.0, ge=0)
     model_prices: dict[str, PriceSettings] = {}
     """Prices of the further ``models`` that differ from the account's own, by model name."""
+    embedding_models: list[str] = []
+    """Embedding models this account serves on ``/v1/embeddings`` (besides any of ``models``
+    a caller names there)."""
+    # What the account's upstream can do; unset: the default of its ``api`` (see
+    # core/capabilities.py). A request needing one goes only to accounts that have it.
+    vision: bool | None = None
+    tools: bool | None = None
+    structured_output: bool | None = None
+    audio: bool | None = None
+    files: bool | None = None
+    logprobs: bool | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -246,6 +263,11 @@ class AccountSettings(_Table):
     @property
     def served_models(self) -> list[str]:
         return [self.model, *(m for m in self.models if m != self.model)]
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return account_capabilities(self.api, {name: getattr(self, name)
+                                               for name in CAPABILITIES})
 
     def price(self, model: str | None) -> PriceSettings:
         """The prices of ``model`` on this account: its own, else the account's."""
@@ -294,6 +316,9 @@ class LocalModelSettings(_Table):
     """Short: the stop sequences end most answers well before, and a small model that goes
     on past its answer only wanders."""
     max_concurrency: int = Field(2, ge=1)
+    embeddings: bool = True
+    """Serve ``/v1/embeddings`` too, under ``model_name`` (llama.cpp's embedding mode, the
+    input's token vectors averaged). The packaged base model's vectors are rough, but real."""
     threads: int = Field(0, ge=0)
     """0: one per core."""
     timeout_s: float = Field(300.0, gt=0)

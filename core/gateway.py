@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -24,8 +25,10 @@ from .chat import ChatListener, ChatRequest, ChatResult, ChatService
 from .clock import iso, utc_now
 from .config import BUDGET_KEYS, ConfigError, Settings
 from .crypto import CredentialBox
+from .embeddings import EmbeddingService
 from .env_secrets import Secrets
 from .errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from .exchange import Attachment
 from .keys import hash_key
 from .models import Conversation, PlusChoice, Principal, Role, Turn
 from .oauth import AccessToken, PasswordGrant
@@ -56,6 +59,7 @@ class Gateway:
         password_grant: PasswordGrant,
         secrets: Secrets | None = None,
         http_sessions: tuple[aiohttp.ClientSession, ...] = (),
+        embeddings: EmbeddingService | None = None,
     ) -> None:
         """The facade over its parts, which ``build_gateway`` makes from settings (tests and
         other setups may pass their own). The gateway owns them: ``open`` and ``close``."""
@@ -67,6 +71,8 @@ class Gateway:
         self.chat_service = chat_service
         self.budgets = chat_service.budgets
         self.usage_service = UsageService(settings, storage, self.budgets)
+        self.embedding_service = embeddings or EmbeddingService(
+            settings, pool, storage.conversations, chat_service.limiter, chat_service.budgets)
         self.box = box
         self.password_grant = password_grant
         self.secrets = secrets or Secrets()
@@ -280,6 +286,7 @@ class Gateway:
     async def remove_user(self, actor: Principal, userid: str | None) -> Principal:
         user = await self._managed_user(actor, userid)
         await self.principals.delete(user.id)
+        await self.conversations.prune_attachments()  # their conversations' images went too
         log.info("principal %s removed principal %s", actor.id, user.id)
         return user
 
@@ -386,6 +393,23 @@ class Gateway:
             raise NotFound("no such conversation", code="conversation_not_found")
         return conversation
 
+    async def response_turn(self, actor: Principal, response_id: str) -> tuple[Conversation,
+                                                                                Turn]:
+        """The conversation and turn a /v1/responses id names (ours: ``resp_`` and the turn's
+        id), if the actor may continue it: its own, and not created with ``store=false``."""
+        turn = None
+        hex_id = response_id.removeprefix("resp_")
+        if response_id.startswith("resp_") and len(hex_id) == 32 and \
+                all(c in "0123456789abcdef" for c in hex_id):
+            turn = await self.conversations.turn(str(uuid.UUID(hex_id)))
+        conversation = await self.conversations.get(turn.conversation_id) if turn else None
+        stored = turn.exchange if turn else None
+        if turn is None or conversation is None or conversation.owner_id != actor.id or \
+                stored is None or stored.get("store") is False:
+            raise NotFound(f"Previous response with id '{response_id}' not found.",
+                           code="previous_response_not_found")
+        return conversation, turn
+
     async def list_conversations(
         self, actor: Principal, *, limit: int = 50, offset: int = 0, everyone: bool = False
     ) -> tuple[list[Conversation], int]:
@@ -399,6 +423,16 @@ class Gateway:
         conversation = await self.conversation_for(actor, conversation_id)
         turns = await self.conversations.turns(conversation.id, limit=limit, offset=offset)
         return conversation, turns
+
+    async def attachment(self, actor: Principal, conversation_id: str,
+                         sha256: str) -> Attachment:
+        """An attachment of a conversation the actor may see."""
+        conversation = await self.conversation_for(actor, conversation_id)
+        found = await self.conversations.attachment_of(conversation.id, sha256.lower())
+        if found is None:
+            raise NotFound("no such attachment in this conversation",
+                           code="attachment_not_found")
+        return found
 
     async def remove_conversation(self, actor: Principal, conversation_id: str) -> Conversation:
         conversation = await self.conversation_for(actor, conversation_id)
@@ -443,6 +477,25 @@ class Gateway:
         """Each model the actor may ask for, with the account that serves it first."""
         choice: PlusChoice = "any" if actor.plus or actor.is_admin else "false"
         return [(model, account.name) for model, account in self.pool.models_for(choice)]
+
+    def model_capabilities(self, actor: Principal) -> list[tuple[str, str, list[str]]]:
+        """Each model the actor may ask for, the account that serves it first, and what it
+        can do there (any of its accounts; a request needing more goes where it can)."""
+        choice: PlusChoice = "any" if actor.plus or actor.is_admin else "false"
+        entries: dict[str, tuple[str, set[str]]] = {}
+        for model, account in self.pool.models_for(choice):
+            have: set[str] = set()
+            for other in self.pool.candidates(choice, model):
+                if other.health() != "out":
+                    have |= other.settings.capabilities
+            entries[model] = (account.name, have)
+        for model, account in self.embedding_service.models(choice):
+            _, have = entries.setdefault(model, (account.name, set()))
+            have.add("embeddings")
+        return [(model, owner, sorted(have)) for model, (owner, have) in entries.items()]
+
+    async def embeddings(self, actor: Principal, body: Any) -> dict[str, Any]:
+        return await self.embedding_service.embed(actor, body)
 
     def tiers_in_service(self) -> set[str]:
         """The tiers that have at least one account not out of service."""

@@ -97,6 +97,11 @@ class LocalModelServer:
             tier="free", proxy="", max_concurrency=self.settings.max_concurrency,
             timeout_s=self.settings.timeout_s, context_tokens=self.settings.context_tokens,
             max_tokens=self.settings.max_tokens, api=self.settings.api,
+            embedding_models=[self.settings.model_name] if self.settings.embeddings else [],
+            # llama.cpp reads no images, audio or files here; it calls tools only with a
+            # function-calling chat format (and a model tuned for it).
+            vision=False, audio=False, files=False,
+            tools=self.settings.api == "chat" and "function" in self.settings.chat_format,
         )
 
     async def start(self) -> None:
@@ -120,6 +125,8 @@ class LocalModelServer:
             # the same time as the reply, would leave the reply empty. Queue them instead.
             "--interrupt_requests", "False",
         ]
+        if self.settings.embeddings:
+            command += ["--embedding", "True"]
         log.info("starting the local model on %s (%s)", self.base_url, path)
         self._process = await asyncio.create_subprocess_exec(
             *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,

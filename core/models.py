@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -97,8 +98,26 @@ class Turn:
     duration_ms: int
     input_tokens: int | None
     output_tokens: int | None
+    exchange_json: str | None = None
+    """The exchange as it was (see core/exchange.py), for /v1 turns; None for plain ones."""
+
+    @property
+    def exchange(self) -> dict[str, Any] | None:
+        if not self.exchange_json:
+            return None
+        value = json.loads(self.exchange_json)
+        return value if isinstance(value, dict) else None
 
     def public(self) -> dict[str, Any]:
+        exchange = self.exchange
+        extra: dict[str, Any] = {}
+        if exchange is not None:
+            # The exchange as stored: content parts (attachments by hash), tool calls and
+            # results, the finish reason.
+            extra = {"exchange": {key: exchange.get(key)
+                                  for key in ("api", "messages", "reply")},
+                     "attachments": exchange.get("attachments") or [],
+                     "finish_reason": (exchange.get("reply") or {}).get("finish_reason")}
         return {
             "id": self.id,
             "parent_id": self.parent_id,
@@ -111,4 +130,5 @@ class Turn:
             "duration_ms": self.duration_ms,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
+            **extra,
         }

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 
+from . import exchange
 from .accounts import AccountPool
 from .billing import cost_of
 from .budgets import Budgets, Hold
 from .clock import iso, utc_now
 from .errors import NotFound
+from .exchange import Attachment
 from .models import Conversation, Mode, Turn
 from .storage.conversations import ConversationRepo, UsageRecord, usage_statement
 from .storage.database import Statement
@@ -45,10 +47,12 @@ class TurnRecorder:
             client_id=ref_owner(attempt), external_ref=request.external_ref,
             turn_count=1, created_utc=iso(attempt.prompt_time), updated_utc=turn.reply_utc,
         )
-        await self.conversations.create_with_turn(conversation, turn, usage, extra)
+        await self.conversations.create_with_turn(conversation, turn, usage,
+                                                  _attachments(attempt), extra)
         await self.budgets.settled(rows, hold)
         return ChatResult(conversation, turn, None, True, attempt.prompt_time,
-                          turn.duration_ms / 1000, completion.finish_reason or "stop")
+                          turn.duration_ms / 1000, completion.finish_reason or "stop",
+                          completion)
 
     async def append(self, attempt: Attempt, conversation: Conversation, previous: Turn,
                      completion: Completion, hold: Hold | None = None) -> ChatResult:
@@ -57,14 +61,16 @@ class TurnRecorder:
         turn, usage = self._records(attempt, conversation.account, completion,
                                     position=previous.position + 1)
         rows, extra = self._counted(attempt, usage, hold)
-        if not await self.conversations.append_turn(turn, usage, extra):
+        if not await self.conversations.append_turn(turn, usage, _attachments(attempt),
+                                                    extra):
             raise NotFound("the conversation was removed while it was being answered",
                            code="conversation_removed")
         await self.budgets.settled(rows, hold)
         updated = dataclasses.replace(conversation, turn_count=turn.position + 1,
                                       updated_utc=turn.reply_utc)
         return ChatResult(updated, turn, previous, False, attempt.prompt_time,
-                          turn.duration_ms / 1000, completion.finish_reason or "stop")
+                          turn.duration_ms / 1000, completion.finish_reason or "stop",
+                          completion)
 
     async def failed(self, attempt: Attempt, account: str | None,
                      failure: UpstreamFailure | None, outcome: str | None = None) -> None:
@@ -105,6 +111,8 @@ class TurnRecorder:
             reply=completion.text, model=completion.model, upstream_id=completion.upstream_id,
             prompt_utc=iso(attempt.prompt_time), reply_utc=now, duration_ms=elapsed_ms,
             input_tokens=completion.input_tokens, output_tokens=completion.output_tokens,
+            exchange_json=(exchange.record(attempt.request.exchange, completion)
+                           if attempt.request.exchange is not None else None),
         )
         return turn, self._usage(attempt, account, completion, now, elapsed_ms)
 
@@ -134,6 +142,11 @@ def _merged(rows: list[SpendRow]) -> list[SpendRow]:
         total[1] += tokens
         total[2] += cost
     return [(k[0], k[1], int(v[0]), int(v[1]), v[2]) for k, v in merged.items()]
+
+
+def _attachments(attempt: Attempt) -> list[Attachment]:
+    draft = attempt.request.exchange
+    return draft.attachments if draft is not None else []
 
 
 def ref_owner(attempt: Attempt) -> int | None:

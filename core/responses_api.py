@@ -13,10 +13,12 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from . import responses_shapes
 from .wire import (
     Completion,
     Message,
     OnDelta,
+    OnRaw,
     ReplyMeter,
     Target,
     UpstreamFailure,
@@ -38,12 +40,27 @@ _OPTION_NAMES = {
 }
 
 
+# Passed to a Responses caller's own request: everything but what the gateway decides.
+_OURS = frozenset({"model", "previous_response_id", "stream", "store"})
+
+
 def request_body(target: Target, messages: list[Message], stream: bool,
-                 options: dict[str, Any], previous_response_id: str | None) -> bytes:
-    body: dict[str, Any] = {
-        _OPTION_NAMES[k]: v for k, v in options.items() if k in _OPTION_NAMES
-    }
-    body.update(model=target.model, input=messages, store=True)
+                 options: dict[str, Any], previous_response_id: str | None,
+                 caller_request: dict[str, Any] | None = None) -> bytes:
+    """A Responses request: the /v1/responses caller's own (``caller_request``) as given, or
+    one made from Chat Completions messages and options (tools, response_format and content
+    parts in the Responses shape)."""
+    if caller_request is not None:
+        body = {k: v for k, v in caller_request.items() if k not in _OURS}
+        # Stored upstream unless the caller said not to (then it cannot be continued either).
+        body.update(model=target.model, store=caller_request.get("store", True) is not False)
+        if options.get("max_tokens") and "max_output_tokens" not in body:
+            body["max_output_tokens"] = options["max_tokens"]  # the account's default
+    else:
+        body = {_OPTION_NAMES[k]: v for k, v in options.items() if k in _OPTION_NAMES}
+        body.update(responses_shapes.chat_options_to_responses(options))
+        body.update(model=target.model, input=responses_shapes.chat_messages_to_input(messages),
+                    store=True)
     if previous_response_id:
         body["previous_response_id"] = previous_response_id
     if stream:
@@ -61,6 +78,7 @@ def completion_from(response: Any, target: Target) -> Completion:
         error = object_of(response, "error")
         raise UpstreamFailure("server", str(error.get("message") or "the response failed"))
     texts: list[str] = []
+    refusals: list[str] = []
     for item in response["output"]:
         if not isinstance(item, dict):
             raise malformed("an output item is not an object")
@@ -71,14 +89,26 @@ def completion_from(response: Any, target: Target) -> Completion:
                 raise malformed("a content part is not an object")
             if part.get("type") == "output_text":
                 texts.append(text_of(part, "text") or "")
+            elif part.get("type") == "refusal":
+                refusals.append(text_of(part, "refusal") or "")
     usage = object_of(response, "usage")
+    extras: dict[str, Any] = {}
+    if calls := responses_shapes.tool_calls_of_output(response["output"]):
+        extras["tool_calls"] = calls
+    if refusals:
+        extras["refusal"] = "".join(refusals)
+    finish = "stop" if status == "completed" else status
+    if calls and status == "completed":
+        finish = "tool_calls"
     return Completion(
         text="".join(texts),
         model=text_of(response, "model") or target.model,
         upstream_id=text_of(response, "id"),
         input_tokens=count_of(usage, "input_tokens"),
         output_tokens=count_of(usage, "output_tokens"),
-        finish_reason="stop" if status == "completed" else status,
+        finish_reason=finish,
+        message=extras or None,
+        response=response,
     )
 
 
@@ -92,11 +122,13 @@ def read_json(raw: bytes, target: Target) -> Completion:
 
 
 async def read_stream(batches: AsyncIterator[list[str]], target: Target,
-                      on_delta: OnDelta, meter: ReplyMeter) -> Completion:
+                      on_delta: OnDelta, meter: ReplyMeter,
+                      on_raw: OnRaw | None = None) -> Completion:
     """Consume the typed events of a streamed response until ``response.completed``; the text
-    deltas of one network read are passed on as one."""
+    deltas of one network read are passed on as one (and the events as given to ``on_raw``)."""
     async for batch in batches:
         texts: list[str] = []
+        events: list[dict[str, Any]] = []
         completed = None
         for raw in batch:
             if raw == "[DONE]":
@@ -108,6 +140,7 @@ async def read_stream(batches: AsyncIterator[list[str]], target: Target,
                                       "JSON") from None
             if not isinstance(event, dict):
                 raise malformed("a streamed event is not an object")
+            events.append(event)
             kind = event.get("type")
             if kind == "response.output_text.delta":
                 delta = text_of(event, "delta")
@@ -121,6 +154,8 @@ async def read_stream(batches: AsyncIterator[list[str]], target: Target,
                 detail = event.get("message") or object_of(object_of(event, "response"),
                                                            "error").get("message")
                 raise UpstreamFailure("server", f"the upstream failed mid-stream: {detail}")
+        if on_raw is not None and events:
+            await on_raw(events)
         if texts:
             await on_delta("".join(texts))
         if completed is not None:

@@ -5,11 +5,13 @@ being answered (``Attempt``)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 from .clock import utc_now
+from .exchange import Draft
 from .models import Conversation, PlusChoice, Principal, Turn
 from .upstream import Completion, Message
 
@@ -32,6 +34,16 @@ class ChatRequest:
     the client owns the context). ``prompt`` is then what is stored as the turn's prompt."""
     generate_title: bool = True
     """False: the title is cut from the prompt, with no extra upstream call."""
+    needs: Mapping[str, str] = field(default_factory=dict)
+    """Capabilities the request needs (core/capabilities.py), each with the parameter that
+    needs it: only accounts that have them all may answer."""
+    exchange: Draft | None = None
+    """What the turn stores of its exchange (the /v1 APIs); None: prompt and reply only."""
+    responses_request: dict[str, Any] | None = None
+    """A /v1/responses caller's request, sent as given to an ``api = "responses"`` account."""
+    continues_turn: str | None = None
+    """The turn this request continues (a /v1/responses ``previous_response_id``): it must
+    still be the conversation's last, and the history is rebuilt from the stored exchanges."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +74,8 @@ class ChatResult:
     elapsed_s: float
     finish_reason: str = "stop"
     """As the upstream said: "stop", or "length" when max_tokens cut the reply."""
+    completion: Completion | None = None
+    """The upstream's answer as read (tool calls, raw choices), for the /v1 fronts."""
 
 
 @dataclass(slots=True)

@@ -30,6 +30,7 @@ from .wire import (
     FailureKind,
     Message,
     OnDelta,
+    OnRaw,
     ReplyMeter,
     Target,
     UpstreamFailure,
@@ -43,8 +44,9 @@ from .wire import (
 )
 
 __all__ = [
-    "COOLING_KINDS", "Completion", "FailureKind", "Message", "OnDelta", "Target",
-    "UpstreamFailure", "complete", "make_session", "parse_retry_after", "sse_batches",
+    "COOLING_KINDS", "Completion", "FailureKind", "Message", "OnDelta", "OnRaw", "Target",
+    "UpstreamFailure", "complete", "make_session", "parse_retry_after", "post_json",
+    "sse_batches",
 ]
 
 log = logging.getLogger(__name__)
@@ -163,13 +165,18 @@ async def complete(
     purpose: str = "chat",
     previous_response_id: str | None = None,
     max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+    on_raw: OnRaw | None = None,
+    responses_request: dict[str, Any] | None = None,
 ) -> Completion:
     """One chat completion. With ``on_delta`` the upstream streams and each text piece is passed
     on as it arrives; without it, one JSON answer is awaited. Accounts with ``api="responses"``
     speak the Responses API instead, continuing ``previous_response_id`` when given; those
     with ``api="completions"`` the plain Completions API, the messages written as a transcript
     (``purpose="title"`` asks for a title's transcript). A reply longer than
-    ``max_reply_bytes`` fails as ``reply_too_large`` while it is being read."""
+    ``max_reply_bytes`` fails as ``reply_too_large`` while it is being read. ``on_raw``
+    hears the streamed objects as the upstream sent them (a /v1 front passing on tool-call
+    deltas); ``responses_request``: a /v1/responses caller's own request, sent as given to a
+    Responses account."""
     started = time.perf_counter()
     stream = on_delta is not None
     responses = target.api == "responses"
@@ -180,7 +187,7 @@ async def complete(
     if responses:
         url = f"{target.base_url}/responses"
         body = responses_api.request_body(target, messages, stream, options or {},
-                                          previous_response_id)
+                                          previous_response_id, responses_request)
     elif completions:
         url = f"{target.base_url}/completions"
         body = completions_api.request_body(target, messages, stream, options, purpose)
@@ -202,12 +209,12 @@ async def complete(
             meter = ReplyMeter(max_reply_bytes)
             if on_delta is not None and responses:
                 result = await responses_api.read_stream(sse_batches(resp), target, on_delta,
-                                                         meter)
+                                                         meter, on_raw)
             elif on_delta is not None and completions:
                 result = await completions_api.read_stream(sse_batches(resp), target, on_delta,
                                                            meter)
             elif on_delta is not None:
-                result = await _read_stream(resp, target, on_delta, meter)
+                result = await _read_stream(resp, target, on_delta, meter, on_raw)
             else:
                 raw = await read_capped(
                     resp, max_reply_bytes * RAW_BYTES_PER_REPLY_BYTE + RAW_ENVELOPE_BYTES)
@@ -241,6 +248,40 @@ async def complete(
     return result
 
 
+async def post_json(target: Target, path: str, body: dict[str, Any], *,
+                    purpose: str, max_bytes: int) -> dict[str, Any]:
+    """One JSON request to ``{base_url}{path}`` and its JSON object answer (embeddings),
+    failing as ``complete`` does."""
+    started = time.perf_counter()
+    status: int | str = "-"
+    try:
+        async with target.session.post(
+            f"{target.base_url}{path}", data=json.dumps(body, ensure_ascii=False).encode(),
+            headers=target.headers(), timeout=aiohttp.ClientTimeout(total=target.timeout_s),
+        ) as resp:
+            status = resp.status
+            await _raise_for_status(resp)
+            raw = await read_capped(resp, max_bytes)
+    except UpstreamFailure as failure:
+        status = failure.status or failure.kind
+        raise
+    except TRANSPORT_ERRORS as exc:
+        transport_failure = _transport_failure(exc)
+        status = transport_failure.kind
+        raise transport_failure from None
+    finally:
+        log.info("upstream %s account=%s model=%s status=%s duration_ms=%d", purpose,
+                 target.name, target.model, status, (time.perf_counter() - started) * 1000)
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise UpstreamFailure("garbage", f"the upstream's {purpose} answer is not a JSON object",
+                              status=resp.status)
+    return data
+
+
 def _read_json(raw: bytes, status: int, target: Target) -> Completion:
     try:
         data = json.loads(raw)
@@ -263,11 +304,63 @@ def _read_json(raw: bytes, status: int, target: Target) -> Completion:
         input_tokens=count_of(usage, "prompt_tokens"),
         output_tokens=count_of(usage, "completion_tokens"),
         finish_reason=text_of(choice, "finish_reason"),
+        message=message_extras(choice["message"]),
+        choices=choices,
     )
 
 
+_EXTRAS = ("tool_calls", "refusal", "function_call", "audio")
+"""Parts of an assistant message besides its text, kept and stored as given."""
+
+
+def message_extras(message: dict[str, Any]) -> dict[str, Any] | None:
+    extras = {k: message[k] for k in _EXTRAS if message.get(k)}
+    if "tool_calls" in extras and not isinstance(extras["tool_calls"], list):
+        raise malformed("'tool_calls' is not a list")
+    return extras or None
+
+
+class _Accumulator:
+    """The first choice's message as its streamed deltas add up: text, refusal, and tool calls
+    merged by their ``index`` (id, type and name come once, the arguments in pieces)."""
+
+    def __init__(self) -> None:
+        self.refusal: list[str] = []
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.function_call: dict[str, str] = {}
+
+    def take(self, delta: dict[str, Any]) -> None:
+        if refusal := text_of(delta, "refusal"):
+            self.refusal.append(refusal)
+        for call in list_of(delta, "tool_calls"):
+            if not isinstance(call, dict) or not isinstance(call.get("index", 0), int):
+                raise malformed("a streamed tool call is not an object with an index")
+            merged = self.tool_calls.setdefault(
+                call.get("index", 0), {"id": "", "type": "function",
+                                       "function": {"name": "", "arguments": ""}})
+            merged["id"] = text_of(call, "id") or merged["id"]
+            merged["type"] = text_of(call, "type") or merged["type"]
+            function = object_of(call, "function")
+            merged["function"]["name"] += text_of(function, "name") or ""
+            merged["function"]["arguments"] += text_of(function, "arguments") or ""
+        legacy = object_of(delta, "function_call")
+        for key in ("name", "arguments"):
+            if piece := text_of(legacy, key):
+                self.function_call[key] = self.function_call.get(key, "") + piece
+
+    def message(self) -> dict[str, Any] | None:
+        extras: dict[str, Any] = {}
+        if self.tool_calls:
+            extras["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+        if self.refusal:
+            extras["refusal"] = "".join(self.refusal)
+        if self.function_call:
+            extras["function_call"] = {"name": "", "arguments": "", **self.function_call}
+        return extras or None
+
+
 def _take_chunk(raw: str, result: Completion, pieces: list[str], status: int,
-                meter: ReplyMeter) -> None:
+                meter: ReplyMeter, extras: _Accumulator) -> dict[str, Any]:
     """Fold one ``chat.completion.chunk`` into the result; its text goes to ``pieces``."""
     try:
         chunk = json.loads(raw)
@@ -288,26 +381,37 @@ def _take_chunk(raw: str, result: Completion, pieces: list[str], status: int,
     for choice in list_of(chunk, "choices"):
         if not isinstance(choice, dict):
             raise malformed("a streamed choice is not an object")
-        text = text_of(object_of(choice, "delta"), "content")
+        if choice.get("index", 0) != 0:
+            continue  # further choices (n > 1) go to the caller as given, not to the store
+        delta = object_of(choice, "delta")
+        text = text_of(delta, "content")
         if text:
             meter.add(text)
             pieces.append(text)
+        extras.take(delta)
         result.finish_reason = text_of(choice, "finish_reason") or result.finish_reason
+    return chunk
 
 
 async def _read_stream(
-    resp: aiohttp.ClientResponse, target: Target, on_delta: OnDelta, meter: ReplyMeter
+    resp: aiohttp.ClientResponse, target: Target, on_delta: OnDelta, meter: ReplyMeter,
+    on_raw: OnRaw | None = None,
 ) -> Completion:
     result = Completion(text="", model=target.model)
     pieces: list[str] = []
+    extras = _Accumulator()
     done = False
     async for batch in sse_batches(resp):
         arrived = len(pieces)
+        chunks = []
         for raw in batch:
             if raw == "[DONE]":
                 done = True
                 break
-            _take_chunk(raw, result, pieces, resp.status, meter)
+            chunks.append(_take_chunk(raw, result, pieces, resp.status, meter, extras))
+        if on_raw is not None and chunks:
+            # Before the text: a front that forwards the chunks as given ignores the text.
+            await on_raw(chunks)
         if len(pieces) > arrived:
             # Everything that came in one read goes on as one delta.
             await on_delta("".join(pieces[arrived:]))
@@ -316,4 +420,5 @@ async def _read_stream(
     if not done:
         raise UpstreamFailure("server", "the upstream stream ended before it was complete")
     result.text = "".join(pieces)
+    result.message = extras.message()
     return result

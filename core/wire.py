@@ -47,6 +47,9 @@ def content_text(content: Any) -> str:
                        if isinstance(part, dict) and part.get("type", "text") == "text")
     return ""
 OnDelta = Callable[[str], Awaitable[None]]
+OnRaw = Callable[[list[dict[str, Any]]], Awaitable[bool]]
+"""Receives the parsed objects (``chat.completion.chunk``s, or Responses events) of one network
+read as the upstream sent them; True when something of them reached the caller."""
 
 
 class UpstreamFailure(Exception):
@@ -152,6 +155,15 @@ class Completion:
     finish_reason: str | None = None
     usage_estimated: bool = False
     """The upstream reported no usage: the token counts are the gateway's estimates."""
+    message: dict[str, Any] | None = None
+    """The first choice's assistant message beyond its text, in Chat Completions' shape
+    (``tool_calls``, ``refusal``, ``function_call``), as the upstream gave it or as its
+    streamed deltas add up; None when it had nothing but text."""
+    choices: list[dict[str, Any]] | None = None
+    """A Chat Completions upstream's ``choices``, as given (several with ``n``), for a /v1
+    caller that must get them unchanged."""
+    response: dict[str, Any] | None = None
+    """A Responses upstream's final ``response`` object, as given."""
 
 
 @dataclass(slots=True)

@@ -185,6 +185,10 @@ def check_sdk(out: str) -> None:
     assert out == answer("Say hello")
 
 
+def check_responses(out: str) -> None:
+    assert out.splitlines() == [answer("And another?"), "2 vectors"]
+
+
 def check_remove_user(out: str) -> None:
     removed, refused = json_values(out)
     assert removed["status"] == "success" and removed["user"]["name"] == "ann"
@@ -205,7 +209,8 @@ CHECKS: dict[str, Callable[[str], None]] = {
     "api/admin/accounts": check_accounts,
     '"$GW/v1/models"': check_v1,
     "export GW KEY": check_export,
-    "from openai import OpenAI": check_sdk,
+    "Say hello": check_sdk,
+    "previous_response_id": check_responses,
     "remove-user": check_remove_user,
 }
 

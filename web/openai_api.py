@@ -18,7 +18,10 @@ from typing import Any
 
 from aiohttp import web
 
+from core import exchange
+from core.capabilities import HANDLED, needs_of_chat
 from core.chat import ChatRequest, ChatResult, StartInfo
+from core.config import Settings
 from core.errors import BadRequest, GatewayError, NotFound, TooLarge, Unauthorized
 from core.gateway import Gateway
 from core.models import PlusChoice, Principal
@@ -32,18 +35,11 @@ from .keys import GATEWAY
 log = logging.getLogger(__name__)
 
 CONVERSATION_HEADER = "X-Conversation-Id"
-# Fields passed upstream as given. Others are refused rather than dropped silently, so a caller
-# never believes a setting took effect when it did not.
-PASSED_FIELDS = frozenset({
-    "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "presence_penalty",
-    "frequency_penalty", "seed", "user", "response_format", "logit_bias", "metadata",
-    "reasoning_effort", "service_tier",
-})
-IGNORED_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "n", "store"})
-UNSUPPORTED_FIELDS = frozenset({"tools", "tool_choice", "functions", "function_call",
-                                "logprobs", "top_logprobs", "audio", "modalities",
-                                "prediction", "parallel_tool_calls"})
-ROLES = frozenset({"system", "developer", "user", "assistant"})
+BODY_LIMIT = web.AppKey("body_limit", int)
+# Every field but those the gateway acts on is passed on as given (those it does not know too:
+# OpenAI-compatible servers have their own). What an account cannot do or carry is refused
+# with the parameter named (core/capabilities.py), never dropped silently.
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -139,21 +135,32 @@ def _tier_choice(principal: Principal) -> PlusChoice:
 
 async def list_models(request: web.Request) -> web.Response:
     gateway, principal = await _caller(request)
-    data = [_model_object(model, owner) for model, owner in gateway.models(principal)]
+    data = [_model_object(*entry) for entry in gateway.model_capabilities(principal)]
     return web.json_response({"object": "list", "data": data})
 
 
 async def get_model(request: web.Request) -> web.Response:
     gateway, principal = await _caller(request)
     wanted = request.match_info["model"]
-    for model, owner in gateway.models(principal):
-        if model == wanted:
-            return web.json_response(_model_object(model, owner))
+    for entry in gateway.model_capabilities(principal):
+        if entry[0] == wanted:
+            return web.json_response(_model_object(*entry))
     raise _not_found_model(wanted)
 
 
-def _model_object(model: str, owner: str) -> dict[str, Any]:
-    return {"id": model, "object": "model", "created": 0, "owned_by": owner}
+def _model_object(model: str, owner: str, capabilities: list[str]) -> dict[str, Any]:
+    # OpenAI's fields, and what the model can do here (a request needing more is refused).
+    return {"id": model, "object": "model", "created": 0, "owned_by": owner,
+            "capabilities": capabilities}
+
+
+# --------------------------------------------------------------------------------- embeddings
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    gateway, principal = await _caller(request)
+    body = await read_body(request)
+    return web.json_response(await gateway.embeddings(principal, body))
 
 
 def _not_found_model(model: str) -> GatewayError:
@@ -173,39 +180,80 @@ def parse_completion_request(body: Any) -> tuple[list[dict[str, Any]], dict[str,
     if not isinstance(messages, list) or not messages:
         raise _ParamError("'messages' must be a non-empty array", "messages")
     for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise _ParamError(
-                f"messages[{index}] must be an object whose role is one of "
-                f"{', '.join(sorted(ROLES))}", f"messages[{index}]",
-            )
-        if not isinstance(message.get("content"), str | list):
-            raise _ParamError(f"messages[{index}].content must be a string or an array",
-                              f"messages[{index}].content")
-    for name in body:
-        if name in UNSUPPORTED_FIELDS:
-            raise _ParamError(f"'{name}' is not supported by this gateway", name)
-    if body.get("n", 1) != 1:
-        raise _ParamError("only n=1 is supported", "n")
+        _check_message(message, index)
+    n = body.get("n", 1)
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 128):
+        raise _ParamError("'n' must be a whole number from 1 to 128", "n")
+    for name in ("tools", "functions"):
+        if name in body and not isinstance(body[name], list):
+            raise _ParamError(f"'{name}' must be an array", name)
     model = body.get("model")
     if model is not None and (not isinstance(model, str) or not model):
         raise _ParamError("'model' must be a non-empty string", "model")
     for name in ("stream",):
         if name in body and not isinstance(body[name], bool):
             raise _ParamError(f"'{name}' must be a boolean", name)
-    options = {k: v for k, v in body.items() if k in PASSED_FIELDS}
+    options = {k: v for k, v in body.items() if k not in HANDLED}
+    if options.get("n") == 1:
+        del options["n"]
     users = [m for m in messages if m.get("role") == "user"]
     prompt = content_text(users[-1]["content"]) if users else content_text(messages[-1]["content"])
     return messages, options, prompt
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    gateway, principal = await _caller(request)
+def _check_message(message: Any, index: int) -> None:
+    where = f"messages[{index}]"
+    if not isinstance(message, dict) or message.get("role") not in ROLES:
+        raise _ParamError(
+            f"{where} must be an object whose role is one of {', '.join(sorted(ROLES))}", where)
+    content = message.get("content")
+    role = message["role"]
+    calls = message.get("tool_calls")
+    if calls is not None and (role != "assistant" or not isinstance(calls, list)):
+        raise _ParamError(f"{where}.tool_calls must be an array, on an assistant message",
+                          f"{where}.tool_calls")
+    # An assistant message that only calls tools has no content (null), as OpenAI sends it.
+    may_be_empty = role == "assistant" and (calls or message.get("function_call")
+                                            or message.get("refusal"))
+    if not isinstance(content, str | list) and not (content is None and may_be_empty):
+        raise _ParamError(f"{where}.content must be a string or an array", f"{where}.content")
+    if isinstance(content, list):
+        for number, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise _ParamError(f"{where}.content[{number}] must be an object with a 'type'",
+                                  f"{where}.content[{number}]")
+    if role == "tool" and not isinstance(message.get("tool_call_id"), str):
+        raise _ParamError(f"{where}.tool_call_id must name the tool call it answers",
+                          f"{where}.tool_call_id")
+
+
+def draft(messages: list[dict[str, Any]], settings: Settings, *, is_new: bool) -> exchange.Draft:
+    """What the turn will store of these messages: the new ones, inline data by hash. Every
+    inline attachment of the request counts to the limit, stored or not."""
+    stored, attachments = exchange.extract(messages, settings.chat.max_attachment_bytes)
+    kept = exchange.new_messages(stored, is_new)
+    if kept is not stored:
+        used = exchange.references(kept)
+        attachments = [a for a in attachments if a.sha256 in used]
+    return exchange.Draft("chat", kept, attachments)
+
+
+async def read_body(request: web.Request) -> Any:
     try:
-        body = parse_json(await request.read() or b"null")
+        return parse_json(await request.read() or b"null")
     except BadRequest as err:
         raise _ParamError(err.message, "body") from None
     except web.HTTPRequestEntityTooLarge:
-        raise TooLarge("the request body is too large", code="body_too_large") from None
+        raise TooLarge(
+            f"the request body is larger than this endpoint's limit of "
+            f"{request.app[BODY_LIMIT]} bytes ([server] max_body_bytes, plus room for "
+            "[chat] max_attachment_bytes of inline attachments)",
+            code="body_too_large") from None
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    gateway, principal = await _caller(request)
+    body = await read_body(request)
     messages, options, prompt = parse_completion_request(body)
     model = body.get("model") or None
     stream = bool(body.get("stream"))
@@ -223,6 +271,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         model=None if conversation_id else model,
         messages=messages,
         generate_title=gateway.settings.chat.v1_titles,
+        needs=needs_of_chat(body),
+        exchange=draft(messages, gateway.settings, is_new=conversation_id is None),
     )
     if stream:
         return await _stream(request, gateway, principal, chat_request, include_usage)
@@ -244,17 +294,26 @@ def _usage(result: ChatResult) -> dict[str, int]:
 
 
 def _completion(result: ChatResult) -> dict[str, Any]:
+    completion = result.completion
+    if completion is not None and completion.choices is not None:
+        # A Chat Completions upstream's choices go back as it gave them: tool calls,
+        # refusals, logprobs, every choice of n.
+        choices = completion.choices
+    else:
+        message: dict[str, Any] = {"role": "assistant", "content": result.turn.reply,
+                                   "refusal": None}
+        if completion is not None and completion.message:
+            message.update(completion.message)
+            if message.get("tool_calls") and not result.turn.reply:
+                message["content"] = None
+        choices = [{"index": 0, "message": message, "logprobs": None,
+                    "finish_reason": result.finish_reason}]
     return {
         "id": _completion_id(result),
         "object": "chat.completion",
         "created": int(result.prompt_time.timestamp()),
         "model": result.turn.model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": result.turn.reply, "refusal": None},
-            "logprobs": None,
-            "finish_reason": result.finish_reason,
-        }],
+        "choices": choices,
         "usage": _usage(result),
         "system_fingerprint": None,
     }
@@ -277,6 +336,10 @@ class _ChunkWriter:
         self.model = ""
         self.created = int(time.time())
         self.gone = False
+        self.passing_chunks = False
+        """The upstream speaks Chat Completions: its chunks go on as given (tool-call deltas
+        with their indexes, several choices) and its text deltas are not sent again."""
+        self._held: list[dict[str, Any]] = []
 
     async def write(self, payload: dict[str, Any] | str) -> None:
         if self.gone:
@@ -313,11 +376,72 @@ class _ChunkWriter:
             await self.write(self.chunk({"role": "assistant", "content": "", "refusal": None}))
 
     async def delta(self, text: str) -> None:
+        if self.passing_chunks:
+            return
         await self.open()
         await self.write(self.chunk({"content": text}))
 
+    async def raw(self, objects: list[dict[str, Any]]) -> bool:
+        """Chunks of a Chat Completions upstream, passed on as they arrive. Those that carry
+        nothing yet (the role alone) are held back with the response unopened, so a failure
+        before the first real piece still answers with its own status."""
+        chunks = [o for o in objects if isinstance(o.get("choices"), list)]
+        if not chunks:
+            return False  # another protocol's events (Responses): its text deltas serve
+        self.passing_chunks = True
+        payload: list[dict[str, Any]] = []
+        for chunk in chunks:
+            choices = chunk["choices"]
+            if not choices:
+                continue  # the usage chunk: ours is sent at the end, when asked for
+            self._held.append(self.chunk_with(choices))
+            if any(_carries(choice) for choice in choices):
+                payload, self._held = payload + self._held, []
+        if not payload:
+            return False
+        await self.open()
+        await self.write_many(payload)
+        return True
+
+    async def flush(self) -> None:
+        if self._held:
+            await self.open()
+            await self.write_many(self._held)
+            self._held = []
+
+    def chunk_with(self, choices: list[Any]) -> dict[str, Any]:
+        chunk: dict[str, Any] = {
+            "id": self.chunk_id, "object": "chat.completion.chunk", "created": self.created,
+            "model": self.model, "system_fingerprint": None, "choices": choices,
+        }
+        if self.include_usage:
+            chunk["usage"] = None
+        return chunk
+
+    async def write_many(self, payloads: list[dict[str, Any]]) -> None:
+        """Several chunks in one write (one network read upstream, one write here)."""
+        if self.gone or not payloads:
+            return
+        data = "".join(f"data: {json.dumps(p, ensure_ascii=False)}\n\n" for p in payloads)
+        try:
+            await self.response.write(data.encode())
+        except (ConnectionError, RuntimeError):
+            self.gone = True
+
     async def title(self, title: str) -> None:
         return None
+
+
+def _carries(choice: Any) -> bool:
+    """A streamed choice with something for the caller (text, a tool call, an end)."""
+    if not isinstance(choice, dict):
+        return True
+    delta = choice.get("delta")
+    if not isinstance(delta, dict):
+        delta = {}
+    return bool(choice.get("finish_reason") or choice.get("logprobs") or any(
+        delta.get(key) for key in ("content", "tool_calls", "refusal", "function_call",
+                                   "audio")))
 
 
 async def _stream(request: web.Request, gateway: Gateway, principal: Principal,
@@ -334,7 +458,15 @@ async def _stream(request: web.Request, gateway: Gateway, principal: Principal,
         return writer.response
     writer.model = result.turn.model
     await writer.open()  # an empty reply still gets its role chunk
-    await writer.write(writer.chunk({}, result.finish_reason))
+    if writer.passing_chunks:
+        await writer.flush()  # the upstream's own finish chunk was among them
+    else:
+        extras = result.completion.message if result.completion is not None else None
+        if extras and extras.get("tool_calls"):
+            # An upstream of another protocol gave its calls whole: sent as one delta.
+            await writer.write(writer.chunk({"tool_calls": [
+                {"index": i, **call} for i, call in enumerate(extras["tool_calls"])]}))
+        await writer.write(writer.chunk({}, result.finish_reason))
     if include_usage:
         await writer.write({
             "id": writer.chunk_id, "object": "chat.completion.chunk",
@@ -345,12 +477,23 @@ async def _stream(request: web.Request, gateway: Gateway, principal: Principal,
     return writer.response
 
 
+def body_limit(settings: Settings) -> int:
+    """/v1 bodies may carry inline attachments: the body limit, plus their base64 size."""
+    return settings.server.max_body_bytes + (settings.chat.max_attachment_bytes * 4 + 2) // 3
+
+
 def create_v1_app(gateway: Gateway) -> web.Application:
     """The /v1 sub-application, with its own error envelope."""
+    limit = body_limit(gateway.settings)
     app = web.Application(middlewares=[rate_limit_headers_middleware, openai_errors],
-                          client_max_size=gateway.settings.server.max_body_bytes)
+                          client_max_size=limit)
     app[GATEWAY] = gateway
+    app[BODY_LIMIT] = limit
     app.router.add_post("/chat/completions", chat_completions)
+    app.router.add_post("/embeddings", embeddings)
+    from .v1_responses import add_routes  # it builds on this module's helpers
+
+    add_routes(app)
     app.router.add_get("/models", list_models)
     app.router.add_get("/models/{model}", get_model)
     return app

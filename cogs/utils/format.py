@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from core.exchange import summary
 from core.models import Conversation, Turn
 
 from .text import MESSAGE_LIMIT, open_fence, shorten, split_message
@@ -92,13 +93,38 @@ def _closed(text: str) -> str:
     return text + "\n```" if open_fence(text) else text
 
 
+def _sent(turn: Turn) -> str:
+    """A /v1 turn's attachments and tool results, one short line each."""
+    extras = summary(turn.exchange)
+    if extras is None:
+        return ""
+    lines = [f"📎 {escape(str(a.get('mime_type', '?')).split(';')[0])} · "
+             f"{plural(int(a.get('bytes') or 0), 'byte')} · `{str(a.get('sha256', ''))[:12]}`"
+             for a in extras.attachments]
+    lines += [f"↩️ tool result `{call_id.replace('`', chr(39))}`: {escape(shorten(text, 200))}"
+              for call_id, text in extras.tool_results]
+    return "".join(f"\n{line}" for line in lines)
+
+
+def _called(turn: Turn) -> str:
+    """The tools a /v1 turn's reply called."""
+    extras = summary(turn.exchange)
+    if extras is None:
+        return ""
+    # In a code span, unless a backtick in it would end the span early.
+    return "".join(f"\n🔧 `{name}({shorten(arguments, 200)})`"
+                   if "`" not in name + arguments else f"\n🔧 {escape(name)}(…)"
+                   for name, arguments in extras.tool_calls)
+
+
 def transcript_pages(conversation: Conversation, turns: Sequence[Turn],
                      limit: int = MESSAGE_LIMIT) -> list[str]:
     """A conversation's turns as pages of at most ``limit`` characters, each headed by the
     title and its page number."""
     body = "\n\n".join(
-        f"**You** · {when(t.prompt_utc, 'f')}\n{_closed(t.prompt)}\n\n"
+        f"**You** · {when(t.prompt_utc, 'f')}\n{_closed(t.prompt)}{_sent(t)}\n\n"
         f"**{escape(t.model)}** · {plural(t.output_tokens or 0, 'token')}\n{_closed(t.reply)}"
+        f"{_called(t)}"
         for t in turns
     ) or "*(no turns)*"
     title = escape(shorten(conversation.title, TITLE_CHARS))

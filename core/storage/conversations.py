@@ -6,11 +6,12 @@ one usage row, in a single transaction: nothing is ever rewritten whole.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import Conflict
+from ..exchange import Attachment
 from ..models import Conversation, Turn
 from .database import Database, IntegrityError, Row, Statement
 
@@ -19,11 +20,17 @@ _CONVERSATION_COLUMNS = (
     "id, owner_id, title, mode, account, model, client_id, external_ref, turn_count,"
     " created_utc, updated_utc"
 )
-_TURN_INSERT_VALUES = "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_TURN_INSERT_VALUES = "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _TURN_COLUMNS = (
     "id, conversation_id, parent_id, position, prompt, reply, model, upstream_id, prompt_utc,"
-    " reply_utc, duration_ms, input_tokens, output_tokens"
+    " reply_utc, duration_ms, input_tokens, output_tokens, exchange_json"
 )
+# An attachment already stored (the same bytes, sent again) is kept as it is.
+_ATTACHMENT_INSERT = (
+    "INSERT INTO attachments (sha256, mime_type, size_bytes, data, created_utc)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING"
+)
+_TURN_ATTACHMENT_INSERT = "INSERT INTO turn_attachments (turn_id, sha256) VALUES (?, ?)"
 
 
 # sqlite3.Row iterates over values, not keys, hence .keys().
@@ -82,7 +89,20 @@ def _usage_params(u: UsageRecord) -> tuple[Any, ...]:
 def _turn_params(t: Turn) -> tuple[Any, ...]:
     return (t.id, t.conversation_id, t.parent_id, t.position, t.prompt, t.reply, t.model,
             t.upstream_id, t.prompt_utc, t.reply_utc, t.duration_ms, t.input_tokens,
-            t.output_tokens)
+            t.output_tokens, t.exchange_json)
+
+
+def _attachment_statements(turn: Turn, attachments: Sequence[Attachment],
+                           known: set[str]) -> list[Statement]:
+    """The attachments' rows (the bytes only of those not stored yet) and the turn's
+    references to them."""
+    statements: list[Statement] = []
+    for a in attachments:
+        if a.sha256 not in known:
+            statements.append((_ATTACHMENT_INSERT,
+                               (a.sha256, a.mime_type, len(a.data), a.data, turn.reply_utc)))
+        statements.append((_TURN_ATTACHMENT_INSERT, (turn.id, a.sha256)))
+    return statements
 
 
 class ConversationRepo:
@@ -146,8 +166,51 @@ class ConversationRepo:
         )
         return [_turn(r) for r in rows]
 
+    async def turn(self, turn_id: str) -> Turn | None:
+        row = await self.db.fetchone(f"SELECT {_TURN_COLUMNS} FROM turns WHERE id = ?",
+                                     (turn_id,))
+        return _turn(row) if row else None
+
+    async def attachments(self, hashes: Iterable[str]) -> dict[str, Attachment]:
+        """The stored attachments of these hashes (those that exist)."""
+        wanted = sorted(set(hashes))
+        if not wanted:
+            return {}
+        rows = await self.db.fetchall(
+            "SELECT sha256, mime_type, data FROM attachments WHERE sha256 IN"
+            f" ({', '.join('?' * len(wanted))})", wanted)
+        return {r["sha256"]: Attachment(r["sha256"], r["mime_type"], bytes(r["data"]))
+                for r in rows}
+
+    async def _stored(self, attachments: Sequence[Attachment]) -> set[str]:
+        """Which of these are stored already: a /v1 caller resends its whole context, so the
+        same image comes with every request, and its bytes need not travel again."""
+        if not attachments:
+            return set()
+        hashes = sorted({a.sha256 for a in attachments})
+        rows = await self.db.fetchall(
+            f"SELECT sha256 FROM attachments WHERE sha256 IN ({', '.join('?' * len(hashes))})",
+            hashes)
+        return {r[0] for r in rows}
+
+    async def prune_attachments(self) -> None:
+        """Remove the attachments no turn refers to any more (after a user's removal took
+        their conversations with it)."""
+        await self.db.write([("DELETE FROM attachments WHERE NOT EXISTS (SELECT 1 FROM"
+                              " turn_attachments ta WHERE ta.sha256 = attachments.sha256)", ())])
+
+    async def attachment_of(self, conversation_id: str, sha256: str) -> Attachment | None:
+        """An attachment, if a turn of this conversation refers to it."""
+        row = await self.db.fetchone(
+            "SELECT a.sha256, a.mime_type, a.data FROM attachments a"
+            " JOIN turn_attachments ta ON ta.sha256 = a.sha256"
+            " JOIN turns t ON t.id = ta.turn_id"
+            " WHERE t.conversation_id = ? AND a.sha256 = ? LIMIT 1", (conversation_id, sha256))
+        return Attachment(row["sha256"], row["mime_type"], bytes(row["data"])) if row else None
+
     async def create_with_turn(
         self, conversation: Conversation, turn: Turn, usage: UsageRecord,
+        attachments: Sequence[Attachment] = (),
         extra: Sequence[Statement] = (),
     ) -> None:
         """Store a new conversation together with its first turn, or nothing."""
@@ -160,12 +223,14 @@ class ConversationRepo:
                   c.external_ref, 1, c.created_utc, c.updated_utc)),
                 (f"INSERT INTO turns ({_TURN_COLUMNS}) {_TURN_INSERT_VALUES}", _turn_params(turn)),
                 (_USAGE_INSERT, _usage_params(usage)),
+                *_attachment_statements(turn, attachments, await self._stored(attachments)),
                 *extra,
             ])
         except IntegrityError as exc:
             raise Conflict(f"could not store the conversation: {exc}") from None
 
     async def append_turn(self, turn: Turn, usage: UsageRecord,
+                          attachments: Sequence[Attachment] = (),
                           extra: Sequence[Statement] = ()) -> bool:
         """Append a follow-up turn. False when the conversation was removed meanwhile."""
         try:
@@ -174,6 +239,7 @@ class ConversationRepo:
                  " WHERE id = ?", (turn.reply_utc, turn.conversation_id)),
                 (f"INSERT INTO turns ({_TURN_COLUMNS}) {_TURN_INSERT_VALUES}", _turn_params(turn)),
                 (_USAGE_INSERT, _usage_params(usage)),
+                *_attachment_statements(turn, attachments, await self._stored(attachments)),
                 *extra,
             ], guarded=True)
         except IntegrityError as exc:
@@ -186,8 +252,19 @@ class ConversationRepo:
 
     async def delete(self, conversation_id: str) -> bool:
         async with self.db.transaction() as tx:
-            return bool(await tx.execute("DELETE FROM conversations WHERE id = ?",
-                                         (conversation_id,)))
+            held = [r[0] for r in await tx.fetchall(
+                "SELECT DISTINCT ta.sha256 FROM turn_attachments ta"
+                " JOIN turns t ON t.id = ta.turn_id WHERE t.conversation_id = ?",
+                (conversation_id,))]
+            removed = bool(await tx.execute("DELETE FROM conversations WHERE id = ?",
+                                            (conversation_id,)))
+            if held:
+                # Its attachments go with it, unless another turn still refers to them.
+                await tx.execute(
+                    f"DELETE FROM attachments WHERE sha256 IN ({', '.join('?' * len(held))})"
+                    " AND NOT EXISTS (SELECT 1 FROM turn_attachments ta"
+                    " WHERE ta.sha256 = attachments.sha256)", held)
+            return removed
 
     async def set_external_ref(self, conversation_id: str, client_id: int, ref: str | None) -> None:
         try:
@@ -209,7 +286,7 @@ class ConversationRepo:
             owned = " WHERE owner_id IN (SELECT id FROM principals WHERE client_id = ?)"
             params = (client_id,)
         row = await self.db.fetchone(
-            "SELECT sum(CASE WHEN purpose = 'reply' THEN 1 ELSE 0 END) AS requests,"
+            "SELECT sum(CASE WHEN purpose <> 'title' THEN 1 ELSE 0 END) AS requests,"
             " coalesce(sum(input_tokens), 0) AS input_tokens,"
             " coalesce(sum(output_tokens), 0) AS output_tokens,"
             " coalesce(sum(cost), 0) AS cost,"

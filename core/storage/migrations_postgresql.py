@@ -169,4 +169,27 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX budget_holds_scope ON budget_holds(scope_id, period);
         """,
     ),
+    (
+        # The exchange as it was (/v1): the new messages with their content parts and tool
+        # results, and the reply with its tool calls, as JSON on the turn. Inline images,
+        # audio and files are kept once each, by the SHA-256 of their bytes; turn_attachments
+        # says which turns refer to which (who may fetch one, what a removal frees).
+        "0005_exchanges",
+        """
+        ALTER TABLE turns ADD COLUMN exchange_json TEXT;
+        CREATE TABLE attachments (
+            sha256          TEXT PRIMARY KEY,
+            mime_type       TEXT NOT NULL,
+            size_bytes      INTEGER NOT NULL,
+            data            BYTEA NOT NULL,
+            created_utc     TEXT NOT NULL
+        );
+        CREATE TABLE turn_attachments (
+            turn_id         TEXT NOT NULL REFERENCES turns(id) ON DELETE CASCADE,
+            sha256          TEXT NOT NULL REFERENCES attachments(sha256),
+            PRIMARY KEY (turn_id, sha256)
+        );
+        CREATE INDEX turn_attachments_sha256 ON turn_attachments(sha256);
+        """,
+    ),
 ]

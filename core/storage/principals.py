@@ -170,7 +170,7 @@ class PrincipalRepo:
         rows = await self.db.fetchall(
             f"SELECT {_COLUMNS.replace('own_key_enc', 'p.own_key_enc')},"
             " (SELECT count(*) FROM conversations c WHERE c.owner_id = p.id) AS conversations,"
-            " (SELECT count(*) FROM usage u WHERE u.principal_id = p.id AND u.purpose = 'reply')"
+            " (SELECT count(*) FROM usage u WHERE u.principal_id = p.id AND u.purpose <> 'title')"
             " AS requests,"
             " (SELECT coalesce(sum(coalesce(u.input_tokens, 0) + coalesce(u.output_tokens, 0)), 0)"
             "  FROM usage u WHERE u.principal_id = p.id) AS tokens"

@@ -64,7 +64,7 @@ async def usage_lines(db: Database, group_by: GroupBy, start_utc: str, end_utc: 
     model = ", u.model" if by_model else ""
     rows = await db.fetchall(
         f"SELECT {key} AS k{model},"
-        " sum(CASE WHEN u.purpose = 'reply' AND u.outcome = 'ok' THEN 1 ELSE 0 END),"
+        " sum(CASE WHEN u.purpose <> 'title' AND u.outcome = 'ok' THEN 1 ELSE 0 END),"
         " sum(CASE WHEN u.outcome <> 'ok' THEN 1 ELSE 0 END),"
         " coalesce(sum(u.input_tokens), 0), coalesce(sum(u.output_tokens), 0),"
         " coalesce(sum(u.cost), 0)"

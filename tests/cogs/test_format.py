@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 from cogs.utils.format import (
     accounts_text,
     conversation_line,
@@ -93,3 +96,21 @@ def test_users_accounts_and_stats() -> None:
     assert "Members: 2 · Conversations: 3 · Turns: 7" in summary
     assert "Requests: 9 (1 failed) · Tokens: 100 in, 50 out" in summary
     assert "Accounts: 0 healthy, 1 cooling, 0 out" in summary
+
+
+def test_transcripts_show_attachments_tool_calls_and_results() -> None:
+    exchange = {
+        "api": "chat",
+        "messages": [{"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+                     {"role": "user", "content": [
+                         {"type": "image_url", "image_url": {"url": "attachment:ab12"}}]}],
+        "reply": {"role": "assistant", "content": None, "finish_reason": "tool_calls",
+                  "tool_calls": [{"id": "call_2", "type": "function", "function": {
+                      "name": "get_time", "arguments": '{"tz": "UTC"}'}}]},
+        "attachments": [{"sha256": "ab12" * 16, "mime_type": "image/png", "bytes": 2048}],
+    }
+    stored = dataclasses.replace(turn(0, "look", ""), exchange_json=json.dumps(exchange))
+    page = transcript_pages(conversation(1), [stored])[0]
+    assert "📎 image/png · 2,048 bytes · `ab12ab12ab12`" in page
+    assert "↩️ tool result `call_1`: sunny" in page
+    assert '🔧 `get_time({"tz": "UTC"})`' in page

@@ -61,6 +61,18 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, int, int]]] = {
         ("duration_ms", "INTEGER", 1, 0),
         ("input_tokens", "INTEGER", 0, 0),
         ("output_tokens", "INTEGER", 0, 0),
+        ("exchange_json", "TEXT", 0, 0),
+    ],
+    "attachments": [
+        ("sha256", "TEXT", 0, 1),
+        ("mime_type", "TEXT", 1, 0),
+        ("size_bytes", "INTEGER", 1, 0),
+        ("data", "BLOB", 1, 0),
+        ("created_utc", "TEXT", 1, 0),
+    ],
+    "turn_attachments": [
+        ("turn_id", "TEXT", 1, 1),
+        ("sha256", "TEXT", 1, 2),
     ],
     "usage": [
         ("id", "INTEGER", 0, 1),
@@ -127,6 +139,7 @@ EXPECTED_INDEXES = {
     "usage_client": ("usage", 0, ["client_id", "created_utc"]),
     "web_sessions_principal": ("web_sessions", 0, ["principal_id"]),
     "web_sessions_expires": ("web_sessions", 0, ["expires_utc"]),
+    "turn_attachments_sha256": ("turn_attachments", 0, ["sha256"]),
 }
 # Indexes SQLite makes for UNIQUE constraints: (table, columns).
 EXPECTED_UNIQUE_CONSTRAINTS = {
@@ -182,6 +195,8 @@ async def test_blank_database_gets_exactly_the_schema(tmp_path: Path) -> None:
             ("web_sessions", "principal_id", "principals", "CASCADE"),
             ("spend", "scope_id", "principals", "CASCADE"),
             ("budget_alerts", "scope_id", "principals", "CASCADE"),
+            ("turn_attachments", "turn_id", "turns", "CASCADE"),
+            ("turn_attachments", "sha256", "attachments", "NO ACTION"),
         }
 
         recorded = db.execute(

@@ -50,7 +50,13 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("model", "text", "NO"), ("upstream_id", "text", "YES"), ("prompt_utc", "text", "NO"),
         ("reply_utc", "text", "NO"), ("duration_ms", "integer", "NO"),
         ("input_tokens", "integer", "YES"), ("output_tokens", "integer", "YES"),
+        ("exchange_json", "text", "YES"),
     ],
+    "attachments": [
+        ("sha256", "text", "NO"), ("mime_type", "text", "NO"), ("size_bytes", "integer", "NO"),
+        ("data", "bytea", "NO"), ("created_utc", "text", "NO"),
+    ],
+    "turn_attachments": [("turn_id", "text", "NO"), ("sha256", "text", "NO")],
     "usage": [
         ("id", "bigint", "NO"), ("principal_id", "bigint", "YES"), ("client_id", "bigint", "YES"),
         ("conversation_id", "text", "YES"), ("account", "text", "YES"), ("model", "text", "YES"),
@@ -90,6 +96,7 @@ EXPECTED_INDEXES = {
     "principals_client", "principals_admin_external", "conversations_owner_updated",
     "conversations_updated", "usage_principal", "web_sessions_principal", "web_sessions_expires",
     "usage_created", "usage_client", "budget_holds_scope",
+    "turn_attachments_sha256",
 }
 # (table, columns) of each UNIQUE constraint or primary key.
 EXPECTED_UNIQUE = {
@@ -104,6 +111,7 @@ EXPECTED_UNIQUE = {
     ("spend", ("scope_id", "period")),
     ("budget_alerts", ("scope_id", "budget", "period", "threshold")),
     ("budget_holds", ("id", "scope_id", "period")),
+    ("attachments", ("sha256",)), ("turn_attachments", ("turn_id", "sha256")),
 }
 EXPECTED_FOREIGN_KEYS = {
     ("principals", "client_id", "principals", "CASCADE"),
@@ -114,6 +122,8 @@ EXPECTED_FOREIGN_KEYS = {
     ("web_sessions", "principal_id", "principals", "CASCADE"),
     ("spend", "scope_id", "principals", "CASCADE"),
     ("budget_alerts", "scope_id", "principals", "CASCADE"),
+    ("turn_attachments", "turn_id", "turns", "CASCADE"),
+    ("turn_attachments", "sha256", "attachments", "NO ACTION"),
 }
 
 

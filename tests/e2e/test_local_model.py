@@ -121,3 +121,26 @@ async def test_openai_sdk_against_a_real_model(gateway_url: tuple[str, str]) -> 
                 usage = chunk.usage
         assert usage is not None and usage.completion_tokens > 0
         assert "".join(pieces)
+
+
+async def test_embeddings_and_what_the_local_model_cannot_do(
+        gateway_url: tuple[str, str]) -> None:
+    base, key = gateway_url
+    async with openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0) as sdk:
+        model = (await sdk.models.retrieve("gemma-3-270m")).model_dump()
+        assert model["capabilities"] == ["embeddings"]  # text in, text out; and embeddings
+
+        result = await sdk.embeddings.create(
+            model="gemma-3-270m", input=["The cat sat on the mat.", "Stock markets fell."],
+            encoding_format="float")
+        first, second = (d.embedding for d in result.data)
+        assert len(first) == len(second) > 100 and first != second
+        assert result.usage.prompt_tokens > 0
+
+        # A base model behind the plain Completions API can call no tool: said, not ignored.
+        with pytest.raises(openai.BadRequestError) as tools:
+            await sdk.chat.completions.create(
+                model="gemma-3-270m", messages=[{"role": "user", "content": "Weather?"}],
+                tools=[{"type": "function", "function": {"name": "weather",
+                                                         "parameters": {"type": "object"}}}])
+        assert isinstance(tools.value.body, dict) and tools.value.body["param"] == "tools"

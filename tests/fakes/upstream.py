@@ -36,12 +36,15 @@ __all__ = [
     "Reply",
     "Status",
     "StreamBreak",
+    "ToolCalls",
 ]
 
 CHAT_PATH = "/v1/chat/completions"
 RESPONSES_PATH = "/v1/responses"
 COMPLETIONS_PATH = "/v1/completions"
 MODELS_PATH = "/v1/models"
+EMBEDDINGS_PATH = "/v1/embeddings"
+EMBEDDING_SIZE = 8
 
 
 # --------------------------------------------------------------------------------------------
@@ -63,6 +66,29 @@ class Reply:
     chunk_delay: float = 0.0
     """Seconds between streamed chunks, as a real model's tokens come: chunks sent at once
     arrive in one read, and the gateway passes them on as one delta."""
+
+
+@dataclass(frozen=True)
+class ToolCalls:
+    """Answer by calling tools: ``calls`` are ``(name, arguments)`` pairs, the arguments a
+    dict (sent as JSON text) or the text itself. Several calls are parallel tool calls.
+    Streamed, as OpenAI does: each call opens with its index, id and name, and its arguments
+    follow in pieces of ``piece`` characters, ``chunk_delay`` seconds apart. ``text`` comes
+    before the calls when given. On the Responses API: ``function_call`` output items."""
+
+    calls: tuple[tuple[str, Mapping[str, Any] | str], ...]
+    text: str = ""
+    piece: int = 8
+    chunk_delay: float = 0.0
+    gate: asyncio.Event | None = field(default=None, compare=False)
+    """Streamed: after the first call's opening delta, wait until the test sets this, so a
+    test can see that delta reach the caller while the rest is still to come."""
+
+    def tool_calls(self, prefix: str = "call") -> list[dict[str, Any]]:
+        return [{"id": f"{prefix}_{index}_{name}", "type": "function",
+                 "function": {"name": name, "arguments": arguments if isinstance(arguments, str)
+                              else json.dumps(arguments)}}
+                for index, (name, arguments) in enumerate(self.calls)]
 
 
 @dataclass(frozen=True)
@@ -157,7 +183,8 @@ class Hold:
     then: Behaviour | str | None = None
 
 
-Behaviour: TypeAlias = Reply | Status | Hang | StreamBreak | Garbage | Delay | Hold | Flood
+Behaviour: TypeAlias = (Reply | Status | Hang | StreamBreak | Garbage | Delay | Hold | Flood
+                        | ToolCalls)
 """Anything ``enqueue()`` accepts (a plain ``str`` is shorthand for ``Reply(str)``)."""
 
 
@@ -256,6 +283,16 @@ def message_text(message: Mapping[str, Any]) -> str:
             if isinstance(part, dict) and isinstance(part.get("text"), str)
         )
     return ""
+
+
+def behaviour_delay(behaviour: Reply | ToolCalls) -> float:
+    return behaviour.chunk_delay
+
+
+def embedding_of(item: Any) -> list[float]:
+    """A deterministic stand-in vector for an input."""
+    digest = uuid.uuid5(uuid.NAMESPACE_OID, json.dumps(item)).bytes
+    return [round(byte / 255, 4) for byte in digest[:EMBEDDING_SIZE]]
 
 
 def count_words(text: str) -> int:
@@ -358,6 +395,7 @@ class FakeUpstream:
         app.router.add_post(RESPONSES_PATH, self._handle_responses)
         app.router.add_post(COMPLETIONS_PATH, self._handle_completions)
         app.router.add_get(MODELS_PATH, self._handle_models)
+        app.router.add_post(EMBEDDINGS_PATH, self._handle_embeddings)
         app.router.add_route("*", "/{tail:.*}", self._handle_unknown)
         runner = web.AppRunner(
             app, handle_signals=False, access_log=None, shutdown_timeout=self.shutdown_timeout
@@ -549,7 +587,7 @@ class FakeUpstream:
             behaviour = self._queue.popleft() if self._queue else self._default_behaviour(recorded)
         if isinstance(behaviour, str):
             behaviour = Reply(behaviour)
-        if not isinstance(behaviour, Reply):
+        if not isinstance(behaviour, Reply | ToolCalls):
             return await self._perform(request, recorded, behaviour)
         response = self._response_object(recorded, behaviour)
         if body.get("store", True):
@@ -557,16 +595,42 @@ class FakeUpstream:
         if not recorded.stream:
             return _json_response(response)
         resp = await self._start_stream(request)
-        sequence = 0
-        for piece in split_deltas(behaviour.text):
-            sequence += 1
-            await _send_event(resp, "response.output_text.delta", {
-                "type": "response.output_text.delta", "item_id": response["output"][0]["id"],
-                "output_index": 0, "content_index": 0, "delta": piece,
-                "sequence_number": sequence})
-        await _send_event(resp, "response.completed", {
-            "type": "response.completed", "response": response,
-            "sequence_number": sequence + 1})
+        events: list[dict[str, Any]] = [{
+            "type": "response.created",
+            "response": {**response, "status": "in_progress", "output": [], "usage": None}}]
+        for index, item in enumerate(response["output"]):
+            if item["type"] == "function_call":
+                events += [
+                    {"type": "response.output_item.added", "output_index": index,
+                     "item": {**item, "arguments": "", "status": "in_progress"}},
+                    {"type": "response.function_call_arguments.delta", "item_id": item["id"],
+                     "output_index": index, "delta": item["arguments"]},
+                    {"type": "response.function_call_arguments.done", "item_id": item["id"],
+                     "output_index": index, "arguments": item["arguments"]},
+                ]
+            else:
+                part = item["content"][0]
+                events += [
+                    {"type": "response.output_item.added", "output_index": index,
+                     "item": {**item, "status": "in_progress", "content": []}},
+                    {"type": "response.content_part.added", "item_id": item["id"],
+                     "output_index": index, "content_index": 0, "part": {**part, "text": ""}},
+                    *({"type": "response.output_text.delta", "item_id": item["id"],
+                       "output_index": index, "content_index": 0, "delta": piece}
+                      for piece in split_deltas(part["text"])),
+                    {"type": "response.output_text.done", "item_id": item["id"],
+                     "output_index": index, "content_index": 0, "text": part["text"]},
+                    {"type": "response.content_part.done", "item_id": item["id"],
+                     "output_index": index, "content_index": 0, "part": part},
+                ]
+            events.append({"type": "response.output_item.done", "output_index": index,
+                           "item": item})
+        events.append({"type": "response.completed", "response": response})
+        for sequence, event in enumerate(events, start=1):
+            if event["type"] == "response.output_text.delta" and sequence > 1 and \
+                    behaviour_delay(behaviour):
+                await asyncio.sleep(behaviour_delay(behaviour))
+            await _send_event(resp, event["type"], {**event, "sequence_number": sequence})
         await resp.write_eof()
         return resp
 
@@ -609,8 +673,22 @@ class FakeUpstream:
         await resp.write_eof()
         return resp
 
-    def _response_object(self, recorded: RecordedRequest, reply: Reply) -> dict[str, Any]:
+    def _response_object(self, recorded: RecordedRequest,
+                         behaviour: Reply | ToolCalls) -> dict[str, Any]:
+        reply = behaviour if isinstance(behaviour, Reply) else Reply(behaviour.text)
         usage = self._usage(recorded, reply)
+        output: list[dict[str, Any]] = []
+        if isinstance(behaviour, Reply) or behaviour.text:
+            output.append({
+                "type": "message", "id": f"msg_{uuid.uuid4().hex}", "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": reply.text, "annotations": []}],
+            })
+        if isinstance(behaviour, ToolCalls):
+            output += [{"type": "function_call", "id": f"fc_{uuid.uuid4().hex}",
+                        "call_id": call["id"], "name": call["function"]["name"],
+                        "arguments": call["function"]["arguments"], "status": "completed"}
+                       for call in behaviour.tool_calls()]
         return {
             "id": f"resp_{uuid.uuid4().hex}",
             "object": "response",
@@ -618,15 +696,72 @@ class FakeUpstream:
             "status": "completed",
             "model": self._model_for(recorded, reply),
             "previous_response_id": recorded.previous_response_id,
-            "output": [{
-                "type": "message", "id": f"msg_{uuid.uuid4().hex}", "status": "completed",
-                "role": "assistant",
-                "content": [{"type": "output_text", "text": reply.text, "annotations": []}],
-            }],
+            "output": output,
             "usage": {"input_tokens": usage["prompt_tokens"],
                       "output_tokens": usage["completion_tokens"],
                       "total_tokens": usage["total_tokens"]},
         }
+
+    def _tool_call_completion(self, recorded: RecordedRequest,
+                              calls: ToolCalls) -> dict[str, Any]:
+        completion = self._completion(recorded, Reply(calls.text, finish_reason="tool_calls"))
+        message = completion["choices"][0]["message"]
+        message["content"] = calls.text or None
+        message["tool_calls"] = calls.tool_calls()
+        return completion
+
+    async def _stream_tool_calls(self, request: web.Request, recorded: RecordedRequest,
+                                 calls: ToolCalls) -> web.StreamResponse:
+        """Tool calls streamed as OpenAI streams them: each call's first delta has its index,
+        id, type and name; its arguments follow in pieces that carry only the index."""
+        chunk = _ChunkFactory(self._model_for(recorded), recorded.include_usage)
+        resp = await self._start_stream(request)
+        await _send(resp, chunk.delta({"role": "assistant", "content": None}))
+        for piece in split_deltas(calls.text):
+            await _send(resp, chunk.delta({"content": piece}))
+        for index, call in enumerate(calls.tool_calls()):
+            await asyncio.sleep(calls.chunk_delay)
+            await _send(resp, chunk.delta({"tool_calls": [{
+                "index": index, "id": call["id"], "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""}}]}))
+            if index == 0 and calls.gate is not None:
+                await calls.gate.wait()
+            arguments = call["function"]["arguments"]
+            for start in range(0, len(arguments), calls.piece):
+                await asyncio.sleep(calls.chunk_delay)
+                await _send(resp, chunk.delta({"tool_calls": [{
+                    "index": index,
+                    "function": {"arguments": arguments[start:start + calls.piece]}}]}))
+        await _send(resp, chunk.delta({}, finish_reason="tool_calls"))
+        if recorded.include_usage:
+            await _send(resp, chunk.usage(self._usage(recorded, Reply(calls.text))))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def _handle_embeddings(self, request: web.Request) -> web.StreamResponse:
+        """Embeddings: one vector per input (a string, or a list of strings or of token
+        lists), deterministic from the input, with usage counted in words."""
+        recorded = await self._record(request)
+        body = recorded.body or {}
+        raw = body.get("input")
+        inputs = [raw] if isinstance(raw, str) or (
+            isinstance(raw, list) and raw and isinstance(raw[0], int)) else raw
+        if not isinstance(inputs, list) or not inputs:
+            return _json_response(error_body(400, "'input' must be a string or an array"),
+                                  status=400)
+        if self._queue:
+            behaviour = self._queue.popleft()
+            if not isinstance(behaviour, str | Reply):
+                return await self._perform(request, recorded, behaviour)
+        tokens = sum(len(i) if isinstance(i, list) else count_words(str(i)) for i in inputs)
+        return _json_response({
+            "object": "list",
+            "data": [{"object": "embedding", "index": index, "embedding": embedding_of(item)}
+                     for index, item in enumerate(inputs)],
+            "model": recorded.model or self.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        })
 
     def _default_behaviour(self, recorded: RecordedRequest) -> Behaviour | str:
         if self.default_reply is not None:
@@ -647,6 +782,10 @@ class FakeUpstream:
             if recorded.stream:
                 return await self._stream_reply(request, recorded, behaviour)
             return _json_response(self._completion(recorded, behaviour))
+        if isinstance(behaviour, ToolCalls):
+            if recorded.stream:
+                return await self._stream_tool_calls(request, recorded, behaviour)
+            return _json_response(self._tool_call_completion(recorded, behaviour))
         if isinstance(behaviour, Status):
             return _status_response(behaviour)
         if isinstance(behaviour, Hang):

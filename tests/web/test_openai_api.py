@@ -154,10 +154,10 @@ async def test_error_classes(
         await sdk.chat.completions.create(model="model-a", messages=[])
     assert _error(bad_request.value)["param"] == "messages"
 
-    with pytest.raises(openai.BadRequestError) as tools:
-        await sdk.chat.completions.create(model="model-a", messages=USER_HI, tools=[{
-            "type": "function", "function": {"name": "f", "parameters": {}}}])
-    assert _error(tools.value)["param"] == "tools"
+    with pytest.raises(openai.BadRequestError) as audio:
+        await sdk.chat.completions.create(model="model-a", messages=USER_HI,
+                                          modalities=["text", "audio"])
+    assert _error(audio.value)["param"] == "modalities"
 
     upstream_a.enqueue(Status(429, headers={"Retry-After": "30"}))
     with pytest.raises(openai.InternalServerError) as unavailable:

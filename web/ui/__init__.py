@@ -3,7 +3,8 @@ and nothing loaded from another site.
 
     /                      to the chat, or to sign in
     /login, /logout        sign in with a gateway key (POST only), sign out
-    /chat, /chat/{id}      conversations; /chat/stream streams a reply (server-sent events)
+    /chat, /chat/{id}      conversations; /chat/stream streams a reply (server-sent events);
+                           /chat/{id}/attachments/{sha256} an image or file a turn carried
     /own-key               the member's gateway key (rotate) and own upstream key (set, clear)
     /access-token          access-token retrieval (email and password)
     /admin/users, /admin/users/conversations, /admin/accounts   by role
@@ -43,6 +44,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/chat", chat.send_form),
     ("POST", "/chat/stream", chat.stream),
     ("GET", "/chat/{conversation_id}", chat.conversation),
+    ("GET", "/chat/{conversation_id}/attachments/{sha256}", chat.attachment),
     ("POST", "/chat/{conversation_id}/remove", chat.remove),
     ("GET", "/own-key", account.keys_page),
     ("POST", "/own-key", account.own_key_update),

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from core.chat import ChatRequest, ChatResult
 from core.errors import GatewayError
+from core.exchange import Summary, summary
 from core.gateway import Gateway
 from core.models import Conversation, Principal, Turn
 
@@ -46,6 +47,8 @@ class TurnView:
     turn: Turn
     html: str
     json: str
+    extras: Summary | None = None
+    """Attachments, tool calls and tool results of a /v1 exchange."""
 
 
 def tiers_for(principal: Principal, gateway: Gateway) -> list[tuple[str, str]]:
@@ -79,7 +82,7 @@ def turn_views(conversation: Conversation, turns: list[Turn], owner: Principal) 
                             _parse(turn.prompt_utc), turn.duration_ms / 1000)
         views.append(TurnView(turn, render_reply(turn.reply),
                               json.dumps(reply_json(result, owner), ensure_ascii=False,
-                                         indent=2)))
+                                         indent=2), summary(turn.exchange)))
         previous = turn
     return views
 
@@ -150,6 +153,33 @@ async def _open(gateway: Gateway, viewer: Principal, conversation_id: str,
     # Only an admin gets here (the facade answers 404 to anyone else): name the owner.
     owner_principal = await gateway.member(viewer, found.owner_id)
     return found, turns, owner_principal or viewer
+
+
+@page()
+async def attachment(request: web.Request) -> web.StreamResponse:
+    """An attachment of a conversation the viewer may see. Images are shown inline; anything
+    else is only downloaded, and nothing is sniffed into another type."""
+    viewer = signed_in(request).principal
+    gateway = request.app[GATEWAY]
+    user_ref = request.query.get("user", "").strip()[:MAX_ID_CHARS] or None
+    owner = await member(gateway, viewer, user_ref) if user_ref and viewer.role != "user" \
+        else viewer
+    found = await gateway.attachment(owner, request.match_info["conversation_id"],
+                                     request.match_info["sha256"])
+    mime = found.mime_type.split(";")[0].strip().lower()
+    inline = mime in INLINE_TYPES
+    response = web.Response(body=found.data,
+                            content_type=mime if inline else "application/octet-stream")
+    response.headers["Content-Disposition"] = (
+        "inline" if inline else f'attachment; filename="{found.sha256[:16]}"')
+    response.headers["Cache-Control"] = "private, max-age=86400"
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+INLINE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+"""Shown in the page; SVG is not among them (it can carry script)."""
 
 
 # --------------------------------------------------------------------------------- sending
