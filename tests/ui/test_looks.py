@@ -109,6 +109,9 @@ async def test_pages_fit_and_follow_the_colour_scheme(
     await camera.check("keys", full_page=True)
     await page.goto("/access-token")
     await camera.check("access-token", full_page=True)
+    await page.goto("/usage")
+    await expect(page.locator("svg#daily-tokens g.day")).to_have_count(1)
+    await camera.check("usage", full_page=True)
 
     await ctx.clear_cookies()
     await page.goto("/login")
@@ -121,6 +124,9 @@ async def test_pages_fit_and_follow_the_colour_scheme(
     await camera.check("admin-users", full_page=True)
     await page.goto("/admin/accounts")
     await camera.check("admin-accounts", full_page=True)
+    await page.goto("/admin/usage")
+    await expect(page.locator("svg#chart-tokens g.day rect")).to_have_count(2)
+    await camera.check("admin-usage", full_page=True)
 
 
 async def test_the_phone_top_bar_names_who_is_signed_in(

@@ -5,6 +5,7 @@ the users page, and a member kept out of the dashboard."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import re
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from openai import AsyncOpenAI
-from playwright.async_api import Page, expect
+from playwright.async_api import Download, Page, expect
 
 from core.config import Settings
 from core.gateway import Gateway, build_gateway
@@ -77,6 +78,12 @@ async def ask(server: str, key: str, model: str, prompt: str) -> None:
     async with AsyncOpenAI(base_url=f"{server}/v1", api_key=key, max_retries=0) as client:
         await client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": prompt}])
+
+
+async def downloaded(download: Download) -> str:
+    """The text of a file the browser downloaded."""
+    path = await download.path()
+    return await asyncio.to_thread(Path(path).read_text, encoding="utf-8")
 
 
 async def numbers(page: Page, selector: str) -> dict[str, str]:
@@ -215,7 +222,7 @@ EXPECTED_COST = {"bob": cost(PRICES_B, 1000, 500), "ann": 2 * cost(PRICES_A, 100
 
 async def test_the_admin_dashboard_charts_ranks_and_downloads_the_real_use(
         ui: Ui, gateway: Gateway, admin_key: str, server: str, upstream_a: FakeUpstream,
-        upstream_b: FakeUpstream, tmp_path: Path) -> None:
+        upstream_b: FakeUpstream) -> None:
     await traffic(gateway, admin_key, server, upstream_a, upstream_b)
     today = datetime.now(UTC).strftime("%Y-%m-%d")
     page = ui.page
@@ -257,9 +264,7 @@ async def test_the_admin_dashboard_charts_ranks_and_downloads_the_real_use(
         await page.click("#csv-download")
     download = await info.value
     assert download.suggested_filename == f"usage-user-{today[:8]}01-{today}.csv"
-    path = tmp_path / "usage.csv"
-    await download.save_as(path)
-    table = list(csv.DictReader(io.StringIO(path.read_text())))
+    table = list(csv.DictReader(io.StringIO(await downloaded(download))))
     assert {r["name"]: int(r["tokens"]) for r in table} == EXPECTED_TOKENS
     assert sum(int(r["tokens"]) for r in table) == 1755
     assert sum(int(r["requests"]) for r in table) == 4
@@ -269,8 +274,7 @@ async def test_the_admin_dashboard_charts_ranks_and_downloads_the_real_use(
     await page.select_option("#csv-group", "model")
     async with page.expect_download() as info:
         await page.click("#csv-download")
-    by_model = await (await info.value).path()
-    lines = list(csv.DictReader(io.StringIO(Path(by_model).read_text())))
+    lines = list(csv.DictReader(io.StringIO(await downloaded(await info.value))))
     assert {r["model"]: int(r["tokens"]) for r in lines} == {"model-b": 1500, "model-a": 255}
     assert ui.csp_violations() == []
 
@@ -317,7 +321,7 @@ async def test_a_client_sees_only_its_own_users(
     await expect(page.locator("svg#chart-tokens rect title")).to_have_count(1)
     async with page.expect_download() as info:
         await page.click("#csv-download")
-    table = list(csv.DictReader(io.StringIO(Path(await (await info.value).path()).read_text())))
+    table = list(csv.DictReader(io.StringIO(await downloaded(await info.value))))
     assert [r["name"] for r in table] == ["carl"]
 
 

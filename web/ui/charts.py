@@ -19,9 +19,12 @@ from markupsafe import Markup
 
 WIDTH = 720
 HEIGHT = 220
-LEFT, RIGHT, TOP, BOTTOM = 64, 8, 12, 26
-"""Room for the value axis on the left and the day labels below."""
+LEFT, RIGHT, TOP, BOTTOM = 72, 8, 14, 30
+"""Room for the value axis on the left and the day labels below (app.css enlarges the labels
+on a phone, where the chart is drawn at half its size)."""
 TICKS = 4
+MAX_BAR = 36.0
+"""A day's bar is never wider than this, however few days the chart has."""
 MAX_DAY_LABELS = 12
 SERIES_COLOURS = 8
 """app.css defines .s0 … .s7; further series reuse them in turn."""
@@ -35,15 +38,15 @@ class Series:
     values: dict[str, float]
 
 
-def nice_ceiling(value: float) -> float:
-    """The smallest 1, 2, 2.5 or 5 times a power of ten at or above ``value`` (axis top)."""
-    if value <= 0:
-        return 1.0
-    power = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
-        if value <= step * power * (1 + 1e-9):
-            return float(step * power)
-    return float(10 * power)  # pragma: no cover - the loop always returns
+def axis(highest: float) -> tuple[float, int]:
+    """The value axis: a step of 1, 2, 2.5 or 5 times a power of ten, and how many steps reach
+    ``highest`` (about TICKS of them), so the grid lines fall on round numbers."""
+    if highest <= 0:
+        return 1.0 / TICKS, TICKS
+    rough = highest / TICKS
+    power = 10 ** math.floor(math.log10(rough))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if rough <= m * power * (1 + 1e-9))
+    return float(step), max(1, math.ceil(highest / step - 1e-9))
 
 
 def compact(value: float) -> str:
@@ -64,15 +67,17 @@ def day_label(day: str, same_month: bool) -> str:
 
 
 def bar_chart(chart_id: str, title: str, days: Sequence[str], series: Sequence[Series],
-              fmt: Callable[[float], str]) -> Markup:
+              fmt: Callable[[float], str], *, empty: str = "No use in this period") -> Markup:
     """Stacked bars, one per day of ``days``, a segment per series with a value that day.
-    ``fmt`` writes a value in full, with its unit (tooltips and the description)."""
+    ``fmt`` writes a value in full, with its unit (tooltips and the description); ``empty``
+    is written across a chart without a bar."""
     totals = {day: sum(s.values.get(day, 0.0) for s in series) for day in days}
     busiest = max(days, key=lambda d: totals[d]) if days else None
-    top = nice_ceiling(totals[busiest] if busiest else 0.0)
+    step, steps = axis(totals[busiest] if busiest else 0.0)
+    top = step * steps
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     slot = plot_w / max(1, len(days))
-    bar_w = max(1.0, slot * 0.72)
+    bar_w = min(MAX_BAR, max(1.0, slot * 0.72))
     used = [d for d in days if totals[d] > 0]
     if used and busiest is not None:
         summary = (f"{len(used)} of {len(days)} days with use; total {fmt(sum(totals.values()))}"
@@ -88,9 +93,9 @@ def bar_chart(chart_id: str, title: str, days: Sequence[str], series: Sequence[S
         f'<title id="{escape(chart_id)}-title">{escape(title)}</title>',
         f'<desc id="{escape(chart_id)}-desc">{escape(summary)}</desc>',
     ]
-    for n in range(TICKS + 1):
-        value = top * n / TICKS
-        y = TOP + plot_h - plot_h * n / TICKS
+    for n in range(steps + 1):
+        value = step * n
+        y = TOP + plot_h - plot_h * n / steps
         parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" '
                      f'y1="{y:.1f}" y2="{y:.1f}"/>')
         parts.append(f'<text class="axis" x="{LEFT - 6}" y="{y + 4:.1f}" '
@@ -120,6 +125,7 @@ def bar_chart(chart_id: str, title: str, days: Sequence[str], series: Sequence[S
         parts.append("</g>")
     if not used:
         parts.append(f'<text class="empty" x="{LEFT + plot_w / 2:.1f}" '
-                     f'y="{TOP + plot_h / 2:.1f}" text-anchor="middle">No use in this period</text>')
+                     f'y="{TOP + plot_h / 2:.1f}" text-anchor="middle">'
+                     f'{escape(empty)}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))

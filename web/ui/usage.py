@@ -201,7 +201,8 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
     token_chart = bar_chart("chart-tokens", f"Tokens per day by model, {span}", days,
                             [Series(n, token_values[n]) for n in names], tokens)
     cost_chart = bar_chart("chart-cost", f"Cost per day by model ({currency}), {span}", days,
-                           [Series(n, cost_values[n]) for n in names], fmt_money)
+                           [Series(n, cost_values[n]) for n in names], fmt_money,
+                           empty="No cost in this period" if lines else "No use in this period")
     today = service.date_range(None, None)[1]
     return await render(request, "admin_usage.html", {
         "section": "admin", "tab": "usage", "start": start, "end": end, "error": error,
