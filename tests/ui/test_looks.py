@@ -60,6 +60,10 @@ class Camera:
             width = await page.evaluate("document.documentElement.scrollWidth")
             viewport = await page.evaluate("window.innerWidth")
             assert width <= viewport, f"{name}: {width}px wide in a {viewport}px window"
+            # Every link of the top bar in view, none cut off behind who is signed in.
+            cut = await page.evaluate(
+                "(n => n ? n.scrollWidth - n.clientWidth : 0)(document.querySelector('.mainnav'))")
+            assert cut <= 0, f"{name}: the top bar's links need {cut}px more"
             if self.folder is not None:
                 path = self.folder / f"{name}-{self.screen}-{scheme}.png"
                 await page.screenshot(path=str(path), full_page=full_page)

@@ -342,7 +342,8 @@ async def test_an_admin_sets_a_members_budgets_on_the_users_page(
     await panel.get_by_role("button", name="Save budgets").click()
     await expect(page.locator(".flash-ok")).to_have_text(
         "Budgets of eve: tokens per day 5000, no tokens per month limit, cost per month 2.5.")
-    await expect(row.locator(".budgets-set")).to_contain_text("Tokens per day (tokens): 5000")
+    await expect(row.locator(".budgets-set")).to_have_text(
+        "budgets: 5000 tokens/day · no limit on tokens/month · 2.5 USD/month")
     eve = await gateway.authenticate(key)
     assert dict(eve.limits) == {"tokens_per_day": 5000, "tokens_per_month": None,
                                 "cost_per_month": 2.5}

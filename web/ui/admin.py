@@ -66,10 +66,13 @@ def budget_fields(user: dict[str, Any], defaults: dict[str, float | None], curre
         value = own.get(kind, "")
         default = defaults.get(kind) if user["role"] == "user" else None
         unit = currency if KIND_MEASURE[kind] == "cost" else "tokens"
+        per = f"{unit}/{kind.rsplit('_', 1)[1]}"
         fields.append({
             "kind": kind, "label": f"{BUDGET_NAMES[kind].capitalize()} ({unit})",
             "value": value if value in ("", "none") else plain(value),
             "placeholder": "default: none" if default is None else f"default: {plain(default)}",
+            "set": None if value == "" else f"no limit on {per}" if value == "none"
+            else f"{plain(value)} {per}",
         })
     return fields
 
