@@ -23,7 +23,7 @@ from core.gateway import Gateway, build_gateway
 from tests.conftest import ENVIRON, account
 from tests.fakes.upstream import FakeUpstream, Reply
 
-from .conftest import session_loop
+from .conftest import OpenContext, session_loop
 from .support import LOOP, Ui, make_key
 
 pytestmark = LOOP
@@ -372,3 +372,46 @@ async def test_an_admin_sets_a_members_budgets_on_the_users_page(
     await ui.sign_in(key)
     await page.goto("/usage")
     await expect(page.locator("#budget-tokens_per_month")).to_contain_text("12,345 tokens")
+
+
+async def test_managers_open_a_members_usage_and_a_client_ceiling_shows_on_it(
+        ui: Ui, gateway: Gateway, admin_key: str, server: str, upstream_a: FakeUpstream,
+        upstream_b: FakeUpstream, open_context: OpenContext) -> None:
+    keys = await traffic(gateway, admin_key, server, upstream_a, upstream_b)
+    admin = await gateway.authenticate(admin_key)
+    client = await gateway.authenticate(keys["discord"])
+    await gateway.update_user(admin, str(client.id), limits={"tokens_per_month": 100})
+    page = ui.page
+    await ui.sign_in(admin_key, start="/login?next=/admin/users", lands="/admin/users")
+    await page.locator("tr", has_text="ann").get_by_role("link", name="Usage").click()
+    await expect(page.locator("#usage-owner")).to_contain_text("Usage of ann")
+    assert (await numbers(page, "#usage-stats"))["Tokens this month"] == "240"
+    await expect(page.locator("#no-budgets")).to_contain_text("No budget applies to ann")
+    await expect(page.locator("svg#daily-tokens title").first).to_contain_text(
+        "ann's tokens per day")
+
+    # carl falls under his client's ceiling: 100 tokens a month for all its users, 15 used.
+    await page.get_by_role("link", name="← Users").click()
+    carl = page.locator("tr", has_text="carl")
+    await carl.get_by_role("link", name="Usage").click()
+    row = page.locator("#budget-tokens_per_month")
+    await expect(row.locator("[data-label=Limit]")).to_contain_text(
+        "100 tokens" + "the client's ceiling for all its users")
+    await expect(row.locator(".budget-left")).to_have_text("85 tokens")
+
+    # The client opens its own user by its own id, and no one else's.
+    bot = await (await open_context()).new_page()
+    bot_ui = Ui(bot, ui.base_url, gateway)
+    await bot_ui.sign_in(keys["discord"], start="/login?next=/usage%3Fuser%3Dc-1",
+                         lands="/usage?user=c-1")
+    await expect(bot.locator("#usage-owner")).to_contain_text("Usage of carl")
+    ann = await gateway.authenticate(keys["ann"])
+    response = await bot.goto(f"/usage?user={ann.id}")
+    assert response is not None and response.status == 404
+
+    # A member may not look at anyone else's.
+    member = await (await open_context()).new_page()
+    member_ui = Ui(member, ui.base_url, gateway)
+    await member_ui.sign_in(keys["bob"])
+    response = await member.goto(f"/usage?user={ann.id}")
+    assert response is not None and response.status == 403

@@ -6,6 +6,7 @@ and nothing loaded from another site.
     /chat, /chat/{id}      conversations; /chat/stream streams a reply (server-sent events)
     /own-key               the member's gateway key (rotate) and own upstream key (set, clear)
     /usage                 the member's use this month, budgets and a chart per day
+                           (``?user=REF``: a managed member's, for admins and clients)
     /access-token          access-token retrieval (email and password)
     /admin/users, /admin/users/conversations, /admin/accounts   by role
     /admin/usage, /admin/usage.csv   the usage dashboard and its CSV (admins, clients)

@@ -16,13 +16,14 @@ from aiohttp import web
 
 from core.billing import KIND_MEASURE
 from core.config import BUDGET_KEYS
-from core.errors import BadRequest
+from core.errors import BadRequest, Forbidden
 from core.gateway import Gateway
 from core.models import Principal
 from core.storage.usage_report import GROUPS, GroupBy
 
+from ..api import MAX_ID_CHARS
 from ..keys import GATEWAY
-from .admin import MANAGERS, NOT_A_MANAGER
+from .admin import MANAGERS, NOT_A_MANAGER, member
 from .charts import SERIES_COLOURS, Series, bar_chart
 from .pages import page, render, signed_in
 
@@ -91,19 +92,30 @@ def budget_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 @page()
 async def member_page(request: web.Request) -> web.StreamResponse:
-    """This month's use, the budgets with what is left, and a chart of tokens per day."""
-    principal = signed_in(request).principal
+    """This month's use, the budgets with what is left, and a chart of tokens per day: the
+    viewer's own, or with ``?user=REF`` (admins and clients) a member's they manage."""
+    viewer = signed_in(request).principal
     gateway = request.app[GATEWAY]
+    ref = request.query.get("user", "").strip()[:MAX_ID_CHARS]
+    principal = viewer
+    if ref:
+        if viewer.role not in MANAGERS:
+            raise Forbidden(NOT_A_MANAGER, code="not_allowed")
+        # Anyone for an admin, its own users for a client (by its own ids).
+        principal = await member(gateway, viewer, ref)
+    # Asked as the member: what /api/usage answers them.
     summary = await gateway.usage(principal)
     days = month_days(summary["month"])
     per_day = await _daily_spend(gateway, principal, days)
     currency = summary["currency"]
     month_name = datetime.strptime(summary["month"], "%Y-%m").strftime("%B %Y")
-    chart = bar_chart("daily-tokens", f"Your tokens per day, {month_name}", days,
+    whose = f"{principal.name}'s" if ref else "Your"
+    chart = bar_chart("daily-tokens", f"{whose} tokens per day, {month_name}", days,
                       [Series("tokens", {d: float(t) for d, (_, t, _) in per_day.items()})],
                       tokens)
     return await render(request, "usage.html", {
-        "section": "usage", "summary": summary, "month_name": month_name,
+        "section": "admin" if ref else "usage", "summary": summary, "month_name": month_name,
+        "owner": principal if ref else None, "tab": "users",
         "whose": "your users' together" if principal.is_client else "your",
         "stats": [
             ("Tokens this month", f"{summary['tokens_this_month']:,}"),
@@ -114,8 +126,6 @@ async def member_page(request: web.Request) -> web.StreamResponse:
         "budgets": budget_rows(summary), "chart": chart,
         "days": [(d, r, tokens(t), money(c, currency))
                  for d, (r, t, c) in per_day.items() if r or t or c],
-        "month_ends": summary["resets"].get("tokens_per_month")
-        or summary["resets"].get("month"),
     })
 
 
@@ -206,7 +216,7 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
     today = service.date_range(None, None)[1]
     return await render(request, "admin_usage.html", {
         "section": "admin", "tab": "usage", "start": start, "end": end, "error": error,
-        "wanted": wanted, "currency": currency, "totals": users.totals,
+        "currency": currency, "totals": users.totals,
         "stats": [
             ("Requests", f"{users.totals['requests']:,}"),
             ("Tokens", f"{users.totals['tokens']:,}"),
