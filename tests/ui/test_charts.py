@@ -7,7 +7,9 @@ import re
 
 import pytest
 
+from core.storage.usage_report import UsageLine
 from web.ui.charts import Series, axis, bar_chart, compact
+from web.ui.usage import by_model
 
 DAYS = ["2026-12-01", "2026-12-02", "2026-12-03"]
 
@@ -59,3 +61,19 @@ def test_a_chart_without_use_says_so() -> None:
     assert "<rect" not in svg
     assert ">No cost in this period</text>" in svg
     assert "No use in these 3 days." in svg
+
+
+def test_past_eight_models_the_quietest_share_one_series() -> None:
+    ranked = [f"m{n}" for n in range(10)]
+    lines = [UsageLine(key="2026-12-01", model=name, requests=1, input_tokens=10 - n,
+                       cost=0.5) for n, name in enumerate(ranked)]
+    lines.append(UsageLine(key="2026-12-02", model=None, input_tokens=4))
+    names, token_values, cost_values, per_day = by_model(lines, [*ranked, "(no model)"])
+    assert names == [*(f"m{n}" for n in range(7)), "other models"]
+    assert token_values["m0"] == {"2026-12-01": 10}
+    assert token_values["other models"] == {"2026-12-01": 3 + 2 + 1, "2026-12-02": 4}
+    assert cost_values["other models"]["2026-12-01"] == pytest.approx(1.5)
+    assert per_day["2026-12-01"] == [10, 55, pytest.approx(5.0)]
+
+    eight = by_model(lines[:8], ranked[:8])[0]
+    assert eight == ranked[:8]  # eight fit: no "other models" standing for one

@@ -19,7 +19,7 @@ from core.config import BUDGET_KEYS
 from core.errors import BadRequest, Forbidden
 from core.gateway import Gateway
 from core.models import Principal
-from core.storage.usage_report import GROUPS, GroupBy
+from core.storage.usage_report import GROUPS, GroupBy, UsageLine
 
 from ..api import MAX_ID_CHARS
 from ..keys import GATEWAY
@@ -162,6 +162,34 @@ def presets(today: str) -> list[tuple[str, str, str]]:
     ]
 
 
+def model_name(model: str | None) -> str:
+    return "(no model)" if model is None else str(model)
+
+
+def by_model(lines: list[UsageLine], ranked: list[str]
+             ) -> tuple[list[str], dict[str, dict[str, float]], dict[str, dict[str, float]],
+                        dict[str, list[float]]]:
+    """The charts' series from lines per day and model: the models in ``ranked`` order (the
+    busiest first), tokens and cost per series and day, and [requests, tokens, cost] per day."""
+    # Eight models fit; a ninth would make "other models" stand for two.
+    shown = ranked if len(ranked) <= MAX_CHART_MODELS + 1 else ranked[:MAX_CHART_MODELS]
+    names = shown + ([OTHER_MODELS] if len(ranked) > len(shown) else [])
+    token_values: dict[str, dict[str, float]] = {name: {} for name in names}
+    cost_values: dict[str, dict[str, float]] = {name: {} for name in names}
+    per_day: dict[str, list[float]] = {}
+    for line in lines:
+        name = model_name(line.model)
+        name = name if name in shown else OTHER_MODELS
+        day = str(line.key)
+        token_values[name][day] = token_values[name].get(day, 0.0) + line.tokens
+        cost_values[name][day] = cost_values[name].get(day, 0.0) + line.cost
+        sums = per_day.setdefault(day, [0, 0, 0.0])
+        sums[0] += line.requests
+        sums[1] += line.tokens
+        sums[2] += line.cost
+    return names, token_values, cost_values, per_day
+
+
 @page(roles=MANAGERS, refusal=NOT_A_MANAGER)
 async def dashboard(request: web.Request) -> web.StreamResponse:
     """Daily tokens and cost by model, top users and per-account use over a date range."""
@@ -185,24 +213,8 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
     # The facade checked the viewer's role above (usage_report); a client's lines are its own.
     lines = await service.lines("day", begin_utc, end_utc, by_model=True,
                                 client_id=viewer.id if viewer.is_client else None)
-    ranked = [str(row["key"]) for row in models.lines]
-    # Eight models fit; a ninth would make "other models" stand for two.
-    shown = ranked if len(ranked) <= MAX_CHART_MODELS + 1 else ranked[:MAX_CHART_MODELS]
-    names = shown + ([OTHER_MODELS] if len(ranked) > len(shown) else [])
-    token_values: dict[str, dict[str, float]] = {name: {} for name in names}
-    cost_values: dict[str, dict[str, float]] = {name: {} for name in names}
-    per_day: dict[str, list[float]] = {}
-    for line in lines:
-        name = str(line.model) if str(line.model) in shown else OTHER_MODELS
-        if name not in token_values:
-            continue
-        day = str(line.key)
-        token_values[name][day] = token_values[name].get(day, 0.0) + line.tokens
-        cost_values[name][day] = cost_values[name].get(day, 0.0) + line.cost
-        sums = per_day.setdefault(day, [0, 0, 0.0])
-        sums[0] += line.requests
-        sums[1] += line.tokens
-        sums[2] += line.cost
+    names, token_values, cost_values, per_day = by_model(
+        lines, [model_name(row["key"]) for row in models.lines])
 
     def fmt_money(value: float) -> str:
         return money(value, currency)
@@ -216,7 +228,7 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
     today = service.date_range(None, None)[1]
     return await render(request, "admin_usage.html", {
         "section": "admin", "tab": "usage", "start": start, "end": end, "error": error,
-        "currency": currency, "totals": users.totals,
+        "currency": currency,
         "stats": [
             ("Requests", f"{users.totals['requests']:,}"),
             ("Tokens", f"{users.totals['tokens']:,}"),
