@@ -6,8 +6,11 @@ and nothing loaded from another site.
     /chat, /chat/{id}      conversations; /chat/stream streams a reply (server-sent events);
                            /chat/{id}/attachments/{sha256} an image or file a turn carried
     /own-key               the member's gateway key (rotate) and own upstream key (set, clear)
+    /usage                 the member's use this month, budgets and a chart per day
+                           (``?user=REF``: a managed member's, for admins and clients)
     /access-token          access-token retrieval (email and password)
     /admin/users, /admin/users/conversations, /admin/accounts   by role
+    /admin/usage, /admin/usage.csv   the usage dashboard and its CSV (admins, clients)
     /static/...            stylesheets, scripts, icon
 
 ``setup(app)`` registers all of it; ``middleware`` (pages.py) must be in the app's middlewares.
@@ -25,7 +28,7 @@ from aiohttp import web
 from core.config import ConfigError
 
 from ..keys import GATEWAY, SETTINGS
-from . import account, admin, chat
+from . import account, admin, chat, usage
 from .pages import Handler, middleware
 from .state import SESSIONS, STATIC
 
@@ -49,6 +52,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/own-key", account.keys_page),
     ("POST", "/own-key", account.own_key_update),
     ("POST", "/own-key/rotate", account.rotate_own_key),
+    ("GET", "/usage", usage.member_page),
     ("GET", "/access-token", account.access_token_page),
     ("POST", "/access-token", account.access_token_exchange),
     ("GET", "/admin", admin.home),
@@ -56,10 +60,13 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/admin/users", admin.create),
     ("POST", "/admin/users/update", admin.update),
     ("GET", "/admin/users/conversations", admin.conversations),
+    ("GET", "/admin/usage", usage.dashboard),
+    ("GET", "/admin/usage.csv", usage.csv_download),
     ("GET", "/admin/accounts", admin.accounts),
     ("POST", "/admin/accounts", admin.accounts_update),
 ]
-UI_PREFIXES = ("/chat", "/admin", "/own-key", "/access-token", "/login", "/logout", "/static")
+UI_PREFIXES = ("/chat", "/admin", "/own-key", "/usage", "/access-token", "/login", "/logout",
+               "/static")
 
 
 def check_paths(paths: dict[str, str]) -> None:
