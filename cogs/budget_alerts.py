@@ -4,9 +4,9 @@ and 100% of a budget, ``[discord] admin_channel_id`` gets one message each.
 The core records each alert once per budget, window and threshold, from whichever process
 served the request, and announces it (LISTEN/NOTIFY on PostgreSQL). Only the process running
 the bot posts: this cog, loaded by the one bot, takes the alerts not yet delivered when it
-hears of new ones, and at start those recorded while no bot ran. Alerts about principals that
-are not the bot's members (other clients' users) are not the bot's to show: they are taken and
-only logged. Messages never ping: a member is named by a mention that does not notify.
+hears of new ones, and at start those recorded while no bot ran. The bot takes only the alerts
+of its client and its members: other clients' users' stay in the database, undelivered, for
+their own front. Messages never ping: a member is named by a mention that does not notify.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections.abc import Callable
 from datetime import datetime
 
 import discord
@@ -51,6 +52,7 @@ class BudgetAlerts(commands.Cog):
         self._again = False
         self._task: asyncio.Task[None] | None = None
         self._retry: asyncio.TimerHandle | None = None
+        self._listener: Callable[[], None] | None = None
         self._unsent: list[tuple[Alert, int]] = []
         """Alerts taken but not posted yet, with the tries so far."""
 
@@ -59,8 +61,8 @@ class BudgetAlerts(commands.Cog):
             log.info("no [discord] admin_channel_id: budget alerts are not posted")
             return
         self._listening = True
-        # The core keeps its listeners for good, and the bot is made anew after an outage:
-        # a weak reference lets a closed bot go, leaving a listener that does nothing.
+        # The bot is made anew after an outage: the listener is removed at unload, and holds
+        # the cog weakly besides, so a bot that was never unloaded can still go.
         wake = weakref.WeakMethod(self.wake)
 
         def listener() -> None:
@@ -68,12 +70,15 @@ class BudgetAlerts(commands.Cog):
             if method is not None:
                 method()
 
+        self._listener = listener
         self.bot.gateway.budgets.on_alert(listener)
         self.wake()  # those recorded while no bot ran
 
     async def cog_unload(self) -> None:
         # The bot's close already let a running delivery finish (it is a handler task).
         self._listening = False
+        if self._listener is not None:
+            self.bot.gateway.budgets.off_alert(self._listener)
         if self._retry is not None:
             self._retry.cancel()
 
@@ -91,7 +96,8 @@ class BudgetAlerts(commands.Cog):
             while self._again and self._listening:
                 self._again = False
                 try:
-                    taken = await self.bot.gateway.budgets.take_alerts()
+                    taken = await self.bot.gateway.budgets.take_alerts(
+                        self.bot.client_principal.id)
                 except StorageError as exc:
                     log.warning("could not read the budget alerts (%s); trying again in %g s",
                                 exc, RETRY_S)

@@ -18,6 +18,7 @@ A principal without any budget (the common case) costs nothing here but a dictio
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -337,8 +338,13 @@ class Budgets:
             if outcome is not None:
                 await outcome
 
-    async def take_alerts(self) -> list[Alert]:
-        return await self.spend.take_alerts()
+    def off_alert(self, listener: Callable[[], Any]) -> None:
+        with contextlib.suppress(ValueError):
+            self._alert_listeners.remove(listener)
+
+    async def take_alerts(self, client_id: int | None = None) -> list[Alert]:
+        """Undelivered alerts, now delivered; ``client_id``: that client's and its users'."""
+        return await self.spend.take_alerts(client_id)
 
     # ------------------------------------------------------------------ what is left
 

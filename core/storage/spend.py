@@ -184,13 +184,20 @@ class SpendRepo:
                 await tx.notify(ALERTS, str(alert.scope_id))
         return bool(added)
 
-    async def take_alerts(self) -> list[Alert]:
-        """The alerts not yet delivered, marked delivered (by whoever takes them first)."""
+    async def take_alerts(self, client_id: int | None = None) -> list[Alert]:
+        """The alerts not yet delivered, marked delivered (by whoever takes them first);
+        ``client_id``: only those of that client and its users (others stay for others)."""
+        where = "delivered_utc IS NULL"
+        params: list[Any] = [iso(utc_now())]
+        if client_id is not None:
+            where += (" AND scope_id IN (SELECT id FROM principals WHERE id = ?"
+                      " OR client_id = ?)")
+            params += [client_id, client_id]
         async with self.db.transaction() as tx:
             rows = await tx.fetchall(
-                "UPDATE budget_alerts SET delivered_utc = ? WHERE delivered_utc IS NULL"
+                f"UPDATE budget_alerts SET delivered_utc = ? WHERE {where}"
                 " RETURNING scope_id, budget, period, threshold, used, budget_limit,"
-                " created_utc", (iso(utc_now()),))
+                " created_utc", params)
         alerts = [Alert(r[0], r[1], r[2], int(r[3]), float(r[4]), float(r[5]), r[6])
                   for r in rows]
         return sorted(alerts, key=lambda a: (a.created_utc, a.threshold))
