@@ -22,11 +22,13 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from core.config import ConfigError
 from core.metrics import Metrics
 
 from .errors import ERROR_CODE
 from .guard import authenticate
 from .keys import GATEWAY
+from .ui import UI_PREFIXES
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,11 @@ def setup(app: web.Application, metrics: Metrics) -> None:
     """Serve ``/metrics`` as ``[metrics]`` says (``count_requests`` is the app's to place)."""
     settings = app[GATEWAY].settings.metrics
     if settings.port is None:
+        taken = settings.path == "/" or any(
+            settings.path == p or settings.path.startswith(p + "/") for p in UI_PREFIXES)
+        if taken:
+            raise ConfigError(f"[metrics] path = {settings.path!r} collides with the web UI, "
+                              f"which uses /, {', '.join(UI_PREFIXES)}")
         app.router.add_get(settings.path, admin_only(make_aiohttp_handler(metrics.registry)))
         return
     port = settings.port

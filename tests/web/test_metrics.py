@@ -11,6 +11,7 @@ import prometheus_client
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from core.config import ConfigError
 from tests.fakes.upstream import FakeUpstream, Hold, Reply, Status
 from web.metrics import METRICS_SERVER
 
@@ -209,3 +210,9 @@ async def test_its_own_address_needs_no_key(custom_api: MakeApi,
     assert found.value("gateway_http_requests_total", method="POST",
                        route="/v1/chat/completions", status="200") == 1
     assert found.value("gateway_upstream_requests_total", account="A", outcome="ok") == 1
+
+
+@pytest.mark.sqlite_only
+async def test_a_path_of_the_web_ui_is_refused(custom_api: MakeApi) -> None:
+    with pytest.raises(ConfigError, match=r"\[metrics\] path = '/admin/metrics' collides"):
+        await custom_api(metrics={"enabled": True, "path": "/admin/metrics"})
