@@ -116,8 +116,7 @@ def count_requests(metrics: Metrics) -> Middleware:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         route = route_of(request)
         method = request.method if request.method in METHODS else "other"
-        gauge = in_flight.labels(route)
-        gauge.inc()
+        in_flight.add((route,), 1)
         started = time.perf_counter()
         status = 500
         try:
@@ -131,11 +130,11 @@ def count_requests(metrics: Metrics) -> Middleware:
             status = CLIENT_CLOSED
             raise
         finally:
-            gauge.dec()
-            duration.labels(method, route).observe(time.perf_counter() - started)
-            requests.labels(method, route, str(status)).inc()
+            in_flight.add((route,), -1)
+            duration.observe((method, route), time.perf_counter() - started)
+            requests.inc((method, route, str(status)))
             code = request.get(ERROR_CODE)
             if code is not None:
-                errors.labels(method, route, code).inc()
+                errors.inc((method, route, code))
 
     return middleware

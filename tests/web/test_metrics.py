@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.config import ConfigError
+from core.metrics import HTTP_BUCKETS, Metrics
 from tests.fakes.upstream import FakeUpstream, Hold, Reply, Status
 from web.metrics import METRICS_SERVER
 
@@ -216,3 +217,26 @@ async def test_its_own_address_needs_no_key(custom_api: MakeApi,
 async def test_a_path_of_the_web_ui_is_refused(custom_api: MakeApi) -> None:
     with pytest.raises(ConfigError, match=r"\[metrics\] path = '/admin/metrics' collides"):
         await custom_api(metrics={"enabled": True, "path": "/admin/metrics"})
+
+
+def test_histograms_read_as_the_librarys_own() -> None:
+    """Metrics keeps plain numbers (cheaper on the hot path); a scraper must not see the
+    difference from prometheus_client's own Histogram, bucket edges included."""
+    ours = Metrics("USD")
+    registry = prometheus_client.CollectorRegistry()
+    theirs = prometheus_client.Histogram(
+        "gateway_http_request_duration_seconds", "d", ["method", "route"],
+        buckets=HTTP_BUCKETS, registry=registry)
+    for seconds in (0, 0.005, 0.0050001, 1, 7, 300, 301):
+        ours.http_duration.observe(("GET", "/x"), seconds)
+        theirs.labels("GET", "/x").observe(seconds)
+
+    def samples(source: prometheus_client.CollectorRegistry) -> set[tuple[Any, ...]]:
+        text = prometheus_client.generate_latest(source).decode()
+        return {(s.name, tuple(sorted(s.labels.items())), s.value)
+                for family in text_string_to_metric_families(text)
+                if family.name == "gateway_http_request_duration_seconds"
+                for s in family.samples if not s.name.endswith("_created")}
+
+    assert samples(ours.registry) == samples(registry)
+    assert len(samples(registry)) == len(HTTP_BUCKETS) + 3  # the buckets, +Inf, count, sum
