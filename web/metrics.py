@@ -51,7 +51,12 @@ class MetricsServer:
 
     async def start(self) -> None:
         await self._runner.setup()
-        await web.TCPSite(self._runner, self._host, self._port).start()
+        try:
+            await web.TCPSite(self._runner, self._host, self._port).start()
+        except OSError as exc:  # the operator's to fix: said in one line, naming the keys
+            await self._runner.cleanup()
+            raise ConfigError(f"[metrics] cannot listen on {self._host}:{self._port} "
+                              f"(host, port): {exc.strerror or exc}") from None
         # The bound addresses: port 0 gives a free one.
         self.addresses = [address[:2] for address in self._runner.addresses]
 

@@ -4,6 +4,7 @@ fake upstream, and read with prometheus_client's own text parser."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import aiohttp
@@ -14,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from core.config import ConfigError
 from core.metrics import HTTP_BUCKETS, Metrics
 from tests.fakes.upstream import FakeUpstream, Hold, Reply, Status
-from web.metrics import METRICS_SERVER
+from web.metrics import METRICS_SERVER, MetricsServer
 
 from .support import Api, MakeApi, assert_error
 
@@ -241,3 +242,12 @@ def test_histograms_read_as_the_librarys_own() -> None:
 
     assert samples(ours.registry) == samples(registry)
     assert len(samples(registry)) == len(HTTP_BUCKETS) + 3  # the buckets, +Inf, count, sum
+
+
+async def test_a_taken_metrics_port_stops_the_start_naming_it() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = MetricsServer(Metrics("USD"), "/metrics", "127.0.0.1", taken.getsockname()[1])
+        with pytest.raises(ConfigError, match=r"\[metrics\] cannot listen on 127\.0\.0\.1:"):
+            await server.start()
