@@ -59,6 +59,11 @@ NO_ACCOUNT = "none"
 """The account label of a row no pool account answered (none could, or the member's own key
 failed)."""
 OWN_KEY = "own_key"
+MAX_MODELS = 200
+"""Distinct model labels kept; past it a new model counts as ``other``. Models are what the
+upstreams echo, and one that named a new snapshot in every answer would otherwise add series
+without end."""
+OTHER_MODEL = "other"
 
 
 class Observer:
@@ -157,6 +162,7 @@ class Metrics(Observer):
 
     def __init__(self, currency: str) -> None:
         self._currency = currency
+        self._models: set[str] = set()
         # The fronts (web/metrics.py counts the HTTP requests).
         self.http_requests = Count(
             "gateway_http_requests", "HTTP requests answered, by route pattern and status.",
@@ -213,7 +219,7 @@ class Metrics(Observer):
         self.upstream_requests.inc((account, record.purpose, record.outcome))
         if record.outcome != "ok":
             return
-        model = record.model or ""
+        model = self._model(record.model or "")
         if record.purpose == "reply":
             self.turn_duration.observe((account,), record.duration_ms / 1000)
         if record.input_tokens:
@@ -222,6 +228,13 @@ class Metrics(Observer):
             self.tokens.inc((account, model, "output"), record.output_tokens)
         if record.cost:
             self.cost.inc((account, model, self._currency), record.cost)
+
+    def _model(self, model: str) -> str:
+        if model not in self._models:
+            if len(self._models) >= MAX_MODELS:
+                return OTHER_MODEL
+            self._models.add(model)
+        return model
 
     def upstream_failure(self, account: str, kind: str) -> None:
         self.upstream_failures.inc((account, kind))

@@ -13,7 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.config import ConfigError
-from core.metrics import HTTP_BUCKETS, Metrics
+from core.metrics import HTTP_BUCKETS, MAX_MODELS, Metrics
+from core.storage.conversations import UsageRecord
 from tests.fakes.upstream import FakeUpstream, Hold, Reply, Status
 from web.metrics import METRICS_SERVER, MetricsServer
 
@@ -251,3 +252,18 @@ async def test_a_taken_metrics_port_stops_the_start_naming_it() -> None:
         server = MetricsServer(Metrics("USD"), "/metrics", "127.0.0.1", taken.getsockname()[1])
         with pytest.raises(ConfigError, match=r"\[metrics\] cannot listen on 127\.0\.0\.1:"):
             await server.start()
+
+
+def test_models_past_the_cap_count_as_other() -> None:
+    """An upstream echoing a new model name in every answer cannot add series without end."""
+    metrics = Metrics("USD")
+    for n in range(MAX_MODELS + 5):
+        metrics.usage(UsageRecord(
+            principal_id=1, client_id=None, conversation_id="c", account="A",
+            model=f"snapshot-{n}", endpoint="v1", outcome="ok", created_utc="",
+            duration_ms=10, input_tokens=1, output_tokens=1, cost=0.5))
+    found = Scrape(prometheus_client.generate_latest(metrics.registry).decode())
+    models = {s.labels["model"] for s in found.samples if s.name == "gateway_tokens_total"}
+    assert len(models) == MAX_MODELS + 1 and "other" in models
+    assert found.value("gateway_tokens_total", model="other", direction="input") == 5
+    assert found.value("gateway_cost_total", model="other") == 2.5
