@@ -41,6 +41,12 @@ def _check_proxy_url(value: str) -> str:
     return value
 
 
+def _absolute_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"a path must start with '/', got {value!r}")
+    return value
+
+
 class ServerSettings(_Table):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -136,9 +142,7 @@ class PathSettings(_Table):
     @field_validator("*")
     @classmethod
     def _absolute(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"a path must start with '/', got {value!r}")
-        return value
+        return _absolute_path(value)
 
 
 class ProxySettings(_Table):
@@ -352,9 +356,7 @@ class MetricsSettings(_Table):
     @field_validator("path")
     @classmethod
     def _absolute(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"a path must start with '/', got {value!r}")
-        return value
+        return _absolute_path(value)
 
 
 class DiscordSettings(_Table):

@@ -97,6 +97,8 @@ class _Family:
 class Count(_Family):
     """A counter per label values (``name`` without ``_total``, which the format adds)."""
 
+    kind: type[CounterMetricFamily | GaugeMetricFamily] = CounterMetricFamily
+
     def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
         super().__init__(name, documentation, labels)
         self.values: dict[Key, float] = {}
@@ -105,27 +107,16 @@ class Count(_Family):
         self.values[key] = self.values.get(key, 0.0) + amount
 
     def family(self) -> Metric:
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        family = self.kind(self.name, self.documentation, labels=self.labels)
         for key, value in self.values.items():
             family.add_metric(key, value)
         return family
 
 
-class Level(_Family):
-    """A gauge per label values, moved up and down."""
+class Level(Count):
+    """A gauge per label values, moved up and down (``inc`` by a negative amount)."""
 
-    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
-        super().__init__(name, documentation, labels)
-        self.values: dict[Key, float] = {}
-
-    def add(self, key: Key, amount: float) -> None:
-        self.values[key] = self.values.get(key, 0.0) + amount
-
-    def family(self) -> Metric:
-        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
-        for key, value in self.values.items():
-            family.add_metric(key, value)
-        return family
+    kind = GaugeMetricFamily
 
 
 class Spread(_Family):
@@ -200,8 +191,8 @@ class Metrics(Observer):
             "gateway_account_health_changes", "Accounts starting a cool-down or going out of "
             "service (and restored by an admin), as seen by this process.",
             ["account", "state", "reason"])
-        self._families: list[Count | Level | Spread] = [
-            value for value in vars(self).values() if isinstance(value, Count | Level | Spread)]
+        self._families: list[Count | Spread] = [
+            value for value in vars(self).values() if isinstance(value, Count | Spread)]
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
 

@@ -121,7 +121,7 @@ def count_requests(metrics: Metrics) -> Middleware:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         route = route_of(request)
         method = request.method if request.method in METHODS else "other"
-        in_flight.add((route,), 1)
+        in_flight.inc((route,))
         started = time.perf_counter()
         status = 500
         try:
@@ -135,7 +135,7 @@ def count_requests(metrics: Metrics) -> Middleware:
             status = CLIENT_CLOSED
             raise
         finally:
-            in_flight.add((route,), -1)
+            in_flight.inc((route,), -1)
             duration.observe((method, route), time.perf_counter() - started)
             requests.inc((method, route, str(status)))
             code = request.get(ERROR_CODE)
