@@ -267,3 +267,35 @@ def test_models_past_the_cap_count_as_other() -> None:
     assert len(models) == MAX_MODELS + 1 and "other" in models
     assert found.value("gateway_tokens_total", model="other", direction="input") == 5
     assert found.value("gateway_cost_total", model="other") == 2.5
+
+
+@pytest.mark.sqlite_only
+async def test_an_admin_taking_an_account_out_and_back(custom_api: MakeApi) -> None:
+    api, admin = await metrics_api(custom_api)
+    await api.ok("/api/admin/accounts", {"action": "disable", "name": "B"}, key=admin)
+    out = await scrape(api, admin)
+    assert out.value("gateway_account_health_changes_total", account="B", state="out",
+                     reason="admin") == 1
+    assert out.value("gateway_account_health", account="B", state="out") == 1
+    await api.ok("/api/admin/accounts", {"action": "enable", "name": "B"}, key=admin)
+    back = await scrape(api, admin)
+    assert back.value("gateway_account_health_changes_total", account="B", state="healthy",
+                      reason="admin") == 1
+    assert back.value("gateway_account_health", account="B", state="healthy") == 1
+
+
+async def test_a_streamed_reply_is_counted_to_its_end(custom_api: MakeApi,
+                                                      upstream_a: FakeUpstream) -> None:
+    api, admin = await metrics_api(custom_api)
+    key, _ = await api.add_user(admin, "ann")
+    upstream_a.enqueue(Reply("streamed words", usage={"prompt_tokens": 6,
+                                                      "completion_tokens": 2,
+                                                      "total_tokens": 8}))
+    resp = await v1_chat(api, key, "model-a", stream=True)
+    assert resp.status == 200 and resp.content_type == "text/event-stream"
+    found = await scrape(api, admin)
+    assert found.value("gateway_http_requests_total", method="POST",
+                       route="/v1/chat/completions", status="200") == 1
+    assert found.value("gateway_http_requests_in_flight", route="/v1/chat/completions") == 0
+    assert found.value("gateway_tokens_total", account="A", model="model-a",
+                       direction="output") == 2
