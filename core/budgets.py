@@ -18,6 +18,7 @@ A principal without any budget (the common case) costs nothing here but a dictio
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -75,8 +76,8 @@ class Hold:
     periods: Periods
     amounts: dict[Key, tuple[int, float]]
     before: dict[Key, Totals] = field(default_factory=dict)
-    """Each key's totals when the hold was taken (PostgreSQL), to tell when a use crosses an
-    alert threshold."""
+    """Each key's totals and others' holds when the hold was taken (PostgreSQL): a bound that
+    says whether this use may have reached an alert threshold."""
     settled: bool = False
 
 
@@ -114,6 +115,8 @@ class Budgets:
         self._totals: dict[Key, Totals] = {}
         self._held: dict[Key, list[float]] = {}
         self._periods: tuple[str, str] | None = None
+        self._serial = itertools.count(1)
+        self._alerted_marks: set[tuple[int, str, str, int]] = set()
         self._clients: dict[int, tuple[int, Limits, str]] = {}
         self._alert_listeners: list[Callable[[], Any]] = []
         storage.db.subscribe(ALERTS, self._alerted)
@@ -167,11 +170,10 @@ class Budgets:
         periods = self.calendar.at(now)
         amounts = {(scope.id, key): (tokens, cost) for scope in scopes
                    for key in (periods.day, periods.month)}
-        hold = Hold(new_id(), scopes, periods, amounts)
         if self._shared:
+            hold = Hold(new_id(), scopes, periods, amounts)  # a row every process can tell
             limits: dict[Key, dict[str, float]] = {(scope.id, periods.key(kind)): {}
-                                                   for scope in scopes
-                      for kind in scope.limits}
+                                                   for scope in scopes for kind in scope.limits}
             for scope in scopes:
                 for kind, limit in scope.limits.items():
                     limits[(scope.id, periods.key(kind))][kind] = limit
@@ -182,17 +184,24 @@ class Budgets:
                 scope = next(s for s in scopes if s.id == refused_key[0])
                 raise self._refusal(scope, refused_kind, totals.get(refused_key, Totals()),
                                     held.get(refused_key, (0, 0.0)), periods, now)
-            hold.before = totals
+            hold.before = {key: _plus(spent, Totals(0, *held.get(key, (0, 0.0))))
+                           for key, spent in totals.items()}
+            for key, (tokens_held, cost_held) in held.items():
+                hold.before.setdefault(key, Totals(0, tokens_held, cost_held))
             return hold
         self._roll(periods)
+        totals, holding = self._totals, self._held
         for scope in scopes:
             for kind, limit in scope.limits.items():
                 key = (scope.id, periods.key(kind))
-                spent = self._totals.get(key, Totals())
-                held_now = self._held.get(key, [0, 0.0])
-                if _used(kind, spent, (int(held_now[0]), held_now[1])) >= limit:
+                spent = totals.get(key, _NOTHING)
+                held_now = holding.get(key, _NO_HOLD)
+                used = spent.cost + held_now[1] if kind == "cost_per_month" \
+                    else spent.tokens + held_now[0]
+                if used >= limit:
                     raise self._refusal(scope, kind, spent, (int(held_now[0]), held_now[1]),
                                         periods, now)
+        hold = Hold(str(next(self._serial)), scopes, periods, amounts)
         for key, (t, c) in amounts.items():
             held_now = self._held.setdefault(key, [0, 0.0])
             held_now[0] += t
@@ -224,6 +233,7 @@ class Budgets:
         self._periods = current
         self._totals = {k: v for k, v in self._totals.items() if k[1] in current}
         self._held = {k: v for k, v in self._held.items() if k[1] in current}
+        self._alerted_marks = {m for m in self._alerted_marks if m[2] in current}
 
     # ------------------------------------------------------------------ after the call
 
@@ -284,26 +294,35 @@ class Budgets:
                     del self._held[key]
 
     async def _alerts(self, hold: Hold, rows: Sequence[SpendRow]) -> None:
+        """Record the alert of every threshold a budget has reached (each once per period:
+        remembered here, and the table refuses a second). Below 80% nothing is read."""
         added: dict[Key, Totals] = {}
         for scope_id, period, requests, tokens, cost in rows:
             added.setdefault((scope_id, period), Totals()).add(requests, tokens, cost)
         for scope in hold.scopes:
             for kind, limit in scope.limits.items():
-                if limit <= 0:
-                    continue
                 key = (scope.id, hold.periods.key(kind))
                 delta = added.get(key)
-                if delta is None:
+                if delta is None or limit <= 0:
                     continue
-                after = self._totals.get(key, Totals()) if not self._shared else \
-                    _plus(hold.before.get(key, Totals()), delta)
-                after_used = _used(kind, after, (0, 0.0))
-                before_used = after_used - _used(kind, delta, (0, 0.0))
+                if self._shared:
+                    # What it was when the hold was taken, others' holds included: an upper
+                    # bound, so the real total is read only near a threshold.
+                    bound = _used(kind, _plus(hold.before.get(key, _NOTHING), delta), (0, 0.0))
+                    if bound < limit * ALERT_THRESHOLDS[0] / 100:
+                        continue
+                    after = (await self.spend.totals([key])).get(key, _NOTHING)
+                else:
+                    after = self._totals.get(key, _NOTHING)
+                used = _used(kind, after, (0, 0.0))
                 for threshold in ALERT_THRESHOLDS:
-                    mark = limit * threshold / 100
-                    if before_used < mark <= after_used:
+                    mark = (scope.id, kind, key[1], threshold)
+                    if used >= limit * threshold / 100 and mark not in self._alerted_marks:
+                        if len(self._alerted_marks) > 100_000:  # old periods' (PostgreSQL)
+                            self._alerted_marks.clear()
+                        self._alerted_marks.add(mark)
                         await self._record_alert(Alert(scope.id, kind, key[1], threshold,
-                                                       after_used, limit, iso(utc_now())))
+                                                       used, limit, iso(utc_now())))
 
     async def _record_alert(self, alert: Alert) -> None:
         try:
@@ -372,6 +391,11 @@ class Budgets:
         """Every budget kind with its limit for the principal's own use (None: no limit)."""
         own = member_limits(principal, self.tiers)
         return {kind: own.get(kind) for kind in BUDGET_KEYS}
+
+
+_NOTHING = Totals()
+"""Read-only stand-in for a period with no use yet."""
+_NO_HOLD: list[float] = [0, 0.0]  # read-only
 
 
 def _used(kind: str, spent: Totals, held: tuple[int, float]) -> float:

@@ -73,13 +73,12 @@ class UsageService:
         states = await self.budgets.states(principal)
         limits = self.budgets.limits_of(principal)
         remaining: dict[str, float | None] = dict.fromkeys(BUDGET_KEYS)
-        resets: dict[str, str] = {}
+        resets = {kind: iso(periods.ends(kind)) for kind in BUDGET_KEYS}
         client_limits: dict[str, float] = {}
         for state in states:
             value = _rounded(state.kind, state.remaining)
             current = remaining[state.kind]
             remaining[state.kind] = value if current is None else min(current, value)
-            resets[state.kind] = iso(state.resets)
             if state.whose != "your" and principal.client_id is not None:
                 client_limits[state.kind] = state.limit
         return {
@@ -93,7 +92,7 @@ class UsageService:
             "limits": {k: (None if v is None else _rounded(k, v)) for k, v in limits.items()},
             "client_limits": client_limits,
             "remaining": remaining,
-            "resets": resets or {"day": iso(periods.day_ends), "month": iso(periods.month_ends)},
+            "resets": resets,
         }
 
     # ------------------------------------------------------------------ reports

@@ -37,6 +37,7 @@ _databases = itertools.count(1)
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "sqlite_only: a test of SQLite's own files")
+    config.addinivalue_line("markers", "postgresql_only: several gateways on one database")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -44,6 +45,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     path = metafunc.definition.path.as_posix()
     backends = ["sqlite"]
+    if metafunc.definition.get_closest_marker("postgresql_only") is not None:
+        metafunc.parametrize("backend", ["postgresql"], indirect=True)
+        return
     if any(part in path for part in BOTH_BACKENDS) and \
             metafunc.definition.get_closest_marker("sqlite_only") is None:
         backends.append("postgresql")

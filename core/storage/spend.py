@@ -13,6 +13,7 @@ lock per scope, so that processes taking holds for one member at once are served
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,14 +44,17 @@ Key = tuple[int, str]
 
 def add_spend(rows: Sequence[SpendRow]) -> Statement:
     """One statement adding ``rows`` to the totals, creating the rows a period starts with."""
-    values = ", ".join(["(?, ?, ?, ?, ?)"] * len(rows))
-    params: list[Any] = [value for row in rows for value in row]
+    return _add_spend_sql(len(rows)), [value for row in rows for value in row]
+
+
+@functools.cache
+def _add_spend_sql(count: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?)"] * count)
     return (
         f"INSERT INTO spend (scope_id, period, requests, tokens, cost) VALUES {values}"
         " ON CONFLICT (scope_id, period) DO UPDATE SET"
         " requests = spend.requests + excluded.requests,"
-        " tokens = spend.tokens + excluded.tokens, cost = spend.cost + excluded.cost",
-        params,
+        " tokens = spend.tokens + excluded.tokens, cost = spend.cost + excluded.cost"
     )
 
 

@@ -58,7 +58,8 @@ async def test_removal_takes_the_turns_and_stops_follow_ups(
         await gw.remove_conversation(user, first.conversation.id)
     assert len(upstream_a.chat_requests(titles=False)) == 1
     # The usage log keeps the request that was made.
-    row = await gw.storage.db.fetchone("SELECT count(*) FROM usage WHERE outcome = 'ok' AND purpose = 'reply'")
+    row = await gw.storage.db.fetchone(
+        "SELECT count(*) FROM usage WHERE outcome = 'ok' AND purpose = 'reply'")
     assert row is not None and row[0] == 1
 
 

@@ -206,8 +206,9 @@ async def test_a_failed_follow_up_stores_no_turn(
     assert after == before  # no turn, no count, no time bumped
     _, turns = await gw.recall(user, first.conversation.id)
     assert [t.prompt for t in turns] == ["one"]
-    rows = await gw.storage.db.fetchall("SELECT outcome, conversation_id, account FROM usage WHERE purpose = 'reply'"
-                                   " ORDER BY id")
+    rows = await gw.storage.db.fetchall(
+        "SELECT outcome, conversation_id, account FROM usage WHERE purpose = 'reply'"
+        " ORDER BY id")
     assert [tuple(r) for r in rows] == [("ok", first.conversation.id, "A"),
                                         (outcome, first.conversation.id, "A")]
     # Once A is back, the conversation carries on where it was.
