@@ -43,6 +43,7 @@ from .clock import iso, utc_now
 from .config import BUDGET_KEYS, Settings
 from .errors import RateLimited
 from .ids import new_id
+from .metrics import NO_OBSERVER, Observer
 from .models import Principal
 from .storage import Storage
 from .storage.database import Statement, StorageError
@@ -99,8 +100,11 @@ class BudgetState:
 
 class Budgets:
     def __init__(self, settings: Settings, storage: Storage,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 observer: Observer = NO_OBSERVER) -> None:
+        """``observer`` is told of each refusal (metrics)."""
         self.settings = settings
+        self._observer = observer
         self.spend = SpendRepo(storage.db)
         self.principals = storage.principals
         self.calendar = Calendar(settings.billing.timezone)
@@ -207,6 +211,7 @@ class Budgets:
 
     def _refusal(self, scope: Scope, kind: str, spent: Totals, held: tuple[int, float],
                  periods: Periods, now: float) -> QuotaExceeded:
+        self._observer.quota_refused(kind, "member" if scope.whose == "your" else "client")
         limit = scope.limits[kind]
         ends = periods.ends(kind)
         wait = max(1.0, ends.timestamp() - now)

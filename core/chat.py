@@ -33,6 +33,7 @@ from .config import Settings
 from .errors import BadRequest, Conflict, Forbidden, NotFound, TooLarge, Unavailable
 from .history import build_messages, estimate_tokens, prompt_budget
 from .ids import new_id
+from .metrics import NO_OBSERVER, Observer
 from .models import Conversation, PlusChoice, Principal, Turn
 from .recording import TurnRecorder, ref_owner
 from .storage.conversations import ConversationRepo
@@ -62,6 +63,7 @@ class ChatService:
         limiter: RateLimiter,
         lock: Callable[[str], AbstractAsyncContextManager[Any]],
         budgets: Budgets,
+        observer: Observer = NO_OBSERVER,
     ) -> None:
         """``lock(key)``: held by one holder at a time in every process sharing the storage;
         the turns of a conversation are taken one after the other under it."""
@@ -73,7 +75,7 @@ class ChatService:
         self.limiter = limiter
         self.budgets = budgets
         self._answerer = Answerer(settings, pool)
-        self._recorder = TurnRecorder(conversations, pool, budgets)
+        self._recorder = TurnRecorder(conversations, pool, budgets, observer)
 
     # ----------------------------------------------------------------- entry point
 

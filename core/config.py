@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .capabilities import CAPABILITIES, account_capabilities
 
@@ -32,6 +40,12 @@ class _Table(BaseModel):
 def _check_proxy_url(value: str) -> str:
     if value and urlsplit(value).scheme not in PROXY_SCHEMES:
         raise ValueError(f"proxy must be a {', '.join(PROXY_SCHEMES)} URL, got {value!r}")
+    return value
+
+
+def _absolute_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"a path must start with '/', got {value!r}")
     return value
 
 
@@ -130,9 +144,7 @@ class PathSettings(_Table):
     @field_validator("*")
     @classmethod
     def _absolute(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"a path must start with '/', got {value!r}")
-        return value
+        return _absolute_path(value)
 
 
 class ProxySettings(_Table):
@@ -354,6 +366,24 @@ class AccessTokenSettings(_Table):
     times); 0: no limit. Each one is relayed to the identity provider with our credentials."""
 
 
+class MetricsSettings(_Table):
+    """``/metrics`` in Prometheus' text format (see core/metrics.py). Off by default. With no
+    ``port`` it is served by the gateway's own server to an admin key only; with a ``port`` it
+    is served on ``host``:``port`` alone, to anyone who can reach that address, and not on the
+    gateway's server."""
+
+    enabled: bool = False
+    path: str = "/metrics"
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=0, le=65535)
+    """Unset: on the gateway's server, behind an admin key. 0: a free port (tests)."""
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return _absolute_path(value)
+
+
 class DiscordSettings(_Table):
     """The Discord bot, a client of the gateway. It starts only when ``token_env`` is set."""
 
@@ -405,6 +435,7 @@ class Settings(_Table):
     local_model: LocalModelSettings = LocalModelSettings()
     access_token: AccessTokenSettings = AccessTokenSettings()
     discord: DiscordSettings = DiscordSettings()
+    metrics: MetricsSettings = MetricsSettings()
     secret_key_env: str = "GATEWAY_SECRET_KEY"
     """Variable with the key that encrypts stored user credentials; unset: a key file in data/."""
 
@@ -424,6 +455,15 @@ class Settings(_Table):
         if len(set(values)) != len(values):
             raise ValueError("two endpoints share one path")
         return paths
+
+    @model_validator(mode="after")
+    def _metrics_path_free(self) -> Settings:
+        metrics = self.metrics
+        if metrics.enabled and metrics.port is None and (
+                metrics.path in self.paths.model_dump().values()
+                or metrics.path.startswith(self.paths.openai_prefix + "/")):
+            raise ValueError(f"metrics.path {metrics.path!r} is already an endpoint's path")
+        return self
 
     def proxy_for(self, proxy: str) -> str:
         """The effective proxy URL for an account's ``proxy`` setting ("" for none)."""

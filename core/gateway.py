@@ -30,6 +30,7 @@ from .env_secrets import Secrets
 from .errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from .exchange import Attachment
 from .keys import hash_key
+from .metrics import NO_OBSERVER, Metrics
 from .models import Conversation, PlusChoice, Principal, Role, Turn
 from .oauth import AccessToken, PasswordGrant
 from .storage import Storage, storage_for
@@ -60,10 +61,14 @@ class Gateway:
         secrets: Secrets | None = None,
         http_sessions: tuple[aiohttp.ClientSession, ...] = (),
         embeddings: EmbeddingService | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """The facade over its parts, which ``build_gateway`` makes from settings (tests and
-        other setups may pass their own). The gateway owns them: ``open`` and ``close``."""
+        other setups may pass their own). The gateway owns them: ``open`` and ``close``.
+        ``metrics``: what its parts report, when ``[metrics]`` is on (web/metrics.py serves
+        it)."""
         self.settings = settings
+        self.metrics = metrics
         self.storage = storage
         self.principals = storage.principals
         self.conversations = storage.conversations
@@ -581,18 +586,24 @@ def build_gateway(settings: Settings, *, environ: dict[str, str] | None = None,
     account cool-downs and the rate limit (tests pass a fake one)."""
     secrets = Secrets.read(settings, environ)
     storage = storage_for(settings.storage, secrets.storage_password)
-    pool = AccountPool(settings, storage.accounts, secrets, clock=clock)
+    metrics = Metrics(settings.billing.currency) if settings.metrics.enabled else None
+    observer = metrics or NO_OBSERVER
+    pool = AccountPool(settings, storage.accounts, secrets, clock=clock, observer=observer)
+    if metrics is not None:
+        metrics.watch(pool)
     own_key_session = make_session(settings.proxy_for(settings.own_key.proxy))
     oauth_session = make_session("")
     chat_service = ChatService(
         settings, pool, storage.conversations, own_key_session,
         limiter=storage.rate_limiter(settings.limits.user_requests_per_minute, clock),
-        lock=storage.lock, budgets=Budgets(settings, storage, clock))
+        lock=storage.lock, budgets=Budgets(settings, storage, clock, observer),
+        observer=observer)
     password_grant = PasswordGrant(settings.access_token, secrets.oauth_client_secret,
                                    oauth_session)
     return Gateway(settings, storage=storage, pool=pool, chat_service=chat_service,
                    box=credential_box(settings, storage, secrets), password_grant=password_grant,
-                   secrets=secrets, http_sessions=(own_key_session, oauth_session))
+                   secrets=secrets, http_sessions=(own_key_session, oauth_session),
+                   metrics=metrics)
 
 
 def credential_box(settings: Settings, storage: Storage, secrets: Secrets) -> CredentialBox:

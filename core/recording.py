@@ -16,6 +16,7 @@ from .budgets import Budgets, Hold
 from .clock import iso, utc_now
 from .errors import NotFound
 from .exchange import Attachment
+from .metrics import NO_OBSERVER, Observer
 from .models import Conversation, Mode, Turn
 from .storage.conversations import ConversationRepo, UsageRecord, usage_statement
 from .storage.database import Statement
@@ -26,10 +27,12 @@ from .upstream import Completion, UpstreamFailure
 
 class TurnRecorder:
     def __init__(self, conversations: ConversationRepo, pool: AccountPool,
-                 budgets: Budgets) -> None:
+                 budgets: Budgets, observer: Observer = NO_OBSERVER) -> None:
+        """``observer`` sees every usage row as it is made (metrics)."""
         self.conversations = conversations
         self.pool = pool
         self.budgets = budgets
+        self.observer = observer
 
     async def store_new(self, attempt: Attempt, mode: Mode, account: str | None,
                         completion: Completion, title: str, requested_model: str,
@@ -75,13 +78,15 @@ class TurnRecorder:
     async def failed(self, attempt: Attempt, account: str | None,
                      failure: UpstreamFailure | None, outcome: str | None = None) -> None:
         """The usage row of a turn that stored nothing else."""
-        await self.conversations.log_usage(UsageRecord(
+        record = UsageRecord(
             principal_id=attempt.principal.id, client_id=attempt.principal.client_id,
             conversation_id=None if attempt.is_new else attempt.conversation_id,
             account=account, model=None, endpoint=attempt.request.endpoint,
             outcome=outcome or (f"upstream_{failure.kind}" if failure else "error"),
             created_utc=iso(utc_now()), duration_ms=int(attempt.elapsed_s * 1000),
-        ))
+        )
+        self.observer.usage(record)
+        await self.conversations.log_usage(record)
 
     def _counted(self, attempt: Attempt, usage: UsageRecord, hold: Hold | None
                  ) -> tuple[list[SpendRow], list[Statement]]:
@@ -120,7 +125,9 @@ class TurnRecorder:
                elapsed_ms: int, purpose: str = "reply") -> UsageRecord:
         found = self.pool.get(account) if account else None
         own_key = account is None
-        return UsageRecord(
+        # Seen as it is made: the upstream has answered, so its tokens are spent even if
+        # storing the turn fails (a conversation removed meanwhile).
+        record = UsageRecord(
             principal_id=attempt.principal.id, client_id=attempt.principal.client_id,
             conversation_id=attempt.conversation_id, account=account, model=completion.model,
             endpoint=attempt.request.endpoint, outcome="ok", created_utc=now,
@@ -131,6 +138,8 @@ class TurnRecorder:
                                                completion.output_tokens) or 0.0,
             estimated=completion.usage_estimated, purpose=purpose, own_key=own_key,
         )
+        self.observer.usage(record)
+        return record
 
 
 def _merged(rows: list[SpendRow]) -> list[SpendRow]:

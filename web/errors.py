@@ -27,6 +27,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Render = Callable[[int, str, str, "str | None", "float | None"], web.Response]
 """Builds an error response from status, message, code, offending parameter, retry-after."""
 
+ERROR_CODE = web.RequestKey("error_code", str)
+"""The code of the error a request was answered with, for the metrics (web/metrics.py)."""
+
 _HTTP_CODES = {
     404: "not_found",
     405: "method_not_allowed",
@@ -56,6 +59,11 @@ def error_middleware_for(render: Render) -> Middleware:
     """A middleware giving every failure the shape ``render`` draws: the API's own, or
     OpenAI's envelope on /v1. One mechanism, so both get every fix (the 405's Allow header)."""
 
+    def answer(request: web.Request, status: int, message: str, code: str,
+               param: str | None, retry_after: float | None) -> web.Response:
+        request[ERROR_CODE] = code
+        return render(status, message, code, param, retry_after)
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
@@ -64,8 +72,8 @@ def error_middleware_for(render: Render) -> Middleware:
                 check_query_and_path(request)
             return await handler(request)
         except GatewayError as err:
-            return render(err.status, err.message, err.code, getattr(err, "param", None),
-                          err.retry_after)
+            return answer(request, err.status, err.message, err.code,
+                          getattr(err, "param", None), err.retry_after)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -74,8 +82,8 @@ def error_middleware_for(render: Render) -> Middleware:
                 405: f"{request.method} is not allowed on {request.path}",
                 413: "the request body is too large",
             }.get(exc.status, exc.reason)
-            response = render(exc.status, message, _HTTP_CODES.get(exc.status, "http_error"),
-                              None, None)
+            response = answer(request, exc.status, message,
+                              _HTTP_CODES.get(exc.status, "http_error"), None, None)
             if "Allow" in exc.headers:  # a 405 must say which methods are allowed (RFC 9110)
                 response.headers["Allow"] = exc.headers["Allow"]
             return response
@@ -83,10 +91,10 @@ def error_middleware_for(render: Render) -> Middleware:
             if isinstance(exc, ConnectionError) and client_gone(request):
                 # The caller hung up mid-request (mid-body, say): no one to answer, no bug.
                 log.debug("the client left during %s %s", request.method, request.path)
-                return render(400, "the connection was closed", "client_gone", None, None)
+                return answer(request, 400, "the connection was closed", "client_gone", None, None)
             ref = secrets.token_hex(4)
             log.exception("unhandled error on %s %s (ref %s)", request.method, request.path, ref)
-            return render(500, f"internal error; quote reference {ref} to an admin",
+            return answer(request, 500, f"internal error; quote reference {ref} to an admin",
                           "internal_error", None, None)
 
     return middleware
