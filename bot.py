@@ -22,6 +22,7 @@ import signal
 import sys
 from typing import TextIO
 
+from core import event_loop
 from core.config import ConfigError, Settings, load_settings
 from core.errors import GatewayError
 from core.gateway import Gateway, build_gateway
@@ -122,7 +123,8 @@ async def run_fronts(gateway: Gateway, settings: Settings) -> int:
     server = EdgeServer(create_app(gateway), settings.server)
     await server.start()
     for address in server.addresses:
-        log.info("gateway listening on http://%s:%s", *address[:2])
+        log.info("gateway listening on http://%s:%s (%s event loop)", *address[:2],
+                 event_loop.loop_name(settings.server.event_loop))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -229,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.command == "invite-url":
             return print_invite_url(args.application_id or settings.discord.application_id)
         else:
-            return asyncio.run(serve(settings))
+            return event_loop.run(serve(settings), settings.server.event_loop)
     except (ConfigError, StorageError) as exc:
         # A database that cannot be reached or used, a missing shared secret: the operator's
         # to fix, said in one line rather than a traceback.

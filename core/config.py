@@ -52,6 +52,9 @@ class ServerSettings(_Table):
     trusted_proxies: list[str] = []
     """Addresses or networks of reverse proxies whose ``X-Forwarded-For`` is believed, for the
     throttles' caller address; empty: the peer address is the caller's."""
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    """The event loop: ``auto`` takes uvloop when it is installed (10-19% less CPU a request),
+    else asyncio's own; ``uvloop`` refuses to start without it; ``asyncio`` never uses it."""
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,19 @@ _databases = itertools.count(1)
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "sqlite_only: a test of SQLite's own files")
+
+
+if os.environ.get("GATEWAY_TEST_EVENT_LOOP") == "uvloop":
+    # ``GATEWAY_TEST_EVENT_LOOP=uvloop pytest ...`` runs the tests' own loops on uvloop, the
+    # gateway's default (bot.py's children use it whenever it is installed); unset, they run
+    # on asyncio's, so both loops are tested. Defined only then: pytest-asyncio parametrises
+    # every test by whatever this hook returns.
+    def pytest_asyncio_loop_factories(
+            config: pytest.Config, item: pytest.Item,
+    ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
