@@ -6,12 +6,12 @@ Handlers only parse, call the ``Gateway`` facade and format; roles are checked i
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 from aiohttp import web
 
+from core import fastjson
 from core.chat import ChatRequest, ChatResult
 from core.errors import BadRequest, Forbidden
 from core.gateway import Gateway
@@ -32,8 +32,8 @@ PRETTY_CSP = "default-src 'none'; style-src 'unsafe-inline'"
 
 def success(payload: dict[str, Any], *, pretty: bool = False, status: int = 200) -> web.Response:
     body = {"status": "success", **payload}
-    text = json.dumps(body, ensure_ascii=False, indent=2 if pretty else None)
-    return web.Response(text=text, content_type="application/json", status=status)
+    return web.Response(body=fastjson.dumps(body, indent=pretty), status=status,
+                        content_type="application/json", charset="utf-8")
 
 
 async def _caller(request: web.Request) -> tuple[Gateway, Params, Principal]:

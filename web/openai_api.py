@@ -10,13 +10,13 @@ conversation on the account that started it. Every error uses OpenAI's envelope
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
 
 from aiohttp import web
 
+from core import fastjson
 from core.chat import ChatRequest, ChatResult, StartInfo
 from core.errors import BadRequest, GatewayError, NotFound, TooLarge, Unauthorized
 from core.gateway import Gateway
@@ -182,9 +182,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if stream:
         return await _stream(request, gateway, principal, chat_request, include_usage)
     result = await gateway.chat(principal, chat_request)
-    return web.json_response(
-        _completion(result), headers={CONVERSATION_HEADER: result.conversation.id}
-    )
+    return web.Response(body=fastjson.dumps(_completion(result)), content_type="application/json",
+                        headers={CONVERSATION_HEADER: result.conversation.id})
 
 
 def _completion_id(result: ChatResult) -> str:
@@ -236,9 +235,9 @@ class _ChunkWriter:
     async def write(self, payload: dict[str, Any] | str) -> None:
         if self.gone:
             return
-        data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+        data = payload.encode() if isinstance(payload, str) else fastjson.dumps(payload)
         try:
-            await self.response.write(f"data: {data}\n\n".encode())
+            await self.response.write(b"data: " + data + b"\n\n")
         except (ConnectionError, RuntimeError):
             # The caller left; the turn is still completed and stored.
             self.gone = True

@@ -8,7 +8,6 @@ because a browser tab closed.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from collections.abc import Awaitable, Mapping
@@ -16,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from core import fastjson
 from core.chat import ChatResult, StartInfo
 from core.errors import GatewayError
 
@@ -39,9 +39,10 @@ class EventStream:
     async def send(self, event: str, data: dict[str, Any]) -> None:
         if self.gone:
             return
-        payload = json.dumps(data, ensure_ascii=False)
+        payload = fastjson.dumps(data)
         try:
-            await self.response.write(f"event: {event}\ndata: {payload}\n\n".encode())
+            await self.response.write(b"event: " + event.encode() + b"\ndata: " + payload
+                                      + b"\n\n")
         except (ConnectionError, RuntimeError):
             self.gone = True
 
