@@ -27,6 +27,7 @@ from .errors import error_middleware_for, retry_after_headers
 from .guard import authenticate
 from .inputs import check_text, parse_json
 from .keys import GATEWAY
+from .sse import CoalescedStream
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,8 @@ class _ChunkWriter:
     def __init__(self, request: web.Request, include_usage: bool) -> None:
         self.request = request
         self.include_usage = include_usage
-        self.response = web.StreamResponse(headers={
+        self.pending = bytearray()
+        self.response = CoalescedStream(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
         })
@@ -232,12 +234,19 @@ class _ChunkWriter:
         self.created = int(time.time())
         self.gone = False
 
-    async def write(self, payload: dict[str, Any] | str) -> None:
+    async def write(self, payload: dict[str, Any] | str, *, hold: bool = False,
+                    last: bool = False) -> None:
+        """One event, with any held before it in the same socket write (``hold``: keep it for
+        the next); ``last`` ends the stream in that write too."""
         if self.gone:
             return
         data = payload.encode() if isinstance(payload, str) else fastjson.dumps(payload)
+        self.pending += b"data: " + data + b"\n\n"
+        if hold:
+            return
+        out, self.pending = bytes(self.pending), bytearray()
         try:
-            await self.response.write(b"data: " + data + b"\n\n")
+            await (self.response.write_eof(out) if last else self.response.write(out))
         except (ConnectionError, RuntimeError):
             # The caller left; the turn is still completed and stored.
             self.gone = True
@@ -262,7 +271,8 @@ class _ChunkWriter:
         if not self.response.prepared:
             self.response.headers[CONVERSATION_HEADER] = self.conversation_id
             await self.response.prepare(self.request)
-            await self.write(self.chunk({"role": "assistant", "content": "", "refusal": None}))
+            await self.write(self.chunk({"role": "assistant", "content": "", "refusal": None}),
+                             hold=True)
 
     async def delta(self, text: str) -> None:
         await self.open()
@@ -282,18 +292,18 @@ async def _stream(request: web.Request, gateway: Gateway, principal: Principal,
             raise
         # Mid-stream, OpenAI sends an error object as a data event.
         await writer.write({"error": {"message": err.message, "type": _ERROR_TYPES.get(
-            err.status, "api_error"), "param": None, "code": err.code}})
+            err.status, "api_error"), "param": None, "code": err.code}}, last=True)
         return writer.response
     writer.model = result.turn.model
     await writer.open()  # an empty reply still gets its role chunk
-    await writer.write(writer.chunk({}, result.finish_reason))
+    await writer.write(writer.chunk({}, result.finish_reason), hold=True)
     if include_usage:
         await writer.write({
             "id": writer.chunk_id, "object": "chat.completion.chunk",
             "created": writer.created, "model": writer.model, "system_fingerprint": None,
             "choices": [], "usage": _usage(result),
-        })
-    await writer.write("[DONE]")
+        }, hold=True)
+    await writer.write("[DONE]", last=True)
     return writer.response
 
 
