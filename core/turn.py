@@ -32,6 +32,9 @@ class ChatRequest:
     the client owns the context). ``prompt`` is then what is stored as the turn's prompt."""
     generate_title: bool = True
     """False: the title is cut from the prompt, with no extra upstream call."""
+    later_title: bool = False
+    """With ``generate_title`` False: the model's title is asked after the turn is stored,
+    batched with other new conversations' (core/title_batch.py), and replaces the cut one."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,7 +158,10 @@ def make_settings(storage_table: dict[str, Any]) -> Callable[..., Settings]:
 
     def build(accounts: list[dict[str, Any]], **tables: Any) -> Settings:
         data: dict[str, Any] = {"storage": dict(storage_table), "accounts": accounts}
-        chat = {"cooldown_s": 30.0, "title_timeout_s": 2.0}
+        # Titles asked beside the reply, as the tests of titles, enrichment and streams
+        # expect; the batched titles of /api/chat (the default) are tested on their own
+        # (tests/web/test_titles_batched.py).
+        chat = {"cooldown_s": 30.0, "title_timeout_s": 2.0, "api_titles": "beside"}
         chat.update(tables.pop("chat", {}))
         data["chat"] = chat
         # Every test's callers share 127.0.0.1 and many fail on purpose: the throttles are off

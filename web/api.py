@@ -7,7 +7,7 @@ Handlers only parse, call the ``Gateway`` facade and format; roles are checked i
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -57,7 +57,9 @@ async def _acting(gateway: Gateway, params: Params, actor: Principal,
 # --------------------------------------------------------------------------------- chat
 
 
-def chat_request(params: Params, endpoint: str = "api") -> ChatRequest:
+def chat_request(params: Params, endpoint: str = "api",
+                 titles: Literal["beside", "batched", "prompt"] = "beside") -> ChatRequest:
+    """``titles``: how a new conversation's title is made ([chat] api_titles)."""
     return ChatRequest(
         prompt=params.text("prompt"),
         conversation_id=params.text("conversation_id", max_chars=MAX_ID_CHARS) or None,
@@ -67,6 +69,8 @@ def chat_request(params: Params, endpoint: str = "api") -> ChatRequest:
         external_ref=params.text("external_ref", max_chars=MAX_ID_CHARS) or None,
         endpoint=endpoint,
         options=_sampling(params),
+        generate_title=titles == "beside",
+        later_title=titles == "batched",
     )
 
 
@@ -123,7 +127,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     gateway, params, actor = await _caller(request)
     # Every parameter is checked before anything happens: a bad flag must not cost an upstream
     # call, a stored turn or a user created on first use, and then still answer 400.
-    chat_req = chat_request(params)
+    chat_req = chat_request(params, titles=gateway.settings.chat.api_titles)
     if chat_req.external_ref and not actor.is_client:
         # A reference names a conversation in a client's namespace (the bot's thread ids):
         # a user setting one could squat the id the client will map next (a 409 for it).
