@@ -38,6 +38,7 @@ from .models import Conversation, PlusChoice, Principal, Turn
 from .recording import TurnRecorder, ref_owner
 from .storage.conversations import ConversationRepo
 from .storage.limits import RateLimiter
+from .title_batch import Pending, TitleBatcher
 from .titles import TITLE_MAX_TOKENS
 from .turn import Attempt, ChatListener, ChatRequest, ChatResult, StartInfo
 from .upstream import Message, Target, UpstreamFailure
@@ -76,6 +77,7 @@ class ChatService:
         self.budgets = budgets
         self._answerer = Answerer(settings, pool)
         self._recorder = TurnRecorder(conversations, pool, budgets, observer)
+        self.titles = TitleBatcher(settings, pool, conversations, budgets)
 
     # ----------------------------------------------------------------- entry point
 
@@ -101,7 +103,13 @@ class ChatService:
         if request.conversation_id:
             return await self._follow_up(principal, request, prompt, listener, own_key)
         attempt = Attempt(principal, request, prompt, new_id(), new_id(), is_new=True)
-        return await self._start(attempt, own_key, listener)
+        result = await self._start(attempt, own_key, listener)
+        conversation = result.conversation
+        if request.later_title and conversation.account is not None:
+            self.titles.add(Pending(conversation.id, prompt, conversation.title,
+                                    conversation.account, conversation.model, principal,
+                                    request.endpoint))
+        return result
 
     # ----------------------------------------------------------------- new conversations
 

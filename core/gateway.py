@@ -95,6 +95,7 @@ class Gateway:
             raise
 
     async def close(self) -> None:
+        await self.chat_service.titles.close()
         await self.pool.close()
         for session in self._http_sessions:
             await session.close()

@@ -44,6 +44,9 @@ class ChatRequest:
     continues_turn: str | None = None
     """The turn this request continues (a /v1/responses ``previous_response_id``): it must
     still be the conversation's last, and the history is rebuilt from the stored exchanges."""
+    later_title: bool = False
+    """With ``generate_title`` False: the model's title is asked after the turn is stored,
+    batched with other new conversations' (core/title_batch.py), and replaces the cut one."""
 
 
 @dataclass(frozen=True, slots=True)

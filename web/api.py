@@ -6,12 +6,12 @@ Handlers only parse, call the ``Gateway`` facade and format; roles are checked i
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
+from core import fastjson
 from core.chat import ChatRequest, ChatResult
 from core.config import BUDGET_KEYS
 from core.errors import BadRequest, Forbidden
@@ -34,8 +34,8 @@ PRETTY_CSP = "default-src 'none'; style-src 'unsafe-inline'"
 
 def success(payload: dict[str, Any], *, pretty: bool = False, status: int = 200) -> web.Response:
     body = {"status": "success", **payload}
-    text = json.dumps(body, ensure_ascii=False, indent=2 if pretty else None)
-    return web.Response(text=text, content_type="application/json", status=status)
+    return web.Response(body=fastjson.dumps(body, indent=pretty), status=status,
+                        content_type="application/json", charset="utf-8")
 
 
 async def _caller(request: web.Request) -> tuple[Gateway, Params, Principal]:
@@ -59,7 +59,9 @@ async def _acting(gateway: Gateway, params: Params, actor: Principal,
 # --------------------------------------------------------------------------------- chat
 
 
-def chat_request(params: Params, endpoint: str = "api") -> ChatRequest:
+def chat_request(params: Params, endpoint: str = "api",
+                 titles: Literal["beside", "batched", "prompt"] = "beside") -> ChatRequest:
+    """``titles``: how a new conversation's title is made ([chat] api_titles)."""
     return ChatRequest(
         prompt=params.text("prompt"),
         conversation_id=params.text("conversation_id", max_chars=MAX_ID_CHARS) or None,
@@ -69,6 +71,8 @@ def chat_request(params: Params, endpoint: str = "api") -> ChatRequest:
         external_ref=params.text("external_ref", max_chars=MAX_ID_CHARS) or None,
         endpoint=endpoint,
         options=_sampling(params),
+        generate_title=titles == "beside",
+        later_title=titles == "batched",
     )
 
 
@@ -125,7 +129,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     gateway, params, actor = await _caller(request)
     # Every parameter is checked before anything happens: a bad flag must not cost an upstream
     # call, a stored turn or a user created on first use, and then still answer 400.
-    chat_req = chat_request(params)
+    chat_req = chat_request(params, titles=gateway.settings.chat.api_titles)
     if chat_req.external_ref and not actor.is_client:
         # A reference names a conversation in a client's namespace (the bot's thread ids):
         # a user setting one could squat the id the client will map next (a 409 for it).

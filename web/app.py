@@ -8,7 +8,7 @@ from core.gateway import Gateway
 
 from . import api, ui
 from . import metrics as web_metrics
-from .errors import error_middleware
+from .errors import api_error, error_middleware_for
 from .guard import GUARD, Guard
 from .keys import GATEWAY, SETTINGS
 from .openai_api import create_v1_app
@@ -22,7 +22,10 @@ def create_app(gateway: Gateway) -> web.Application:
     # Requests are counted around the error middleware, so errors count with their status.
     counting = [web_metrics.count_requests(metrics)] if metrics is not None else []
     app = web.Application(
-        middlewares=[track_requests, *counting, error_middleware, ui.middleware],
+        # The UI's checks are on its own routes (ui.setup), not a middleware every API
+        # request would pass through; a browser's unknown address still gets a page.
+        middlewares=[track_requests, *counting,
+                     error_middleware_for(api_error, ui.unmatched_page)],
         client_max_size=settings.server.max_body_bytes,
     )
     app[GATEWAY] = gateway

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Render = Callable[[int, str, str, "str | None", "float | None"], web.Response]
 """Builds an error response from status, message, code, offending parameter, retry-after."""
+Page = Callable[[web.Request, web.HTTPException], Awaitable["web.StreamResponse | None"]]
+"""Answers an unknown address its own way (the web UI's page for a browser), or None."""
 
 ERROR_CODE = web.RequestKey("error_code", str)
 """The code of the error a request was answered with, for the metrics (web/metrics.py)."""
@@ -55,9 +57,10 @@ def client_gone(request: web.BaseRequest) -> bool:
     return transport is None or transport.is_closing()
 
 
-def error_middleware_for(render: Render) -> Middleware:
+def error_middleware_for(render: Render, page: Page | None = None) -> Middleware:
     """A middleware giving every failure the shape ``render`` draws: the API's own, or
-    OpenAI's envelope on /v1. One mechanism, so both get every fix (the 405's Allow header)."""
+    OpenAI's envelope on /v1. One mechanism, so both get every fix (the 405's Allow header).
+    ``page``, when given, may answer an unknown address (a browser's) in its own way."""
 
     def answer(request: web.Request, status: int, message: str, code: str,
                param: str | None, retry_after: float | None) -> web.Response:
@@ -77,6 +80,10 @@ def error_middleware_for(render: Render) -> Middleware:
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
+            if page is not None and request.match_info.http_exception is not None:
+                shown = await page(request, exc)
+                if shown is not None:
+                    return shown
             message = {
                 404: f"no endpoint at {request.path}",
                 405: f"{request.method} is not allowed on {request.path}",
@@ -100,9 +107,7 @@ def error_middleware_for(render: Render) -> Middleware:
     return middleware
 
 
-def _api_error(status: int, message: str, code: str, _param: str | None,
-               retry_after: float | None) -> web.Response:
+def api_error(status: int, message: str, code: str, _param: str | None,
+              retry_after: float | None) -> web.Response:
     return error_response(status, message, code, retry_after)
 
-
-error_middleware = error_middleware_for(_api_error)

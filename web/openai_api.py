@@ -11,14 +11,13 @@ conversation on the account that started it. Every error uses OpenAI's envelope
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from typing import Any
 
 from aiohttp import web
 
-from core import exchange
+from core import exchange, fastjson
 from core.capabilities import HANDLED, needs_of_chat
 from core.chat import ChatRequest, ChatResult, StartInfo
 from core.config import Settings
@@ -31,6 +30,7 @@ from .errors import Handler, error_middleware_for, retry_after_headers
 from .guard import authenticate
 from .inputs import check_text, parse_json
 from .keys import GATEWAY
+from .sse import CoalescedStream
 
 log = logging.getLogger(__name__)
 
@@ -277,9 +277,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if stream:
         return await _stream(request, gateway, principal, chat_request, include_usage)
     result = await gateway.chat(principal, chat_request)
-    return web.json_response(
-        _completion(result), headers={CONVERSATION_HEADER: result.conversation.id}
-    )
+    return web.Response(body=fastjson.dumps(_completion(result)), content_type="application/json",
+                        headers={CONVERSATION_HEADER: result.conversation.id})
 
 
 def _completion_id(result: ChatResult) -> str:
@@ -327,7 +326,8 @@ class _ChunkWriter:
     def __init__(self, request: web.Request, include_usage: bool) -> None:
         self.request = request
         self.include_usage = include_usage
-        self.response = web.StreamResponse(headers={
+        self.pending = bytearray()
+        self.response = CoalescedStream(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
         })
@@ -341,12 +341,19 @@ class _ChunkWriter:
         with their indexes, several choices) and its text deltas are not sent again."""
         self._held: list[dict[str, Any]] = []
 
-    async def write(self, payload: dict[str, Any] | str) -> None:
+    async def write(self, payload: dict[str, Any] | str, *, hold: bool = False,
+                    last: bool = False) -> None:
+        """One event, with any held before it in the same socket write (``hold``: keep it for
+        the next); ``last`` ends the stream in that write too."""
         if self.gone:
             return
-        data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+        data = payload.encode() if isinstance(payload, str) else fastjson.dumps(payload)
+        self.pending += b"data: " + data + b"\n\n"
+        if hold:
+            return
+        out, self.pending = bytes(self.pending), bytearray()
         try:
-            await self.response.write(f"data: {data}\n\n".encode())
+            await (self.response.write_eof(out) if last else self.response.write(out))
         except (ConnectionError, RuntimeError):
             # The caller left; the turn is still completed and stored.
             self.gone = True
@@ -373,7 +380,8 @@ class _ChunkWriter:
             with contextlib.suppress(GatewayError):
                 self.response.headers.update(await rate_limit_headers(self.request))
             await self.response.prepare(self.request)
-            await self.write(self.chunk({"role": "assistant", "content": "", "refusal": None}))
+            await self.write(self.chunk({"role": "assistant", "content": "", "refusal": None}),
+                             hold=True)
 
     async def delta(self, text: str) -> None:
         if self.passing_chunks:
@@ -422,9 +430,11 @@ class _ChunkWriter:
         """Several chunks in one write (one network read upstream, one write here)."""
         if self.gone or not payloads:
             return
-        data = "".join(f"data: {json.dumps(p, ensure_ascii=False)}\n\n" for p in payloads)
+        # With any event held back (the role chunk), in the same write.
+        self.pending += b"".join(b"data: " + fastjson.dumps(p) + b"\n\n" for p in payloads)
+        out, self.pending = bytes(self.pending), bytearray()
         try:
-            await self.response.write(data.encode())
+            await self.response.write(out)
         except (ConnectionError, RuntimeError):
             self.gone = True
 
@@ -454,7 +464,7 @@ async def _stream(request: web.Request, gateway: Gateway, principal: Principal,
             raise
         # Mid-stream, OpenAI sends an error object as a data event.
         await writer.write({"error": {"message": err.message, "type": _ERROR_TYPES.get(
-            err.status, "api_error"), "param": None, "code": err.code}})
+            err.status, "api_error"), "param": None, "code": err.code}}, last=True)
         return writer.response
     writer.model = result.turn.model
     await writer.open()  # an empty reply still gets its role chunk
@@ -465,15 +475,16 @@ async def _stream(request: web.Request, gateway: Gateway, principal: Principal,
         if extras and extras.get("tool_calls"):
             # An upstream of another protocol gave its calls whole: sent as one delta.
             await writer.write(writer.chunk({"tool_calls": [
-                {"index": i, **call} for i, call in enumerate(extras["tool_calls"])]}))
-        await writer.write(writer.chunk({}, result.finish_reason))
+                {"index": i, **call} for i, call in enumerate(extras["tool_calls"])]}),
+                hold=True)
+        await writer.write(writer.chunk({}, result.finish_reason), hold=True)
     if include_usage:
         await writer.write({
             "id": writer.chunk_id, "object": "chat.completion.chunk",
             "created": writer.created, "model": writer.model, "system_fingerprint": None,
             "choices": [], "usage": _usage(result),
-        })
-    await writer.write("[DONE]")
+        }, hold=True)
+    await writer.write("[DONE]", last=True)
     return writer.response
 
 

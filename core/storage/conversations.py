@@ -247,6 +247,11 @@ class ConversationRepo:
             # without its lock (never by this gateway's own code path).
             raise Conflict(f"could not store the turn: {exc}") from None
 
+    async def replace_title(self, conversation_id: str, old: str, new: str) -> None:
+        """The title, unless it changed since it was ``old`` (core/title_batch.py)."""
+        await self.db.write([("UPDATE conversations SET title = ? WHERE id = ? AND title = ?",
+                              (new, conversation_id, old))])
+
     async def log_usage(self, usage: UsageRecord, extra: Sequence[Statement] = ()) -> None:
         await self.db.write([(_USAGE_INSERT, _usage_params(usage)), *extra])
 

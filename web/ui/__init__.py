@@ -13,7 +13,8 @@ and nothing loaded from another site.
     /admin/usage, /admin/usage.csv   the usage dashboard and its CSV (admins, clients)
     /static/...            stylesheets, scripts, icon
 
-``setup(app)`` registers all of it; ``middleware`` (pages.py) must be in the app's middlewares.
+``setup(app)`` registers all of it, each page behind its ``@page`` rules (``guarded``): the API's
+routes pass through no UI code. ``unmatched_page`` answers a browser's unknown address.
 The paths are fixed; a ``[paths]`` setting that collides with one stops the start, naming it.
 """
 
@@ -29,10 +30,10 @@ from core.config import ConfigError
 
 from ..keys import GATEWAY, SETTINGS
 from . import account, admin, chat, usage
-from .pages import Handler, middleware
+from .pages import Handler, SecureStatic, guarded, unmatched_page
 from .state import SESSIONS, STATIC
 
-__all__ = ["ROUTES", "middleware", "setup"]
+__all__ = ["ROUTES", "setup", "unmatched_page"]
 
 WEB = Path(__file__).resolve().parent.parent
 TEMPLATES = WEB / "templates"
@@ -85,15 +86,14 @@ def setup(app: web.Application) -> None:
         autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined,
         trim_blocks=True, lstrip_blocks=True,
     )
-    static = app.router.add_static("/static/", STATIC_DIR, name="ui-static",
-                                   append_version=True)
-    assert isinstance(static, web.StaticResource)
+    static = SecureStatic("/static", STATIC_DIR, name="ui-static", append_version=True)
+    app.router.register_resource(static)
     app[STATIC] = static
     env.globals["static"] = lambda filename: str(static.url_for(filename=filename))
     env.filters["when"] = _when
     app[SESSIONS] = app[GATEWAY].web_sessions
     for method, path, handler in ROUTES:
-        app.router.add_route(method, path, handler)
+        app.router.add_route(method, path, guarded(handler))
 
 
 def _when(stamp: str | None) -> str:
