@@ -22,6 +22,7 @@ from .clock import iso, utc_now
 from .config import Settings
 from .errors import BadRequest, Forbidden, NotFound, Unavailable
 from .history import estimate_tokens
+from .metrics import NO_OBSERVER, Observer
 from .models import PlusChoice, Principal
 from .storage.conversations import ConversationRepo, UsageRecord
 from .storage.database import Statement
@@ -67,8 +68,11 @@ def _param(message: str, param: str) -> BadRequest:
 
 class EmbeddingService:
     def __init__(self, settings: Settings, pool: AccountPool, conversations: ConversationRepo,
-                 limiter: RateLimiter, budgets: Budgets) -> None:
+                 limiter: RateLimiter, budgets: Budgets,
+                 observer: Observer = NO_OBSERVER) -> None:
+        """``observer`` sees every usage row as it is made (metrics)."""
         self.settings = settings
+        self.observer = observer
         self.pool = pool
         self.conversations = conversations
         self.limiter = limiter
@@ -168,13 +172,15 @@ class EmbeddingService:
                    estimated: bool = False, extra: Sequence[Statement] = ()) -> None:
         # A usage row like any other call's, so statistics and budgets count embeddings: with
         # ``extra``, what it adds to the member's running totals, in the same transaction.
-        await self.conversations.log_usage(UsageRecord(
+        record = UsageRecord(
             principal_id=principal.id, client_id=principal.client_id, conversation_id=None,
             account=account, model=model, endpoint=ENDPOINT, outcome=outcome,
             created_utc=iso(utc_now()), duration_ms=int((time.perf_counter() - started) * 1000),
             input_tokens=input_tokens, output_tokens=0 if input_tokens is not None else None,
             cost=cost, estimated=estimated, purpose="embedding",
-        ), extra)
+        )
+        self.observer.usage(record)
+        await self.conversations.log_usage(record, extra)
 
 
 def _estimate(value: Any) -> int:

@@ -77,7 +77,8 @@ class Gateway:
         self.budgets = chat_service.budgets
         self.usage_service = UsageService(settings, storage, self.budgets)
         self.embedding_service = embeddings or EmbeddingService(
-            settings, pool, storage.conversations, chat_service.limiter, chat_service.budgets)
+            settings, pool, storage.conversations, chat_service.limiter, chat_service.budgets,
+            metrics or NO_OBSERVER)
         self.box = box
         self.password_grant = password_grant
         self.secrets = secrets or Secrets()

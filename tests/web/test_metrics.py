@@ -299,3 +299,21 @@ async def test_a_streamed_reply_is_counted_to_its_end(custom_api: MakeApi,
     assert found.value("gateway_http_requests_in_flight", route="/v1/chat/completions") == 0
     assert found.value("gateway_tokens_total", account="A", model="model-a",
                        direction="output") == 2
+
+
+@pytest.mark.sqlite_only
+async def test_embeddings_are_counted_with_their_tokens_and_cost(custom_api: MakeApi) -> None:
+    api, gateway = await custom_api(account_extra={**PRICES, "embedding_models": ["embed-small"]},
+                                    metrics={"enabled": True})
+    admin = await gateway.bootstrap_admin()
+    assert admin is not None
+    key, _ = await api.add_user(admin, "ann")
+    resp = await api.client.post("/v1/embeddings", headers={"Authorization": f"Bearer {key}"},
+                                 json={"model": "embed-small", "input": ["first text", "second"]})
+    async with resp:
+        assert resp.status == 200, await resp.text()
+    found = await scrape(api, admin)
+    assert found.value("gateway_upstream_requests_total", purpose="embedding", outcome="ok") == 1
+    # The fake counts words: three input tokens, at 1000 a million.
+    assert found.value("gateway_tokens_total", model="embed-small", direction="input") == 3
+    assert found.value("gateway_cost_total", model="embed-small") == pytest.approx(0.003)
