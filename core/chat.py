@@ -234,17 +234,23 @@ class ChatService:
                 conversation.id, 1 if request.messages is not None else MAX_HISTORY_TURNS)
             if not recent:
                 raise NotFound("no such conversation", code="conversation_not_found")
-            previous = recent[0]
+            replaced = None
+            if request.replace_turn is not None:
+                replaced, recent, prompt = _regenerating(request.replace_turn, recent)
+            previous = recent[0] if recent else None
             attempt = Attempt(principal, request, prompt, conversation.id, new_id(),
-                              is_new=False, parent_id=previous.id)
+                              is_new=False, parent_id=previous.id if previous else None)
             previous_response_id = None
-            if target.api == "responses":
+            if target.api == "responses" and previous is None:
+                messages: list[Message] = [{"role": "user", "content": prompt}]
+            elif target.api == "responses":
+                assert previous is not None
                 # The upstream holds the history: send only the new prompt, chained by id.
                 previous_response_id = previous.upstream_id
                 if not previous_response_id:
                     raise Conflict("this conversation's last turn has no upstream response id "
                                    "to continue from", code="history_unavailable")
-                messages: list[Message] = [{"role": "user", "content": prompt}]
+                messages = [{"role": "user", "content": prompt}]
             else:
                 messages = self._messages(recent, prompt, context, request)
             try:
@@ -269,6 +275,10 @@ class ChatService:
                 raise as_gateway_error(failure, conversation.account) from None
             if account is not None:
                 account.record_success(completion.input_tokens, completion.output_tokens)
+            if replaced is not None:
+                return await self._recorder.replace(attempt, conversation, replaced, previous,
+                                                    completion)
+            assert previous is not None
             return await self._recorder.append(attempt, conversation, previous, completion)
 
     def _account_for_follow_up(self, conversation: Conversation, principal: Principal) -> Account:
@@ -331,14 +341,24 @@ class ChatService:
         if request.messages is not None:
             return request.messages
         budget = prompt_budget(context_tokens, max_tokens(request.options))
-        messages = build_messages(recent, prompt, budget=budget,
-                                  system_prompt=self.settings.chat.system_prompt)
+        system_prompt = "\n\n".join(
+            part for part in (self.settings.chat.system_prompt, request.persona) if part)
+        messages = build_messages(recent, prompt, budget=budget, system_prompt=system_prompt)
         if messages is None:
             raise TooLarge(
                 f"the prompt does not fit the model's context of {context_tokens} tokens",
                 code="prompt_too_large",
             )
         return messages
+
+
+def _regenerating(turn_id: str, recent: list[Turn]) -> tuple[Turn, list[Turn], str]:
+    """For a regenerated answer: the turn it replaces (which must be the last), the history
+    before it, and its prompt, asked again."""
+    if recent[0].id != turn_id:
+        raise Conflict("only the latest answer of a conversation can be regenerated",
+                       code="not_last_turn")
+    return recent[0], recent[1:], recent[0].prompt
 
 
 def _may_use_plus(principal: Principal) -> bool:

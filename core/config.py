@@ -165,6 +165,11 @@ class ChatSettings(_Table):
     max_reply_bytes: int = Field(1_048_576, ge=1024)
     """The longest reply (UTF-8 bytes) taken from an upstream; a longer one is refused with a
     502 and nothing is stored, before it can fill the gateway's memory or the database."""
+    continue_prompt: str = (
+        "Continue exactly where your last reply stopped. Do not repeat anything you already "
+        "wrote."
+    )
+    """The prompt of a Continue button (Discord, web UI): a follow-up asking to go on."""
 
 
 class LimitSettings(_Table):

@@ -93,6 +93,8 @@ class Turn:
     duration_ms: int
     input_tokens: int | None
     output_tokens: int | None
+    stopped: bool = False
+    """The member stopped the reply while it was written: ``reply`` is what had arrived."""
 
     def public(self) -> dict[str, Any]:
         return {
@@ -107,4 +109,21 @@ class Turn:
             "duration_ms": self.duration_ms,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
+            "stopped": self.stopped,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Persona:
+    """A system prompt for the conversations a client's members start in one channel."""
+
+    client_id: int
+    channel_ref: str
+    label: str
+    """What the channel is called where it lives (``#general``), for lists."""
+    system_prompt: str
+    updated_utc: str
+
+    def public(self) -> dict[str, Any]:
+        return {"client_id": self.client_id, "channel": self.channel_ref, "label": self.label,
+                "system_prompt": self.system_prompt, "updated": self.updated_utc}

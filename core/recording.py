@@ -8,6 +8,7 @@ import dataclasses
 from .clock import iso, utc_now
 from .errors import NotFound
 from .models import Conversation, Mode, Turn
+from .stopping import STOPPED
 from .storage.conversations import ConversationRepo, UsageRecord
 from .turn import Attempt, ChatResult
 from .upstream import Completion, UpstreamFailure
@@ -49,6 +50,19 @@ class TurnRecorder:
         return ChatResult(updated, turn, previous, False, attempt.prompt_time,
                           turn.duration_ms / 1000, completion.finish_reason or "stop")
 
+    async def replace(self, attempt: Attempt, conversation: Conversation, replaced: Turn,
+                      previous: Turn | None, completion: Completion) -> ChatResult:
+        """A regenerated answer in the place of ``replaced``; 404 when the conversation (or
+        that turn) was removed meanwhile (then nothing is stored)."""
+        turn, usage = self._records(attempt, conversation.account, completion,
+                                    position=replaced.position)
+        if not await self.conversations.replace_last_turn(replaced, turn, usage):
+            raise NotFound("the conversation was removed while it was being answered",
+                           code="conversation_removed")
+        updated = dataclasses.replace(conversation, updated_utc=turn.reply_utc)
+        return ChatResult(updated, turn, previous, False, attempt.prompt_time,
+                          turn.duration_ms / 1000, completion.finish_reason or "stop")
+
     async def failed(self, attempt: Attempt, account: str | None,
                      failure: UpstreamFailure | None, outcome: str | None = None) -> None:
         """The usage row of a turn that stored nothing else."""
@@ -71,6 +85,7 @@ class TurnRecorder:
             reply=completion.text, model=completion.model, upstream_id=completion.upstream_id,
             prompt_utc=iso(attempt.prompt_time), reply_utc=now, duration_ms=elapsed_ms,
             input_tokens=completion.input_tokens, output_tokens=completion.output_tokens,
+            stopped=completion.finish_reason == STOPPED,
         )
         usage = UsageRecord(
             principal_id=attempt.principal.id, client_id=attempt.principal.client_id,

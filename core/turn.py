@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from .clock import utc_now
 from .models import Conversation, PlusChoice, Principal, Turn
+from .stopping import StopSignal
 from .upstream import Message
 
 
@@ -32,6 +33,16 @@ class ChatRequest:
     the client owns the context). ``prompt`` is then what is stored as the turn's prompt."""
     generate_title: bool = True
     """False: the title is cut from the prompt, with no extra upstream call."""
+    stop: StopSignal | None = field(default=None, compare=False)
+    """Set by the front to stop the reply as it is written; what arrived is stored."""
+    replace_turn: str | None = None
+    """Regenerate: answer this turn's prompt again, on the same account, and put the new
+    answer in its place. It must be the conversation's last turn; ``prompt`` is ignored."""
+    channel_ref: str | None = None
+    """Where a client's member asked (a Discord channel id): that channel's persona applies."""
+    persona: str | None = None
+    """The channel's system prompt, found by the facade from ``channel_ref``; sent after the
+    organisation's own."""
 
 
 @dataclass(frozen=True, slots=True)

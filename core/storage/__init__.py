@@ -5,6 +5,7 @@
     ├── conversations            ConversationRepo: conversations, turns, the usage log
     ├── sessions                 WebSessionRepo: web UI sign-ins
     ├── accounts                 AccountStateRepo: cool-downs and removals, shared
+    ├── personas                 PersonaRepo: a system prompt per channel of a client
     └── db                       Database: SqliteDatabase (one process, the default) or
                                  PostgresDatabase (any number of processes)
 
@@ -27,6 +28,7 @@ from .account_state import AccountState, AccountStateRepo
 from .conversations import ConversationRepo, UsageRecord
 from .database import Database, Leadership, StorageError, StorageUnavailable
 from .limits import MemoryRateLimiter, RateLimiter, SharedRateLimiter
+from .personas import PersonaRepo
 from .principals import PrincipalRepo
 from .sessions import WebSessionRecord, WebSessionRepo
 from .sqlite import SqliteDatabase
@@ -50,6 +52,7 @@ class Storage:
         self.conversations = ConversationRepo(db)
         self.sessions = WebSessionRepo(db)
         self.accounts = AccountStateRepo(db)
+        self.personas = PersonaRepo(db)
 
     def __repr__(self) -> str:
         return repr(self.db)

@@ -18,10 +18,10 @@ _CONVERSATION_COLUMNS = (
     "id, owner_id, title, mode, account, model, client_id, external_ref, turn_count,"
     " created_utc, updated_utc"
 )
-_TURN_INSERT_VALUES = "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_TURN_INSERT_VALUES = "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _TURN_COLUMNS = (
     "id, conversation_id, parent_id, position, prompt, reply, model, upstream_id, prompt_utc,"
-    " reply_utc, duration_ms, input_tokens, output_tokens"
+    " reply_utc, duration_ms, input_tokens, output_tokens, stopped"
 )
 
 
@@ -31,7 +31,9 @@ def _conversation(row: Row) -> Conversation:
 
 
 def _turn(row: Row) -> Turn:
-    return Turn(**{key: row[key] for key in row.keys()})  # noqa: SIM118
+    fields = {key: row[key] for key in row.keys()}  # noqa: SIM118
+    fields["stopped"] = bool(fields.get("stopped"))  # SQLite answers 0 or 1
+    return Turn(**fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +66,7 @@ def _usage_params(u: UsageRecord) -> tuple[Any, ...]:
 def _turn_params(t: Turn) -> tuple[Any, ...]:
     return (t.id, t.conversation_id, t.parent_id, t.position, t.prompt, t.reply, t.model,
             t.upstream_id, t.prompt_utc, t.reply_utc, t.duration_ms, t.input_tokens,
-            t.output_tokens)
+            t.output_tokens, t.stopped)
 
 
 class ConversationRepo:
@@ -158,6 +160,17 @@ class ConversationRepo:
             # The turn's position was taken: another process answered this conversation
             # without its lock (never by this gateway's own code path).
             raise Conflict(f"could not store the turn: {exc}") from None
+
+    async def replace_last_turn(self, old: Turn, turn: Turn, usage: UsageRecord) -> bool:
+        """Put ``turn`` in the place of ``old`` (a regenerated answer), in one transaction.
+        False when ``old`` is no longer there (removed meanwhile)."""
+        return await self.db.write([
+            ("DELETE FROM turns WHERE id = ?", (old.id,)),
+            ("UPDATE conversations SET updated_utc = ? WHERE id = ?",
+             (turn.reply_utc, turn.conversation_id)),
+            (f"INSERT INTO turns ({_TURN_COLUMNS}) {_TURN_INSERT_VALUES}", _turn_params(turn)),
+            (_USAGE_INSERT, _usage_params(usage)),
+        ], guarded=True)
 
     async def log_usage(self, usage: UsageRecord) -> None:
         await self.db.write([(_USAGE_INSERT, _usage_params(usage))])

@@ -60,6 +60,7 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, int, int]]] = {
         ("duration_ms", "INTEGER", 1, 0),
         ("input_tokens", "INTEGER", 0, 0),
         ("output_tokens", "INTEGER", 0, 0),
+        ("stopped", "INTEGER", 1, 0),
     ],
     "usage": [
         ("id", "INTEGER", 0, 1),
@@ -91,6 +92,13 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, int, int]]] = {
         ("out_reason", "TEXT", 0, 0),
         ("updated_utc", "TEXT", 1, 0),
         ("version", "INTEGER", 1, 0),
+    ],
+    "personas": [
+        ("client_id", "INTEGER", 1, 1),
+        ("channel_ref", "TEXT", 1, 2),
+        ("label", "TEXT", 1, 0),
+        ("system_prompt", "TEXT", 1, 0),
+        ("updated_utc", "TEXT", 1, 0),
     ],
 }
 
@@ -156,6 +164,7 @@ async def test_blank_database_gets_exactly_the_schema(tmp_path: Path) -> None:
             ("turns", "conversation_id", "conversations", "CASCADE"),
             ("usage", "principal_id", "principals", "SET NULL"),
             ("web_sessions", "principal_id", "principals", "CASCADE"),
+            ("personas", "client_id", "principals", "CASCADE"),
         }
 
         recorded = db.execute(

@@ -49,6 +49,7 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("model", "text", "NO"), ("upstream_id", "text", "YES"), ("prompt_utc", "text", "NO"),
         ("reply_utc", "text", "NO"), ("duration_ms", "integer", "NO"),
         ("input_tokens", "integer", "YES"), ("output_tokens", "integer", "YES"),
+        ("stopped", "boolean", "NO"),
     ],
     "usage": [
         ("id", "bigint", "NO"), ("principal_id", "bigint", "YES"), ("client_id", "bigint", "YES"),
@@ -68,6 +69,10 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("updated_utc", "text", "NO"), ("version", "bigint", "NO"),
     ],
     "rate_windows": [("principal_id", "bigint", "NO"), ("hits", "ARRAY", "NO")],
+    "personas": [
+        ("client_id", "bigint", "NO"), ("channel_ref", "text", "NO"), ("label", "text", "NO"),
+        ("system_prompt", "text", "NO"), ("updated_utc", "text", "NO"),
+    ],
 }
 EXPECTED_INDEXES = {
     "principals_client", "principals_admin_external", "conversations_owner_updated",
@@ -82,7 +87,7 @@ EXPECTED_UNIQUE = {
     ("conversations", ("client_id", "external_ref")),
     ("turns", ("id",)), ("turns", ("conversation_id", "position")),
     ("usage", ("id",)), ("web_sessions", ("id_hash",)), ("account_state", ("name",)),
-    ("rate_windows", ("principal_id",)),
+    ("rate_windows", ("principal_id",)), ("personas", ("client_id", "channel_ref")),
 }
 EXPECTED_FOREIGN_KEYS = {
     ("principals", "client_id", "principals", "CASCADE"),
@@ -91,6 +96,7 @@ EXPECTED_FOREIGN_KEYS = {
     ("turns", "conversation_id", "conversations", "CASCADE"),
     ("usage", "principal_id", "principals", "SET NULL"),
     ("web_sessions", "principal_id", "principals", "CASCADE"),
+    ("personas", "client_id", "principals", "CASCADE"),
 }
 
 
