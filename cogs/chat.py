@@ -11,14 +11,22 @@ the last message.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from cogs.utils.controls import (
+    BUTTONS,
+    STOPPED_MARK,
+    ReplyControls,
+    finished_view,
+)
 from cogs.utils.format import escape
 from cogs.utils.replies import NO_MENTIONS, Refusal, describe, role_ids
 from cogs.utils.stream import ReplyStream
@@ -26,6 +34,7 @@ from cogs.utils.text import MESSAGE_LIMIT, clip, open_fence, shorten
 from core.chat import ChatRequest, ChatResult, StartInfo
 from core.errors import GatewayError
 from core.models import Conversation, PlusChoice, Principal
+from core.stopping import StopSignal
 from core.titles import fallback_title
 from discord_bot import GatewayBot, MemberCog
 
@@ -34,6 +43,8 @@ log = logging.getLogger(__name__)
 THREAD_NAME_LIMIT = 100
 TIERS: dict[str, PlusChoice] = {"free": "false", "plus": "true", "any": "any"}
 NOT_SAVED = "Nothing was saved; send it again when you like."
+LATEST_REMEMBERED = 1000
+NOT_YOURS = "Only the member who started this conversation can use its buttons."
 
 
 def prompt_echo(author: str, prompt: str, limit: int = MESSAGE_LIMIT) -> str:
@@ -52,9 +63,11 @@ class ChannelSink:
         self,
         channel: discord.abc.Messageable | Callable[[], Awaitable[discord.abc.Messageable]],
         reply_to: discord.Message | None = None,
+        controls: ReplyControls | None = None,
     ) -> None:
         self._channel = channel
         self._reply_to = reply_to
+        self.controls = controls
 
     async def post(self, content: str) -> discord.Message:
         channel = self._channel
@@ -64,10 +77,23 @@ class ChannelSink:
         if self._reply_to is not None:
             extra["reference"] = self._reply_to.to_reference(fail_if_not_exists=False)
             self._reply_to = None
-        return await channel.send(content, allowed_mentions=NO_MENTIONS, **extra)
+        controls = self.controls
+        view = controls.view_for(None) if controls is not None else None
+        if view is not None:
+            extra["view"] = view
+        message = await channel.send(content, allowed_mentions=NO_MENTIONS, **extra)
+        if controls is not None:
+            controls.last = message
+            controls.shown(message, view)
+        return message
 
     async def edit(self, handle: discord.Message, content: str) -> None:
-        await handle.edit(content=content, allowed_mentions=NO_MENTIONS)
+        if self.controls is None:
+            await handle.edit(content=content, allowed_mentions=NO_MENTIONS)
+            return
+        view = self.controls.view_for(handle)
+        await handle.edit(content=content, allowed_mentions=NO_MENTIONS, view=view)
+        self.controls.shown(handle, view)
 
 
 class EphemeralSink:
@@ -91,14 +117,24 @@ class EphemeralSink:
 
 
 class StreamListener:
-    """The core's ``ChatListener``: text goes to the stream, the title to the opener."""
+    """The core's ``ChatListener``: text goes to the stream, the title to the opener; the
+    turn's ids, once known, to the reply's buttons and to ``on_start``."""
 
-    def __init__(self, stream: ReplyStream[Any], opener: ThreadOpener | None = None) -> None:
+    def __init__(self, stream: ReplyStream[Any], opener: ThreadOpener | None = None, *,
+                 controls: ReplyControls | None = None,
+                 on_start: Callable[[StartInfo], None] | None = None) -> None:
         self.stream = stream
         self.opener = opener
+        self.controls = controls
+        self.on_start = on_start
+        self.turn_id: str | None = None
 
     async def started(self, info: StartInfo) -> None:
-        pass
+        self.turn_id = info.message_id
+        if self.controls is not None:
+            self.controls.started(info)
+        if self.on_start is not None:
+            self.on_start(info)
 
     async def delta(self, text: str) -> None:
         self.stream.feed(text)
@@ -229,11 +265,38 @@ class ThreadOpener:
         self.release()
 
 
+@dataclass(frozen=True, slots=True)
+class Writing:
+    """A reply being written: how to stop it, and who may."""
+
+    stop: StopSignal
+    member_id: int
+
+
+Thread = discord.Thread | discord.PartialMessageable
+"""A bot thread, as discord.py gives it (cached or not)."""
+Ask = Callable[[StreamListener, StopSignal], Awaitable[ChatResult]]
+"""One turn asked of the gateway, streamed to the listener, stoppable by the signal."""
+
+
+def final_text(result: ChatResult) -> str:
+    """The reply as the thread shows it at the end: marked when its member stopped it."""
+    if not result.turn.stopped:
+        return result.turn.reply
+    return f"{result.turn.reply}\n\n{STOPPED_MARK}" if result.turn.reply.strip() \
+        else STOPPED_MARK
+
+
 class Chat(MemberCog):
     def __init__(self, bot: GatewayBot) -> None:
         super().__init__(bot)
         self.opening: set[asyncio.Task[discord.Thread]] = set()
         """Threads being opened: until one is, it does not hold its lock yet."""
+        self.writing: dict[str, Writing] = {}
+        """Replies being written now, by turn id: what their Stop button stops."""
+        self.latest: dict[int, discord.Message] = {}
+        """The latest answer of each thread (the last ones only), whose buttons go when the
+        thread's next answer starts."""
 
     @app_commands.command(name="chat")
     @app_commands.guild_only()
@@ -265,26 +328,40 @@ class Chat(MemberCog):
                      channel: discord.TextChannel, user: Principal, prompt: str,
                      plus: PlusChoice, private: bool) -> None:
         opener = ThreadOpener(self.bot, interaction, channel, prompt, private, self.opening)
+        controls = ReplyControls()
         stream: ReplyStream[discord.Message] = ReplyStream(
-            ChannelSink(opener.thread), interval=self.bot.edit_interval)
+            ChannelSink(opener.thread, controls=controls), interval=self.bot.edit_interval)
+        stop = StopSignal()
         request = ChatRequest(prompt=prompt, plus=plus, user_plus=plus == "true",
-                              endpoint="discord")
+                              endpoint="discord", stop=stop, channel_ref=str(channel.id))
+        listener = StreamListener(stream, opener, controls=controls,
+                                  on_start=self._writing(interaction.user.id, stop))
         try:
             try:
-                result = await self.bot.gateway.chat(user, request,
-                                                     StreamListener(stream, opener))
+                result = await self.bot.gateway.chat(user, request, listener)
             except GatewayError as err:
-                await stream.close()
+                controls.closing(None)
+                await stream.close(refresh=controls.refresh)
                 await opener.failed(f"⚠️ {err.message}")
                 return
+            finally:
+                self.writing.pop(listener.turn_id or "", None)
             await opener.finish(result)
-            await stream.close(result.turn.reply)
+            controls.closing((result.conversation.id, result.turn.id))
+            await stream.close(final_text(result), refresh=controls.refresh)
+            self._has_buttons((await opener.thread()).id, controls)
         except BaseException:
             stream.abort()
             opener.abort()
             raise
         finally:
             opener.release()
+
+    def _writing(self, member_id: int, stop: StopSignal) -> Callable[[StartInfo], None]:
+        """Registers a reply, once its turn has an id, as one its member may stop."""
+        def started(info: StartInfo) -> None:
+            self.writing[info.message_id] = Writing(stop, member_id)
+        return started
 
     # ----------------------------------------------------------------- follow-ups
 
@@ -299,16 +376,20 @@ class Chat(MemberCog):
             if conversation.owner_id != user.id:
                 raise Refusal("This conversation belongs to another member: use /chat in a "
                               "text channel to start your own.")
-            request = await self._follow_up_request(user, conversation, prompt)
+            request = await self._follow_up_request(user, conversation, prompt,
+                                                    await self._parent_ref(thread))
+            controls = None
             if private:
                 sink: ChannelSink | EphemeralSink = EphemeralSink(interaction)
             else:
                 await interaction.edit_original_response(
                     content=prompt_echo(interaction.user.display_name, prompt),
                     allowed_mentions=NO_MENTIONS)
-                sink = ChannelSink(thread)
+                controls = ReplyControls()
+                sink = ChannelSink(thread, controls=controls)
             try:
-                await self._answer(user, request, sink)
+                await self._answer(interaction.user.id, self._asking(user, request), sink,
+                                   controls, thread.id)
             except GatewayError as err:  # said where the answer would have been
                 await sink.post(f"⚠️ {err.message}\n{NOT_SAVED}")
 
@@ -341,8 +422,12 @@ class Chat(MemberCog):
                 if refusal:
                     raise Refusal(refusal)
                 user = await self.bot.member_principal(author)
-                request = await self._follow_up_request(user, conversation, prompt)
-                await self._answer(user, request, ChannelSink(message.channel, message))
+                request = await self._follow_up_request(
+                    user, conversation, prompt, await self._parent_ref(message.channel))
+                controls = ReplyControls()
+                await self._answer(author.id, self._asking(user, request),
+                                   ChannelSink(message.channel, message, controls), controls,
+                                   message.channel.id)
             except (GatewayError, Refusal) as err:
                 text = describe(err) or str(err)
                 if isinstance(err, GatewayError):
@@ -350,7 +435,7 @@ class Chat(MemberCog):
                 await message.reply(text, mention_author=False, allowed_mentions=NO_MENTIONS)
 
     async def _follow_up_request(self, user: Principal, conversation: Conversation,
-                                 prompt: str) -> ChatRequest:
+                                 prompt: str, channel_ref: str | None) -> ChatRequest:
         access_token = None
         if conversation.mode == "own_key":
             # The core pins such a conversation to the member's credential: send it again.
@@ -360,23 +445,146 @@ class Chat(MemberCog):
                               "cleared: set it again with /ownkey set, or start a new "
                               "conversation.")
         return ChatRequest(prompt=prompt, conversation_id=conversation.id,
-                           access_token=access_token, endpoint="discord")
+                           access_token=access_token, endpoint="discord",
+                           channel_ref=channel_ref)
 
-    async def _answer(self, user: Principal, request: ChatRequest,
-                      sink: ChannelSink | EphemeralSink) -> ChatResult:
-        """Stream one turn into ``sink``; on a GatewayError, what arrived stays written."""
+    def _asking(self, user: Principal, request: ChatRequest) -> Ask:
+        async def ask(listener: StreamListener, stop: StopSignal) -> ChatResult:
+            return await self.bot.gateway.chat(user, dataclasses.replace(request, stop=stop),
+                                               listener)
+        return ask
+
+    async def _parent_ref(self, thread: discord.abc.Messageable) -> str | None:
+        """The channel a thread was opened in: its persona applies to the thread's turns."""
+        parent = getattr(thread, "parent_id", None)
+        if parent is None and isinstance(thread, discord.PartialMessageable):
+            try:  # not cached: Discord says
+                parent = getattr(await self.bot.fetch_channel(thread.id), "parent_id", None)
+            except discord.HTTPException as exc:
+                log.warning("could not read thread %s: %s", thread.id, exc)
+        return str(parent) if parent else None
+
+    async def _answer(self, member_id: int, ask: Ask, sink: ChannelSink | EphemeralSink,
+                      controls: ReplyControls | None, thread_id: int) -> ChatResult:
+        """Stream one turn into ``sink``, with the reply's buttons when ``controls`` are
+        given; on a GatewayError, what arrived stays written."""
+        if controls is not None:
+            await self._retire_buttons(thread_id)
         stream: ReplyStream[Any] = ReplyStream(sink, interval=self.bot.edit_interval)
+        stop = StopSignal()
+        listener = StreamListener(stream, controls=controls,
+                                  on_start=self._writing(member_id, stop))
         try:
-            result = await self.bot.gateway.chat(user, request, StreamListener(stream))
+            result = await ask(listener, stop)
         except GatewayError:
-            await stream.close()
+            if controls is not None:
+                controls.closing(None)
+            await stream.close(refresh=controls.refresh if controls is not None else None)
             raise
         except BaseException:
             stream.abort()
             raise
-        await stream.close(result.turn.reply)
+        finally:
+            self.writing.pop(listener.turn_id or "", None)
+        if controls is not None:
+            controls.closing((result.conversation.id, result.turn.id))
+        await stream.close(final_text(result),
+                           refresh=controls.refresh if controls is not None else None)
+        if controls is not None:
+            self._has_buttons(thread_id, controls)
         return result
+
+    def _has_buttons(self, thread_id: int, controls: ReplyControls) -> None:
+        """Remember the thread's latest answer: its buttons go when the next one starts."""
+        if controls.last is None:
+            return
+        self.latest.pop(thread_id, None)
+        self.latest[thread_id] = controls.last
+        if len(self.latest) > LATEST_REMEMBERED:
+            del self.latest[next(iter(self.latest))]
+
+    async def _retire_buttons(self, thread_id: int) -> None:
+        """The thread's previous answer is no longer its latest: its buttons no longer apply
+        (after a restart it keeps them; a press then says why)."""
+        previous = self.latest.pop(thread_id, None)
+        if previous is None:
+            return
+        try:
+            await previous.edit(view=None)
+        except discord.HTTPException as exc:  # a stale button explains itself when pressed
+            log.warning("could not take the buttons off message %s: %s", previous.id, exc)
+
+    # ----------------------------------------------------------------- the reply's buttons
+
+    async def stop_reply(self, interaction: discord.Interaction[GatewayBot],
+                         turn_id: str) -> None:
+        writing = self.writing.get(turn_id)
+        if writing is None:
+            raise Refusal("This answer is no longer being written.")
+        if writing.member_id != interaction.user.id:
+            raise Refusal(NOT_YOURS)
+        writing.stop.stop()
+        await interaction.response.defer()  # the reply's own edits show the stop
+
+    async def regenerate_reply(self, interaction: discord.Interaction[GatewayBot],
+                               conversation_id: str, turn_id: str) -> None:
+        user, thread = await self._owner_pressed(interaction, conversation_id)
+
+        async def ask(listener: StreamListener, stop: StopSignal) -> ChatResult:
+            return await self.bot.gateway.regenerate(
+                user, conversation_id, turn_id, listener=listener, stop=stop,
+                channel_ref=await self._parent_ref(thread), endpoint="discord")
+        await self._again(interaction, thread, ask, finished_view(conversation_id, turn_id))
+
+    async def continue_reply(self, interaction: discord.Interaction[GatewayBot],
+                             conversation_id: str) -> None:
+        user, thread = await self._owner_pressed(interaction, conversation_id)
+
+        async def ask(listener: StreamListener, stop: StopSignal) -> ChatResult:
+            return await self.bot.gateway.continue_reply(
+                user, conversation_id, listener=listener, stop=stop,
+                channel_ref=await self._parent_ref(thread), endpoint="discord")
+        await self._again(interaction, thread, ask, None)
+
+    async def _owner_pressed(self, interaction: discord.Interaction[GatewayBot],
+                             conversation_id: str) -> tuple[Principal, Thread]:
+        """The member who pressed a button, if they own the conversation it belongs to."""
+        refusal = self.bot.policy.refusal(interaction.user.id, role_ids(interaction.user))
+        if refusal:
+            raise Refusal(refusal)
+        thread = interaction.channel
+        if not isinstance(thread, discord.Thread | discord.PartialMessageable):
+            raise Refusal("These buttons work in my conversation threads only.")
+        conversation = await self.bot.thread_conversation(thread.id)
+        if conversation is None or conversation.id != conversation_id:
+            raise Refusal("This conversation is gone (it was forgotten).")
+        owner = await self.bot.known_member(interaction.user.id)
+        if owner is None or owner.id != conversation.owner_id:
+            raise Refusal(NOT_YOURS)
+        return await self.bot.member_principal(interaction.user), thread
+
+    async def _again(self, interaction: discord.Interaction[GatewayBot],
+                     thread: Thread, ask: Ask,
+                     restore: discord.ui.View | None) -> None:
+        """A new answer below the pressed one, whose buttons go (and come back if the new
+        answer fails, when they still apply)."""
+        await interaction.response.edit_message(view=None)
+        pressed = interaction.message
+        if pressed is not None and (latest := self.latest.get(thread.id)) is not None \
+                and latest.id == pressed.id:
+            del self.latest[thread.id]  # its buttons just went
+        async with self.bot.thread_locks[thread.id]:
+            controls = ReplyControls()
+            try:
+                await self._answer(interaction.user.id, ask,
+                                   ChannelSink(thread, pressed, controls), controls, thread.id)
+            except GatewayError as err:
+                if restore is not None and err.code != "not_last_turn" and pressed is not None:
+                    await pressed.edit(view=restore)
+                await thread.send(f"⚠️ {err.message}\nThe earlier answer stays as it was.",
+                                  allowed_mentions=NO_MENTIONS)
 
 
 async def setup(bot: GatewayBot) -> None:
+    bot.add_dynamic_items(*BUTTONS)
     await bot.add_cog(Chat(bot))

@@ -3,9 +3,10 @@
 The real, unmodified discord.py logs in, receives READY and GUILD_CREATE, syncs its commands and
 answers interactions; every REST call is recorded (``calls``), messages, threads and interaction
 responses are kept as Discord would keep them, and tests drive the bot as members would:
-``slash``, ``autocomplete``, ``click``, ``submit_modal`` and ``user_says``. ``wait_for`` waits
-on a condition over that state (it never sleeps); ``barrier`` returns once the bot has read every
-event sent before it.
+``slash``, ``autocomplete``, ``click`` (a button of a message sent before or after a bot
+restart: its ``custom_id`` is all the bot gets), ``submit_modal`` and ``user_says``.
+``wait_for`` waits on a condition over that state (it never sleeps); ``barrier`` returns once
+the bot has read every event sent before it.
 
 The payloads follow Discord's API documentation (v10), not discord.py's parser, so a drift shows
 when discord.py is upgraded. Like Discord, the fake refuses messages over 2,000 characters, a
@@ -561,12 +562,45 @@ class FakeDiscord:
         return _json(self.commands)
 
     def _check_content(self, body: dict[str, Any] | None) -> web.Response | None:
+        if (bad := self._check_components((body or {}).get("components"))) is not None:
+            return bad
         content = (body or {}).get("content") or ""
         if len(content) > 2000:
             return _json({"code": 50035, "message": "Invalid Form Body", "errors": {
                 "content": {"_errors": [{"code": "BASE_TYPE_MAX_LENGTH",
                                          "message": "Must be 2000 or fewer in length."}]}}},
                          400)
+        return None
+
+    @staticmethod
+    def _check_components(rows: list[dict[str, Any]] | None) -> web.Response | None:
+        """Discord's limits on buttons: at most 5 rows of 5, a custom_id of 1 to 100
+        characters unique in the message, a label of at most 80."""
+        if not rows:
+            return None
+        seen: set[str] = set()
+        problems = []
+        if len(rows) > 5:
+            problems.append("more than 5 action rows")
+        for row in rows:
+            items = row.get("components") or []
+            if row.get("type") != 1 or not 1 <= len(items) <= 5:
+                problems.append("an action row needs 1 to 5 components")
+            for item in items:
+                custom_id = item.get("custom_id")
+                if item.get("type") == 2 and item.get("style") != 5:
+                    if not isinstance(custom_id, str) or not 1 <= len(custom_id) <= 100:
+                        problems.append(f"bad custom_id {custom_id!r}")
+                    elif custom_id in seen:
+                        problems.append(f"duplicate custom_id {custom_id!r}")
+                    seen.add(str(custom_id))
+                if len(item.get("label") or "") > 80:
+                    problems.append("a label over 80 characters")
+        if problems:
+            return _json({"code": 50035, "message": "Invalid Form Body",
+                          "errors": {"components": {"_errors": [
+                              {"code": "COMPONENT_INVALID", "message": p}
+                              for p in problems]}}}, 400)
         return None
 
     async def _callback(self, token: str, body: dict[str, Any]) -> web.Response:

@@ -1,0 +1,168 @@
+"""The buttons under a bot reply: Stop while it streams, then Regenerate and Continue; only
+for the conversation's owner; working after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+from tests.fakediscord import EPHEMERAL
+from tests.fakes.upstream import Pause, Status
+
+from .conftest import ANN, BOB, GENERAL, Harness
+
+LONG = "one two three four five six seven eight nine ten"
+
+
+def labels(h: Harness, message: dict[str, Any]) -> list[str]:
+    return [b["label"] for b in h.fake.buttons(int(message["id"]))]
+
+
+async def opened_thread(h: Harness, prompt: str = "Count") -> int:
+    """/chat without waiting for the answer to finish: the thread it opened."""
+    interaction = await h.fake.slash("chat", user=ANN, channel=GENERAL, prompt=prompt)
+    await h.fake.wait_for(lambda: interaction.original_id in h.fake.channels)
+    assert interaction.original_id is not None
+    return interaction.original_id
+
+
+async def test_stop_ends_the_reply_keeps_what_arrived_and_offers_the_other_buttons(
+        h: Harness) -> None:
+    upstream = h.upstreams["A"]
+    gate = asyncio.Event()
+    upstream.enqueue(Pause(LONG, gate, after_chunks=3))
+    thread_id = await opened_thread(h)
+    writing = await h.fake.wait_for(lambda: next(
+        (m for m in h.bot_messages(thread_id) if m["content"] == "one two three"), None))
+    assert labels(h, writing) == ["Stop"]
+
+    stranger = await h.fake.click(int(writing["id"]), "Stop", user=BOB)
+    assert stranger.callbacks[0]["data"]["flags"] == EPHEMERAL
+    assert "Only the member who started this conversation" in \
+        stranger.callbacks[0]["data"]["content"]
+    assert upstream.in_flight == 1  # a stranger's click stopped nothing
+
+    pressed = await h.fake.click(int(writing["id"]), "Stop", user=ANN)
+    await h.settle()
+    assert pressed.callbacks[0] == {"type": 6}  # acknowledged; the reply's edits show it
+
+    (reply,) = h.bot_messages(thread_id)
+    assert reply["content"] == "one two three\n\n*(stopped)*"
+    assert labels(h, reply) == ["Regenerate", "Continue"]
+    conversation = await h.bot.thread_conversation(thread_id)
+    assert conversation is not None
+    user = await h.bot.known_member(ANN)
+    assert user is not None
+    (turn,) = (await h.gateway.recall(user, conversation.id))[1]
+    assert (turn.reply, turn.stopped) == ("one two three", True)
+    # The upstream's connection was closed: the rest of the answer has nowhere to go.
+    gate.set()
+    await upstream.wait_in_flight(0)
+    assert upstream.hung_up == 1
+
+
+async def test_regenerate_replaces_the_answer(h: Harness) -> None:
+    upstream = h.upstreams["A"]
+    upstream.enqueue("first try", "second try")
+    thread_id = int((await h.chat("Tell me a joke")).original_id or 0)
+    (old,) = h.bot_messages(thread_id)
+    assert labels(h, old) == ["Regenerate", "Continue"]
+
+    pressed = await h.fake.click(int(old["id"]), "Regenerate", user=ANN)
+    await h.settle()
+
+    assert pressed.callbacks[0]["type"] == 7  # the old answer's buttons go at once
+    assert labels(h, h.fake.messages[int(old["id"])]) == []
+    new = h.bot_messages(thread_id)[-1]
+    assert new["content"] == "second try" and labels(h, new) == ["Regenerate", "Continue"]
+    assert new["message_reference"]["message_id"] == old["id"]
+    sent = upstream.chat_requests(titles=False)[-1].messages
+    assert [m["content"] for m in sent] == ["Tell me a joke"]
+    conversation = await h.bot.thread_conversation(thread_id)
+    assert conversation is not None and conversation.turn_count == 1
+    user = await h.bot.known_member(ANN)
+    assert user is not None
+    assert [t.reply for t in (await h.gateway.recall(user, conversation.id))[1]] == [
+        "second try"]
+
+
+async def test_a_stranger_gets_an_ephemeral_no(h: Harness) -> None:
+    thread_id = int((await h.chat("Mine")).original_id or 0)
+    (reply,) = h.bot_messages(thread_id)
+    asked = len(h.upstreams["A"].chat_requests(titles=False))
+
+    for label in ("Regenerate", "Continue"):
+        refused = await h.fake.click(int(reply["id"]), label, user=BOB)
+        assert refused.callbacks[0]["type"] == 4
+        assert refused.callbacks[0]["data"]["flags"] == EPHEMERAL
+        assert "Only the member who started" in refused.callbacks[0]["data"]["content"]
+    await h.settle()
+    assert len(h.upstreams["A"].chat_requests(titles=False)) == asked
+    assert labels(h, h.fake.messages[int(reply["id"])]) == ["Regenerate", "Continue"]
+
+
+async def test_continue_asks_the_model_to_go_on(h: Harness) -> None:
+    upstream = h.upstreams["A"]
+    upstream.enqueue("Once upon", "a time.")
+    thread_id = int((await h.chat("A story")).original_id or 0)
+    (first,) = h.bot_messages(thread_id)
+
+    await h.fake.click(int(first["id"]), "Continue", user=ANN)
+    await h.settle()
+
+    assert [m["content"] for m in h.bot_messages(thread_id)] == ["Once upon", "a time."]
+    assert labels(h, h.fake.messages[int(first["id"])]) == []
+    assert labels(h, h.bot_messages(thread_id)[-1]) == ["Regenerate", "Continue"]
+    sent = upstream.chat_requests(titles=False)[-1].messages
+    assert sent[-1]["content"] == h.settings.chat.continue_prompt
+    conversation = await h.bot.thread_conversation(thread_id)
+    assert conversation is not None and conversation.turn_count == 2
+
+
+async def test_buttons_work_after_a_restart(h: Harness) -> None:
+    h.upstreams["A"].enqueue("before", "after the restart")
+    thread_id = int((await h.chat("Hello")).original_id or 0)
+    (old,) = h.bot_messages(thread_id)
+
+    await h.restart()
+    await h.fake.click(int(old["id"]), "Regenerate", user=ANN)
+    await h.settle()
+
+    assert h.bot_messages(thread_id)[-1]["content"] == "after the restart"
+    conversation = await h.bot.thread_conversation(thread_id)
+    assert conversation is not None and conversation.turn_count == 1
+
+
+async def test_an_older_answer_cannot_be_regenerated(h: Harness) -> None:
+    h.upstreams["A"].enqueue("one", "two")
+    thread_id = int((await h.chat("Start")).original_id or 0)
+    (first,) = h.bot_messages(thread_id)
+    its_buttons = copy.deepcopy(first["components"])
+    await h.fake.user_says(thread_id, "more", user=ANN)
+    await h.settle()
+    assert labels(h, first) == []  # the first answer lost its buttons when the second came
+    first["components"] = its_buttons  # as a client that missed the update still shows them
+
+    await h.fake.click(int(first["id"]), "Regenerate", user=ANN)
+    await h.settle()
+
+    assert "only the latest answer" in h.thread_text(thread_id)[-1]
+    assert h.bot_messages(thread_id)[-2]["content"] == "two"
+
+
+async def test_a_failed_regeneration_keeps_the_answer_and_its_buttons(h: Harness) -> None:
+    h.upstreams["A"].enqueue("good answer", Status(400))
+    thread_id = int((await h.chat("Start")).original_id or 0)
+    (old,) = h.bot_messages(thread_id)
+
+    await h.fake.click(int(old["id"]), "Regenerate", user=ANN)
+    await h.settle()
+
+    assert "The earlier answer stays as it was." in h.thread_text(thread_id)[-1]
+    assert labels(h, h.fake.messages[int(old["id"])]) == ["Regenerate", "Continue"]
+    conversation = await h.bot.thread_conversation(thread_id)
+    user = await h.bot.known_member(ANN)
+    assert conversation is not None and user is not None
+    assert [t.reply for t in (await h.gateway.recall(user, conversation.id))[1]] == [
+        "good answer"]
