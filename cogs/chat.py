@@ -305,9 +305,12 @@ class Chat(MemberCog):
         tier="Which accounts answer a new conversation: free (default), plus (needs plus) "
              "or any",
         private="Open a private thread; in a thread, answer only to you",
+        model="The model of a new conversation, which stays on it (start typing to see "
+              "those you may use)",
     )
     async def chat(self, interaction: discord.Interaction[GatewayBot], prompt: str,
-                   tier: Literal["free", "plus", "any"] = "free", private: bool = False) -> None:
+                   tier: Literal["free", "plus", "any"] = "free", private: bool = False,
+                   model: app_commands.Range[str, 1, 100] | None = None) -> None:
         """Ask the model. In a channel it opens a thread; in one of my threads it follows up."""
         await interaction.response.defer(ephemeral=private, thinking=True)
         user = await self.bot.member_principal(interaction.user)
@@ -315,25 +318,41 @@ class Chat(MemberCog):
         if channel is None and interaction.channel_id is not None:  # not cached, not sent
             channel = await self.bot.fetch_channel(interaction.channel_id)
         if isinstance(channel, discord.TextChannel):
-            await self._start(interaction, channel, user, prompt, TIERS[tier], private)
+            plus = TIERS[tier]
+            if model is not None and tier == "free":
+                # The model decides the account: look in every tier the member may use.
+                plus = "any" if user.plus else "false"
+            await self._start(interaction, channel, user, prompt, plus, private,
+                              model.strip() if model else None)
         elif isinstance(channel, discord.Thread | discord.PartialMessageable):
-            await self._follow_up_command(interaction, channel, user, prompt, private)
+            await self._follow_up_command(interaction, channel, user, prompt, private, model)
         else:
             raise Refusal("I open conversations in text channels: use /chat in one, or in one "
                           "of my threads to follow up.")
+
+    @chat.autocomplete("model")
+    async def model_choices(self, interaction: discord.Interaction[GatewayBot],
+                            typed: str) -> list[app_commands.Choice[str]]:
+        """The models the member may use, with their tier and what each can do."""
+        user = await self.bot.member_principal(interaction.user)  # plus as their roles say
+        typed = typed.strip().casefold()
+        return [app_commands.Choice(name=shorten(item.label(), 100), value=item.model)
+                for item in self.bot.gateway.model_menu(user)
+                if typed in item.model.casefold()][:25]
 
     # ----------------------------------------------------------------- new conversations
 
     async def _start(self, interaction: discord.Interaction[GatewayBot],
                      channel: discord.TextChannel, user: Principal, prompt: str,
-                     plus: PlusChoice, private: bool) -> None:
+                     plus: PlusChoice, private: bool, model: str | None) -> None:
         opener = ThreadOpener(self.bot, interaction, channel, prompt, private, self.opening)
         controls = ReplyControls()
         stream: ReplyStream[discord.Message] = ReplyStream(
             ChannelSink(opener.thread, controls=controls), interval=self.bot.edit_interval)
         stop = StopSignal()
         request = ChatRequest(prompt=prompt, plus=plus, user_plus=plus == "true",
-                              endpoint="discord", stop=stop, channel_ref=str(channel.id))
+                              endpoint="discord", stop=stop, channel_ref=str(channel.id),
+                              model=model)
         listener = StreamListener(stream, opener, controls=controls,
                                   on_start=self._writing(interaction.user.id, stop))
         try:
@@ -367,7 +386,8 @@ class Chat(MemberCog):
 
     async def _follow_up_command(self, interaction: discord.Interaction[GatewayBot],
                                  thread: discord.Thread | discord.PartialMessageable,
-                                 user: Principal, prompt: str, private: bool) -> None:
+                                 user: Principal, prompt: str, private: bool,
+                                 model: str | None) -> None:
         async with self.bot.thread_locks[thread.id]:
             conversation = await self.bot.thread_conversation(thread.id)
             if conversation is None:
@@ -376,6 +396,9 @@ class Chat(MemberCog):
             if conversation.owner_id != user.id:
                 raise Refusal("This conversation belongs to another member: use /chat in a "
                               "text channel to start your own.")
+            if model is not None and model.strip() != conversation.model:
+                raise Refusal(f"This conversation stays on {conversation.model}: use /chat "
+                              "in a text channel to start one on another model.")
             request = await self._follow_up_request(user, conversation, prompt,
                                                     await self._parent_ref(thread))
             controls = None

@@ -27,7 +27,15 @@ from .crypto import CredentialBox
 from .env_secrets import Secrets
 from .errors import BadRequest, Conflict, Forbidden, NotFound, TooLarge, Unauthorized
 from .keys import hash_key
-from .models import Conversation, Persona, PlusChoice, Principal, Role, Turn
+from .models import (
+    Conversation,
+    ModelChoice,
+    Persona,
+    PlusChoice,
+    Principal,
+    Role,
+    Turn,
+)
 from .oauth import AccessToken, PasswordGrant
 from .stopping import StopSignal
 from .storage import Storage, storage_for
@@ -490,6 +498,13 @@ class Gateway:
         """Each model the actor may ask for, with the account that serves it first."""
         choice: PlusChoice = "any" if actor.plus or actor.is_admin else "false"
         return [(model, account.name) for model, account in self.pool.models_for(choice)]
+
+    def model_menu(self, actor: Principal) -> list[ModelChoice]:
+        """The models the actor may pick for a new conversation (fronts' pickers), each with
+        its tier and what it can do."""
+        choice: PlusChoice = "any" if actor.plus or actor.is_admin else "false"
+        return [ModelChoice(model, account.tier, account.name)
+                for model, account in self.pool.models_for(choice)]
 
     def tiers_in_service(self) -> set[str]:
         """The tiers that have at least one account not out of service."""

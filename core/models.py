@@ -127,3 +127,18 @@ class Persona:
     def public(self) -> dict[str, Any]:
         return {"client_id": self.client_id, "channel": self.channel_ref, "label": self.label,
                 "system_prompt": self.system_prompt, "updated": self.updated_utc}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelChoice:
+    """A model a member may pick for a new conversation, and what it offers."""
+
+    model: str
+    tier: str
+    """"free" or "plus": the tier of the first account serving it."""
+    account: str
+    capabilities: tuple[str, ...] = ("text",)
+    """What the model takes besides text (once accounts declare it, e.g. "vision")."""
+
+    def label(self) -> str:
+        return f"{self.model} ({self.tier}; {', '.join(self.capabilities)})"

@@ -7,10 +7,11 @@ import asyncio
 import copy
 from typing import Any
 
+from tests.conftest import account
 from tests.fakediscord import EPHEMERAL
 from tests.fakes.upstream import Pause, Status
 
-from .conftest import ANN, BOB, GENERAL, Harness
+from .conftest import ANN, BOB, GENERAL, PAT, Harness
 
 LONG = "one two three four five six seven eight nine ten"
 
@@ -166,3 +167,51 @@ async def test_a_failed_regeneration_keeps_the_answer_and_its_buttons(h: Harness
     assert conversation is not None and user is not None
     assert [t.reply for t in (await h.gateway.recall(user, conversation.id))[1]] == [
         "good answer"]
+
+
+# ------------------------------------------------------------------------ model choice
+
+
+async def test_model_autocomplete_offers_what_the_member_may_use(make_harness: Any,
+                                                                 upstream_a: Any,
+                                                                 upstream_plus: Any) -> None:
+    accounts = [account("A", upstream_a, "KEY_A", models=["model-a-large"]),
+                account("P", upstream_plus, "KEY_P", tier="plus")]
+    async with make_harness(accounts=accounts) as h:
+        ann = await h.fake.autocomplete("chat", user=ANN, focused="model", prompt="x",
+                                        model="")
+        pat = await h.fake.autocomplete("chat", user=PAT, focused="model", prompt="x",
+                                        model="")
+        typed = await h.fake.autocomplete("chat", user=PAT, focused="model", prompt="x",
+                                          model="LARGE")
+    free = [upstream_a.model, "model-a-large"]
+    assert [c["value"] for c in ann] == free
+    assert [c["value"] for c in pat] == [*free, upstream_plus.model]
+    assert pat[-1]["name"] == f"{upstream_plus.model} (plus; text)"
+    assert [c["value"] for c in typed] == ["model-a-large"]
+
+
+async def test_the_chosen_model_is_kept_for_follow_ups(make_harness: Any, upstream_a: Any,
+                                                       upstream_plus: Any) -> None:
+    accounts = [account("A", upstream_a, "KEY_A", models=["model-a-large"]),
+                account("P", upstream_plus, "KEY_P", tier="plus")]
+    async with make_harness(accounts=accounts) as h:
+        thread_id = int((await h.chat("Hi", model="model-a-large")).original_id or 0)
+        await h.fake.user_says(thread_id, "and then?", user=ANN)
+        await h.settle()
+        sent = [r.model for r in upstream_a.chat_requests(titles=False)]
+        assert sent == ["model-a-large", "model-a-large"]
+
+        plus_thread = int((await h.chat("Hi", user=PAT, model=upstream_plus.model)).original_id
+                          or 0)
+        assert [r.model for r in upstream_plus.chat_requests(titles=False)] == [
+            upstream_plus.model]
+        conversation = await h.bot.thread_conversation(plus_thread)
+        assert conversation is not None and conversation.account == "P"
+
+        other = await h.chat("switch", channel=thread_id, model=upstream_plus.model)
+        assert "stays on model-a-large" in h.answer(other)
+        refused = await h.chat("Hi", model=upstream_plus.model)
+        assert "plus tier" in h.answer(refused)
+        unknown = await h.chat("Hi", model="no-such-model")
+        assert "not served" in h.answer(unknown)
