@@ -34,6 +34,7 @@ EPHEMERAL = 1 << 6
 LOADING = 1 << 7
 # Options: 1 subcommand, 2 group, 3 string, 4 integer, 5 boolean, 6 user, 7 channel, 8 role.
 USER_OPTION = 6
+CHANNEL_OPTION = 7
 
 
 def _now() -> str:
@@ -337,6 +338,12 @@ class FakeDiscord:
             if name not in types:
                 raise KeyError(f"no option {name!r}; the schema has {sorted(types)}")
             option: dict[str, Any] = {"name": name, "type": types[name], "value": value}
+            if types[name] == CHANNEL_OPTION:
+                option["value"] = str(value)
+                channel = self.channels[int(value)]
+                resolved.setdefault("channels", {})[str(value)] = {
+                    k: channel[k] for k in ("id", "name", "type", "parent_id")
+                    if k in channel} | {"permissions": "2251799813685247"}
             if types[name] == USER_OPTION:
                 option["value"] = str(value)
                 member = self.members[int(value)]
@@ -353,7 +360,14 @@ class FakeDiscord:
         command = self._command(name)
         resolved: dict[str, Any] = {}
         schema = command.get("options", [])
-        if sub is not None:
+        if sub is not None and " " in sub:  # a subcommand of a group: "persona set"
+            group, leaf = sub.split(" ", 1)
+            group_schema = next(o for o in schema if o["name"] == group)
+            leaf_schema = next(o for o in group_schema["options"] if o["name"] == leaf)
+            options = [{"name": group, "type": 2, "options": [
+                {"name": leaf, "type": 1, "options": self._options(
+                    leaf_schema.get("options", []), values, resolved, focused)}]}]
+        elif sub is not None:
             sub_schema = next(o for o in schema if o["name"] == sub)
             options = [{"name": sub, "type": 1, "options": self._options(
                 sub_schema.get("options", []), values, resolved, focused)}]
@@ -366,8 +380,11 @@ class FakeDiscord:
         return data
 
     async def slash(self, name: str, sub: str | None = None, *, user: int,
-                    channel: int | None = None, **options: Any) -> Interaction:
-        """Send ``/name [sub] option:value…`` as ``user``; return once the bot answered it."""
+                    channel: int | None = None, options: dict[str, Any] | None = None,
+                    **more: Any) -> Interaction:
+        """Send ``/name [sub] option:value…`` as ``user``; return once the bot answered it.
+        Options come as keywords, or in ``options`` (for names such as ``channel``)."""
+        options = {**(options or {}), **more}
         record, payload = self._interaction(
             2, user, channel or self.GENERAL_ID, self._command_data(name, sub, options))
         await self.dispatch("INTERACTION_CREATE", payload)
