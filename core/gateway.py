@@ -394,7 +394,7 @@ class Gateway:
         """The system prompt of conversations started in a client's channel, added after
         the organisation's ``[chat] system_prompt``."""
         owner = self._persona_client(actor, client_id)
-        text = system_prompt.strip()
+        text = system_prompt.replace("\r\n", "\n").strip()  # a form's line breaks are CRLF
         if not text:
             raise BadRequest("a persona needs a system prompt; to remove it, clear it",
                              code="empty_persona")
@@ -424,6 +424,13 @@ class Gateway:
             raise NotFound("this channel has no persona", code="persona_not_found")
         log.info("principal %s cleared the persona of channel %s of client %s", actor.id,
                  channel_ref, owner)
+
+    async def clients(self, actor: Principal) -> list[Principal]:
+        """Every client (an admin's persona pages name them)."""
+        self.require_admin(actor)
+        found, _ = await self.principals.list_page(role="client", limit=MAX_PAGE)
+        clients = [await self.principals.get(int(item["id"])) for item in found]
+        return [client for client in clients if client is not None]
 
     async def personas(self, actor: Principal) -> list[Persona]:
         """A client's own personas; every client's for an admin."""

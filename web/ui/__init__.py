@@ -6,7 +6,8 @@ and nothing loaded from another site.
     /chat, /chat/{id}      conversations; /chat/stream streams a reply (server-sent events)
     /own-key               the member's gateway key (rotate) and own upstream key (set, clear)
     /access-token          access-token retrieval (email and password)
-    /admin/users, /admin/users/conversations, /admin/accounts   by role
+    /admin/users, /admin/users/conversations, /admin/accounts,
+    /admin/personas                                             by role
     /static/...            stylesheets, scripts, icon
 
 ``setup(app)`` registers all of it; ``middleware`` (pages.py) must be in the app's middlewares.
@@ -56,6 +57,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/admin/users/conversations", admin.conversations),
     ("GET", "/admin/accounts", admin.accounts),
     ("POST", "/admin/accounts", admin.accounts_update),
+    ("GET", "/admin/personas", admin.personas),
+    ("POST", "/admin/personas", admin.personas_update),
 ]
 UI_PREFIXES = ("/chat", "/admin", "/own-key", "/access-token", "/login", "/logout", "/static")
 
