@@ -31,6 +31,7 @@ from cogs.utils.format import escape
 from cogs.utils.replies import NO_MENTIONS, Refusal, describe, role_ids
 from cogs.utils.stream import ReplyStream
 from cogs.utils.text import MESSAGE_LIMIT, clip, open_fence, shorten
+from core.attachments import FileRefusal, TextFile, decode, refusal_before_reading, with_files
 from core.chat import ChatRequest, ChatResult, StartInfo
 from core.errors import GatewayError
 from core.models import Conversation, PlusChoice, Principal
@@ -47,11 +48,24 @@ LATEST_REMEMBERED = 1000
 NOT_YOURS = "Only the member who started this conversation can use its buttons."
 
 
-def prompt_echo(author: str, prompt: str, limit: int = MESSAGE_LIMIT) -> str:
-    """The message that shows the question above its answer."""
+def prompt_echo(author: str, prompt: str, limit: int = MESSAGE_LIMIT,
+                notes: tuple[str, ...] = ()) -> str:
+    """The message that shows the question above its answer (and its files under it)."""
     head = f"**{escape(author)}** asked:\n"
-    body = clip(prompt, limit - len(head) - 4)
-    return head + body + ("\n```" if open_fence(body) else "")
+    tail = "".join(f"\n{clip(note, 300)}" for note in notes)
+    body = clip(prompt, limit - len(head) - len(tail) - 4)
+    return head + body + ("\n```" if open_fence(body) else "") + tail
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """What a member sent: their words, the prompt the model gets (their files added as
+    text), and notes on the files (read, or refused and why)."""
+
+    words: str
+    prompt: str
+    notes: tuple[str, ...] = ()
+    refused: tuple[str, ...] = ()
 
 
 class ChannelSink:
@@ -152,12 +166,14 @@ class ThreadOpener:
 
     def __init__(self, bot: GatewayBot, interaction: discord.Interaction[GatewayBot],
                  channel: discord.TextChannel, prompt: str, private: bool,
-                 opening: set[asyncio.Task[discord.Thread]]) -> None:
+                 opening: set[asyncio.Task[discord.Thread]], notes: tuple[str, ...] = ()
+                 ) -> None:
         self.bot = bot
         self.opening = opening
         self.interaction = interaction
         self.channel = channel
         self.prompt = prompt
+        self.notes = notes
         self.private = private
         self.task: asyncio.Task[discord.Thread] | None = None
         self._title: str | None = None
@@ -184,7 +200,7 @@ class ThreadOpener:
     async def _open(self) -> discord.Thread:
         name = shorten(self._title or fallback_title(self.prompt), THREAD_NAME_LIMIT)
         member = self.interaction.user
-        echo = prompt_echo(member.display_name, self.prompt)
+        echo = prompt_echo(member.display_name, self.prompt, notes=self.notes)
         if self.private:
             thread = await self.channel.create_thread(
                 name=name, type=discord.ChannelType.private_thread, invitable=False)
@@ -307,13 +323,16 @@ class Chat(MemberCog):
         private="Open a private thread; in a thread, answer only to you",
         model="The model of a new conversation, which stays on it (start typing to see "
               "those you may use)",
+        attachment="A text file (text, Markdown, code, JSON, CSV, a log) the model reads",
     )
     async def chat(self, interaction: discord.Interaction[GatewayBot], prompt: str,
                    tier: Literal["free", "plus", "any"] = "free", private: bool = False,
-                   model: app_commands.Range[str, 1, 100] | None = None) -> None:
+                   model: app_commands.Range[str, 1, 100] | None = None,
+                   attachment: discord.Attachment | None = None) -> None:
         """Ask the model. In a channel it opens a thread; in one of my threads it follows up."""
         await interaction.response.defer(ephemeral=private, thinking=True)
         user = await self.bot.member_principal(interaction.user)
+        asked = await self._asked(prompt, [attachment] if attachment else [])
         channel: object = interaction.channel
         if channel is None and interaction.channel_id is not None:  # not cached, not sent
             channel = await self.bot.fetch_channel(interaction.channel_id)
@@ -322,10 +341,10 @@ class Chat(MemberCog):
             if model is not None and tier == "free":
                 # The model decides the account: look in every tier the member may use.
                 plus = "any" if user.plus else "false"
-            await self._start(interaction, channel, user, prompt, plus, private,
+            await self._start(interaction, channel, user, asked, plus, private,
                               model.strip() if model else None)
         elif isinstance(channel, discord.Thread | discord.PartialMessageable):
-            await self._follow_up_command(interaction, channel, user, prompt, private, model)
+            await self._follow_up_command(interaction, channel, user, asked, private, model)
         else:
             raise Refusal("I open conversations in text channels: use /chat in one, or in one "
                           "of my threads to follow up.")
@@ -343,14 +362,15 @@ class Chat(MemberCog):
     # ----------------------------------------------------------------- new conversations
 
     async def _start(self, interaction: discord.Interaction[GatewayBot],
-                     channel: discord.TextChannel, user: Principal, prompt: str,
+                     channel: discord.TextChannel, user: Principal, asked: Asked,
                      plus: PlusChoice, private: bool, model: str | None) -> None:
-        opener = ThreadOpener(self.bot, interaction, channel, prompt, private, self.opening)
+        opener = ThreadOpener(self.bot, interaction, channel, asked.words, private,
+                              self.opening, asked.notes)
         controls = ReplyControls()
         stream: ReplyStream[discord.Message] = ReplyStream(
             ChannelSink(opener.thread, controls=controls), interval=self.bot.edit_interval)
         stop = StopSignal()
-        request = ChatRequest(prompt=prompt, plus=plus, user_plus=plus == "true",
+        request = ChatRequest(prompt=asked.prompt, plus=plus, user_plus=plus == "true",
                               endpoint="discord", stop=stop, channel_ref=str(channel.id),
                               model=model)
         listener = StreamListener(stream, opener, controls=controls,
@@ -386,7 +406,7 @@ class Chat(MemberCog):
 
     async def _follow_up_command(self, interaction: discord.Interaction[GatewayBot],
                                  thread: discord.Thread | discord.PartialMessageable,
-                                 user: Principal, prompt: str, private: bool,
+                                 user: Principal, asked: Asked, private: bool,
                                  model: str | None) -> None:
         async with self.bot.thread_locks[thread.id]:
             conversation = await self.bot.thread_conversation(thread.id)
@@ -399,14 +419,15 @@ class Chat(MemberCog):
             if model is not None and model.strip() != conversation.model:
                 raise Refusal(f"This conversation stays on {conversation.model}: use /chat "
                               "in a text channel to start one on another model.")
-            request = await self._follow_up_request(user, conversation, prompt,
+            request = await self._follow_up_request(user, conversation, asked.prompt,
                                                     await self._parent_ref(thread))
             controls = None
             if private:
                 sink: ChannelSink | EphemeralSink = EphemeralSink(interaction)
             else:
                 await interaction.edit_original_response(
-                    content=prompt_echo(interaction.user.display_name, prompt),
+                    content=prompt_echo(interaction.user.display_name, asked.words,
+                                        notes=asked.notes),
                     allowed_mentions=NO_MENTIONS)
                 controls = ReplyControls()
                 sink = ChannelSink(thread, controls=controls)
@@ -425,8 +446,7 @@ class Chat(MemberCog):
             return
         if message.type not in (discord.MessageType.default, discord.MessageType.reply):
             return
-        prompt = message.content.strip()
-        if not prompt:
+        if not message.content.strip() and not message.attachments:
             return
         if self.opening:  # the thread may be one of these, about to take its lock
             await asyncio.wait(set(self.opening))
@@ -445,8 +465,14 @@ class Chat(MemberCog):
                 if refusal:
                     raise Refusal(refusal)
                 user = await self.bot.member_principal(author)
+                asked = await self._asked(message.content, message.attachments)
+                if asked.refused:
+                    await message.reply("\n".join(asked.refused), mention_author=False,
+                                        allowed_mentions=NO_MENTIONS)
+                if not asked.prompt:
+                    return  # nothing left to ask
                 request = await self._follow_up_request(
-                    user, conversation, prompt, await self._parent_ref(message.channel))
+                    user, conversation, asked.prompt, await self._parent_ref(message.channel))
                 controls = ReplyControls()
                 await self._answer(author.id, self._asking(user, request),
                                    ChannelSink(message.channel, message, controls), controls,
@@ -470,6 +496,30 @@ class Chat(MemberCog):
         return ChatRequest(prompt=prompt, conversation_id=conversation.id,
                            access_token=access_token, endpoint="discord",
                            channel_ref=channel_ref)
+
+    async def _asked(self, words: str, attachments: list[discord.Attachment]) -> Asked:
+        """The member's words with their text files read in; the others refused, each with a
+        note saying why (the rest goes on)."""
+        limit = self.bot.gateway.settings.chat.max_attachment_bytes
+        files: list[TextFile] = []
+        refused: list[str] = []
+        for attachment in attachments:
+            name = attachment.filename
+            outcome: TextFile | FileRefusal | None = refusal_before_reading(
+                name, attachment.content_type, attachment.size, limit)
+            if outcome is None:
+                try:
+                    # Now: Discord's attachment links expire.
+                    outcome = decode(name, await attachment.read(), limit)
+                except discord.HTTPException as exc:
+                    log.warning("could not download attachment %s: %s", attachment.id, exc)
+                    outcome = FileRefusal(name, "it could not be downloaded from Discord")
+            if isinstance(outcome, TextFile):
+                files.append(outcome)
+            else:
+                refused.append(f"⚠️ {escape(str(outcome))}")
+        notes = tuple(f"📎 {escape(f.name)}" for f in files) + tuple(refused)
+        return Asked(words.strip(), with_files(words, files), notes, tuple(refused))
 
     def _asking(self, user: Principal, request: ChatRequest) -> Ask:
         async def ask(listener: StreamListener, stop: StopSignal) -> ChatResult:

@@ -170,6 +170,9 @@ class ChatSettings(_Table):
         "wrote."
     )
     """The prompt of a Continue button (Discord, web UI): a follow-up asking to go on."""
+    max_attachment_bytes: int = Field(24_000, ge=1)
+    """The largest text file (bytes) read from an attachment; larger ones are refused with a
+    note naming them, and the rest of the message goes on."""
 
 
 class LimitSettings(_Table):

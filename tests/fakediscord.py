@@ -35,6 +35,7 @@ LOADING = 1 << 7
 # Options: 1 subcommand, 2 group, 3 string, 4 integer, 5 boolean, 6 user, 7 channel, 8 role.
 USER_OPTION = 6
 CHANNEL_OPTION = 7
+ATTACHMENT_OPTION = 11
 
 
 def _now() -> str:
@@ -97,6 +98,10 @@ class FakeDiscord:
         self.members: dict[int, dict[str, Any]] = {}
         self.roles: dict[int, dict[str, Any]] = {}
         self.interactions: dict[str, Interaction] = {}
+        self.files: dict[str, bytes] = {}
+        """Attachments' bytes by id (``upload``)."""
+        self.downloads: list[str] = []
+        """Ids of the attachments the bot downloaded, in order."""
         self.synced: list[tuple[str, list[dict[str, Any]]]] = []
         self.commands: list[dict[str, Any]] = []
         self.identifies = 0
@@ -128,6 +133,7 @@ class FakeDiscord:
         self._changed = asyncio.Condition()
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app.router.add_get("/gateway", self._gateway)
+        app.router.add_get("/attachments/{id}/{filename}", self._attachment)
         app.router.add_route("*", API + "/{tail:.*}", self._rest)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None,
                                      shutdown_timeout=0.1)
@@ -338,6 +344,9 @@ class FakeDiscord:
             if name not in types:
                 raise KeyError(f"no option {name!r}; the schema has {sorted(types)}")
             option: dict[str, Any] = {"name": name, "type": types[name], "value": value}
+            if types[name] == ATTACHMENT_OPTION:  # ``value``: what ``upload`` gave
+                option["value"] = value["id"]
+                resolved.setdefault("attachments", {})[value["id"]] = value
             if types[name] == CHANNEL_OPTION:
                 option["value"] = str(value)
                 channel = self.channels[int(value)]
@@ -438,9 +447,32 @@ class FakeDiscord:
         await self.wait_for(lambda: record.responded)
         return record
 
-    async def user_says(self, channel_id: int, content: str, *, user: int) -> dict[str, Any]:
-        """A member posts a message (MESSAGE_CREATE carries ``member`` without ``user``)."""
-        message = self._message(channel_id, self._user_payload(user), {"content": content})
+    def upload(self, filename: str, data: bytes,
+               content_type: str | None = None) -> dict[str, Any]:
+        """A file as Discord keeps an attachment: its payload (for ``user_says(files=…)`` or
+        an attachment option), its bytes served at its ``url`` on this fake."""
+        attachment_id = str(self.new_id())
+        self.files[attachment_id] = data
+        url = f"http://127.0.0.1:{self.port}/attachments/{attachment_id}/{filename}"
+        payload = {"id": attachment_id, "filename": filename, "size": len(data), "url": url,
+                   "proxy_url": url}
+        if content_type is not None:
+            payload["content_type"] = content_type
+        return payload
+
+    async def _attachment(self, request: web.Request) -> web.StreamResponse:
+        self.downloads.append(request.match_info["id"])
+        data = self.files.get(request.match_info["id"])
+        if data is None:
+            return web.Response(status=404, text="This content is no longer available.")
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    async def user_says(self, channel_id: int, content: str, *, user: int,
+                        files: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """A member posts a message (MESSAGE_CREATE carries ``member`` without ``user``),
+        with ``files`` from ``upload`` attached."""
+        message = self._message(channel_id, self._user_payload(user), {"content": content},
+                                attachments=files or [])
         member = {k: v for k, v in self.members[user].items() if k != "user"}
         await self.dispatch("MESSAGE_CREATE", message | {"member": member})
         return message
