@@ -24,7 +24,7 @@ from aiohttp import web
 
 from core.config import ConfigError
 
-from ..keys import GATEWAY, SETTINGS
+from ..keys import GATEWAY, SETTINGS, WRITING
 from . import account, admin, chat
 from .pages import Handler, middleware
 from .state import SESSIONS, STATIC
@@ -43,6 +43,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/chat", chat.index),
     ("POST", "/chat", chat.send_form),
     ("POST", "/chat/stream", chat.stream),
+    ("POST", "/chat/stop", chat.stop),
     ("GET", "/chat/{conversation_id}", chat.conversation),
     ("POST", "/chat/{conversation_id}/remove", chat.remove),
     ("GET", "/own-key", account.keys_page),
@@ -86,6 +87,7 @@ def setup(app: web.Application) -> None:
     env.globals["static"] = lambda filename: str(static.url_for(filename=filename))
     env.filters["when"] = _when
     app[SESSIONS] = app[GATEWAY].web_sessions
+    app[WRITING] = {}
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
 

@@ -20,14 +20,15 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from core.chat import ChatRequest, ChatResult
-from core.errors import GatewayError
+from core.chat import ChatRequest, ChatResult, StartInfo
+from core.errors import BadRequest, GatewayError, NotFound
 from core.gateway import Gateway
 from core.models import Conversation, Principal, Turn
+from core.stopping import StopSignal
 
 from ..api import MAX_ID_CHARS, chat_request, enriched
 from ..inputs import read_form
-from ..keys import GATEWAY
+from ..keys import GATEWAY, WRITING
 from ..params import Params
 from ..render import markdown_to_safe_html
 from ..sse import EventStream
@@ -66,8 +67,8 @@ def render_reply(text: str) -> str:
 
 
 def reply_json(result: ChatResult, owner: Principal) -> dict[str, Any]:
-    """The enriched JSON the API gives for this turn."""
-    return {"status": "success", **enriched(result, owner)}
+    """The enriched JSON the API gives for this turn (and whether its member stopped it)."""
+    return {"status": "success", **enriched(result, owner), "stopped": result.turn.stopped}
 
 
 def turn_views(conversation: Conversation, turns: list[Turn], owner: Principal) -> list[TurnView]:
@@ -131,6 +132,8 @@ async def chat_page(request: web.Request, conversation_id: str | None, *,
         "audit": audit,
         "user_ref": user_ref if audit else None,
         "tiers": tiers_for(viewer, gateway),
+        "models": gateway.model_menu(viewer),
+        "continue_prompt": gateway.settings.chat.continue_prompt,
         "prompt": prompt if prompt is not None else request.query.get("prompt", ""),
         "error": error,
     }, status=status)
@@ -160,6 +163,12 @@ async def _request(request: web.Request, viewer: Principal) -> ChatRequest:
     params = Params({name: value for name, value in form.items() if isinstance(value, str)
                      and name in ("prompt", "conversation_id", "plus")})
     chat_req = chat_request(params, endpoint="web")
+    model = form.get("model")
+    if isinstance(model, str) and model.strip() and not chat_req.conversation_id:
+        # The model decides the account: look in every tier the member may use.
+        chat_req = dataclasses.replace(
+            chat_req, model=model.strip()[:200],
+            plus="any" if viewer.plus or viewer.is_admin else chat_req.plus)
     if chat_req.conversation_id:
         gateway = request.app[GATEWAY]
         found = await gateway.conversation_for(viewer, chat_req.conversation_id)
@@ -184,14 +193,57 @@ async def send_form(request: web.Request) -> web.StreamResponse:
     raise see_other(f"/chat/{quote(result.conversation.id)}")
 
 
+class StoppableStream(EventStream):
+    """The turn's events, and its entry in ``WRITING`` while it is written, so that its
+    Stop button (``POST /chat/stop``) finds it."""
+
+    def __init__(self, request: web.Request, viewer: Principal) -> None:
+        super().__init__(request, SECURITY_HEADERS)
+        self.viewer = viewer
+        self.stop = StopSignal()
+        self.message_id: str | None = None
+
+    async def started(self, info: StartInfo) -> None:
+        await super().started(info)
+        writing = self.request.app[WRITING]
+        if self.message_id is not None:
+            writing.pop(self.message_id, None)  # a retry on another account
+        self.message_id = info.message_id
+        writing[info.message_id] = (self.viewer.id, self.stop)
+
+    def done(self) -> None:
+        if self.message_id is not None:
+            self.request.app[WRITING].pop(self.message_id, None)
+
+
 @page(json_errors=True)
 async def stream(request: web.Request) -> web.StreamResponse:
     viewer = signed_in(request).principal
-    chat_req = await _request(request, viewer)
+    gateway = request.app[GATEWAY]
     # The turn as server-sent events for chat.js: ``start``, ``delta`` (new text), ``title``,
-    # then ``done`` (with the rendered reply) or ``error``.
-    listener = EventStream(request, SECURITY_HEADERS)
-    result = await listener.run(request.app[GATEWAY].chat(viewer, chat_req, listener))
+    # then ``done`` (with the rendered reply) or ``error``. ``regenerate`` (a turn id) asks the
+    # last prompt again in that turn's place; ``continue`` asks the model to go on.
+    form = await read_form(request)
+    again, more = form.get("regenerate"), form.get("continue")
+    listener = StoppableStream(request, viewer)
+    cid = form.get("conversation_id")
+    if (again or more) and not (isinstance(cid, str) and cid):
+        raise BadRequest("conversation_id is required", code="missing_parameter")
+    try:
+        if isinstance(again, str) and again:
+            assert isinstance(cid, str)
+            turn = gateway.regenerate(viewer, cid, again[:MAX_ID_CHARS], listener=listener,
+                                      stop=listener.stop, endpoint="web")
+        elif more:
+            assert isinstance(cid, str)
+            turn = gateway.continue_reply(viewer, cid, listener=listener, stop=listener.stop,
+                                          endpoint="web")
+        else:
+            chat_req = dataclasses.replace(await _request(request, viewer), stop=listener.stop)
+            turn = gateway.chat(viewer, chat_req, listener)
+        result = await listener.run(turn)
+    finally:
+        listener.done()
     if result is not None:
         await listener.send("done", {
             "json": reply_json(result, viewer),
@@ -199,6 +251,20 @@ async def stream(request: web.Request) -> web.StreamResponse:
             "title": result.conversation.title,
         })
     return listener.response
+
+
+@page(json_errors=True)
+async def stop(request: web.Request) -> web.StreamResponse:
+    """Stop one of the member's replies being written (in this process): what arrived is
+    stored, marked stopped, and its stream ends with ``done`` as usual."""
+    viewer = signed_in(request).principal
+    form = await read_form(request)
+    message_id = form.get("message_id")
+    found = request.app[WRITING].get(message_id) if isinstance(message_id, str) else None
+    if found is None or found[0] != viewer.id:
+        raise NotFound("this reply is not being written any more", code="not_writing")
+    found[1].stop()
+    return web.json_response({"status": "success", "stopped": message_id})
 
 
 # --------------------------------------------------------------------------------- removal

@@ -1,0 +1,133 @@
+"""Controls on replies in Chromium: Stop while a reply streams (the upstream call is cut, what
+arrived is kept and marked), Regenerate (a new answer in the old one's place, the old one back
+if the new one fails), Continue, and the model picker of a new conversation."""
+
+from __future__ import annotations
+
+import asyncio
+
+from playwright.async_api import expect
+
+from core.gateway import Gateway
+from tests.fakes.upstream import FakeUpstream, Pause, Status
+
+from .support import LOOP, Ui, make_key
+
+pytestmark = LOOP
+
+
+async def stored(gateway: Gateway, key: str) -> list[tuple[str, str, bool]]:
+    user = await gateway.authenticate(key)
+    (conversation,), _ = await gateway.list_conversations(user)
+    return [(t.prompt, t.reply, t.stopped)
+            for t in (await gateway.recall(user, conversation.id))[1]]
+
+
+async def test_stop_keeps_what_arrived(ui: Ui, gateway: Gateway, admin_key: str,
+                                       upstream_a: FakeUpstream) -> None:
+    gate = asyncio.Event()
+    upstream_a.enqueue(Pause("one two three four five six", gate, after_chunks=3))
+    key = await make_key(gateway, admin_key, "ann")
+    await ui.sign_in(key)
+    page = ui.page
+    await ui.chat_ready()
+    await page.fill("#prompt", "count")
+    await page.press("#prompt", "Enter")
+    turn = page.locator("#turns .turn").last
+    await expect(turn.locator(".reply-body")).to_have_text("one two three")
+    await expect(turn.get_by_role("button", name="Regenerate")).to_be_hidden()
+
+    await turn.get_by_role("button", name="Stop").click()
+
+    await expect(turn).to_have_class("turn done")
+    await expect(turn.locator(".reply-body")).to_have_text("one two three")
+    await expect(turn.locator(".meta")).to_contain_text("stopped")
+    await expect(turn.get_by_role("button", name="Stop")).to_be_hidden()
+    await expect(turn.get_by_role("button", name="Regenerate")).to_be_visible()
+    assert await stored(gateway, key) == [("count", "one two three", True)]
+    gate.set()
+    await upstream_a.wait_in_flight(0)
+    assert upstream_a.hung_up == 1
+    await page.reload()  # the mark is stored
+    await expect(page.locator("#turns .turn .meta")).to_contain_text("stopped")
+
+
+async def test_regenerate_and_continue(ui: Ui, gateway: Gateway, admin_key: str,
+                                       upstream_a: FakeUpstream) -> None:
+    upstream_a.enqueue("first answer", "second answer", Status(400), "and the rest")
+    key = await make_key(gateway, admin_key, "ann")
+    await ui.sign_in(key)
+    page = ui.page
+    first = await ui.send("tell me")
+    await expect(first.locator(".reply-body")).to_have_text("first answer")
+
+    await first.get_by_role("button", name="Regenerate").click()
+    await expect(first.locator(".reply-body")).to_have_text("second answer")
+    await expect(first).to_have_class("turn done")
+    await expect(page.locator("#turns .turn")).to_have_count(1)
+    assert await stored(gateway, key) == [("tell me", "second answer", False)]
+
+    await first.get_by_role("button", name="Regenerate").click()  # the upstream refuses
+    await expect(page.locator("#composer-error")).to_be_visible()
+    await expect(first.locator(".reply-body")).to_have_text("second answer")
+    assert await stored(gateway, key) == [("tell me", "second answer", False)]
+
+    await first.get_by_role("button", name="Continue").click()
+    turns = page.locator("#turns .turn")
+    await expect(turns).to_have_count(2)
+    await expect(turns.last.locator(".reply-body")).to_have_text("and the rest")
+    await expect(turns.last).to_have_class("turn done")
+    await expect(first.get_by_role("button", name="Continue")).to_be_hidden()  # the last only
+    prompts = [p for p, _, _ in await stored(gateway, key)]
+    assert prompts == ["tell me", gateway.settings.chat.continue_prompt]
+    await expect(turns.last.locator(".bubble")).to_have_text(
+        gateway.settings.chat.continue_prompt)
+    assert ui.csp_violations() == []
+
+
+async def test_a_stranger_cannot_stop_a_reply(ui: Ui, gateway: Gateway, admin_key: str,
+                                              upstream_a: FakeUpstream) -> None:
+    gate = asyncio.Event()
+    upstream_a.enqueue(Pause("mine all mine", gate, after_chunks=1))
+    await ui.sign_in(await make_key(gateway, admin_key, "ann"))
+    page = ui.page
+    await ui.chat_ready()
+    await page.fill("#prompt", "hello")
+    await page.press("#prompt", "Enter")
+    turn = page.locator("#turns .turn").last
+    await expect(turn.locator(".reply-body")).to_have_text("mine")
+    message_id = await turn.get_attribute("data-message-id")
+    assert message_id
+
+    other = await ui.page.context.browser.new_context(base_url=ui.base_url)  # type: ignore[union-attr]
+    try:
+        bob = Ui(await other.new_page(), ui.base_url, gateway)
+        await bob.sign_in(await make_key(gateway, admin_key, "bob"))
+        token = await bob.page.locator('input[name="csrf_token"]').first.input_value()
+        status, body = await bob.post("/chat/stop", {"message_id": message_id,
+                                                     "csrf_token": token},
+                                      headers={"X-CSRF-Token": token})
+        assert status == 404 and "not_writing" in body
+    finally:
+        await other.close()
+    gate.set()
+    await expect(turn.locator(".reply-body")).to_have_text("mine all mine")
+    await expect(turn.locator(".meta")).not_to_contain_text("stopped")
+
+
+async def test_the_model_picker_starts_a_conversation_on_the_chosen_model(
+        ui: Ui, gateway: Gateway, admin_key: str, upstream_plus: FakeUpstream) -> None:
+    await ui.sign_in(await make_key(gateway, admin_key, "pat", plus=True))
+    page = ui.page
+    await ui.chat_ready()
+    picker = page.locator("#model")
+    options = await picker.locator("option").all_text_contents()
+    assert options[0] == "Default" and f"{upstream_plus.model} (plus; text)" in options
+    await page.select_option("#model", upstream_plus.model)
+    turn = await ui.send("hello plus")
+    await expect(turn.locator(".reply-body")).to_have_text("reply 1 from P")
+    await expect(page.locator("#chat-info")).to_have_text(f"P · {upstream_plus.model}")
+    await expect(page.locator("#model")).to_be_hidden()  # follow-ups stay on it
+    await ui.send("and again")
+    assert [r.model for r in upstream_plus.chat_requests(titles=False)] == [
+        upstream_plus.model] * 2
