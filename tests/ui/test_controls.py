@@ -131,3 +131,20 @@ async def test_the_model_picker_starts_a_conversation_on_the_chosen_model(
     await ui.send("and again")
     assert [r.model for r in upstream_plus.chat_requests(titles=False)] == [
         upstream_plus.model] * 2
+
+
+async def test_bad_control_requests_get_clear_errors(ui: Ui, gateway: Gateway,
+                                                     admin_key: str) -> None:
+    await ui.sign_in(await make_key(gateway, admin_key, "ann"))
+    token = await ui.page.locator('input[name="csrf_token"]').first.input_value()
+    headers = {"X-CSRF-Token": token}
+    status, body = await ui.post("/chat/stop", {"csrf_token": token}, headers)
+    assert status == 404 and '"not_writing"' in body
+    status, _ = await ui.post("/chat/stop", {"message_id": "x"})  # no CSRF token
+    assert status == 403
+    status, body = await ui.post("/chat/stream", {"csrf_token": token, "regenerate": "t"},
+                                 headers)
+    assert status == 400 and '"missing_parameter"' in body
+    status, body = await ui.post("/chat/stream", {"csrf_token": token, "continue": "1",
+                                                  "conversation_id": "nope"}, headers)
+    assert status == 404 and '"conversation_not_found"' in body
