@@ -148,3 +148,54 @@ async def test_bad_control_requests_get_clear_errors(ui: Ui, gateway: Gateway,
     status, body = await ui.post("/chat/stream", {"csrf_token": token, "continue": "1",
                                                   "conversation_id": "nope"}, headers)
     assert status == 404 and '"conversation_not_found"' in body
+
+
+DROP_FILE = """([name, text]) => {
+  const data = new DataTransfer();
+  data.items.add(new File([text], name, {type: "text/plain"}));
+  const form = document.getElementById("composer");
+  form.dispatchEvent(new DragEvent("dragover", {dataTransfer: data, bubbles: true,
+                                                cancelable: true}));
+  form.dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true,
+                                            cancelable: true}));
+}"""
+PASTE_FILE = """([name, text]) => {
+  const data = new DataTransfer();
+  data.items.add(new File([text], name, {type: "text/plain"}));
+  document.getElementById("prompt").dispatchEvent(
+    new ClipboardEvent("paste", {clipboardData: data, bubbles: true, cancelable: true}));
+}"""
+
+
+async def test_files_attached_by_button_drop_and_paste_reach_the_model(
+        ui: Ui, gateway: Gateway, admin_key: str, upstream_a: FakeUpstream) -> None:
+    await ui.sign_in(await make_key(gateway, admin_key, "ann"))
+    page = ui.page
+    await ui.chat_ready()
+    await page.set_input_files("#attach", files=[
+        {"name": "notes.md", "mimeType": "text/markdown", "buffer": b"# Plan\nship it\n"},
+        {"name": "cat.png", "mimeType": "image/png", "buffer": b"\x89PNG\r\n\x1a\n"},
+        {"name": "oops.txt", "mimeType": "text/plain", "buffer": b"drop me"},
+    ])
+    await page.evaluate(DROP_FILE, ["dropped.log", "ERROR disk full"])
+    await page.evaluate(PASTE_FILE, ["pasted.csv", "a,b\n1,2"])
+    chips = page.locator("#attachments .chip")
+    await expect(chips).to_have_count(5)
+    await page.get_by_role("button", name="Remove oops.txt").click()
+    await expect(chips).to_have_count(4)
+    await expect(page.locator("#attachments")).to_contain_text("dropped.log")
+
+    await page.fill("#prompt", "Read these")
+    await page.press("#prompt", "Enter")
+    turn = page.locator("#turns .turn.done").first
+    await expect(turn.locator(".reply-body")).to_have_text("reply 1 from A")
+    await expect(page.locator("#attachments")).to_be_hidden()  # sent with the message
+    await expect(turn.locator(".bubble")).to_have_text(
+        "Read these\n📎 notes.md\n📎 cat.png\n📎 dropped.log\n📎 pasted.csv")
+    await expect(page.locator("#composer-error")).to_have_text(
+        "cat.png was not read: this conversation's account does not take images yet")
+    prompt = upstream_a.chat_requests(titles=False)[-1].messages[-1]["content"]
+    assert prompt == ("Read these\n\nFile: notes.md\n```\n# Plan\nship it\n```\n\n"
+                      "File: dropped.log\n```\nERROR disk full\n```\n\n"
+                      "File: pasted.csv\n```\na,b\n1,2\n```")
+    assert "drop me" not in prompt

@@ -23,8 +23,11 @@
   var search = document.getElementById("conversation-search");
   var toggle = document.getElementById("sidebar-toggle");
   var scrim = document.getElementById("scrim");
+  var attachInput = document.getElementById("attach");
+  var chips = document.getElementById("attachments");
   var STICK_PX = 80;
   var busy = false;
+  var attached = [];  // File objects for the next message, shown as chips
 
   // ---------------------------------------------------------------- conversation list
 
@@ -304,6 +307,7 @@
     return {
       start: function (data) {
         turn.dataset.messageId = data.message_id;
+        if (data.refused && data.refused.length) showError(data.refused.join(" "));
         conversationInput.value = data.conversation_id;
         created = data.is_new_conversation;
         if (created) {
@@ -348,13 +352,77 @@
     prompt.style.height = Math.min(prompt.scrollHeight + 2, window.innerHeight * 0.4) + "px";
   }
 
+  // ---------------------------------------------------------------- attachments
+
+  function showChips() {
+    chips.replaceChildren();
+    attached.forEach(function (file, index) {
+      var chip = document.createElement("li");
+      chip.className = "chip";
+      var name = document.createElement("span");
+      name.className = "chip-name";
+      name.textContent = file.name;
+      name.title = file.name + " · " + file.size + " bytes";
+      var remove = document.createElement("button");
+      remove.type = "button";
+      remove.textContent = "×";
+      remove.setAttribute("aria-label", "Remove " + file.name);
+      remove.addEventListener("click", function () {
+        attached.splice(index, 1);
+        showChips();
+      });
+      chip.append(name, remove);
+      chips.append(chip);
+    });
+    chips.hidden = attached.length === 0;
+  }
+
+  function attach(files) {
+    Array.prototype.forEach.call(files, function (file) { attached.push(file); });
+    showChips();
+  }
+
+  if (attachInput && chips) {
+    attachInput.addEventListener("change", function () {
+      attach(attachInput.files);
+      attachInput.value = "";  // the chips hold them now
+    });
+    form.addEventListener("dragover", function (event) {
+      if (event.dataTransfer && Array.prototype.indexOf.call(event.dataTransfer.types, "Files") !== -1) {
+        event.preventDefault();
+        form.classList.add("dropping");
+      }
+    });
+    form.addEventListener("dragleave", function () { form.classList.remove("dropping"); });
+    form.addEventListener("drop", function (event) {
+      form.classList.remove("dropping");
+      if (event.dataTransfer && event.dataTransfer.files.length) {
+        event.preventDefault();
+        attach(event.dataTransfer.files);
+      }
+    });
+    prompt.addEventListener("paste", function (event) {
+      var files = event.clipboardData && event.clipboardData.files;
+      if (files && files.length) {
+        event.preventDefault();
+        attach(files);
+      }
+    });
+  }
+
   async function send(event) {
     event.preventDefault();
     if (busy) return;
     var text = prompt.value;
-    if (!text.trim()) { prompt.focus(); return; }
-    var fields = new URLSearchParams(new FormData(form));
-    var turn = newTurn(text);
+    if (!text.trim() && !attached.length) { prompt.focus(); return; }
+    var fields = new FormData(form);
+    fields.delete("file");
+    attached.forEach(function (file) { fields.append("file", file, file.name); });
+    var shown = text + attached.map(function (file) { return "\n📎 " + file.name; }).join("");
+    if (!attached.length) fields = new URLSearchParams(fields);
+    attached = [];
+    if (chips) showChips();
+    var turn = newTurn(shown);
     prompt.value = "";
     autosize();
     await run(turn, fields, {

@@ -19,7 +19,9 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
+from aiohttp.web_request import FileField
 
+from core.attachments import FileRefusal, TextFile, decode, refusal_before_reading, with_files
 from core.chat import ChatRequest, ChatResult, StartInfo
 from core.errors import BadRequest, GatewayError, NotFound
 from core.gateway import Gateway
@@ -158,11 +160,17 @@ async def _open(gateway: Gateway, viewer: Principal, conversation_id: str,
 # --------------------------------------------------------------------------------- sending
 
 
-async def _request(request: web.Request, viewer: Principal) -> ChatRequest:
+async def _request(request: web.Request, viewer: Principal) -> tuple[ChatRequest, list[str]]:
+    """The chat request of a form, with its attached text files read into the prompt; and
+    the notes on the files that were not read (which file, and why)."""
     form = await read_form(request)
     params = Params({name: value for name, value in form.items() if isinstance(value, str)
                      and name in ("prompt", "conversation_id", "plus")})
     chat_req = chat_request(params, endpoint="web")
+    files, refused = _files(form.getall("file", []),
+                            request.app[GATEWAY].settings.chat.max_attachment_bytes)
+    if files:
+        chat_req = dataclasses.replace(chat_req, prompt=with_files(chat_req.prompt or "", files))
     model = form.get("model")
     if isinstance(model, str) and model.strip() and not chat_req.conversation_id:
         # The model decides the account: look in every tier the member may use.
@@ -177,14 +185,36 @@ async def _request(request: web.Request, viewer: Principal) -> ChatRequest:
             token = await gateway.own_key(viewer)
             if token:
                 chat_req = dataclasses.replace(chat_req, access_token=token)
-    return chat_req
+    return chat_req, refused
+
+
+def _files(fields: list[Any], limit: int) -> tuple[list[TextFile], list[str]]:
+    """The text files of a form, read; a note for each of the others."""
+    files: list[TextFile] = []
+    refused: list[str] = []
+    for field in fields:
+        if not isinstance(field, FileField) or not field.filename:
+            continue
+        size = field.file.seek(0, 2)
+        field.file.seek(0)
+        outcome: TextFile | FileRefusal | None = refusal_before_reading(
+            field.filename, field.content_type, size, limit)
+        if outcome is None:
+            outcome = decode(field.filename, field.file.read(limit + 1), limit)
+        if isinstance(outcome, TextFile):
+            files.append(outcome)
+        else:
+            refused.append(str(outcome))
+    return files, refused
 
 
 @page()
 async def send_form(request: web.Request) -> web.StreamResponse:
     """Without JavaScript: the whole reply, then the conversation page."""
     viewer = signed_in(request).principal
-    chat_req = await _request(request, viewer)
+    chat_req, refused = await _request(request, viewer)
+    if refused:
+        await flash(request, "error", " ".join(refused))
     try:
         result = await request.app[GATEWAY].chat(viewer, chat_req)
     except GatewayError as err:
@@ -202,9 +232,13 @@ class StoppableStream(EventStream):
         self.viewer = viewer
         self.stop = StopSignal()
         self.message_id: str | None = None
+        self.refused: list[str] = []
+        """Notes on the attached files that were not read, sent with ``start``."""
 
     async def started(self, info: StartInfo) -> None:
         await super().started(info)
+        if self.refused:
+            self.start["refused"] = self.refused
         writing = self.request.app[WRITING]
         if self.message_id is not None:
             writing.pop(self.message_id, None)  # a retry on another account
@@ -239,7 +273,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
             turn = gateway.continue_reply(viewer, cid, listener=listener, stop=listener.stop,
                                           endpoint="web")
         else:
-            chat_req = dataclasses.replace(await _request(request, viewer), stop=listener.stop)
+            chat_req, listener.refused = await _request(request, viewer)
+            chat_req = dataclasses.replace(chat_req, stop=listener.stop)
             turn = gateway.chat(viewer, chat_req, listener)
         result = await listener.run(turn)
     finally:
