@@ -191,7 +191,8 @@ async def test_files_attached_by_button_drop_and_paste_reach_the_model(
     await expect(turn.locator(".reply-body")).to_have_text("reply 1 from A")
     await expect(page.locator("#attachments")).to_be_hidden()  # sent with the message
     await expect(turn.locator(".bubble")).to_have_text(
-        "Read these\n📎 notes.md\n📎 cat.png\n📎 dropped.log\n📎 pasted.csv")
+        "Read these\nAttached: notes.md\nAttached: cat.png\nAttached: dropped.log\n"
+        "Attached: pasted.csv")
     await expect(page.locator("#composer-error")).to_have_text(
         "cat.png was not read: this conversation's account does not take images yet")
     prompt = upstream_a.chat_requests(titles=False)[-1].messages[-1]["content"]

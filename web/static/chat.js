@@ -418,7 +418,7 @@
     var fields = new FormData(form);
     fields.delete("file");
     attached.forEach(function (file) { fields.append("file", file, file.name); });
-    var shown = text + attached.map(function (file) { return "\n📎 " + file.name; }).join("");
+    var shown = text + attached.map(function (file) { return "\nAttached: " + file.name; }).join("");
     if (!attached.length) fields = new URLSearchParams(fields);
     attached = [];
     if (chips) showChips();
