@@ -677,13 +677,7 @@ class FakeUpstream:
         if isinstance(behaviour, Pause):
             return await self._pause(request, recorded, behaviour)
         if isinstance(behaviour, Hold):
-            waits = [asyncio.ensure_future(behaviour.gate.wait()),
-                     asyncio.ensure_future(self._stopping.wait())]
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for waiting in waits:
-                    waiting.cancel()
+            await self._until_open(behaviour.gate)
             if self._stopping.is_set():
                 return _drop(request)
             return await self._perform(request, recorded, behaviour.then)
@@ -761,6 +755,16 @@ class FakeUpstream:
         await resp.write_eof()
         return resp
 
+    async def _until_open(self, gate: asyncio.Event) -> None:
+        """Wait until the test sets ``gate`` or the fake stops."""
+        waits = [asyncio.ensure_future(gate.wait()),
+                 asyncio.ensure_future(self._stopping.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+
     async def _pause(self, request: web.Request, recorded: RecordedRequest,
                      pause: Pause) -> web.StreamResponse:
         chunk = _ChunkFactory(self._model_for(recorded), recorded.include_usage)
@@ -769,13 +773,7 @@ class FakeUpstream:
         await _send(resp, chunk.delta({"role": "assistant", "content": ""}))
         for piece in pieces[: pause.after_chunks]:
             await _send(resp, chunk.delta({"content": piece}))
-        waits = [asyncio.ensure_future(pause.gate.wait()),
-                 asyncio.ensure_future(self._stopping.wait())]
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiting in waits:
-                waiting.cancel()
+        await self._until_open(pause.gate)
         if self._stopping.is_set():
             return _drop(request, resp)
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from playwright.async_api import expect
+from playwright.async_api import Locator, expect
 
 from core.gateway import Gateway
 from tests.fakes.upstream import FakeUpstream, Pause, Status
@@ -14,6 +14,14 @@ from tests.fakes.upstream import FakeUpstream, Pause, Status
 from .support import LOOP, Ui, make_key
 
 pytestmark = LOOP
+
+
+async def sending(ui: Ui, text: str) -> Locator:
+    """Send a prompt without waiting for its reply: the turn being written."""
+    await ui.chat_ready()
+    await ui.page.fill("#prompt", text)
+    await ui.page.press("#prompt", "Enter")
+    return ui.page.locator("#turns .turn").last
 
 
 async def stored(gateway: Gateway, key: str) -> list[tuple[str, str, bool]]:
@@ -30,10 +38,7 @@ async def test_stop_keeps_what_arrived(ui: Ui, gateway: Gateway, admin_key: str,
     key = await make_key(gateway, admin_key, "ann")
     await ui.sign_in(key)
     page = ui.page
-    await ui.chat_ready()
-    await page.fill("#prompt", "count")
-    await page.press("#prompt", "Enter")
-    turn = page.locator("#turns .turn").last
+    turn = await sending(ui, "count")
     await expect(turn.locator(".reply-body")).to_have_text("one two three")
     await expect(turn.get_by_role("button", name="Regenerate")).to_be_hidden()
 
@@ -90,11 +95,7 @@ async def test_a_stranger_cannot_stop_a_reply(ui: Ui, gateway: Gateway, admin_ke
     gate = asyncio.Event()
     upstream_a.enqueue(Pause("mine all mine", gate, after_chunks=1))
     await ui.sign_in(await make_key(gateway, admin_key, "ann"))
-    page = ui.page
-    await ui.chat_ready()
-    await page.fill("#prompt", "hello")
-    await page.press("#prompt", "Enter")
-    turn = page.locator("#turns .turn").last
+    turn = await sending(ui, "hello")
     await expect(turn.locator(".reply-body")).to_have_text("mine")
     message_id = await turn.get_attribute("data-message-id")
     assert message_id
