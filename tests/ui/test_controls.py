@@ -201,3 +201,26 @@ async def test_files_attached_by_button_drop_and_paste_reach_the_model(
                       "File: dropped.log\n```\nERROR disk full\n```\n\n"
                       "File: pasted.csv\n```\na,b\n1,2\n```")
     assert "drop me" not in prompt
+
+
+async def test_without_javascript_files_go_with_the_form(
+        ui: Ui, gateway: Gateway, admin_key: str, upstream_a: FakeUpstream) -> None:
+    key = await make_key(gateway, admin_key, "ann")
+    await ui.sign_in(key)
+    page = ui.page
+    token = await page.locator('input[name="csrf_token"]').first.input_value()
+    response = await page.request.post(ui.base_url + "/chat", multipart={
+        "csrf_token": token, "prompt": "Check this", "plus": "false",
+        "file": {"name": "a.txt", "mimeType": "text/plain", "buffer": b"hello file"},
+    })
+    assert response.ok
+    assert upstream_a.chat_requests(titles=False)[-1].messages[-1]["content"] == (
+        "Check this\n\nFile: a.txt\n```\nhello file\n```")
+    response = await page.request.post(ui.base_url + "/chat", multipart={
+        "csrf_token": token, "prompt": "And this", "plus": "false",
+        "file": {"name": "b.bin", "mimeType": "application/octet-stream", "buffer": b"\x00"},
+    })
+    assert response.ok and "b.bin was not read" in await response.text()  # the flash
+    user = await gateway.authenticate(key)
+    newest = (await gateway.list_conversations(user))[0][0]  # on A or B, round robin
+    assert [t.prompt for t in (await gateway.recall(user, newest.id))[1]] == ["And this"]
