@@ -37,7 +37,7 @@ from .models import (
     Turn,
 )
 from .oauth import AccessToken, PasswordGrant
-from .stopping import StopSignal
+from .stopping import StopBoard, StopSignal
 from .storage import Storage, storage_for
 from .upstream import make_session
 from .web_sessions import WebSessions
@@ -79,6 +79,8 @@ class Gateway:
         self._http_sessions = http_sessions
         self._authenticated: dict[bytes, tuple[int, float, Principal]] = {}
         self.web_sessions = WebSessions(storage.sessions, self.usable)
+        self.stops = StopBoard(storage)
+        """Replies being written in this process, which ``stop_reply`` stops."""
 
     async def open(self) -> None:
         await self.storage.open()
@@ -370,6 +372,12 @@ class Gateway:
                                code="mode_mismatch")
         return ChatRequest(prompt=prompt, conversation_id=conversation.id,
                            access_token=access_token, **fields)
+
+    async def stop_reply(self, actor: Principal, message_id: str) -> None:
+        """Stop the actor's reply being written (registered in ``stops``), in whichever
+        process writes it: what arrived is stored, marked stopped."""
+        if not await self.stops.stop(actor.id, message_id):
+            raise NotFound("this reply is not being written any more", code="not_writing")
 
     # ----------------------------------------------------------------- personas
 

@@ -26,7 +26,7 @@ from pydantic import SecretStr
 from ..config import StorageSettings
 from .account_state import AccountState, AccountStateRepo
 from .conversations import ConversationRepo, UsageRecord
-from .database import Database, Leadership, StorageError, StorageUnavailable
+from .database import ChangeListener, Database, Leadership, StorageError, StorageUnavailable
 from .limits import MemoryRateLimiter, RateLimiter, SharedRateLimiter
 from .personas import PersonaRepo
 from .principals import PrincipalRepo
@@ -75,6 +75,15 @@ class Storage:
     def lock(self, key: str) -> AbstractAsyncContextManager[Any]:
         """A lock held by one holder at a time across every process (see ``Database.lock``)."""
         return self.db.lock(key)
+
+    def subscribe(self, channel: str, listener: ChangeListener) -> None:
+        """``listener(payload)`` for every ``announce`` on ``channel``, by any process."""
+        self.db.subscribe(channel, listener)
+
+    async def announce(self, channel: str, payload: str) -> None:
+        """Tell every process sharing the storage (this one included)."""
+        async with self.db.transaction() as tx:
+            await tx.notify(channel, payload)
 
     def leadership(self, name: str) -> Leadership:
         return self.db.leadership(name)

@@ -5,17 +5,19 @@ turn) and Continue (a follow-up asking the model to go on); channel personas."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
-from core.chat import ChatRequest
+from core.chat import ChatRequest, StartInfo
 from core.errors import Conflict, Forbidden, NotFound
-from core.gateway import Gateway
+from core.gateway import Gateway, build_gateway
 from core.models import Principal
-from core.stopping import StopSignal
-from tests.conftest import account
+from core.stopping import STOP_CHANNEL, StopSignal
+from tests.conftest import ENVIRON, account, drop_pg_database, new_pg_database
 from tests.core.conftest import Listener, OpenGateway, new_user
 from tests.fakes.upstream import FakeUpstream, Pause, Status
+from tests.pg import PgCluster
 
 LONG = "one two three four five six seven eight nine ten"
 
@@ -157,3 +159,59 @@ async def test_a_channel_persona_follows_the_organisations_system_prompt(
     assert await gw.personas(bot) == []
     with pytest.raises(NotFound):
         await gw.clear_persona(bot, "777")
+
+
+@pytest.mark.sqlite_only  # it picks PostgreSQL itself: two processes on one database
+async def test_a_stop_asked_of_another_process_reaches_the_reply(
+        pg_cluster: PgCluster, make_settings: Any, upstream_a: FakeUpstream) -> None:
+    url = await new_pg_database(pg_cluster)
+    base = make_settings([account("A", upstream_a, "KEY_A")])
+    settings = base.model_copy(update={"storage": base.storage.model_copy(update={"url": url})})
+    gate = asyncio.Event()
+    upstream_a.enqueue(Pause(LONG, gate, after_chunks=2))
+    try:
+        async with build_gateway(settings, environ=ENVIRON) as writer, \
+                build_gateway(settings, environ=ENVIRON) as other:
+            bot = await writer.ensure_client("bot")
+            user = await writer.acting_as(bot, "1", username="u")
+            stranger = await writer.acting_as(bot, "2", username="s")
+            heard: list[str] = []
+            stranger_heard = asyncio.Event()
+
+            def probe(payload: str) -> None:  # after the board's own listener, in order
+                heard.append(payload)
+                stranger_heard.set()
+
+            writer.storage.subscribe(STOP_CHANNEL, probe)
+            stop = StopSignal()
+
+            class Registering(Heard):
+                async def started(self, info: StartInfo) -> None:
+                    writer.stops.writing(info.message_id, user.id, stop)
+                    self.message_id = info.message_id
+
+            listener = Registering("one two")
+            answering = asyncio.create_task(
+                writer.chat(user, ChatRequest(prompt="count", stop=stop), listener))
+            await asyncio.wait_for(listener.heard.wait(), 5)
+
+            await other.stop_reply(stranger, listener.message_id)  # asked of every process
+            await asyncio.wait_for(stranger_heard.wait(), 5)
+            assert not stop.requested  # not theirs
+            await other.stop_reply(user, listener.message_id)
+            result = await asyncio.wait_for(answering, 10)
+            assert (result.turn.reply, result.turn.stopped) == ("one two", True)
+            assert len(heard) == 2
+    finally:
+        gate.set()
+        await drop_pg_database(pg_cluster, url)
+
+
+async def test_a_stop_for_no_reply_here_is_refused_on_one_process(gw: Gateway,
+                                                                  user: Principal) -> None:
+    if gw.storage.shared:  # PostgreSQL asks the other processes instead
+        await gw.stop_reply(user, "nothing")
+        return
+    with pytest.raises(NotFound) as refused:
+        await gw.stop_reply(user, "nothing")
+    assert refused.value.code == "not_writing"

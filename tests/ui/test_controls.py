@@ -140,6 +140,9 @@ async def test_bad_control_requests_get_clear_errors(ui: Ui, gateway: Gateway,
     token = await ui.page.locator('input[name="csrf_token"]').first.input_value()
     headers = {"X-CSRF-Token": token}
     status, body = await ui.post("/chat/stop", {"csrf_token": token}, headers)
+    assert status == 400 and '"missing_parameter"' in body
+    status, body = await ui.post("/chat/stop", {"csrf_token": token, "message_id": "gone"},
+                                 headers)
     assert status == 404 and '"not_writing"' in body
     status, _ = await ui.post("/chat/stop", {"message_id": "x"})  # no CSRF token
     assert status == 403

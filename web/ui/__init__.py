@@ -24,7 +24,7 @@ from aiohttp import web
 
 from core.config import ConfigError
 
-from ..keys import GATEWAY, SETTINGS, WRITING
+from ..keys import GATEWAY, SETTINGS
 from . import account, admin, chat
 from .pages import Handler, middleware
 from .state import SESSIONS, STATIC
@@ -87,7 +87,6 @@ def setup(app: web.Application) -> None:
     env.globals["static"] = lambda filename: str(static.url_for(filename=filename))
     env.filters["when"] = _when
     app[SESSIONS] = app[GATEWAY].web_sessions
-    app[WRITING] = {}
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
 

@@ -23,14 +23,14 @@ from aiohttp.web_request import FileField
 
 from core.attachments import FileRefusal, TextFile, decode, refusal_before_reading, with_files
 from core.chat import ChatRequest, ChatResult, StartInfo
-from core.errors import BadRequest, GatewayError, NotFound
+from core.errors import BadRequest, GatewayError
 from core.gateway import Gateway
 from core.models import Conversation, Principal, Turn
 from core.stopping import StopSignal
 
 from ..api import MAX_ID_CHARS, chat_request, enriched
 from ..inputs import read_form
-from ..keys import GATEWAY, WRITING
+from ..keys import GATEWAY
 from ..params import Params
 from ..render import markdown_to_safe_html
 from ..sse import EventStream
@@ -239,15 +239,15 @@ class StoppableStream(EventStream):
         await super().started(info)
         if self.refused:
             self.start["refused"] = self.refused
-        writing = self.request.app[WRITING]
+        stops = self.request.app[GATEWAY].stops
         if self.message_id is not None:
-            writing.pop(self.message_id, None)  # a retry on another account
+            stops.done(self.message_id)  # a retry on another account
         self.message_id = info.message_id
-        writing[info.message_id] = (self.viewer.id, self.stop)
+        stops.writing(info.message_id, self.viewer.id, self.stop)
 
     def done(self) -> None:
         if self.message_id is not None:
-            self.request.app[WRITING].pop(self.message_id, None)
+            self.request.app[GATEWAY].stops.done(self.message_id)
 
 
 @page(json_errors=True)
@@ -290,15 +290,14 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 @page(json_errors=True)
 async def stop(request: web.Request) -> web.StreamResponse:
-    """Stop one of the member's replies being written (in this process): what arrived is
+    """Stop one of the member's replies being written (by any process): what arrived is
     stored, marked stopped, and its stream ends with ``done`` as usual."""
     viewer = signed_in(request).principal
     form = await read_form(request)
     message_id = form.get("message_id")
-    found = request.app[WRITING].get(message_id) if isinstance(message_id, str) else None
-    if found is None or found[0] != viewer.id:
-        raise NotFound("this reply is not being written any more", code="not_writing")
-    found[1].stop()
+    if not isinstance(message_id, str) or not message_id:
+        raise BadRequest("message_id is required", code="missing_parameter")
+    await request.app[GATEWAY].stop_reply(viewer, message_id[:MAX_ID_CHARS])
     return web.json_response({"status": "success", "stopped": message_id})
 
 
