@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 EXTENSIONS = ("cogs.chat", "cogs.conversations", "cogs.keys", "cogs.usage", "cogs.admin",
               "cogs.budget_alerts")
 HANDLER_TASKS = ("CommandTree-invoker", "discord.py: ", "discord-ui-view-dispatch",
-                 "discord-ui-modal-dispatch", "gwbot: ")
+                 "discord-ui-modal-dispatch", "discord-ui-dynamic-item", "gwbot: ")
 """Names of the tasks in which discord.py 2.7 and this bot handle events."""
 SHUTDOWN_GRACE_S = 30.0
 """On close, how long the answers being written may take to finish."""

@@ -26,10 +26,16 @@ from cogs.utils.format import (
 )
 from cogs.utils.paging import send_pages, static_pages
 from cogs.utils.replies import Refusal, reply, role_ids, user_name
-from cogs.utils.text import split_message
+from cogs.utils.text import clip, split_message
 from cogs.utils.usage_text import admin_usage_text, limit_text
+from core.gateway import MAX_PERSONA_CHARS
 from core.models import Principal
 from discord_bot import GatewayBot
+
+
+def quote(text: str, limit: int) -> str:
+    """A persona as a Markdown quote, clipped, its own Markdown shown as written."""
+    return clip("\n".join(f"> {escape(line)}" for line in text.splitlines()), limit)
 
 
 class Admin(commands.Cog):
@@ -141,6 +147,46 @@ class Admin(commands.Cog):
         if member_id is None:
             return []
         return await self.bot.conversation_choices(int(member_id), current)
+
+    persona = app_commands.Group(
+        name="persona", parent=admin,
+        description="A system prompt for the conversations started in a channel")
+
+    @persona.command(name="set")
+    @app_commands.describe(channel="The channel whose new conversations get it",
+                           text="The system prompt, added after the organisation's own")
+    async def persona_set(self, interaction: discord.Interaction[GatewayBot],
+                          channel: discord.TextChannel,
+                          text: app_commands.Range[str, 1, MAX_PERSONA_CHARS]) -> None:
+        """Set the persona (a system prompt) of a channel's conversations."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await self.bot.gateway.set_persona(self.client, str(channel.id), text,
+                                           label=f"#{channel.name}")
+        await reply(interaction, f"Conversations in {channel.mention} now follow this persona "
+                                 f"(after the organisation's own system prompt):\n"
+                                 f"{quote(text, 1500)}")
+
+    @persona.command(name="clear")
+    @app_commands.describe(channel="The channel whose persona goes")
+    async def persona_clear(self, interaction: discord.Interaction[GatewayBot],
+                            channel: discord.TextChannel) -> None:
+        """Remove a channel's persona."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await self.bot.gateway.clear_persona(self.client, str(channel.id))
+        await reply(interaction, f"{channel.mention} has no persona any more.")
+
+    @persona.command(name="list")
+    async def persona_list(self, interaction: discord.Interaction[GatewayBot]) -> None:
+        """The channels with a persona, and theirs."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        personas = await self.bot.gateway.personas(self.client)
+        if not personas:
+            await reply(interaction, "No channel has a persona: set one with "
+                                     "`/admin persona set`.")
+            return
+        text = "\n\n".join(f"<#{p.channel_ref}> · set {p.updated_utc[:16].replace('T', ' ')}"
+                            f"\n{quote(p.system_prompt, 600)}" for p in personas)
+        await send_pages(interaction, static_pages(split_message(text)))
 
     @admin.command(name="stats")
     async def stats(self, interaction: discord.Interaction[GatewayBot]) -> None:

@@ -5,248 +5,78 @@ the request, streams the reply into it and names it after the generated title. I
 bot's threads, ``/chat`` and the owner's plain messages are follow-ups, one at a time per thread.
 Replies are written into the thread, not through interaction follow-ups (which expire after 15
 minutes), except private answers to ``/chat private:True`` in a thread, which stay ephemeral to
-the last message.
+the last message. Every reply in a thread carries its buttons (``cogs.utils.controls``): Stop
+while it is written, then Regenerate and Continue, handled here for the conversation's owner.
+Text files attached to ``/chat`` or to a follow-up are read into the prompt
+(``core.attachments``). The writing itself (threads, sinks) is in ``cogs.utils.threads``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from cogs.utils.controls import (
+    BUTTONS,
+    STOPPED_MARK,
+    ReplyControls,
+    finished_view,
+)
 from cogs.utils.format import escape
 from cogs.utils.replies import NO_MENTIONS, Refusal, describe, role_ids
 from cogs.utils.stream import ReplyStream
-from cogs.utils.text import MESSAGE_LIMIT, clip, open_fence, shorten
-from core.budgets import QuotaExceeded
+from cogs.utils.text import shorten
+from cogs.utils.threads import (
+    Asked,
+    ChannelSink,
+    EphemeralSink,
+    StreamListener,
+    ThreadOpener,
+    failure,
+    prompt_echo,
+)
+from core.attachments import FileRefusal, TextFile, decode, refusal_before_reading, with_files
 from core.chat import ChatRequest, ChatResult, StartInfo
 from core.errors import GatewayError
 from core.models import Conversation, PlusChoice, Principal
-from core.titles import fallback_title
+from core.stopping import StopSignal
 from discord_bot import GatewayBot, MemberCog
 
 log = logging.getLogger(__name__)
 
-THREAD_NAME_LIMIT = 100
 TIERS: dict[str, PlusChoice] = {"free": "false", "plus": "true", "any": "any"}
-NOT_SAVED = "Nothing was saved; send it again when you like."
-SPENT = "Nothing was sent to the model. `/usage` shows your budgets and when each resets."
+LATEST_REMEMBERED = 1000
+NOT_YOURS = "Only the member who started this conversation can use its buttons."
 
 
-CLIENT_BUDGET = re.compile(r"^the client '.*?' \(all its users together\) ")
-"""How the core names a client's budget in a refusal; members know it as the server's."""
+@dataclass(frozen=True, slots=True)
+class Writing:
+    """A reply being written: how to stop it, and who may."""
+
+    stop: StopSignal
+    member_id: int
 
 
-def failure(err: GatewayError) -> tuple[str, str]:
-    """What a member reads when a turn failed: the reason, and what it means for them. A spent
-    budget refuses the same request again until it resets, so it is not "send it again"."""
-    if isinstance(err, QuotaExceeded):
-        message = CLIENT_BUDGET.sub("the server's shared (all members together) ", err.message)
-        return f"⚠️ {message[:1].upper()}{message[1:]}.", SPENT
-    return f"⚠️ {err.message}", NOT_SAVED
+Thread = discord.Thread | discord.PartialMessageable
+"""A bot thread, as discord.py gives it (cached or not)."""
+Ask = Callable[[StreamListener, StopSignal], Awaitable[ChatResult]]
+"""One turn asked of the gateway, streamed to the listener, stoppable by the signal."""
 
 
-def prompt_echo(author: str, prompt: str, limit: int = MESSAGE_LIMIT) -> str:
-    """The message that shows the question above its answer."""
-    head = f"**{escape(author)}** asked:\n"
-    body = clip(prompt, limit - len(head) - 4)
-    return head + body + ("\n```" if open_fence(body) else "")
-
-
-class ChannelSink:
-    """Writes a reply as messages in a channel (a thread); the first one may reply to the
-    member's message. ``channel`` may be a coroutine function that gives the thread once it
-    is open."""
-
-    def __init__(
-        self,
-        channel: discord.abc.Messageable | Callable[[], Awaitable[discord.abc.Messageable]],
-        reply_to: discord.Message | None = None,
-    ) -> None:
-        self._channel = channel
-        self._reply_to = reply_to
-
-    async def post(self, content: str) -> discord.Message:
-        channel = self._channel
-        if not isinstance(channel, discord.abc.Messageable):
-            channel = await channel()
-        extra: dict[str, Any] = {}
-        if self._reply_to is not None:
-            extra["reference"] = self._reply_to.to_reference(fail_if_not_exists=False)
-            self._reply_to = None
-        return await channel.send(content, allowed_mentions=NO_MENTIONS, **extra)
-
-    async def edit(self, handle: discord.Message, content: str) -> None:
-        await handle.edit(content=content, allowed_mentions=NO_MENTIONS)
-
-
-class EphemeralSink:
-    """Writes a reply only its member sees: the deferred response, then ephemeral follow-ups."""
-
-    def __init__(self, interaction: discord.Interaction[GatewayBot]) -> None:
-        self._interaction = interaction
-        self._original_used = False
-
-    async def post(self, content: str) -> discord.InteractionMessage | discord.WebhookMessage:
-        if not self._original_used:
-            self._original_used = True
-            return await self._interaction.edit_original_response(
-                content=content, allowed_mentions=NO_MENTIONS)
-        return await self._interaction.followup.send(content, ephemeral=True, wait=True,
-                                                     allowed_mentions=NO_MENTIONS)
-
-    async def edit(self, handle: discord.InteractionMessage | discord.WebhookMessage,
-                   content: str) -> None:
-        await handle.edit(content=content, allowed_mentions=NO_MENTIONS)
-
-
-class StreamListener:
-    """The core's ``ChatListener``: text goes to the stream, the title to the opener."""
-
-    def __init__(self, stream: ReplyStream[Any], opener: ThreadOpener | None = None) -> None:
-        self.stream = stream
-        self.opener = opener
-
-    async def started(self, info: StartInfo) -> None:
-        pass
-
-    async def delta(self, text: str) -> None:
-        self.stream.feed(text)
-
-    async def title(self, title: str) -> None:
-        if self.opener is not None:
-            self.opener.title_known(title)
-
-
-class ThreadOpener:
-    """Opens the thread of a new conversation when the first text of the reply is written (so
-    a request that is refused or fails before answering opens nothing), and names it after the
-    title. It holds the thread's lock until the conversation is stored and mapped, so a
-    follow-up sent meanwhile waits for it."""
-
-    def __init__(self, bot: GatewayBot, interaction: discord.Interaction[GatewayBot],
-                 channel: discord.TextChannel, prompt: str, private: bool,
-                 opening: set[asyncio.Task[discord.Thread]]) -> None:
-        self.bot = bot
-        self.opening = opening
-        self.interaction = interaction
-        self.channel = channel
-        self.prompt = prompt
-        self.private = private
-        self.task: asyncio.Task[discord.Thread] | None = None
-        self._title: str | None = None
-        self._named: str | None = None
-        self._rename: asyncio.Task[None] | None = None
-        self._lock: asyncio.Lock | None = None
-
-    def open(self) -> None:
-        if self.task is None:
-            self.task = asyncio.create_task(self._open(), name="gwbot: open thread")
-            self.opening.add(self.task)
-            self.task.add_done_callback(self.opening.discard)
-
-    async def thread(self) -> discord.Thread:
-        self.open()
-        assert self.task is not None
-        return await self.task
-
-    def title_known(self, title: str) -> None:
-        self._title = title
-        if self.task is not None and self._rename is None:
-            self._rename = asyncio.create_task(self._retitle(), name="gwbot: name thread")
-
-    async def _open(self) -> discord.Thread:
-        name = shorten(self._title or fallback_title(self.prompt), THREAD_NAME_LIMIT)
-        member = self.interaction.user
-        echo = prompt_echo(member.display_name, self.prompt)
-        if self.private:
-            thread = await self.channel.create_thread(
-                name=name, type=discord.ChannelType.private_thread, invitable=False)
-            await self._hold(thread)
-            try:
-                await thread.add_user(member)
-            except discord.HTTPException as exc:  # they can still be shown it by a moderator
-                log.warning("could not add member %s to private thread %s: %s", member.id,
-                            thread.id, exc)
-            await thread.send(echo, allowed_mentions=NO_MENTIONS)
-            await self.interaction.edit_original_response(
-                content=f"Your private conversation is in {thread.mention}.")
-        else:
-            message = await self.interaction.edit_original_response(
-                content=echo, allowed_mentions=NO_MENTIONS)
-            thread = await self.channel.create_thread(name=name, message=message)
-            await self._hold(thread)
-        self._named = name
-        return thread
-
-    async def _hold(self, thread: discord.Thread) -> None:
-        self._lock = self.bot.thread_locks[thread.id]
-        await self._lock.acquire()
-
-    async def _retitle(self) -> None:
-        assert self.task is not None
-        thread = await self.task
-        if self._title is None:
-            return
-        name = shorten(self._title, THREAD_NAME_LIMIT)
-        if name == self._named:
-            return
-        try:
-            await thread.edit(name=name)
-        except discord.HTTPException as exc:  # a name is not worth failing the answer for
-            log.warning("could not rename thread %s: %s", thread.id, exc)
-        else:
-            self._named = name
-
-    async def finish(self, result: ChatResult) -> None:
-        """The conversation is stored: map the thread to it and give it its final title."""
-        thread = await self.thread()
-        await self.bot.gateway.set_conversation_ref(self.bot.client_principal,
-                                                    result.conversation.id, str(thread.id))
-        if self._rename is not None:
-            await self._rename
-        self._title = result.conversation.title
-        self._rename = None
-        await self._retitle()
-
-    async def failed(self, err: GatewayError) -> None:
-        """Tell the member why nothing was saved: in the thread when it opened, and in the
-        command's own answer."""
-        message, note = failure(err)
-        if self._rename is not None:
-            await self._rename
-        if self.task is None:
-            # No thread: nothing to say was not saved, unless the reason outlasts this turn.
-            content = f"{message}\n{note}" if note is SPENT else message
-            await self.interaction.edit_original_response(content=content,
-                                                          allowed_mentions=NO_MENTIONS)
-            return
-        thread = await self.task
-        await thread.send(f"{message}\n{note}", allowed_mentions=NO_MENTIONS)
-        if self.private:
-            content = f"{message}\n{note} ({thread.mention})"
-        else:
-            content = prompt_echo(self.interaction.user.display_name, self.prompt,
-                                  MESSAGE_LIMIT - len(message) - 1) + f"\n{message}"
-        await self.interaction.edit_original_response(content=content,
-                                                      allowed_mentions=NO_MENTIONS)
-
-    def release(self) -> None:
-        if self._lock is not None and self._lock.locked():
-            self._lock.release()
-        self._lock = None
-
-    def abort(self) -> None:
-        for task in (self.task, self._rename):
-            if task is not None and not task.done():
-                task.cancel()
-        self.release()
+def final_text(result: ChatResult) -> str:
+    """The reply as the thread shows it at the end: marked when its member stopped it."""
+    if not result.turn.stopped:
+        return result.turn.reply
+    return f"{result.turn.reply}\n\n{STOPPED_MARK}" if result.turn.reply.strip() \
+        else STOPPED_MARK
 
 
 class Chat(MemberCog):
@@ -254,6 +84,11 @@ class Chat(MemberCog):
         super().__init__(bot)
         self.opening: set[asyncio.Task[discord.Thread]] = set()
         """Threads being opened: until one is, it does not hold its lock yet."""
+        self.writing: dict[str, Writing] = {}
+        """Replies being written now, by turn id: what their Stop button stops."""
+        self.latest: dict[int, discord.Message] = {}
+        """The latest answer of each thread (the last ones only), whose buttons go when the
+        thread's next answer starts."""
 
     @app_commands.command(name="chat")
     @app_commands.guild_only()
@@ -262,43 +97,74 @@ class Chat(MemberCog):
         tier="Which accounts answer a new conversation: free (default), plus (needs plus) "
              "or any",
         private="Open a private thread; in a thread, answer only to you",
+        model="The model of a new conversation, which stays on it (start typing to see "
+              "those you may use)",
+        attachment="A text file (text, Markdown, code, JSON, CSV, a log) the model reads",
     )
     async def chat(self, interaction: discord.Interaction[GatewayBot], prompt: str,
-                   tier: Literal["free", "plus", "any"] = "free", private: bool = False) -> None:
+                   tier: Literal["free", "plus", "any"] = "free", private: bool = False,
+                   model: app_commands.Range[str, 1, 100] | None = None,
+                   attachment: discord.Attachment | None = None) -> None:
         """Ask the model. In a channel it opens a thread; in one of my threads it follows up."""
         await interaction.response.defer(ephemeral=private, thinking=True)
         user = await self.bot.member_principal(interaction.user)
+        asked = await self._asked(prompt, [attachment] if attachment else [])
         channel: object = interaction.channel
         if channel is None and interaction.channel_id is not None:  # not cached, not sent
             channel = await self.bot.fetch_channel(interaction.channel_id)
         if isinstance(channel, discord.TextChannel):
-            await self._start(interaction, channel, user, prompt, TIERS[tier], private)
+            plus = TIERS[tier]
+            if model is not None and tier == "free":
+                # The model decides the account: look in every tier the member may use.
+                plus = "any" if user.plus else "false"
+            await self._start(interaction, channel, user, asked, plus, private,
+                              model.strip() if model else None)
         elif isinstance(channel, discord.Thread | discord.PartialMessageable):
-            await self._follow_up_command(interaction, channel, user, prompt, private)
+            await self._follow_up_command(interaction, channel, user, asked, private, model)
         else:
             raise Refusal("I open conversations in text channels: use /chat in one, or in one "
                           "of my threads to follow up.")
 
+    @chat.autocomplete("model")
+    async def model_choices(self, interaction: discord.Interaction[GatewayBot],
+                            typed: str) -> list[app_commands.Choice[str]]:
+        """The models the member may use, with their tier and what each can do."""
+        user = await self.bot.member_principal(interaction.user)  # plus as their roles say
+        typed = typed.strip().casefold()
+        return [app_commands.Choice(name=shorten(item.label(), 100), value=item.model)
+                for item in self.bot.gateway.model_menu(user)
+                if typed in item.model.casefold()][:25]
+
     # ----------------------------------------------------------------- new conversations
 
     async def _start(self, interaction: discord.Interaction[GatewayBot],
-                     channel: discord.TextChannel, user: Principal, prompt: str,
-                     plus: PlusChoice, private: bool) -> None:
-        opener = ThreadOpener(self.bot, interaction, channel, prompt, private, self.opening)
+                     channel: discord.TextChannel, user: Principal, asked: Asked,
+                     plus: PlusChoice, private: bool, model: str | None) -> None:
+        opener = ThreadOpener(self.bot, interaction, channel, asked.words, private,
+                              self.opening, asked.notes)
+        controls = ReplyControls()
         stream: ReplyStream[discord.Message] = ReplyStream(
-            ChannelSink(opener.thread), interval=self.bot.edit_interval)
-        request = ChatRequest(prompt=prompt, plus=plus, user_plus=plus == "true",
-                              endpoint="discord")
+            ChannelSink(opener.thread, controls=controls), interval=self.bot.edit_interval)
+        stop = StopSignal()
+        request = ChatRequest(prompt=asked.prompt, plus=plus, user_plus=plus == "true",
+                              endpoint="discord", stop=stop, channel_ref=str(channel.id),
+                              model=model)
+        listener = StreamListener(stream, opener, controls=controls,
+                                  on_start=self._writing(interaction.user.id, stop))
         try:
             try:
-                result = await self.bot.gateway.chat(user, request,
-                                                     StreamListener(stream, opener))
+                result = await self.bot.gateway.chat(user, request, listener)
             except GatewayError as err:
-                await stream.close()
+                controls.closing(None)
+                await stream.close(refresh=controls.refresh)
                 await opener.failed(err)
                 return
+            finally:
+                self.writing.pop(listener.turn_id or "", None)
             await opener.finish(result)
-            await stream.close(result.turn.reply)
+            controls.closing((result.conversation.id, result.turn.id))
+            await stream.close(final_text(result), refresh=controls.refresh)
+            self._has_buttons((await opener.thread()).id, controls)
         except BaseException:
             stream.abort()
             opener.abort()
@@ -306,11 +172,18 @@ class Chat(MemberCog):
         finally:
             opener.release()
 
+    def _writing(self, member_id: int, stop: StopSignal) -> Callable[[StartInfo], None]:
+        """Registers a reply, once its turn has an id, as one its member may stop."""
+        def started(info: StartInfo) -> None:
+            self.writing[info.message_id] = Writing(stop, member_id)
+        return started
+
     # ----------------------------------------------------------------- follow-ups
 
     async def _follow_up_command(self, interaction: discord.Interaction[GatewayBot],
                                  thread: discord.Thread | discord.PartialMessageable,
-                                 user: Principal, prompt: str, private: bool) -> None:
+                                 user: Principal, asked: Asked, private: bool,
+                                 model: str | None) -> None:
         async with self.bot.thread_locks[thread.id]:
             conversation = await self.bot.thread_conversation(thread.id)
             if conversation is None:
@@ -319,16 +192,24 @@ class Chat(MemberCog):
             if conversation.owner_id != user.id:
                 raise Refusal("This conversation belongs to another member: use /chat in a "
                               "text channel to start your own.")
-            request = await self._follow_up_request(user, conversation, prompt)
+            if model is not None and model.strip() != conversation.model:
+                raise Refusal(f"This conversation stays on {conversation.model}: use /chat "
+                              "in a text channel to start one on another model.")
+            request = await self._follow_up_request(user, conversation, asked.prompt,
+                                                    await self._parent_ref(thread))
+            controls = None
             if private:
                 sink: ChannelSink | EphemeralSink = EphemeralSink(interaction)
             else:
                 await interaction.edit_original_response(
-                    content=prompt_echo(interaction.user.display_name, prompt),
+                    content=prompt_echo(interaction.user.display_name, asked.words,
+                                        notes=asked.notes),
                     allowed_mentions=NO_MENTIONS)
-                sink = ChannelSink(thread)
+                controls = ReplyControls()
+                sink = ChannelSink(thread, controls=controls)
             try:
-                await self._answer(user, request, sink)
+                await self._answer(interaction.user.id, self._asking(user, request), sink,
+                                   controls, thread.id)
             except GatewayError as err:  # said where the answer would have been
                 await sink.post("\n".join(failure(err)))
 
@@ -341,8 +222,7 @@ class Chat(MemberCog):
             return
         if message.type not in (discord.MessageType.default, discord.MessageType.reply):
             return
-        prompt = message.content.strip()
-        if not prompt:
+        if not message.content.strip() and not message.attachments:
             return
         if self.opening:  # the thread may be one of these, about to take its lock
             await asyncio.wait(set(self.opening))
@@ -361,15 +241,25 @@ class Chat(MemberCog):
                 if refusal:
                     raise Refusal(refusal)
                 user = await self.bot.member_principal(author)
-                request = await self._follow_up_request(user, conversation, prompt)
-                await self._answer(user, request, ChannelSink(message.channel, message))
+                asked = await self._asked(message.content, message.attachments)
+                if asked.refused:
+                    await message.reply("\n".join(asked.refused), mention_author=False,
+                                        allowed_mentions=NO_MENTIONS)
+                if not asked.prompt:
+                    return  # nothing left to ask
+                request = await self._follow_up_request(
+                    user, conversation, asked.prompt, await self._parent_ref(message.channel))
+                controls = ReplyControls()
+                await self._answer(author.id, self._asking(user, request),
+                                   ChannelSink(message.channel, message, controls), controls,
+                                   message.channel.id)
             except (GatewayError, Refusal) as err:
                 text = "\n".join(failure(err)) if isinstance(err, GatewayError) else \
                     describe(err) or str(err)
                 await message.reply(text, mention_author=False, allowed_mentions=NO_MENTIONS)
 
     async def _follow_up_request(self, user: Principal, conversation: Conversation,
-                                 prompt: str) -> ChatRequest:
+                                 prompt: str, channel_ref: str | None) -> ChatRequest:
         access_token = None
         if conversation.mode == "own_key":
             # The core pins such a conversation to the member's credential: send it again.
@@ -379,23 +269,170 @@ class Chat(MemberCog):
                               "cleared: set it again with /ownkey set, or start a new "
                               "conversation.")
         return ChatRequest(prompt=prompt, conversation_id=conversation.id,
-                           access_token=access_token, endpoint="discord")
+                           access_token=access_token, endpoint="discord",
+                           channel_ref=channel_ref)
 
-    async def _answer(self, user: Principal, request: ChatRequest,
-                      sink: ChannelSink | EphemeralSink) -> ChatResult:
-        """Stream one turn into ``sink``; on a GatewayError, what arrived stays written."""
+    async def _asked(self, words: str, attachments: list[discord.Attachment]) -> Asked:
+        """The member's words with their text files read in; the others refused, each with a
+        note saying why (the rest goes on)."""
+        limit = self.bot.gateway.settings.chat.max_text_file_bytes
+        files: list[TextFile] = []
+        refused: list[str] = []
+        for attachment in attachments:
+            name = attachment.filename
+            outcome: TextFile | FileRefusal | None = refusal_before_reading(
+                name, attachment.content_type, attachment.size, limit)
+            if outcome is None:
+                try:
+                    # Now: Discord's attachment links expire.
+                    outcome = decode(name, await attachment.read(), limit)
+                except discord.HTTPException as exc:
+                    log.warning("could not download attachment %s: %s", attachment.id, exc)
+                    outcome = FileRefusal(name, "it could not be downloaded from Discord")
+            if isinstance(outcome, TextFile):
+                files.append(outcome)
+            else:
+                refused.append(f"⚠️ {escape(str(outcome))}")
+        notes = tuple(f"📎 {escape(f.name)}" for f in files) + tuple(refused)
+        return Asked(words.strip(), with_files(words, files), notes, tuple(refused))
+
+    def _asking(self, user: Principal, request: ChatRequest) -> Ask:
+        async def ask(listener: StreamListener, stop: StopSignal) -> ChatResult:
+            return await self.bot.gateway.chat(user, dataclasses.replace(request, stop=stop),
+                                               listener)
+        return ask
+
+    async def _parent_ref(self, thread: discord.abc.Messageable) -> str | None:
+        """The channel a thread was opened in: its persona applies to the thread's turns."""
+        parent = getattr(thread, "parent_id", None)
+        if parent is None and isinstance(thread, discord.PartialMessageable):
+            try:  # not cached: Discord says
+                parent = getattr(await self.bot.fetch_channel(thread.id), "parent_id", None)
+            except discord.HTTPException as exc:
+                log.warning("could not read thread %s: %s", thread.id, exc)
+        return str(parent) if parent else None
+
+    async def _answer(self, member_id: int, ask: Ask, sink: ChannelSink | EphemeralSink,
+                      controls: ReplyControls | None, thread_id: int) -> ChatResult:
+        """Stream one turn into ``sink``, with the reply's buttons when ``controls`` are
+        given; on a GatewayError, what arrived stays written."""
+        if controls is not None:
+            await self._retire_buttons(thread_id)
         stream: ReplyStream[Any] = ReplyStream(sink, interval=self.bot.edit_interval)
+        stop = StopSignal()
+        listener = StreamListener(stream, controls=controls,
+                                  on_start=self._writing(member_id, stop))
         try:
-            result = await self.bot.gateway.chat(user, request, StreamListener(stream))
+            result = await ask(listener, stop)
         except GatewayError:
-            await stream.close()
+            if controls is not None:
+                controls.closing(None)
+            await stream.close(refresh=controls.refresh if controls is not None else None)
             raise
         except BaseException:
             stream.abort()
             raise
-        await stream.close(result.turn.reply)
+        finally:
+            self.writing.pop(listener.turn_id or "", None)
+        if controls is not None:
+            controls.closing((result.conversation.id, result.turn.id))
+        await stream.close(final_text(result),
+                           refresh=controls.refresh if controls is not None else None)
+        if controls is not None:
+            self._has_buttons(thread_id, controls)
         return result
+
+    def _has_buttons(self, thread_id: int, controls: ReplyControls) -> None:
+        """Remember the thread's latest answer: its buttons go when the next one starts."""
+        if controls.last is None:
+            return
+        self.latest.pop(thread_id, None)
+        self.latest[thread_id] = controls.last
+        if len(self.latest) > LATEST_REMEMBERED:
+            del self.latest[next(iter(self.latest))]
+
+    async def _retire_buttons(self, thread_id: int) -> None:
+        """The thread's previous answer is no longer its latest: its buttons no longer apply
+        (after a restart it keeps them; a press then says why)."""
+        previous = self.latest.pop(thread_id, None)
+        if previous is None:
+            return
+        try:
+            await previous.edit(view=None)
+        except discord.HTTPException as exc:  # a stale button explains itself when pressed
+            log.warning("could not take the buttons off message %s: %s", previous.id, exc)
+
+    # ----------------------------------------------------------------- the reply's buttons
+
+    async def stop_reply(self, interaction: discord.Interaction[GatewayBot],
+                         turn_id: str) -> None:
+        writing = self.writing.get(turn_id)
+        if writing is None:
+            raise Refusal("This answer is no longer being written.")
+        if writing.member_id != interaction.user.id:
+            raise Refusal(NOT_YOURS)
+        writing.stop.stop()
+        await interaction.response.defer()  # the reply's own edits show the stop
+
+    async def regenerate_reply(self, interaction: discord.Interaction[GatewayBot],
+                               conversation_id: str, turn_id: str) -> None:
+        user, thread = await self._owner_pressed(interaction, conversation_id)
+
+        async def ask(listener: StreamListener, stop: StopSignal) -> ChatResult:
+            return await self.bot.gateway.regenerate(
+                user, conversation_id, turn_id, listener=listener, stop=stop,
+                channel_ref=await self._parent_ref(thread), endpoint="discord")
+        await self._again(interaction, thread, ask, finished_view(conversation_id, turn_id))
+
+    async def continue_reply(self, interaction: discord.Interaction[GatewayBot],
+                             conversation_id: str) -> None:
+        user, thread = await self._owner_pressed(interaction, conversation_id)
+
+        async def ask(listener: StreamListener, stop: StopSignal) -> ChatResult:
+            return await self.bot.gateway.continue_reply(
+                user, conversation_id, listener=listener, stop=stop,
+                channel_ref=await self._parent_ref(thread), endpoint="discord")
+        await self._again(interaction, thread, ask, None)
+
+    async def _owner_pressed(self, interaction: discord.Interaction[GatewayBot],
+                             conversation_id: str) -> tuple[Principal, Thread]:
+        """The member who pressed a button, if they own the conversation it belongs to."""
+        refusal = self.bot.policy.refusal(interaction.user.id, role_ids(interaction.user))
+        if refusal:
+            raise Refusal(refusal)
+        thread = interaction.channel
+        if not isinstance(thread, discord.Thread | discord.PartialMessageable):
+            raise Refusal("These buttons work in my conversation threads only.")
+        conversation = await self.bot.thread_conversation(thread.id)
+        if conversation is None or conversation.id != conversation_id:
+            raise Refusal("This conversation is gone (it was forgotten).")
+        owner = await self.bot.known_member(interaction.user.id)
+        if owner is None or owner.id != conversation.owner_id:
+            raise Refusal(NOT_YOURS)
+        return await self.bot.member_principal(interaction.user), thread
+
+    async def _again(self, interaction: discord.Interaction[GatewayBot],
+                     thread: Thread, ask: Ask,
+                     restore: discord.ui.View | None) -> None:
+        """A new answer below the pressed one, whose buttons go (and come back if the new
+        answer fails, when they still apply)."""
+        await interaction.response.edit_message(view=None)
+        pressed = interaction.message
+        if pressed is not None and (latest := self.latest.get(thread.id)) is not None \
+                and latest.id == pressed.id:
+            del self.latest[thread.id]  # its buttons just went
+        async with self.bot.thread_locks[thread.id]:
+            controls = ReplyControls()
+            try:
+                await self._answer(interaction.user.id, ask,
+                                   ChannelSink(thread, pressed, controls), controls, thread.id)
+            except GatewayError as err:
+                if restore is not None and err.code != "not_last_turn" and pressed is not None:
+                    await pressed.edit(view=restore)
+                await thread.send(f"⚠️ {err.message}\nThe earlier answer stays as it was.",
+                                  allowed_mentions=NO_MENTIONS)
 
 
 async def setup(bot: GatewayBot) -> None:
+    bot.add_dynamic_items(*BUTTONS)
     await bot.add_cog(Chat(bot))

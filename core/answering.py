@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 from .accounts import Account, AccountPool, SlotRefused
 from .config import Settings
 from .history import estimate_tokens
+from .stopping import STOPPED, StopSignal
 from .titles import TITLE_MAX_TOKENS, clean_title, fallback_title, title_messages
 from .turn import Attempt, ChatListener, StartInfo
 from .upstream import Completion, Message, Target, UpstreamFailure, complete
@@ -63,7 +65,8 @@ class Answerer:
                 try:
                     completion = await self._call(target, messages, attempt.request.options,
                                                   listener, previous_response_id,
-                                                  attempt.request.responses_request)
+                                                  attempt.request.responses_request,
+                                                  stop=attempt.request.stop)
                 except UpstreamFailure as failure:
                     if account is not None:
                         # Recorded before the slot is freed, so a call that waited for it
@@ -85,13 +88,30 @@ class Answerer:
     async def _call(self, target: Target, messages: list[Message], options: dict[str, Any],
                     listener: ChatListener | None,
                     previous_response_id: str | None = None,
-                    responses_request: dict[str, Any] | None = None) -> Completion:
-        completion = await complete(target, messages, options=options,
-                                    on_delta=listener.delta if listener is not None else None,
-                                    on_raw=getattr(listener, "raw", None),
-                                    previous_response_id=previous_response_id,
-                                    responses_request=responses_request,
-                                    max_reply_bytes=self.settings.chat.max_reply_bytes)
+                    responses_request: dict[str, Any] | None = None, *,
+                    stop: StopSignal | None = None) -> Completion:
+        arrived: list[str] = []
+
+        async def on_delta(text: str) -> None:
+            arrived.append(text)
+            if listener is not None:
+                await listener.delta(text)
+
+        call = complete(target, messages, options=options,
+                        on_delta=on_delta if listener is not None else None,
+                        on_raw=getattr(listener, "raw", None),
+                        previous_response_id=previous_response_id,
+                        responses_request=responses_request,
+                        max_reply_bytes=self.settings.chat.max_reply_bytes)
+        if stop is None:
+            completion = await call
+        elif (finished := await _until_stopped(call, stop)) is not None:
+            completion = finished
+        else:
+            completion = Completion(text="".join(arrived), model=target.model,
+                                    finish_reason=STOPPED)
+            log.info("reply on %s stopped by its member after %d characters", target.name,
+                     len(completion.text))
         # Some servers (llama.cpp) report no usage when streaming: every turn still gets token
         # counts, estimated as the history is (about 3.5 characters a token).
         if completion.input_tokens is None or completion.output_tokens is None:
@@ -194,6 +214,23 @@ class Progress:
     async def title(self, title: str) -> None:
         if self.inner is not None:
             await self.inner.title(title)
+
+
+async def _until_stopped(call: Coroutine[Any, Any, Completion],
+                         stop: StopSignal) -> Completion | None:
+    """The call's completion, or None once ``stop`` is signalled first: the call is then
+    cancelled, which closes its connection, so the upstream stops generating."""
+    task = asyncio.create_task(call)
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        return task.result() if task.done() else None
+    finally:
+        for pending in (task, stopped):
+            pending.cancel()
+        # The cancelled call must finish its cleanup (the connection closed) before the
+        # turn is stored; a failure after the stop no longer matters.
+        await asyncio.gather(task, stopped, return_exceptions=True)
 
 
 def max_tokens(options: dict[str, Any]) -> int | None:

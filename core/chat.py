@@ -289,17 +289,25 @@ class ChatService:
                 conversation.id, 1 if own_context else MAX_HISTORY_TURNS)
             if not recent:
                 raise NotFound("no such conversation", code="conversation_not_found")
-            previous = recent[0]
-            if request.continues_turn is not None and previous.id != request.continues_turn:
+            replaced = None
+            if request.replace_turn is not None:
+                replaced, recent, prompt = _regenerating(request.replace_turn, recent)
+            previous = recent[0] if recent else None
+            if request.continues_turn is not None and (
+                    previous is None or previous.id != request.continues_turn):
                 raise Conflict(
                     "previous_response_id must name the latest response of its conversation; "
                     "an earlier one was already continued", code="response_not_latest")
             attempt = Attempt(principal, request, prompt, conversation.id, new_id(),
-                              is_new=False, parent_id=previous.id)
+                              is_new=False, parent_id=previous.id if previous else None)
             previous_response_id = None
+            messages: list[Message]
             if request.continues_turn is not None and target.api != "responses":
                 messages = await self._exchange_history(recent, request)
+            elif target.api == "responses" and previous is None:
+                messages = [{"role": "user", "content": prompt}]
             elif target.api == "responses":
+                assert previous is not None
                 # The upstream holds the history: send only the new prompt, chained by id.
                 previous_response_id = previous.upstream_id
                 if not previous_response_id:
@@ -313,14 +321,15 @@ class ChatService:
             if account is not None:
                 hold = await self._hold(attempt, [account], _estimate(messages))
             try:
-                return await self._answer_follow_up(attempt, conversation, previous, target,
-                                                    account, messages, listener,
+                return await self._answer_follow_up(attempt, conversation, previous, replaced,
+                                                    target, account, messages, listener,
                                                     previous_response_id, hold)
             finally:
                 await self.budgets.release(hold)
 
     async def _answer_follow_up(self, attempt: Attempt, conversation: Conversation,
-                                previous: Turn, target: Target, account: Account | None,
+                                previous: Turn | None, replaced: Turn | None, target: Target,
+                                account: Account | None,
                                 messages: list[Message], listener: ChatListener | None,
                                 previous_response_id: str | None,
                                 hold: Hold | None) -> ChatResult:
@@ -348,6 +357,10 @@ class ChatService:
             raise as_gateway_error(failure, conversation.account) from None
         if account is not None:
             account.record_success(completion.input_tokens, completion.output_tokens)
+        if replaced is not None:
+            return await self._recorder.replace(attempt, conversation, replaced, previous,
+                                                completion, hold)
+        assert previous is not None
         return await self._recorder.append(attempt, conversation, previous, completion,
                                            hold)
 
@@ -452,8 +465,9 @@ class ChatService:
         if request.messages is not None:
             return request.messages
         budget = prompt_budget(context_tokens, max_tokens(request.options))
-        messages = build_messages(recent, prompt, budget=budget,
-                                  system_prompt=self.settings.chat.system_prompt)
+        system_prompt = "\n\n".join(
+            part for part in (self.settings.chat.system_prompt, request.persona) if part)
+        messages = build_messages(recent, prompt, budget=budget, system_prompt=system_prompt)
         if messages is None:
             raise TooLarge(
                 f"the prompt does not fit the model's context of {context_tokens} tokens",
@@ -464,6 +478,15 @@ class ChatService:
 
 def _estimate(messages: list[Message]) -> int:
     return sum(estimate_tokens(content_text(m.get("content"))) for m in messages)
+
+
+def _regenerating(turn_id: str, recent: list[Turn]) -> tuple[Turn, list[Turn], str]:
+    """For a regenerated answer: the turn it replaces (which must be the last), the history
+    before it, and its prompt, asked again."""
+    if recent[0].id != turn_id:
+        raise Conflict("only the latest answer of a conversation can be regenerated",
+                       code="not_last_turn")
+    return recent[0], recent[1:], recent[0].prompt
 
 
 def _may_use_plus(principal: Principal) -> bool:

@@ -197,6 +197,14 @@ class ChatSettings(_Table):
     max_reply_bytes: int = Field(1_048_576, ge=1024)
     """The longest reply (UTF-8 bytes) taken from an upstream; a longer one is refused with a
     502 and nothing is stored, before it can fill the gateway's memory or the database."""
+    continue_prompt: str = (
+        "Continue exactly where your last reply stopped. Do not repeat anything you already "
+        "wrote."
+    )
+    """The prompt of a Continue button (Discord, web UI): a follow-up asking to go on."""
+    max_text_file_bytes: int = Field(24_000, ge=1)
+    """The largest text file (bytes) read from an attachment in Discord or the web UI; larger
+    ones are refused with a note naming them, and the rest of the message goes on."""
 
 
 BUDGET_KEYS = ("tokens_per_day", "tokens_per_month", "cost_per_month")

@@ -9,6 +9,7 @@ forget a check:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -27,12 +28,21 @@ from .config import BUDGET_KEYS, ConfigError, Settings
 from .crypto import CredentialBox
 from .embeddings import EmbeddingService
 from .env_secrets import Secrets
-from .errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from .errors import BadRequest, Conflict, Forbidden, NotFound, TooLarge, Unauthorized
 from .exchange import Attachment
 from .keys import hash_key
 from .metrics import NO_OBSERVER, Metrics
-from .models import Conversation, PlusChoice, Principal, Role, Turn
+from .models import (
+    Conversation,
+    ModelChoice,
+    Persona,
+    PlusChoice,
+    Principal,
+    Role,
+    Turn,
+)
 from .oauth import AccessToken, PasswordGrant
+from .stopping import StopBoard, StopSignal
 from .storage import Storage, storage_for
 from .storage.usage_report import GroupBy
 from .upstream import make_session
@@ -46,6 +56,7 @@ AUTH_CACHE_SIZE = 50_000
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 """last_used is refreshed at most this often, so auth stays a read on the hot path."""
 MAX_PAGE = 200
+MAX_PERSONA_CHARS = 4000
 
 
 class Gateway:
@@ -85,6 +96,8 @@ class Gateway:
         self._http_sessions = http_sessions
         self._authenticated: dict[bytes, tuple[int, float, Principal]] = {}
         self.web_sessions = WebSessions(storage.sessions, self.usable)
+        self.stops = StopBoard(storage)
+        """Replies being written in this process, which ``stop_reply`` stops."""
 
     async def open(self) -> None:
         await self.storage.open()
@@ -384,12 +397,123 @@ class Gateway:
 
     async def chat(self, actor: Principal, request: ChatRequest,
                    listener: ChatListener | None = None) -> ChatResult:
+        if request.channel_ref is not None:
+            persona = await self._persona_for(actor, request.channel_ref)
+            request = dataclasses.replace(request, persona=persona)
         own_key = None
         if not request.access_token:
             # Also for follow-ups: an own-key conversation started with the stored key goes
             # on with it (a pool conversation ignores it).
             own_key = await self.own_key(actor)
         return await self.chat_service.chat(actor, request, own_key=own_key, listener=listener)
+
+    async def regenerate(self, actor: Principal, conversation_id: str, turn_id: str, *,
+                         listener: ChatListener | None = None, stop: StopSignal | None = None,
+                         channel_ref: str | None = None, endpoint: str = "api") -> ChatResult:
+        """A new answer to the prompt of ``turn_id``, the conversation's last turn, on the
+        same account; it replaces that turn. Refused (409 ``not_last_turn``) for an older one."""
+        conversation = await self.conversation_for(actor, conversation_id)
+        return await self.chat(actor, await self._follow_up_request(
+            actor, conversation, None, stop=stop, replace_turn=turn_id,
+            channel_ref=channel_ref, endpoint=endpoint), listener)
+
+    async def continue_reply(self, actor: Principal, conversation_id: str, *,
+                             listener: ChatListener | None = None,
+                             stop: StopSignal | None = None,
+                             channel_ref: str | None = None,
+                             endpoint: str = "api") -> ChatResult:
+        """A follow-up asking the model to go on where its last answer stopped
+        (``[chat] continue_prompt``)."""
+        conversation = await self.conversation_for(actor, conversation_id)
+        return await self.chat(actor, await self._follow_up_request(
+            actor, conversation, self.settings.chat.continue_prompt, stop=stop,
+            channel_ref=channel_ref, endpoint=endpoint), listener)
+
+    async def _follow_up_request(self, actor: Principal, conversation: Conversation,
+                                 prompt: str | None, **fields: Any) -> ChatRequest:
+        access_token = None
+        if conversation.mode == "own_key":
+            access_token = await self.own_key(actor)
+            if access_token is None:
+                raise Conflict("this conversation runs on your own key, which you have "
+                               "cleared: set it again, or start a new conversation",
+                               code="mode_mismatch")
+        return ChatRequest(prompt=prompt, conversation_id=conversation.id,
+                           access_token=access_token, **fields)
+
+    async def stop_reply(self, actor: Principal, message_id: str) -> None:
+        """Stop the actor's reply being written (registered in ``stops``), in whichever
+        process writes it: what arrived is stored, marked stopped."""
+        if not await self.stops.stop(actor.id, message_id):
+            raise NotFound("this reply is not being written any more", code="not_writing")
+
+    # ----------------------------------------------------------------- personas
+
+    async def _persona_for(self, actor: Principal, channel_ref: str) -> str | None:
+        client_id = actor.id if actor.is_client else actor.client_id
+        if client_id is None:
+            return None
+        persona = await self.storage.personas.get(client_id, channel_ref)
+        return persona.system_prompt if persona else None
+
+    def _persona_client(self, actor: Principal, client_id: int | None) -> int:
+        """The client whose personas ``actor`` manages: its own (a client), any (an admin)."""
+        if actor.is_client:
+            return actor.id
+        self.require_admin(actor)
+        if client_id is None:
+            raise BadRequest("name the client whose channel this is", code="missing_client")
+        return client_id
+
+    async def set_persona(self, actor: Principal, channel_ref: str, system_prompt: str, *,
+                          label: str | None = None, client_id: int | None = None) -> Persona:
+        """The system prompt of conversations started in a client's channel, added after
+        the organisation's ``[chat] system_prompt``."""
+        owner = self._persona_client(actor, client_id)
+        text = system_prompt.replace("\r\n", "\n").strip()  # a form's line breaks are CRLF
+        if not text:
+            raise BadRequest("a persona needs a system prompt; to remove it, clear it",
+                             code="empty_persona")
+        if len(text) > MAX_PERSONA_CHARS:
+            raise TooLarge(f"a persona may have at most {MAX_PERSONA_CHARS} characters; "
+                           f"this one has {len(text)}", code="persona_too_large")
+        if not channel_ref.strip():
+            raise BadRequest("a persona needs a channel", code="missing_channel")
+        if actor.is_admin:
+            client = await self.principals.get(owner)
+            if client is None or not client.is_client:
+                raise NotFound(f"no client with id {owner}", code="client_not_found")
+        previous = await self.storage.personas.get(owner, channel_ref)
+        persona = Persona(client_id=owner, channel_ref=channel_ref.strip(),
+                          label=(label or (previous.label if previous else "") or
+                                 channel_ref).strip()[:100],
+                          system_prompt=text, updated_utc=iso(utc_now()))
+        await self.storage.personas.put(persona)
+        log.info("principal %s set the persona of channel %s of client %s", actor.id,
+                 persona.channel_ref, owner)
+        return persona
+
+    async def clear_persona(self, actor: Principal, channel_ref: str, *,
+                            client_id: int | None = None) -> None:
+        owner = self._persona_client(actor, client_id)
+        if not await self.storage.personas.delete(owner, channel_ref):
+            raise NotFound("this channel has no persona", code="persona_not_found")
+        log.info("principal %s cleared the persona of channel %s of client %s", actor.id,
+                 channel_ref, owner)
+
+    async def clients(self, actor: Principal) -> list[Principal]:
+        """Every client (an admin's persona pages name them)."""
+        self.require_admin(actor)
+        found, _ = await self.principals.list_page(role="client", limit=MAX_PAGE)
+        clients = [await self.principals.get(int(item["id"])) for item in found]
+        return [client for client in clients if client is not None]
+
+    async def personas(self, actor: Principal) -> list[Persona]:
+        """A client's own personas; every client's for an admin."""
+        if actor.is_client:
+            return await self.storage.personas.list(actor.id)
+        self.require_admin(actor)
+        return await self.storage.personas.list()
 
     async def conversation_for(self, actor: Principal, conversation_id: str) -> Conversation:
         """A conversation the actor may see: its own, or anyone's for an admin."""
@@ -503,6 +627,12 @@ class Gateway:
 
     async def embeddings(self, actor: Principal, body: Any) -> dict[str, Any]:
         return await self.embedding_service.embed(actor, body)
+    def model_menu(self, actor: Principal) -> list[ModelChoice]:
+        """The models the actor may pick for a new conversation (fronts' pickers), each with
+        its tier and what it can do."""
+        choice: PlusChoice = "any" if actor.plus or actor.is_admin else "false"
+        return [ModelChoice(model, account.tier, account.name)
+                for model, account in self.pool.models_for(choice)]
 
     def tiers_in_service(self) -> set[str]:
         """The tiers that have at least one account not out of service."""

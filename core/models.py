@@ -98,6 +98,8 @@ class Turn:
     duration_ms: int
     input_tokens: int | None
     output_tokens: int | None
+    stopped: bool = False
+    """The member stopped the reply while it was written: ``reply`` is what had arrived."""
     exchange_json: str | None = None
     """The exchange as it was (see core/exchange.py), for /v1 turns; None for plain ones."""
 
@@ -130,5 +132,37 @@ class Turn:
             "duration_ms": self.duration_ms,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
+            "stopped": self.stopped,
             **extra,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Persona:
+    """A system prompt for the conversations a client's members start in one channel."""
+
+    client_id: int
+    channel_ref: str
+    label: str
+    """What the channel is called where it lives (``#general``), for lists."""
+    system_prompt: str
+    updated_utc: str
+
+    def public(self) -> dict[str, Any]:
+        return {"client_id": self.client_id, "channel": self.channel_ref, "label": self.label,
+                "system_prompt": self.system_prompt, "updated": self.updated_utc}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelChoice:
+    """A model a member may pick for a new conversation, and what it offers."""
+
+    model: str
+    tier: str
+    """"free" or "plus": the tier of the first account serving it."""
+    account: str
+    capabilities: tuple[str, ...] = ("text",)
+    """What the model takes besides text (once accounts declare it, e.g. "vision")."""
+
+    def label(self) -> str:
+        return f"{self.model} ({self.tier}; {', '.join(self.capabilities)})"

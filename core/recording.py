@@ -18,6 +18,7 @@ from .errors import NotFound
 from .exchange import Attachment
 from .metrics import NO_OBSERVER, Observer
 from .models import Conversation, Mode, Turn
+from .stopping import STOPPED
 from .storage.conversations import ConversationRepo, UsageRecord, usage_statement
 from .storage.database import Statement
 from .storage.spend import SpendRow
@@ -75,6 +76,24 @@ class TurnRecorder:
                           turn.duration_ms / 1000, completion.finish_reason or "stop",
                           completion)
 
+    async def replace(self, attempt: Attempt, conversation: Conversation, replaced: Turn,
+                      previous: Turn | None, completion: Completion,
+                      hold: Hold | None = None) -> ChatResult:
+        """A regenerated answer in the place of ``replaced``; 404 when the conversation (or
+        that turn) was removed meanwhile (then nothing is stored). The new answer is the
+        member's use like any other (the one it replaces stays counted: it was made)."""
+        turn, usage = self._records(attempt, conversation.account, completion,
+                                    position=replaced.position)
+        rows, extra = self._counted(attempt, usage, hold)
+        if not await self.conversations.replace_last_turn(replaced, turn, usage, extra):
+            raise NotFound("the conversation was removed while it was being answered",
+                           code="conversation_removed")
+        await self.budgets.settled(rows, hold)
+        updated = dataclasses.replace(conversation, updated_utc=turn.reply_utc)
+        return ChatResult(updated, turn, previous, False, attempt.prompt_time,
+                          turn.duration_ms / 1000, completion.finish_reason or "stop",
+                          completion)
+
     async def failed(self, attempt: Attempt, account: str | None,
                      failure: UpstreamFailure | None, outcome: str | None = None) -> None:
         """The usage row of a turn that stored nothing else."""
@@ -118,6 +137,7 @@ class TurnRecorder:
             input_tokens=completion.input_tokens, output_tokens=completion.output_tokens,
             exchange_json=(exchange.record(attempt.request.exchange, completion)
                            if attempt.request.exchange is not None else None),
+            stopped=completion.finish_reason == STOPPED,
         )
         return turn, self._usage(attempt, account, completion, now, elapsed_ms)
 

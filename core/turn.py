@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from .clock import utc_now
 from .exchange import Draft
 from .models import Conversation, PlusChoice, Principal, Turn
+from .stopping import StopSignal
 from .upstream import Completion, Message
 
 
@@ -47,6 +48,16 @@ class ChatRequest:
     later_title: bool = False
     """With ``generate_title`` False: the model's title is asked after the turn is stored,
     batched with other new conversations' (core/title_batch.py), and replaces the cut one."""
+    stop: StopSignal | None = field(default=None, compare=False)
+    """Set by the front to stop the reply as it is written; what arrived is stored."""
+    replace_turn: str | None = None
+    """Regenerate: answer this turn's prompt again, on the same account, and put the new
+    answer in its place. It must be the conversation's last turn; ``prompt`` is ignored."""
+    channel_ref: str | None = None
+    """Where a client's member asked (a Discord channel id): that channel's persona applies."""
+    persona: str | None = None
+    """The channel's system prompt, found by the facade from ``channel_ref``; sent after the
+    organisation's own."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,9 +3,10 @@
 The real, unmodified discord.py logs in, receives READY and GUILD_CREATE, syncs its commands and
 answers interactions; every REST call is recorded (``calls``), messages, threads and interaction
 responses are kept as Discord would keep them, and tests drive the bot as members would:
-``slash``, ``autocomplete``, ``click``, ``submit_modal`` and ``user_says``. ``wait_for`` waits
-on a condition over that state (it never sleeps); ``barrier`` returns once the bot has read every
-event sent before it.
+``slash``, ``autocomplete``, ``click`` (a button of a message sent before or after a bot
+restart: its ``custom_id`` is all the bot gets), ``submit_modal`` and ``user_says``.
+``wait_for`` waits on a condition over that state (it never sleeps); ``barrier`` returns once
+the bot has read every event sent before it.
 
 The payloads follow Discord's API documentation (v10), not discord.py's parser, so a drift shows
 when discord.py is upgraded. Like Discord, the fake refuses messages over 2,000 characters, a
@@ -33,6 +34,8 @@ EPHEMERAL = 1 << 6
 LOADING = 1 << 7
 # Options: 1 subcommand, 2 group, 3 string, 4 integer, 5 boolean, 6 user, 7 channel, 8 role.
 USER_OPTION = 6
+CHANNEL_OPTION = 7
+ATTACHMENT_OPTION = 11
 
 
 def _now() -> str:
@@ -95,6 +98,10 @@ class FakeDiscord:
         self.members: dict[int, dict[str, Any]] = {}
         self.roles: dict[int, dict[str, Any]] = {}
         self.interactions: dict[str, Interaction] = {}
+        self.files: dict[str, bytes] = {}
+        """Attachments' bytes by id (``upload``)."""
+        self.downloads: list[str] = []
+        """Ids of the attachments the bot downloaded, in order."""
         self.synced: list[tuple[str, list[dict[str, Any]]]] = []
         self.commands: list[dict[str, Any]] = []
         self.identifies = 0
@@ -126,6 +133,7 @@ class FakeDiscord:
         self._changed = asyncio.Condition()
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app.router.add_get("/gateway", self._gateway)
+        app.router.add_get("/attachments/{id}/{filename}", self._attachment)
         app.router.add_route("*", API + "/{tail:.*}", self._rest)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None,
                                      shutdown_timeout=0.1)
@@ -336,6 +344,15 @@ class FakeDiscord:
             if name not in types:
                 raise KeyError(f"no option {name!r}; the schema has {sorted(types)}")
             option: dict[str, Any] = {"name": name, "type": types[name], "value": value}
+            if types[name] == ATTACHMENT_OPTION:  # ``value``: what ``upload`` gave
+                option["value"] = value["id"]
+                resolved.setdefault("attachments", {})[value["id"]] = value
+            if types[name] == CHANNEL_OPTION:
+                option["value"] = str(value)
+                channel = self.channels[int(value)]
+                resolved.setdefault("channels", {})[str(value)] = {
+                    k: channel[k] for k in ("id", "name", "type", "parent_id")
+                    if k in channel} | {"permissions": "2251799813685247"}
             if types[name] == USER_OPTION:
                 option["value"] = str(value)
                 member = self.members[int(value)]
@@ -352,7 +369,14 @@ class FakeDiscord:
         command = self._command(name)
         resolved: dict[str, Any] = {}
         schema = command.get("options", [])
-        if sub is not None:
+        if sub is not None and " " in sub:  # a subcommand of a group: "persona set"
+            group, leaf = sub.split(" ", 1)
+            group_schema = next(o for o in schema if o["name"] == group)
+            leaf_schema = next(o for o in group_schema["options"] if o["name"] == leaf)
+            options = [{"name": group, "type": 2, "options": [
+                {"name": leaf, "type": 1, "options": self._options(
+                    leaf_schema.get("options", []), values, resolved, focused)}]}]
+        elif sub is not None:
             sub_schema = next(o for o in schema if o["name"] == sub)
             options = [{"name": sub, "type": 1, "options": self._options(
                 sub_schema.get("options", []), values, resolved, focused)}]
@@ -365,8 +389,11 @@ class FakeDiscord:
         return data
 
     async def slash(self, name: str, sub: str | None = None, *, user: int,
-                    channel: int | None = None, **options: Any) -> Interaction:
-        """Send ``/name [sub] option:value…`` as ``user``; return once the bot answered it."""
+                    channel: int | None = None, options: dict[str, Any] | None = None,
+                    **more: Any) -> Interaction:
+        """Send ``/name [sub] option:value…`` as ``user``; return once the bot answered it.
+        Options come as keywords, or in ``options`` (for names such as ``channel``)."""
+        options = {**(options or {}), **more}
         record, payload = self._interaction(
             2, user, channel or self.GENERAL_ID, self._command_data(name, sub, options))
         await self.dispatch("INTERACTION_CREATE", payload)
@@ -420,9 +447,32 @@ class FakeDiscord:
         await self.wait_for(lambda: record.responded)
         return record
 
-    async def user_says(self, channel_id: int, content: str, *, user: int) -> dict[str, Any]:
-        """A member posts a message (MESSAGE_CREATE carries ``member`` without ``user``)."""
-        message = self._message(channel_id, self._user_payload(user), {"content": content})
+    def upload(self, filename: str, data: bytes,
+               content_type: str | None = None) -> dict[str, Any]:
+        """A file as Discord keeps an attachment: its payload (for ``user_says(files=…)`` or
+        an attachment option), its bytes served at its ``url`` on this fake."""
+        attachment_id = str(self.new_id())
+        self.files[attachment_id] = data
+        url = f"http://127.0.0.1:{self.port}/attachments/{attachment_id}/{filename}"
+        payload = {"id": attachment_id, "filename": filename, "size": len(data), "url": url,
+                   "proxy_url": url}
+        if content_type is not None:
+            payload["content_type"] = content_type
+        return payload
+
+    async def _attachment(self, request: web.Request) -> web.StreamResponse:
+        self.downloads.append(request.match_info["id"])
+        data = self.files.get(request.match_info["id"])
+        if data is None:
+            return web.Response(status=404, text="This content is no longer available.")
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    async def user_says(self, channel_id: int, content: str, *, user: int,
+                        files: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """A member posts a message (MESSAGE_CREATE carries ``member`` without ``user``),
+        with ``files`` from ``upload`` attached."""
+        message = self._message(channel_id, self._user_payload(user), {"content": content},
+                                attachments=files or [])
         member = {k: v for k, v in self.members[user].items() if k != "user"}
         await self.dispatch("MESSAGE_CREATE", message | {"member": member})
         return message
@@ -561,12 +611,45 @@ class FakeDiscord:
         return _json(self.commands)
 
     def _check_content(self, body: dict[str, Any] | None) -> web.Response | None:
+        if (bad := self._check_components((body or {}).get("components"))) is not None:
+            return bad
         content = (body or {}).get("content") or ""
         if len(content) > 2000:
             return _json({"code": 50035, "message": "Invalid Form Body", "errors": {
                 "content": {"_errors": [{"code": "BASE_TYPE_MAX_LENGTH",
                                          "message": "Must be 2000 or fewer in length."}]}}},
                          400)
+        return None
+
+    @staticmethod
+    def _check_components(rows: list[dict[str, Any]] | None) -> web.Response | None:
+        """Discord's limits on buttons: at most 5 rows of 5, a custom_id of 1 to 100
+        characters unique in the message, a label of at most 80."""
+        if not rows:
+            return None
+        seen: set[str] = set()
+        problems = []
+        if len(rows) > 5:
+            problems.append("more than 5 action rows")
+        for row in rows:
+            items = row.get("components") or []
+            if row.get("type") != 1 or not 1 <= len(items) <= 5:
+                problems.append("an action row needs 1 to 5 components")
+            for item in items:
+                custom_id = item.get("custom_id")
+                if item.get("type") == 2 and item.get("style") != 5:
+                    if not isinstance(custom_id, str) or not 1 <= len(custom_id) <= 100:
+                        problems.append(f"bad custom_id {custom_id!r}")
+                    elif custom_id in seen:
+                        problems.append(f"duplicate custom_id {custom_id!r}")
+                    seen.add(str(custom_id))
+                if len(item.get("label") or "") > 80:
+                    problems.append("a label over 80 characters")
+        if problems:
+            return _json({"code": 50035, "message": "Invalid Form Body",
+                          "errors": {"components": {"_errors": [
+                              {"code": "COMPONENT_INVALID", "message": p}
+                              for p in problems]}}}, 400)
         return None
 
     async def _callback(self, token: str, body: dict[str, Any]) -> web.Response:

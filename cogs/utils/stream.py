@@ -56,6 +56,7 @@ class ReplyStream(Generic[H]):
         self._handles: list[H] = []
         self._dirty = asyncio.Event()
         self._closing = False
+        self._refresh: Callable[[H], bool] | None = None
         self._task: asyncio.Task[None] | None = None
 
     def feed(self, piece: str) -> None:
@@ -64,11 +65,15 @@ class ReplyStream(Generic[H]):
         self._text += piece
         self._wake()
 
-    async def close(self, final: str | None = None) -> None:
+    async def close(self, final: str | None = None, *,
+                    refresh: Callable[[H], bool] | None = None) -> None:
         """Write the final state (``final`` replaces the streamed text when given) and wait
-        until every write is done. Raises what a write raised."""
+        until every write is done. Raises what a write raised. ``refresh(handle)``: messages
+        to write again in that last write even if their text is unchanged (their buttons
+        change), so that no extra write goes past the interval."""
         if final is not None:
             self._text = final if final.strip() else EMPTY_REPLY
+        self._refresh = refresh
         self._closing = True
         self._wake()
         if self._task is not None:
@@ -98,9 +103,11 @@ class ReplyStream(Generic[H]):
     async def _write(self) -> None:
         chunks = split_message(self._text, self.limit)
         wrote = False
+        refresh, self._refresh = self._refresh, None
         for index, chunk in enumerate(chunks):
             if index < len(self._sent):
-                if self._sent[index] != chunk:
+                if self._sent[index] != chunk or (
+                        refresh is not None and refresh(self._handles[index])):
                     await self.sink.edit(self._handles[index], chunk)
                     self._sent[index] = chunk
                     wrote = True

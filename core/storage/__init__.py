@@ -5,6 +5,7 @@
     ├── conversations            ConversationRepo: conversations, turns, the usage log
     ├── sessions                 WebSessionRepo: web UI sign-ins
     ├── accounts                 AccountStateRepo: cool-downs and removals, shared
+    ├── personas                 PersonaRepo: a system prompt per channel of a client
     └── db                       Database: SqliteDatabase (one process, the default) or
                                  PostgresDatabase (any number of processes)
 
@@ -25,8 +26,9 @@ from pydantic import SecretStr
 from ..config import StorageSettings
 from .account_state import AccountState, AccountStateRepo
 from .conversations import ConversationRepo, UsageRecord
-from .database import Database, Leadership, StorageError, StorageUnavailable
+from .database import ChangeListener, Database, Leadership, StorageError, StorageUnavailable
 from .limits import MemoryRateLimiter, RateLimiter, SharedRateLimiter
+from .personas import PersonaRepo
 from .principals import PrincipalRepo
 from .sessions import WebSessionRecord, WebSessionRepo
 from .sqlite import SqliteDatabase
@@ -50,6 +52,7 @@ class Storage:
         self.conversations = ConversationRepo(db)
         self.sessions = WebSessionRepo(db)
         self.accounts = AccountStateRepo(db)
+        self.personas = PersonaRepo(db)
 
     def __repr__(self) -> str:
         return repr(self.db)
@@ -72,6 +75,15 @@ class Storage:
     def lock(self, key: str) -> AbstractAsyncContextManager[Any]:
         """A lock held by one holder at a time across every process (see ``Database.lock``)."""
         return self.db.lock(key)
+
+    def subscribe(self, channel: str, listener: ChangeListener) -> None:
+        """``listener(payload)`` for every ``announce`` on ``channel``, by any process."""
+        self.db.subscribe(channel, listener)
+
+    async def announce(self, channel: str, payload: str) -> None:
+        """Tell every process sharing the storage (this one included)."""
+        async with self.db.transaction() as tx:
+            await tx.notify(channel, payload)
 
     def leadership(self, name: str) -> Leadership:
         return self.db.leadership(name)

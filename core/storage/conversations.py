@@ -20,10 +20,10 @@ _CONVERSATION_COLUMNS = (
     "id, owner_id, title, mode, account, model, client_id, external_ref, turn_count,"
     " created_utc, updated_utc"
 )
-_TURN_INSERT_VALUES = "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_TURN_INSERT_VALUES = "VALUES (" + ", ".join(["?"] * 15) + ")"
 _TURN_COLUMNS = (
     "id, conversation_id, parent_id, position, prompt, reply, model, upstream_id, prompt_utc,"
-    " reply_utc, duration_ms, input_tokens, output_tokens, exchange_json"
+    " reply_utc, duration_ms, input_tokens, output_tokens, exchange_json, stopped"
 )
 # An attachment already stored (the same bytes, sent again) is kept as it is.
 _ATTACHMENT_INSERT = (
@@ -39,7 +39,9 @@ def _conversation(row: Row) -> Conversation:
 
 
 def _turn(row: Row) -> Turn:
-    return Turn(**{key: row[key] for key in row.keys()})  # noqa: SIM118
+    fields = {key: row[key] for key in row.keys()}  # noqa: SIM118
+    fields["stopped"] = bool(fields.get("stopped"))  # SQLite answers 0 or 1
+    return Turn(**fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +91,7 @@ def _usage_params(u: UsageRecord) -> tuple[Any, ...]:
 def _turn_params(t: Turn) -> tuple[Any, ...]:
     return (t.id, t.conversation_id, t.parent_id, t.position, t.prompt, t.reply, t.model,
             t.upstream_id, t.prompt_utc, t.reply_utc, t.duration_ms, t.input_tokens,
-            t.output_tokens, t.exchange_json)
+            t.output_tokens, t.exchange_json, t.stopped)
 
 
 def _attachment_statements(turn: Turn, attachments: Sequence[Attachment],
@@ -246,6 +248,19 @@ class ConversationRepo:
             # The turn's position was taken: another process answered this conversation
             # without its lock (never by this gateway's own code path).
             raise Conflict(f"could not store the turn: {exc}") from None
+
+    async def replace_last_turn(self, old: Turn, turn: Turn, usage: UsageRecord,
+                                extra: Sequence[Statement] = ()) -> bool:
+        """Put ``turn`` in the place of ``old`` (a regenerated answer), in one transaction.
+        False when ``old`` is no longer there (removed meanwhile)."""
+        return await self.db.write([
+            ("DELETE FROM turns WHERE id = ?", (old.id,)),
+            ("UPDATE conversations SET updated_utc = ? WHERE id = ?",
+             (turn.reply_utc, turn.conversation_id)),
+            (f"INSERT INTO turns ({_TURN_COLUMNS}) {_TURN_INSERT_VALUES}", _turn_params(turn)),
+            (_USAGE_INSERT, _usage_params(usage)),
+            *extra,
+        ], guarded=True)
 
     async def replace_title(self, conversation_id: str, old: str, new: str) -> None:
         """The title, unless it changed since it was ``old`` (core/title_batch.py)."""

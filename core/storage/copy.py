@@ -29,7 +29,7 @@ TABLES: list[tuple[str, list[str]]] = [
                        "external_ref", "turn_count", "created_utc", "updated_utc", "seq"]),
     ("turns", ["id", "conversation_id", "parent_id", "position", "prompt", "reply", "model",
                "upstream_id", "prompt_utc", "reply_utc", "duration_ms", "input_tokens",
-               "output_tokens", "exchange_json"]),
+               "output_tokens", "exchange_json", "stopped"]),
     ("attachments", ["sha256", "mime_type", "size_bytes", "data", "created_utc"]),
     ("turn_attachments", ["turn_id", "sha256"]),
     ("usage", ["id", "principal_id", "client_id", "conversation_id", "account", "model",
@@ -39,8 +39,9 @@ TABLES: list[tuple[str, list[str]]] = [
                       "created_utc", "expires_utc"]),
     ("account_state", ["name", "cooling_until", "cooling_reason", "out_reason", "updated_utc",
                        "version"]),
+    ("personas", ["client_id", "channel_ref", "label", "system_prompt", "updated_utc"]),
 ]
-BOOLEAN = {("principals", "plus")}
+BOOLEAN = {("principals", "plus"), ("turns", "stopped")}
 IDENTITIES = [("principals", "id"), ("conversations", "seq"), ("usage", "id")]
 
 Progress = Callable[[str], None]

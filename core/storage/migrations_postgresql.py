@@ -192,4 +192,19 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX turn_attachments_sha256 ON turn_attachments(sha256);
         """,
     ),
+    (
+        # Issue 13: a system prompt per channel of a client; turns the member stopped.
+        "0006_personas",
+        """
+        CREATE TABLE personas (
+            client_id       BIGINT NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+            channel_ref     TEXT NOT NULL,
+            label           TEXT NOT NULL,
+            system_prompt   TEXT NOT NULL,
+            updated_utc     TEXT NOT NULL,
+            PRIMARY KEY (client_id, channel_ref)
+        );
+        ALTER TABLE turns ADD COLUMN stopped BOOLEAN NOT NULL DEFAULT FALSE;
+        """,
+    ),
 ]

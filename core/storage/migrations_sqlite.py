@@ -179,4 +179,21 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX turn_attachments_sha256 ON turn_attachments(sha256);
         """,
     ),
+    (
+        # Issue 13. personas: a system prompt per channel of a client (the Discord bot's
+        # channels), added after the organisation's own for conversations there. A turn whose
+        # reply the member stopped keeps what arrived, marked ``stopped``.
+        "0006_personas",
+        """
+        CREATE TABLE personas (
+            client_id       INTEGER NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+            channel_ref     TEXT NOT NULL,
+            label           TEXT NOT NULL,
+            system_prompt   TEXT NOT NULL,
+            updated_utc     TEXT NOT NULL,
+            PRIMARY KEY (client_id, channel_ref)
+        );
+        ALTER TABLE turns ADD COLUMN stopped INTEGER NOT NULL DEFAULT 0;
+        """,
+    ),
 ]

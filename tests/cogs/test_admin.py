@@ -16,12 +16,14 @@ SUBCOMMANDS: list[tuple[str, dict[str, Any]]] = [
     ("users", {}), ("plus", {"member": ANN, "enabled": True}), ("remove", {"member": ANN}),
     ("accounts", {}), ("audit", {"member": ANN}), ("stats", {}), ("usage", {}),
     ("limit", {"member": ANN, "kind": "tokens_per_day", "value": "0"}),
+    ("persona set", {"channel": GENERAL, "text": "Be a pirate."}),
+    ("persona clear", {"channel": GENERAL}), ("persona list", {}),
 ]
 
 
-async def admin(h: Harness, sub: str, *, user: int = ADMIN, channel: int = ADMIN_CHANNEL,
+async def admin(h: Harness, sub: str, *, user: int = ADMIN, where: int = ADMIN_CHANNEL,
                 **options: Any) -> str:
-    interaction = await h.fake.slash("admin", sub, user=user, channel=channel, **options)
+    interaction = await h.fake.slash("admin", sub, user=user, channel=where, options=options)
     await h.settle()
     assert interaction.callbacks[0]["data"]["flags"] == EPHEMERAL
     return h.answer(interaction)
@@ -31,11 +33,11 @@ async def admin(h: Harness, sub: str, *, user: int = ADMIN, channel: int = ADMIN
 async def test_admin_is_refused_to_members_and_outside_the_admin_channel(
         h: Harness, sub: str, options: dict[str, Any]) -> None:
     await h.chat("so that Ann exists")
-    member = await h.fake.slash("admin", sub, user=BOB, channel=ADMIN_CHANNEL, **options)
+    member = await h.fake.slash("admin", sub, user=BOB, channel=ADMIN_CHANNEL, options=options)
     assert member.callbacks[0]["type"] == 4  # at once, before any work
     assert member.callbacks[0]["data"]["content"] == "Only the bot's admins may use /admin."
     assert member.callbacks[0]["data"]["flags"] == EPHEMERAL
-    elsewhere = await h.fake.slash("admin", sub, user=ADMIN, channel=GENERAL, **options)
+    elsewhere = await h.fake.slash("admin", sub, user=ADMIN, channel=GENERAL, options=options)
     assert elsewhere.callbacks[0]["type"] == 4
     assert elsewhere.callbacks[0]["data"]["content"] == (
         f"Admin commands work only in <#{ADMIN_CHANNEL}>.")
@@ -164,3 +166,31 @@ async def test_stats_counts_the_bots_members_usage(h: Harness) -> None:
         "Accounts: 2 healthy, 0 cooling, 0 out",
     ]
     assert text.splitlines()[2].startswith("Requests: 2 (0 failed) · Tokens:")
+
+
+async def test_a_channel_persona_reaches_the_model_after_the_organisations_prompt(
+        make_harness: Any) -> None:
+    async with make_harness(chat={"system_prompt": "Be brief."}) as h:
+        said = await admin(h, "persona set", channel=GENERAL, text="You are a *pirate*.")
+        assert said.startswith(f"Conversations in <#{GENERAL}> now follow this persona")
+        assert "> You are a \\*pirate\\*." in said
+        listed = await admin(h, "persona list")
+        assert listed.startswith(f"<#{GENERAL}> · set ")
+        stored = await h.gateway.personas(h.bot.client_principal)
+        assert [(p.channel_ref, p.label) for p in stored] == [(str(GENERAL), "#general")]
+
+        thread_id = int((await h.chat("Ahoy?")).original_id or 0)
+        await h.fake.user_says(thread_id, "more", user=ANN)
+        await h.settle()
+        upstream = h.upstreams["A"]
+        systems = [r.messages[0] for r in upstream.chat_requests(titles=False)]
+        assert systems == [{"role": "system",
+                            "content": "Be brief.\n\nYou are a *pirate*."}] * 2
+
+        assert await admin(h, "persona clear", channel=GENERAL) == \
+            f"<#{GENERAL}> has no persona any more."
+        await h.chat("Plain now?")
+        assert upstream.chat_requests(titles=False)[-1].messages[0] == {
+            "role": "system", "content": "Be brief."}
+        assert "has no persona" in await admin(h, "persona clear", channel=GENERAL)
+        assert "No channel has a persona" in await admin(h, "persona list")

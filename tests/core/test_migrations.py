@@ -62,6 +62,7 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, int, int]]] = {
         ("input_tokens", "INTEGER", 0, 0),
         ("output_tokens", "INTEGER", 0, 0),
         ("exchange_json", "TEXT", 0, 0),
+        ("stopped", "INTEGER", 1, 0),
     ],
     "attachments": [
         ("sha256", "TEXT", 0, 1),
@@ -125,6 +126,13 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, int, int]]] = {
         ("budget_limit", "REAL", 1, 0),
         ("created_utc", "TEXT", 1, 0),
         ("delivered_utc", "TEXT", 0, 0),
+    ],
+    "personas": [
+        ("client_id", "INTEGER", 1, 1),
+        ("channel_ref", "TEXT", 1, 2),
+        ("label", "TEXT", 1, 0),
+        ("system_prompt", "TEXT", 1, 0),
+        ("updated_utc", "TEXT", 1, 0),
     ],
 }
 
@@ -197,6 +205,7 @@ async def test_blank_database_gets_exactly_the_schema(tmp_path: Path) -> None:
             ("budget_alerts", "scope_id", "principals", "CASCADE"),
             ("turn_attachments", "turn_id", "turns", "CASCADE"),
             ("turn_attachments", "sha256", "attachments", "NO ACTION"),
+            ("personas", "client_id", "principals", "CASCADE"),
         }
 
         recorded = db.execute(

@@ -51,6 +51,7 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("reply_utc", "text", "NO"), ("duration_ms", "integer", "NO"),
         ("input_tokens", "integer", "YES"), ("output_tokens", "integer", "YES"),
         ("exchange_json", "text", "YES"),
+        ("stopped", "boolean", "NO"),
     ],
     "attachments": [
         ("sha256", "text", "NO"), ("mime_type", "text", "NO"), ("size_bytes", "integer", "NO"),
@@ -91,6 +92,10 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("tokens", "bigint", "NO"), ("cost", "double precision", "NO"),
         ("expires", "double precision", "NO"),
     ],
+    "personas": [
+        ("client_id", "bigint", "NO"), ("channel_ref", "text", "NO"), ("label", "text", "NO"),
+        ("system_prompt", "text", "NO"), ("updated_utc", "text", "NO"),
+    ],
 }
 EXPECTED_INDEXES = {
     "principals_client", "principals_admin_external", "conversations_owner_updated",
@@ -112,6 +117,7 @@ EXPECTED_UNIQUE = {
     ("budget_alerts", ("scope_id", "budget", "period", "threshold")),
     ("budget_holds", ("id", "scope_id", "period")),
     ("attachments", ("sha256",)), ("turn_attachments", ("turn_id", "sha256")),
+    ("personas", ("client_id", "channel_ref")),
 }
 EXPECTED_FOREIGN_KEYS = {
     ("principals", "client_id", "principals", "CASCADE"),
@@ -124,6 +130,7 @@ EXPECTED_FOREIGN_KEYS = {
     ("budget_alerts", "scope_id", "principals", "CASCADE"),
     ("turn_attachments", "turn_id", "turns", "CASCADE"),
     ("turn_attachments", "sha256", "attachments", "NO ACTION"),
+    ("personas", "client_id", "principals", "CASCADE"),
 }
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "Hang",
     "Headers",
     "Hold",
+    "Pause",
     "RecordedRequest",
     "Reply",
     "Status",
@@ -183,8 +184,19 @@ class Hold:
     then: Behaviour | str | None = None
 
 
+@dataclass(frozen=True, eq=False)
+class Pause:
+    """Stream the first ``after_chunks`` chunks of ``text``, wait until the test sets ``gate``
+    (or ``stop()``), then stream the rest, as a model that pauses mid-answer. A client that
+    hung up meanwhile makes the rest fail to write: counted in ``FakeUpstream.hung_up``."""
+
+    text: str
+    gate: asyncio.Event
+    after_chunks: int = 2
+
+
 Behaviour: TypeAlias = (Reply | Status | Hang | StreamBreak | Garbage | Delay | Hold | Flood
-                        | ToolCalls)
+                        | ToolCalls | Pause)
 """Anything ``enqueue()`` accepts (a plain ``str`` is shorthand for ``Reply(str)``)."""
 
 
@@ -378,6 +390,8 @@ class FakeUpstream:
         """The most chat requests ever answered at once: what a concurrency limit must bound."""
         self.flood_sent = 0
         """Bytes of ``Flood`` bodies written before the client stopped reading."""
+        self.hung_up = 0
+        """Streams the client closed before they were complete (``Pause``)."""
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
 
@@ -799,14 +813,10 @@ class FakeUpstream:
             )
         if isinstance(behaviour, Flood):
             return await self._flood(request, behaviour)
+        if isinstance(behaviour, Pause):
+            return await self._pause(request, recorded, behaviour)
         if isinstance(behaviour, Hold):
-            waits = [asyncio.ensure_future(behaviour.gate.wait()),
-                     asyncio.ensure_future(self._stopping.wait())]
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for waiting in waits:
-                    waiting.cancel()
+            await self._until_open(behaviour.gate)
             if self._stopping.is_set():
                 return _drop(request)
             return await self._perform(request, recorded, behaviour.then)
@@ -882,6 +892,39 @@ class FakeUpstream:
             await _send(resp, chunk.usage(self._usage(recorded, reply)))
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
+        return resp
+
+    async def _until_open(self, gate: asyncio.Event) -> None:
+        """Wait until the test sets ``gate`` or the fake stops."""
+        waits = [asyncio.ensure_future(gate.wait()),
+                 asyncio.ensure_future(self._stopping.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+
+    async def _pause(self, request: web.Request, recorded: RecordedRequest,
+                     pause: Pause) -> web.StreamResponse:
+        chunk = _ChunkFactory(self._model_for(recorded), recorded.include_usage)
+        resp = await self._start_stream(request)
+        pieces = split_deltas(pause.text)
+        await _send(resp, chunk.delta({"role": "assistant", "content": ""}))
+        for piece in pieces[: pause.after_chunks]:
+            await _send(resp, chunk.delta({"content": piece}))
+        await self._until_open(pause.gate)
+        if self._stopping.is_set():
+            return _drop(request, resp)
+        try:
+            for piece in pieces[pause.after_chunks:]:
+                await _send(resp, chunk.delta({"content": piece}))
+            await _send(resp, chunk.delta({}, finish_reason="stop"))
+            if recorded.include_usage:
+                await _send(resp, chunk.usage(self._usage(recorded, Reply(pause.text))))
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+        except ConnectionError:
+            self.hung_up += 1
         return resp
 
     async def _flood(self, request: web.Request, flood: Flood) -> web.StreamResponse:

@@ -218,3 +218,55 @@ async def test_accounts_show_health_and_can_be_taken_out(
     await expect(page.locator("#account-A")).to_contain_text("taken out by an admin")
     await page.locator("#account-A").get_by_role("button", name="Enable").click()
     await expect(page.locator("#account-A .health-healthy")).to_have_text("healthy")
+
+
+async def test_admin_sees_and_edits_channel_personas(ui: Ui, gateway: Gateway,
+                                                     admin_key: str) -> None:
+    bot = await gateway.ensure_client("discord-bot")
+    await gateway.set_persona(bot, "777", "You are a pirate.", label="#sea")
+    page = ui.page
+    await ui.sign_in(admin_key, start="/login?next=/admin/personas", lands="/admin/personas")
+
+    row = page.locator("tr", has_text="#sea")
+    await expect(row).to_contain_text("discord-bot")
+    await expect(row.locator(".persona-text")).to_have_text("You are a pirate.")
+    await row.get_by_text("Edit…").click()
+    await row.locator("textarea").fill("You are a polite pirate.\nSay arr.")
+    await row.get_by_role("button", name="Save").click()
+    await expect(page.locator(".flash-ok")).to_contain_text("Saved the persona of #sea")
+    (stored,) = await gateway.personas(bot)
+    assert stored.system_prompt == "You are a polite pirate.\nSay arr."
+
+    await page.select_option("#persona-client", label="discord-bot")
+    await page.fill("#persona-channel", "888")
+    await page.fill("#persona-label", "#help")
+    await page.fill("#persona-text", "   ")
+    await page.click("#persona-submit")
+    await expect(page.locator("#persona-error")).to_contain_text("needs a system prompt")
+    await expect(page.locator("#persona-channel")).to_have_value("888")  # kept
+    await page.fill("#persona-text", "Answer help questions.")
+    await page.click("#persona-submit")
+    await expect(page.locator("tr", has_text="#help")).to_have_count(1)
+
+    await page.locator("tr", has_text="#sea").get_by_role("button", name="Clear").click()
+    await expect(page.locator(".flash-ok")).to_contain_text("Cleared the persona")
+    assert [p.channel_ref for p in await gateway.personas(bot)] == ["888"]
+    assert ui.csp_violations() == []
+
+
+async def test_a_client_sees_only_its_own_personas(ui: Ui, gateway: Gateway,
+                                                   admin_key: str) -> None:
+    other = await gateway.ensure_client("other-bot")
+    await gateway.set_persona(other, "1", "Not yours.", label="#elsewhere")
+    client_key = await make_key(gateway, admin_key, "discord-bot", role="client")
+    page = ui.page
+    await ui.sign_in(client_key, start="/login?next=/admin/personas", lands="/admin/personas")
+    await expect(page.locator("#persona-client")).to_have_count(0)
+    await expect(page.locator("tr", has_text="#elsewhere")).to_have_count(0)
+    await page.fill("#persona-channel", "42")
+    await page.fill("#persona-text", "Mine.")
+    await page.click("#persona-submit")
+    await expect(page.locator("tr", has_text="42")).to_contain_text("Mine.")
+    client = await gateway.authenticate(client_key)
+    assert [(p.client_id, p.label) for p in await gateway.personas(client)] == [
+        (client.id, "42")]

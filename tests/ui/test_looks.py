@@ -131,6 +131,11 @@ async def test_pages_fit_and_follow_the_colour_scheme(
     await page.goto("/admin/usage")
     await expect(page.locator("svg#chart-tokens g.day rect")).to_have_count(2)
     await camera.check("admin-usage", full_page=True)
+    bot = await gateway.ensure_client("discord-bot")
+    await gateway.set_persona(bot, "900000000000000020", "You are a helpful pirate. " * 12,
+                              label="#general")
+    await page.goto("/admin/personas")
+    await camera.check("admin-personas", full_page=True)
 
 
 async def test_the_phone_top_bar_names_who_is_signed_in(

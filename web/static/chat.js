@@ -23,8 +23,11 @@
   var search = document.getElementById("conversation-search");
   var toggle = document.getElementById("sidebar-toggle");
   var scrim = document.getElementById("scrim");
+  var attachInput = document.getElementById("attach");
+  var chips = document.getElementById("attachments");
   var STICK_PX = 80;
   var busy = false;
+  var attached = [];  // File objects for the next message, shown as chips
 
   // ---------------------------------------------------------------- conversation list
 
@@ -139,6 +142,10 @@
   turns.addEventListener("click", function (event) {
     var seg = event.target.closest(".seg");
     if (seg) showAs(seg.closest(".turn"), seg.dataset.show);
+    var turn = event.target.closest(".turn");
+    if (event.target.closest(".act-stop")) stopReply(turn);
+    else if (event.target.closest(".act-regenerate")) regenerate(turn);
+    else if (event.target.closest(".act-continue")) goOn();
   });
 
   // A copy button on every code block of a finished reply.
@@ -200,12 +207,13 @@
   function finish(turn, data) {
     var reply = data.json;
     turn.id = "turn-" + reply.message.id;
+    turn.dataset.messageId = reply.message.id;
     turn.classList.remove("streaming");
     turn.classList.add("done");
     turn.querySelector(".reply-body").innerHTML = data.html;
     turn.querySelector(".json-text").textContent = JSON.stringify(reply, null, 2);
     var meta = turn.querySelector(".meta");
-    var parts = [reply.model];
+    var parts = reply.stopped ? ["stopped", reply.model] : [reply.model];
     if (reply.usage && reply.usage.total_tokens !== null && reply.usage.total_tokens !== undefined) {
       parts.push(reply.usage.total_tokens + " tokens");
     }
@@ -276,7 +284,7 @@
     if (!ended) throw new Error("the stream ended early");
   }
 
-  function handlersFor(turn) {
+  function handlersFor(turn, again) {
     var body = turn.querySelector(".reply-body");
     var link = null;
     var failed = null;
@@ -284,13 +292,13 @@
     var streamed = null;  // appends a delta to the reply as it streams (streamInto)
     var created = false;
     var before = { url: location.href, title: title.textContent, doc: document.title };
-    var tier = form.querySelector("label.tier, span.tier:not(#follow-note)");
+    var tiers = form.querySelectorAll("label.tier, span.tier:not(#follow-note)");
     var note = document.getElementById("follow-note");
     function lockTier(locked, account) {
-      if (tier) {
+      tiers.forEach(function (tier) {
         tier.hidden = locked;
         tier.querySelectorAll("select, input").forEach(function (el) { el.disabled = locked; });
-      }
+      });
       if (note) {
         note.textContent = locked ? "Follow-ups stay on " + (account || "your own key") + "." : "";
         note.hidden = !locked;
@@ -298,6 +306,8 @@
     }
     return {
       start: function (data) {
+        turn.dataset.messageId = data.message_id;
+        if (data.refused && data.refused.length) showError(data.refused.join(" "));
         conversationInput.value = data.conversation_id;
         created = data.is_new_conversation;
         if (created) {
@@ -318,7 +328,7 @@
         keepingPlace(function () { finish(turn, data); });
         // The title may have come only now (a late title gives way to one cut from the prompt).
         setTitle(data.title, link);
-        if (link) countTurn(link, data.json.message.create_time);
+        if (link && !again) countTurn(link, data.json.message.create_time);
       },
       error: function (data) { failed = data; },
       get failed() { return failed; },
@@ -342,19 +352,90 @@
     prompt.style.height = Math.min(prompt.scrollHeight + 2, window.innerHeight * 0.4) + "px";
   }
 
+  // ---------------------------------------------------------------- attachments
+
+  function showChips() {
+    chips.replaceChildren();
+    attached.forEach(function (file, index) {
+      var chip = document.createElement("li");
+      chip.className = "chip";
+      var name = document.createElement("span");
+      name.className = "chip-name";
+      name.textContent = file.name;
+      name.title = file.name + " · " + file.size + " bytes";
+      var remove = document.createElement("button");
+      remove.type = "button";
+      remove.textContent = "×";
+      remove.setAttribute("aria-label", "Remove " + file.name);
+      remove.addEventListener("click", function () {
+        attached.splice(index, 1);
+        showChips();
+      });
+      chip.append(name, remove);
+      chips.append(chip);
+    });
+    chips.hidden = attached.length === 0;
+  }
+
+  function attach(files) {
+    Array.prototype.forEach.call(files, function (file) { attached.push(file); });
+    showChips();
+  }
+
+  if (attachInput && chips) {
+    attachInput.addEventListener("change", function () {
+      attach(attachInput.files);
+      attachInput.value = "";  // the chips hold them now
+    });
+    form.addEventListener("dragover", function (event) {
+      if (event.dataTransfer && Array.prototype.indexOf.call(event.dataTransfer.types, "Files") !== -1) {
+        event.preventDefault();
+        form.classList.add("dropping");
+      }
+    });
+    form.addEventListener("dragleave", function () { form.classList.remove("dropping"); });
+    form.addEventListener("drop", function (event) {
+      form.classList.remove("dropping");
+      if (event.dataTransfer && event.dataTransfer.files.length) {
+        event.preventDefault();
+        attach(event.dataTransfer.files);
+      }
+    });
+    prompt.addEventListener("paste", function (event) {
+      var files = event.clipboardData && event.clipboardData.files;
+      if (files && files.length) {
+        event.preventDefault();
+        attach(files);
+      }
+    });
+  }
+
   async function send(event) {
     event.preventDefault();
     if (busy) return;
     var text = prompt.value;
-    if (!text.trim()) { prompt.focus(); return; }
+    if (!text.trim() && !attached.length) { prompt.focus(); return; }
+    var fields = new FormData(form);
+    fields.delete("file");
+    attached.forEach(function (file) { fields.append("file", file, file.name); });
+    var shown = text + attached.map(function (file) { return "\nAttached: " + file.name; }).join("");
+    if (!attached.length) fields = new URLSearchParams(fields);
+    attached = [];
+    if (chips) showChips();
+    var turn = newTurn(shown);
+    prompt.value = "";
+    autosize();
+    await run(turn, fields, {
+      failed: function (problem, handlers) { fail(turn, problem, text, handlers); },
+    });
+  }
+
+  // One turn streamed into ``turn``: a new prompt, a regenerated answer or a continuation.
+  async function run(turn, fields, how) {
     busy = true;
     sendButton.disabled = true;
     errorBox.hidden = true;
-    var fields = new URLSearchParams(new FormData(form));
-    var turn = newTurn(text);
     var handlers = null;
-    prompt.value = "";
-    autosize();
     try {
       var response = await fetch(form.dataset.stream, {
         method: "POST",
@@ -364,19 +445,82 @@
       });
       var type = response.headers.get("Content-Type") || "";
       if (!response.ok || type.indexOf("text/event-stream") !== 0) {
-        fail(turn, await readError(response), text);
+        how.failed(await readError(response), null);
         return;
       }
-      handlers = handlersFor(turn);
+      handlers = handlersFor(turn, how.again);
       await readEvents(response.body, handlers);
-      if (handlers.failed) fail(turn, handlers.failed, text, handlers);
+      if (handlers.failed) how.failed(handlers.failed, handlers);
     } catch (err) {
-      fail(turn, { message: "The connection was lost before the reply ended. Nothing was saved; your message is back in the box." }, text, handlers);
+      how.failed({ message: "The connection was lost before the reply ended. Nothing was saved." }, handlers);
     } finally {
       busy = false;
       sendButton.disabled = false;
       prompt.focus();
     }
+  }
+
+  function turnFields(extra) {
+    var fields = new URLSearchParams();
+    fields.set("csrf_token", form.querySelector('input[name="csrf_token"]').value);
+    fields.set("conversation_id", conversationInput.value);
+    Object.keys(extra).forEach(function (name) { fields.set(name, extra[name]); });
+    return fields;
+  }
+
+  // Stop: the server stops the upstream call; the stream then ends with what arrived.
+  async function stopReply(turn) {
+    var id = turn && turn.dataset.messageId;
+    if (!id) return;
+    var fields = turnFields({ message_id: id });
+    fields.delete("conversation_id");
+    var response = await fetch(form.dataset.stop, {
+      method: "POST", body: fields, credentials: "same-origin",
+      headers: { "X-CSRF-Token": fields.get("csrf_token") },
+    });
+    if (!response.ok && response.status !== 404) showError((await readError(response)).message);
+  }
+
+  // Regenerate: a new answer to the last prompt streams in the old one's place; the old one
+  // comes back if the new one fails.
+  async function regenerate(turn) {
+    if (busy || !turn || !turn.dataset.messageId) return;
+    var body = turn.querySelector(".reply-body");
+    var meta = turn.querySelector(".meta");
+    // The old answer's nodes themselves, kept aside (with their copy buttons' listeners).
+    var old = { body: Array.from(body.childNodes), meta: Array.from(meta.childNodes),
+                json: turn.querySelector(".json-text").textContent, id: turn.id };
+    turn.classList.remove("done");
+    turn.classList.add("streaming");
+    var typing = document.createElement("span");
+    typing.className = "typing";
+    typing.setAttribute("aria-label", "Writing");
+    typing.append(document.createElement("i"), document.createElement("i"), document.createElement("i"));
+    body.replaceChildren(typing);
+    await run(turn, turnFields({ regenerate: turn.dataset.messageId }), {
+      again: true,
+      failed: function (problem) {
+        body.replaceChildren.apply(body, old.body);
+        meta.replaceChildren.apply(meta, old.meta);
+        turn.querySelector(".json-text").textContent = old.json;
+        turn.dataset.messageId = old.id.replace(/^turn-/, "");
+        turn.classList.remove("streaming");
+        turn.classList.add("done");
+        showError(problem.message || "The new answer failed; the earlier one stays.");
+      },
+    });
+  }
+
+  // Continue: a follow-up asking the model to go on.
+  async function goOn() {
+    if (busy || !conversationInput.value) return;
+    var turn = newTurn(form.dataset.continuePrompt);
+    await run(turn, turnFields({ "continue": "1" }), {
+      failed: function (problem, handlers) {
+        turn.remove();
+        showError(problem.message || "The reply failed.", problem.code === "signed_out");
+      },
+    });
   }
 
   if (form) {

@@ -9,7 +9,8 @@ and nothing loaded from another site.
     /usage                 the member's use this month, budgets and a chart per day
                            (``?user=REF``: a managed member's, for admins and clients)
     /access-token          access-token retrieval (email and password)
-    /admin/users, /admin/users/conversations, /admin/accounts   by role
+    /admin/users, /admin/users/conversations, /admin/accounts,
+    /admin/personas                                             by role
     /admin/usage, /admin/usage.csv   the usage dashboard and its CSV (admins, clients)
     /static/...            stylesheets, scripts, icon
 
@@ -47,6 +48,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/chat", chat.index),
     ("POST", "/chat", chat.send_form),
     ("POST", "/chat/stream", chat.stream),
+    ("POST", "/chat/stop", chat.stop),
     ("GET", "/chat/{conversation_id}", chat.conversation),
     ("GET", "/chat/{conversation_id}/attachments/{sha256}", chat.attachment),
     ("POST", "/chat/{conversation_id}/remove", chat.remove),
@@ -65,6 +67,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/admin/usage.csv", usage.csv_download),
     ("GET", "/admin/accounts", admin.accounts),
     ("POST", "/admin/accounts", admin.accounts_update),
+    ("GET", "/admin/personas", admin.personas),
+    ("POST", "/admin/personas", admin.personas_update),
 ]
 UI_PREFIXES = ("/chat", "/admin", "/own-key", "/usage", "/access-token", "/login", "/logout",
                "/static")

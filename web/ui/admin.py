@@ -263,3 +263,57 @@ async def accounts_update(request: web.Request) -> web.StreamResponse:
     else:
         await flash(request, "ok", f"Account {name} {action}d.")
     raise see_other("/admin/accounts")
+
+
+# --------------------------------------------------------------------------------- personas
+
+
+@page(roles=MANAGERS, refusal=NOT_A_MANAGER)
+async def personas(request: web.Request) -> web.StreamResponse:
+    return await personas_page(request)
+
+
+async def personas_page(request: web.Request, *, form_error: str | None = None,
+                        form_values: dict[str, str] | None = None,
+                        status: int = 200) -> web.Response:
+    """Channel personas: a client's own, every client's for an admin, each editable."""
+    viewer = signed_in(request).principal
+    gateway = request.app[GATEWAY]
+    clients = await gateway.clients(viewer) if viewer.is_admin else [viewer]
+    names = {client.id: client.name for client in clients}
+    return await render(request, "admin_personas.html", {
+        "section": "admin", "tab": "personas", "personas": await gateway.personas(viewer),
+        "clients": clients, "client_names": names, "form_error": form_error,
+        "form": form_values or {},
+    }, status=status)
+
+
+@page(roles=MANAGERS, refusal=NOT_A_MANAGER)
+async def personas_update(request: web.Request) -> web.StreamResponse:
+    """Set (``action=set``) or clear (``action=clear``) one channel's persona."""
+    viewer = signed_in(request).principal
+    gateway = request.app[GATEWAY]
+    form = await _form(request)
+    channel = form.get("channel", "").strip()[:MAX_ID_CHARS]
+    client_ref = form.get("client", "")
+    client_id = int(client_ref) if viewer.is_admin and _is_id(client_ref) else None
+    action = form.get("action", "")
+    try:
+        if action == "set":
+            persona = await gateway.set_persona(viewer, channel, form.get("system_prompt", ""),
+                                                label=form.get("label", "").strip() or None,
+                                                client_id=client_id)
+            message = f"Saved the persona of {persona.label}."
+        elif action == "clear":
+            await gateway.clear_persona(viewer, channel, client_id=client_id)
+            message = "Cleared the persona: that channel's new conversations have none."
+        else:
+            raise BadRequest(f"Unknown action {action!r}.", code="invalid_parameter")
+    except GatewayError as err:
+        if action == "set":
+            return await personas_page(request, form_error=err.message, form_values=form,
+                                       status=err.status)
+        await flash(request, "error", err.message)
+    else:
+        await flash(request, "ok", message)
+    raise see_other("/admin/personas")

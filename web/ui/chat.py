@@ -19,12 +19,15 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
+from aiohttp.web_request import FileField
 
-from core.chat import ChatRequest, ChatResult
-from core.errors import GatewayError
+from core.attachments import FileRefusal, TextFile, decode, refusal_before_reading, with_files
+from core.chat import ChatRequest, ChatResult, StartInfo
+from core.errors import BadRequest, GatewayError
 from core.exchange import Summary, summary
 from core.gateway import Gateway
 from core.models import Conversation, Principal, Turn
+from core.stopping import StopSignal
 
 from ..api import MAX_ID_CHARS, chat_request, enriched
 from ..inputs import read_form
@@ -69,8 +72,8 @@ def render_reply(text: str) -> str:
 
 
 def reply_json(result: ChatResult, owner: Principal) -> dict[str, Any]:
-    """The enriched JSON the API gives for this turn."""
-    return {"status": "success", **enriched(result, owner)}
+    """The enriched JSON the API gives for this turn (and whether its member stopped it)."""
+    return {"status": "success", **enriched(result, owner), "stopped": result.turn.stopped}
 
 
 def turn_views(conversation: Conversation, turns: list[Turn], owner: Principal) -> list[TurnView]:
@@ -134,6 +137,8 @@ async def chat_page(request: web.Request, conversation_id: str | None, *,
         "audit": audit,
         "user_ref": user_ref if audit else None,
         "tiers": tiers_for(viewer, gateway),
+        "models": gateway.model_menu(viewer),
+        "continue_prompt": gateway.settings.chat.continue_prompt,
         "prompt": prompt if prompt is not None else request.query.get("prompt", ""),
         "error": error,
     }, status=status)
@@ -185,11 +190,23 @@ INLINE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 # --------------------------------------------------------------------------------- sending
 
 
-async def _request(request: web.Request, viewer: Principal) -> ChatRequest:
+async def _request(request: web.Request, viewer: Principal) -> tuple[ChatRequest, list[str]]:
+    """The chat request of a form, with its attached text files read into the prompt; and
+    the notes on the files that were not read (which file, and why)."""
     form = await read_form(request)
     params = Params({name: value for name, value in form.items() if isinstance(value, str)
                      and name in ("prompt", "conversation_id", "plus")})
     chat_req = chat_request(params, endpoint="web")
+    files, refused = _files(form.getall("file", []),
+                            request.app[GATEWAY].settings.chat.max_text_file_bytes)
+    if files:
+        chat_req = dataclasses.replace(chat_req, prompt=with_files(chat_req.prompt or "", files))
+    model = form.get("model")
+    if isinstance(model, str) and model.strip() and not chat_req.conversation_id:
+        # The model decides the account: look in every tier the member may use.
+        chat_req = dataclasses.replace(
+            chat_req, model=model.strip()[:200],
+            plus="any" if viewer.plus or viewer.is_admin else chat_req.plus)
     if chat_req.conversation_id:
         gateway = request.app[GATEWAY]
         found = await gateway.conversation_for(viewer, chat_req.conversation_id)
@@ -198,14 +215,36 @@ async def _request(request: web.Request, viewer: Principal) -> ChatRequest:
             token = await gateway.own_key(viewer)
             if token:
                 chat_req = dataclasses.replace(chat_req, access_token=token)
-    return chat_req
+    return chat_req, refused
+
+
+def _files(fields: list[Any], limit: int) -> tuple[list[TextFile], list[str]]:
+    """The text files of a form, read; a note for each of the others."""
+    files: list[TextFile] = []
+    refused: list[str] = []
+    for field in fields:
+        if not isinstance(field, FileField) or not field.filename:
+            continue
+        size = field.file.seek(0, 2)
+        field.file.seek(0)
+        outcome: TextFile | FileRefusal | None = refusal_before_reading(
+            field.filename, field.content_type, size, limit)
+        if outcome is None:
+            outcome = decode(field.filename, field.file.read(limit + 1), limit)
+        if isinstance(outcome, TextFile):
+            files.append(outcome)
+        else:
+            refused.append(str(outcome))
+    return files, refused
 
 
 @page()
 async def send_form(request: web.Request) -> web.StreamResponse:
     """Without JavaScript: the whole reply, then the conversation page."""
     viewer = signed_in(request).principal
-    chat_req = await _request(request, viewer)
+    chat_req, refused = await _request(request, viewer)
+    if refused:
+        await flash(request, "error", " ".join(refused))
     try:
         result = await request.app[GATEWAY].chat(viewer, chat_req)
     except GatewayError as err:
@@ -214,14 +253,62 @@ async def send_form(request: web.Request) -> web.StreamResponse:
     raise see_other(f"/chat/{quote(result.conversation.id)}")
 
 
+class StoppableStream(EventStream):
+    """The turn's events, and its entry in ``WRITING`` while it is written, so that its
+    Stop button (``POST /chat/stop``) finds it."""
+
+    def __init__(self, request: web.Request, viewer: Principal) -> None:
+        super().__init__(request, SECURITY_HEADERS)
+        self.viewer = viewer
+        self.stop = StopSignal()
+        self.message_id: str | None = None
+        self.refused: list[str] = []
+        """Notes on the attached files that were not read, sent with ``start``."""
+
+    async def started(self, info: StartInfo) -> None:
+        await super().started(info)
+        if self.refused:
+            self.start["refused"] = self.refused
+        stops = self.request.app[GATEWAY].stops
+        if self.message_id is not None:
+            stops.done(self.message_id)  # a retry on another account
+        self.message_id = info.message_id
+        stops.writing(info.message_id, self.viewer.id, self.stop)
+
+    def done(self) -> None:
+        if self.message_id is not None:
+            self.request.app[GATEWAY].stops.done(self.message_id)
+
+
 @page(json_errors=True)
 async def stream(request: web.Request) -> web.StreamResponse:
     viewer = signed_in(request).principal
-    chat_req = await _request(request, viewer)
+    gateway = request.app[GATEWAY]
     # The turn as server-sent events for chat.js: ``start``, ``delta`` (new text), ``title``,
-    # then ``done`` (with the rendered reply) or ``error``.
-    listener = EventStream(request, SECURITY_HEADERS)
-    result = await listener.run(request.app[GATEWAY].chat(viewer, chat_req, listener))
+    # then ``done`` (with the rendered reply) or ``error``. ``regenerate`` (a turn id) asks the
+    # last prompt again in that turn's place; ``continue`` asks the model to go on.
+    form = await read_form(request)
+    again, more = form.get("regenerate"), form.get("continue")
+    listener = StoppableStream(request, viewer)
+    cid = form.get("conversation_id")
+    if (again or more) and not (isinstance(cid, str) and cid):
+        raise BadRequest("conversation_id is required", code="missing_parameter")
+    try:
+        if isinstance(again, str) and again:
+            assert isinstance(cid, str)
+            turn = gateway.regenerate(viewer, cid, again[:MAX_ID_CHARS], listener=listener,
+                                      stop=listener.stop, endpoint="web")
+        elif more:
+            assert isinstance(cid, str)
+            turn = gateway.continue_reply(viewer, cid, listener=listener, stop=listener.stop,
+                                          endpoint="web")
+        else:
+            chat_req, listener.refused = await _request(request, viewer)
+            chat_req = dataclasses.replace(chat_req, stop=listener.stop)
+            turn = gateway.chat(viewer, chat_req, listener)
+        result = await listener.run(turn)
+    finally:
+        listener.done()
     if result is not None:
         await listener.send("done", {
             "json": reply_json(result, viewer),
@@ -229,6 +316,19 @@ async def stream(request: web.Request) -> web.StreamResponse:
             "title": result.conversation.title,
         })
     return listener.response
+
+
+@page(json_errors=True)
+async def stop(request: web.Request) -> web.StreamResponse:
+    """Stop one of the member's replies being written (by any process): what arrived is
+    stored, marked stopped, and its stream ends with ``done`` as usual."""
+    viewer = signed_in(request).principal
+    form = await read_form(request)
+    message_id = form.get("message_id")
+    if not isinstance(message_id, str) or not message_id:
+        raise BadRequest("message_id is required", code="missing_parameter")
+    await request.app[GATEWAY].stop_reply(viewer, message_id[:MAX_ID_CHARS])
+    return web.json_response({"status": "success", "stopped": message_id})
 
 
 # --------------------------------------------------------------------------------- removal
