@@ -87,6 +87,9 @@ async def test_chat_account_new_and_continued_response(
         model="model-a", input="And then?", previous_response_id=first.id)
     assert second.previous_response_id == first.id
     assert other.chat_requests() == []
+    kept = await setup.client.responses.retrieve(second.id)
+    assert (kept.id, kept.output_text, kept.previous_response_id) == (
+        second.id, second.output_text, first.id)
     sent = served.chat_requests()[-1].messages
     assert sent == [{"role": "system", "content": "Be brief."},
                     {"role": "user", "content": "Hello there"},
