@@ -6,12 +6,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config.toml
 
-.PHONY: run test lint typecheck browser clean help bench bench-quick
+.PHONY: run test lint typecheck browser clean help bench bench-quick bench-instructions
 
 help:
 	@echo "make run    - install and start the gateway (CONFIG=$(CONFIG))"
 	@echo "make test   - install dev tools, run ruff, mypy and the test suite"
 	@echo "make bench  - the benchmark (bench-quick: a < 1 minute check that it runs)"
+	@echo "make bench-instructions - instructions per request under callgrind (~10 min)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +72,11 @@ bench: $(VENV)/.runtime
 
 bench-quick: $(VENV)/.runtime
 	$(BIN)/python -m bench.run --quick
+
+# Instructions per request under valgrind's callgrind, gateway beside the bare forwarders: a
+# figure that does not move with the machine's load, to judge a change by (issue 14).
+bench-instructions: $(VENV)/.runtime
+	$(BIN)/python -m bench.instructions
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

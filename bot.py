@@ -20,13 +20,15 @@ import logging.handlers
 import queue
 import signal
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
+from core import event_loop
 from core.config import ConfigError, Settings, load_settings
 from core.errors import GatewayError
 from core.gateway import Gateway, build_gateway
 from core.leadership import while_leading
 from core.local_model import LocalModelError, LocalModelServer, needs_local_model
+from core.log_batch import BatchingHandler, BatchListener, BatchWriter
 from core.storage import StorageError
 from core.storage.copy import copy_sqlite_to_postgres
 from core.storage.postgres import safe_url
@@ -122,7 +124,8 @@ async def run_fronts(gateway: Gateway, settings: Settings) -> int:
     server = EdgeServer(create_app(gateway), settings.server)
     await server.start()
     for address in server.addresses:
-        log.info("gateway listening on http://%s:%s", *address[:2])
+        log.info("gateway listening on http://%s:%s (%s event loop)", *address[:2],
+                 event_loop.loop_name(settings.server.event_loop))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -184,31 +187,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def configure_logging(level: str, stream: TextIO | None = None) -> logging.handlers.QueueListener:
     """Log lines are formatted and written by a thread of their own: the event loop only
-    queues them. Under load, three lines a request written from the loop (two upstream calls
-    and the access log) took a quarter of the gateway's time (bench/, py-spy)."""
+    collects them, and hands them over once a turn of the loop (core/log_batch). Under load,
+    the lines of each request written from the loop took a quarter of the gateway's time, and
+    handed over one by one, a wake-up of the writing thread each (bench/)."""
     # Our format names no file or line, so skip the stack walk that finds them for each record.
     logging._srcfile = None
     logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    writer = BatchWriter(stream or sys.stderr)
+    writer.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     # Keys masked in every line, whatever logged it (aiohttp logs a request it cannot parse
     # with its raw header lines), on the writing thread rather than the event loop.
-    handler.addFilter(SecretFilter())
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    writer.addFilter(SecretFilter())
+    records: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    handler = BatchingHandler(records)
     root = logging.getLogger()
     root.setLevel(level)
-    root.addHandler(_QueueWithoutFormatting(records))
-    listener = logging.handlers.QueueListener(records, handler)
+    root.addHandler(handler)
+    listener = BatchListener(records, handler, writer)
     listener.start()
     return listener
-
-
-class _QueueWithoutFormatting(logging.handlers.QueueHandler):
-    """QueueHandler formats each record before queueing it, on the event loop; ours leaves
-    that to the listener's thread. Safe here: log arguments are strings and numbers."""
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        return record
 
 
 def run(args: argparse.Namespace) -> int:
@@ -229,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.command == "invite-url":
             return print_invite_url(args.application_id or settings.discord.application_id)
         else:
-            return asyncio.run(serve(settings))
+            return event_loop.run(serve(settings), settings.server.event_loop)
     except (ConfigError, StorageError) as exc:
         # A database that cannot be reached or used, a missing shared secret: the operator's
         # to fix, said in one line rather than a traceback.

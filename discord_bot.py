@@ -32,7 +32,8 @@ from core.models import Conversation, Principal
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.chat", "cogs.conversations", "cogs.keys", "cogs.admin")
+EXTENSIONS = ("cogs.chat", "cogs.conversations", "cogs.keys", "cogs.usage", "cogs.admin",
+              "cogs.budget_alerts")
 HANDLER_TASKS = ("CommandTree-invoker", "discord.py: ", "discord-ui-view-dispatch",
                  "discord-ui-modal-dispatch", "gwbot: ")
 """Names of the tasks in which discord.py 2.7 and this bot handle events."""

@@ -1,11 +1,12 @@
 """The bare forwarder: the smallest aiohttp proxy, with no auth, no storage and no logging.
 
-    python -m bench.forwarder --upstream http://127.0.0.1:PORT [--port 0]
+    python -m bench.forwarder --upstream http://127.0.0.1:PORT [--port 0] [--uvloop]
 
 Every request is passed to the upstream (same method, path, body, Content-Type and
 Authorization) and the answer is passed back: read whole, or, for ``text/event-stream``, chunk by
 chunk as it arrives. It is the practical limit for one Python hop on this machine, the yardstick
-the gateway is compared with. Prints ``READY <port>`` once it listens; stops on SIGTERM/SIGINT.
+the gateway is compared with. ``--uvloop`` runs it on uvloop's event loop: the faster yardstick
+the targets of issue 14 name. Prints ``READY <port>`` once it listens; stops on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -73,10 +74,16 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--upstream", required=True, help="e.g. http://127.0.0.1:9000")
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop's event loop")
     args = parser.parse_args()
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         parser.error("the forwarder listens on the loopback interface only")
-    asyncio.run(serve(args.host, args.port, args.upstream))
+    if args.uvloop:
+        import uvloop
+
+        uvloop.run(serve(args.host, args.port, args.upstream))
+    else:
+        asyncio.run(serve(args.host, args.port, args.upstream))
 
 
 if __name__ == "__main__":

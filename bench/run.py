@@ -57,6 +57,8 @@ HOST = "127.0.0.1"
 MODEL = "bench-model"
 CHAT_PATH = "/api/chat"
 V1_PATH = "/v1/chat/completions"
+ADDED_P50_MS, ADDED_P99_MS = 0.7, 2.0
+"""Added latency at concurrency 1 (issue 14's targets; issue 6 asked 1 and 3 ms)."""
 
 
 # ------------------------------------------------------------------------------- settings
@@ -217,11 +219,15 @@ def start_stub(tmp: Path, args: argparse.Namespace) -> tuple[Child, int]:
     return child, port
 
 
-def start_forwarder(tmp: Path, stub_port: int, name: str = "forwarder") -> tuple[Child, int]:
+def start_forwarder(tmp: Path, stub_port: int, name: str = "forwarder", *,
+                    uvloop: bool = False, launcher: tuple[str, ...] = (),
+                    timeout: float = 30.0) -> tuple[Child, int]:
+    """The bare forwarder (on uvloop's loop with ``uvloop``), run by ``launcher`` (valgrind)."""
     port = free_port()
-    child = Child(name, [PY, "-m", "bench.forwarder", "--port", str(port),
-                         "--upstream", f"http://{HOST}:{stub_port}"], tmp)
-    wait_until(port_open(port), child)
+    child = Child(name, [*launcher, PY, "-m", "bench.forwarder", "--port", str(port),
+                         "--upstream", f"http://{HOST}:{stub_port}",
+                         *(["--uvloop"] if uvloop else [])], tmp)
+    wait_until(port_open(port), child, timeout=timeout)
     return child, port
 
 
@@ -243,6 +249,9 @@ class Gateway:
     """A PostgreSQL URL (case 7); empty: a SQLite file in the gateway's folder."""
     root: Path = field(default_factory=lambda: GATEWAY_ROOT)
     """The checkout whose ``bot.py`` runs."""
+    launcher: tuple[str, ...] = ()
+    """What runs ``python bot.py`` (valgrind, for bench/instructions.py); empty: run it."""
+    start_timeout: float = 60.0
 
     @property
     def db(self) -> Path:
@@ -287,10 +296,11 @@ class Gateway:
 
     def start(self) -> float:
         """Start the gateway; seconds until /healthz answers 200."""
-        self.child = Child(self.name, [PY, "bot.py", "--config", str(self.config),
-                                       "--log-level", self.log_level], self.folder, self.root)
+        self.child = Child(self.name, [*self.launcher, PY, "bot.py", "--config",
+                                       str(self.config), "--log-level", self.log_level],
+                           self.folder, self.root)
         return wait_until(lambda: http("GET", self.base + "/healthz", timeout=2)[0] == 200,
-                          self.child, timeout=60)
+                          self.child, timeout=self.start_timeout)
 
     def add_user(self, name: str = "bench-user") -> str:
         status, _, body = http("POST", self.base + "/api/client/add-user", key=self.admin_key,
@@ -532,16 +542,17 @@ def verdict(ok: bool | None) -> str:
 
 
 class Table:
-    COLUMNS = ("case", "measure", "direct", "forwarder", "gateway /api/chat",
-               "gateway /v1", "target", "met")
+    COLUMNS = ("case", "measure", "direct", "forwarder", "forwarder (uvloop)",
+               "gateway /api/chat", "gateway /v1", "target", "met")
 
     def __init__(self) -> None:
         self.rows: list[dict[str, str]] = []
 
     def add(self, case: str, measure: str, direct: str = "", forwarder: str = "",
-            api: str = "", v1: str = "", target: str = "", met: str = "") -> None:
-        self.rows.append(dict(zip(self.COLUMNS, (case, measure, direct, forwarder, api, v1,
-                                                 target, met), strict=True)))
+            api: str = "", v1: str = "", target: str = "", met: str = "",
+            uvloop: str = "") -> None:
+        self.rows.append(dict(zip(self.COLUMNS, (case, measure, direct, forwarder, uvloop, api,
+                                                 v1, target, met), strict=True)))
 
     def markdown(self) -> str:
         lines = ["| " + " | ".join(self.COLUMNS) + " |",
@@ -561,6 +572,7 @@ class Bench:
     tmp: Path
     stub_port: int = 0
     forwarder_port: int = 0
+    uvloop_port: int = 0
     results: dict[str, Any] = field(default_factory=dict)
     table: Table = field(default_factory=Table)
     v1: bool = False
@@ -571,7 +583,8 @@ class Bench:
 
     def references(self) -> list[Target]:
         return [Target("direct", f"http://{HOST}:{self.stub_port}{V1_PATH}", "openai"),
-                Target("forwarder", f"http://{HOST}:{self.forwarder_port}{V1_PATH}", "openai")]
+                Target("forwarder", f"http://{HOST}:{self.forwarder_port}{V1_PATH}", "openai"),
+                Target("uvloop", f"http://{HOST}:{self.uvloop_port}{V1_PATH}", "openai")]
 
     def gateway_targets(self, gateway: Gateway, key: str | None = None) -> list[Target]:
         key = key or gateway.user_key
@@ -614,14 +627,15 @@ class Bench:
             mode = "stream" if stream else "json"
             for metric, label in metrics:
                 values = {n: summary.get(f"{n}/{mode}", {}).get(metric) for n in
-                          ("direct", "forwarder", "api", "v1")}
+                          ("direct", "forwarder", "uvloop", "api", "v1")}
 
                 def fmt(v: dict[str, float] | None) -> str:
                     return pair(v["p50"], v["p99"]) if v else "n/a"
 
                 word = "stream" if stream else "non-stream"
                 t.add("1", f"{word} {label} p50 / p99 (ms), c=1", fmt(values["direct"]),
-                      fmt(values["forwarder"]), fmt(values["api"]), fmt(values["v1"]))
+                      fmt(values["forwarder"]), fmt(values["api"]), fmt(values["v1"]),
+                      uvloop=fmt(values["uvloop"]))
 
                 def added(name: str, metric: str = metric, mode: str = mode,
                           ) -> tuple[str, float | None, float | None]:
@@ -635,12 +649,16 @@ class Bench:
                             statistics.median(a99))
 
                 f_txt = added("forwarder")[0]
+                uv_txt = added("uvloop")[0]
                 api_txt, api50, api99 = added("api")
                 v1_txt, v150, v199 = added("v1")
-                checks = [x50 <= 1.0 and x99 <= 3.0 for x50, x99 in ((api50, api99), (v150, v199))
+                checks = [x50 <= ADDED_P50_MS and x99 <= ADDED_P99_MS
+                          for x50, x99 in ((api50, api99), (v150, v199))
                           if x50 is not None and x99 is not None]
                 t.add("1", f"{word} {label}: added vs direct, p50 / p99 (ms)", "—", f_txt,
-                      api_txt, v1_txt, "≤ 1 / ≤ 3", verdict(all(checks) if checks else None))
+                      api_txt, v1_txt, f"≤ {ADDED_P50_MS:g} / ≤ {ADDED_P99_MS:g}",
+                      verdict(all(checks) if checks else None),
+                      uvloop=uv_txt)
 
         self.case1_follow_ups(gateway)
 
@@ -677,9 +695,11 @@ class Bench:
                 a99 = paired(gw, ref, (f"{metric}_runs", "p99"), _diff)
                 cells[name] = f"{spread(a50)} / {spread(a99)}" if a50 and a99 else "n/a"
                 if a50 and a99:
-                    checks.append(statistics.median(a50) <= 1 and statistics.median(a99) <= 3)
+                    checks.append(statistics.median(a50) <= ADDED_P50_MS
+                                  and statistics.median(a99) <= ADDED_P99_MS)
             self.table.add("1", f"follow-up {word} {label}: added vs direct, p50 / p99 (ms)",
-                           "—", "", cells["api"], cells["v1"], "≤ 1 / ≤ 3",
+                           "—", "", cells["api"], cells["v1"],
+                           f"≤ {ADDED_P50_MS:g} / ≤ {ADDED_P99_MS:g}",
                            verdict(all(checks) if checks else None))
 
     # -- cases 2 and 3 --------------------------------------------------------------------
@@ -687,26 +707,36 @@ class Bench:
     def throughput_rows(self, case: str, summary: dict[str, Any], what: str) -> None:
         for stream in (False, True):
             mode = "stream" if stream else "json"
-            runs = {n: summary.get(f"{n}/{mode}") for n in ("direct", "forwarder", "api", "v1")}
+            runs = {n: summary.get(f"{n}/{mode}")
+                    for n in ("direct", "forwarder", "uvloop", "api", "v1")}
             rps = {n: (r or {}).get("rps") for n, r in runs.items()}
             ratios = {n: paired(runs[n], runs["forwarder"], ("rps_runs",), _ratio)
                       for n in ("api", "v1")}
+            # The target (issue 14) is against the forwarder on uvloop, the faster yardstick.
+            uv_ratios = {n: paired(runs[n], runs["uvloop"], ("rps_runs",), _ratio)
+                         for n in ("api", "v1")}
             word = "stream" if stream else "non-stream"
             lat = {n: (r or {}).get("latency") for n, r in runs.items()}
             self.table.add(case, f"{what} {word}: requests/s, c={self.plan.concurrency}",
                            cell(rps["direct"], 0), cell(rps["forwarder"], 0), cell(rps["api"], 0),
-                           cell(rps["v1"], 0))
-            self.table.add(case, f"{what} {word}: latency p50 / p99 (ms)",
-                           *(pair(v["p50"], v["p99"], 1) if v else "n/a" for v in lat.values()))
+                           cell(rps["v1"], 0), uvloop=cell(rps["uvloop"], 0))
+            lats = {n: pair(v["p50"], v["p99"], 1) if v else "n/a" for n, v in lat.items()}
+            self.table.add(case, f"{what} {word}: latency p50 / p99 (ms)", lats["direct"],
+                           lats["forwarder"], lats["api"], lats["v1"], uvloop=lats["uvloop"])
             cpu = {n: (r or {}).get("cpu_ms_per_request", {}) for n, r in runs.items()}
-            hop = {"direct": "stub", "forwarder": "forwarder", "api": "gateway", "v1": "gateway"}
+            hop = {"direct": "stub", "forwarder": "forwarder", "uvloop": "forwarder-uvloop",
+                   "api": "gateway", "v1": "gateway"}
+            cpus = {n: cell(cpu[n].get(h), 2) if cpu[n] else "n/a" for n, h in hop.items()}
             self.table.add(case, f"{what} {word}: CPU ms per request of the hop's process "
-                                 "(stub for direct)",
-                           *(cell(cpu[n].get(hop[n]), 2) if cpu[n] else "n/a" for n in hop))
-            checks = [statistics.median(r) >= 0.6 for r in ratios.values() if r]
+                                 "(stub for direct)", cpus["direct"], cpus["forwarder"],
+                           cpus["api"], cpus["v1"], uvloop=cpus["uvloop"])
             self.table.add(case, f"{what} {word}: ratio to forwarder (same repetition)", "",
-                           "1", spread(ratios["api"]), spread(ratios["v1"]), "≥ 0.6",
-                           verdict(all(checks) if checks else None))
+                           "1", spread(ratios["api"]), spread(ratios["v1"]))
+            checks = [statistics.median(r) >= 0.6 for r in uv_ratios.values() if r]
+            self.table.add(case, f"{what} {word}: ratio to forwarder on uvloop (same "
+                                 "repetition)", "", "", spread(uv_ratios["api"]),
+                           spread(uv_ratios["v1"]), "≥ 0.6",
+                           verdict(all(checks) if checks else None), uvloop="1")
 
     def case2(self, gateway: Gateway, label: str = "2", table: bool = True,
               references: bool = True) -> dict[str, Any]:
@@ -738,7 +768,7 @@ class Bench:
         made = [0]
 
         def run(target: Target, stream: bool) -> dict[str, Any]:
-            if target.name in ("direct", "forwarder"):
+            if target.name in ("direct", "forwarder", "uvloop"):
                 return self._c64(target, stream, gateway, history=history)
             made[0] += 1
             conversations = create_conversations(
@@ -1128,6 +1158,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         _, bench.stub_port = start_stub(tmp, args)
         _, bench.forwarder_port = start_forwarder(tmp, bench.stub_port)
+        _, bench.uvloop_port = start_forwarder(tmp, bench.stub_port, "forwarder-uvloop",
+                                               uvloop=True)
         gateway = bench.new_gateway("gateway")
         gateway.setup()
         bench.v1, bench.v1_note = probe_v1(gateway)

@@ -1,4 +1,5 @@
-"""/admin: the bot's members and the accounts, for admins, in the admin channel only.
+"""/admin: the bot's members, their budgets and usage, and the accounts, for admins, in the
+admin channel only.
 
 Admins are the ``admin_user_ids`` and the members with one of the ``admin_role_ids``; every
 subcommand is refused to anyone else and anywhere but ``admin_channel_id``. Answers are
@@ -7,7 +8,7 @@ ephemeral: the admin channel may be shared, a member's conversations are not.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import discord
 from discord import app_commands
@@ -26,6 +27,7 @@ from cogs.utils.format import (
 from cogs.utils.paging import send_pages, static_pages
 from cogs.utils.replies import Refusal, reply, role_ids, user_name
 from cogs.utils.text import split_message
+from cogs.utils.usage_text import admin_usage_text, limit_text
 from core.models import Principal
 from discord_bot import GatewayBot
 
@@ -34,7 +36,8 @@ class Admin(commands.Cog):
     admin = app_commands.Group(
         name="admin", guild_only=True,
         allowed_contexts=app_commands.AppCommandContext(guild=True),
-        description="Manage the bot's members and watch the accounts (admins, admin channel)")
+        description="The bot's members, their budgets and usage, and the accounts (admins, admin "
+                    "channel)")
 
     def __init__(self, bot: GatewayBot) -> None:
         self.bot = bot
@@ -147,6 +150,47 @@ class Admin(commands.Cog):
         _, members = await self.bot.gateway.list_users(self.client, limit=1)
         accounts = self.bot.gateway.account_health(self.client)
         await reply(interaction, stats_text(stats, members, accounts))
+
+    @admin.command(name="usage")
+    async def usage(self, interaction: discord.Interaction[GatewayBot]) -> None:
+        """This month's use of the bot's members: the top ones, the totals and the budget."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        report = await self.bot.gateway.usage_report(self.client, "user")
+        # Read again: the bot's own principal is kept from its start, and an admin of the
+        # gateway may have set its budget since.
+        client = await self.bot.gateway.principals.get(self.client.id) or self.client
+        ceiling = await self.bot.gateway.budgets.states(client)
+        text = admin_usage_text(report.public(), ceiling)
+        await send_pages(interaction, static_pages(split_message(text)))
+
+    @admin.command(name="limit")
+    @app_commands.describe(
+        member="The member",
+        kind="Which budget",
+        value="A number (tokens, or the cost in the billing currency), none (no limit) or "
+              "default (their tier's)")
+    async def limit(self, interaction: discord.Interaction[GatewayBot], member: discord.User,
+                    kind: Literal["tokens_per_day", "tokens_per_month", "cost_per_month"],
+                    value: str) -> None:
+        """Set a member's budget, lift it (none) or return it to their tier's (default)."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        word = value.strip().casefold()
+        wanted = word if word in ("none", "default") else value.strip()
+        # A member who never used the bot is created here, so a budget can be set ahead.
+        await self.bot.gateway.acting_as(
+            self.client, str(member.id), username=user_name(member),
+            plus=bool(self.bot.policy.plus_for(role_ids(member))))
+        user = await self.bot.gateway.update_user(self.client, str(member.id),
+                                                  limits={kind: wanted})
+        budgets = self.bot.gateway.budgets
+        own = dict(user.limits)
+        tier = "plus" if user.plus else "free"
+        tier_value = (budgets.tiers.plus if user.plus else budgets.tiers.free).get(kind)
+        summary = await self.bot.gateway.usage(self.client, str(member.id))
+        used_key = "cost_this_month" if kind == "cost_per_month" else (
+            "tokens_today" if kind == "tokens_per_day" else "tokens_this_month")
+        await reply(interaction, limit_text(member.id, kind, own.get(kind), kind in own, tier,
+                                            tier_value, summary[used_key], budgets.currency))
 
 
 async def setup(bot: GatewayBot) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ from cogs.utils.format import escape
 from cogs.utils.replies import NO_MENTIONS, Refusal, describe, role_ids
 from cogs.utils.stream import ReplyStream
 from cogs.utils.text import MESSAGE_LIMIT, clip, open_fence, shorten
+from core.budgets import QuotaExceeded
 from core.chat import ChatRequest, ChatResult, StartInfo
 from core.errors import GatewayError
 from core.models import Conversation, PlusChoice, Principal
@@ -34,6 +36,20 @@ log = logging.getLogger(__name__)
 THREAD_NAME_LIMIT = 100
 TIERS: dict[str, PlusChoice] = {"free": "false", "plus": "true", "any": "any"}
 NOT_SAVED = "Nothing was saved; send it again when you like."
+SPENT = "Nothing was sent to the model. `/usage` shows your budgets and when each resets."
+
+
+CLIENT_BUDGET = re.compile(r"^the client '.*?' \(all its users together\) ")
+"""How the core names a client's budget in a refusal; members know it as the server's."""
+
+
+def failure(err: GatewayError) -> tuple[str, str]:
+    """What a member reads when a turn failed: the reason, and what it means for them. A spent
+    budget refuses the same request again until it resets, so it is not "send it again"."""
+    if isinstance(err, QuotaExceeded):
+        message = CLIENT_BUDGET.sub("the server's shared (all members together) ", err.message)
+        return f"⚠️ {message[:1].upper()}{message[1:]}.", SPENT
+    return f"⚠️ {err.message}", NOT_SAVED
 
 
 def prompt_echo(author: str, prompt: str, limit: int = MESSAGE_LIMIT) -> str:
@@ -199,18 +215,22 @@ class ThreadOpener:
         self._rename = None
         await self._retitle()
 
-    async def failed(self, message: str) -> None:
+    async def failed(self, err: GatewayError) -> None:
         """Tell the member why nothing was saved: in the thread when it opened, and in the
         command's own answer."""
+        message, note = failure(err)
         if self._rename is not None:
             await self._rename
         if self.task is None:
-            await self.interaction.edit_original_response(content=message)
+            # No thread: nothing to say was not saved, unless the reason outlasts this turn.
+            content = f"{message}\n{note}" if note is SPENT else message
+            await self.interaction.edit_original_response(content=content,
+                                                          allowed_mentions=NO_MENTIONS)
             return
         thread = await self.task
-        await thread.send(f"{message}\n{NOT_SAVED}", allowed_mentions=NO_MENTIONS)
+        await thread.send(f"{message}\n{note}", allowed_mentions=NO_MENTIONS)
         if self.private:
-            content = f"{message}\n{NOT_SAVED} ({thread.mention})"
+            content = f"{message}\n{note} ({thread.mention})"
         else:
             content = prompt_echo(self.interaction.user.display_name, self.prompt,
                                   MESSAGE_LIMIT - len(message) - 1) + f"\n{message}"
@@ -275,7 +295,7 @@ class Chat(MemberCog):
                                                      StreamListener(stream, opener))
             except GatewayError as err:
                 await stream.close()
-                await opener.failed(f"⚠️ {err.message}")
+                await opener.failed(err)
                 return
             await opener.finish(result)
             await stream.close(result.turn.reply)
@@ -310,7 +330,7 @@ class Chat(MemberCog):
             try:
                 await self._answer(user, request, sink)
             except GatewayError as err:  # said where the answer would have been
-                await sink.post(f"⚠️ {err.message}\n{NOT_SAVED}")
+                await sink.post("\n".join(failure(err)))
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
@@ -344,9 +364,8 @@ class Chat(MemberCog):
                 request = await self._follow_up_request(user, conversation, prompt)
                 await self._answer(user, request, ChannelSink(message.channel, message))
             except (GatewayError, Refusal) as err:
-                text = describe(err) or str(err)
-                if isinstance(err, GatewayError):
-                    text += f"\n{NOT_SAVED}"
+                text = "\n".join(failure(err)) if isinstance(err, GatewayError) else \
+                    describe(err) or str(err)
                 await message.reply(text, mention_author=False, allowed_mentions=NO_MENTIONS)
 
     async def _follow_up_request(self, user: Principal, conversation: Conversation,

@@ -33,6 +33,7 @@ from .capabilities import can_all
 from .config import AccountSettings, Settings
 from .env_secrets import Secrets
 from .errors import Conflict
+from .metrics import NO_OBSERVER, Observer
 from .models import PlusChoice
 from .storage.account_state import AccountState, AccountStateRepo
 from .upstream import Target, UpstreamFailure, make_session
@@ -226,9 +227,12 @@ class AccountPool:
         secrets: Secrets,
         *,
         clock: Callable[[], float] = time.time,
+        observer: Observer = NO_OBSERVER,
     ) -> None:
-        """``clock``: wall-clock seconds (cool-downs are deadlines every process shares)."""
+        """``clock``: wall-clock seconds (cool-downs are deadlines every process shares);
+        ``observer``: told of failures and of the cool-downs and removals they cause."""
         self._settings = settings
+        self._observer = observer
         self._states = states
         # Before the storage opens, so no announcement can slip past between the two.
         states.subscribe(self._changed)
@@ -268,7 +272,9 @@ class AccountPool:
         """Count a failure; a cool-down or removal it causes is saved for every process."""
         before = account.state
         account.record_failure(failure, default_cooldown, max_cooldown)
+        self._observer.upstream_failure(account.name, failure.kind)
         if account.state != before:
+            self._observer.health_changed(account.name, account.health(), failure.kind)
             await self._save(account)
 
     async def set_enabled(self, account: Account, enabled: bool) -> None:
@@ -282,6 +288,7 @@ class AccountPool:
             account.cooling_until, account.cooling_reason, account.taken_out = 0.0, None, None
         else:
             account.taken_out = "taken out by an admin"
+        self._observer.health_changed(account.name, account.health(), "admin")
         await self._save(account)
 
     async def _save(self, account: Account) -> None:

@@ -56,7 +56,7 @@ class Answerer:
                 # asked for before this point either, so the title still costs no wait.
                 if attempt.is_new:
                     title_task = asyncio.create_task(
-                        self._title(target, account, attempt.prompt, listener)
+                        self._title(target, account, attempt, listener)
                         if attempt.request.generate_title
                         else self._prompt_title(attempt.prompt, listener)
                     )
@@ -94,6 +94,8 @@ class Answerer:
                                     max_reply_bytes=self.settings.chat.max_reply_bytes)
         # Some servers (llama.cpp) report no usage when streaming: every turn still gets token
         # counts, estimated as the history is (about 3.5 characters a token).
+        if completion.input_tokens is None or completion.output_tokens is None:
+            completion.usage_estimated = True
         if completion.input_tokens is None:
             completion.input_tokens = sum(estimate_tokens(content_text(m.get("content")))
                                           for m in messages)
@@ -112,20 +114,30 @@ class Answerer:
             await listener.title(title)
         return title
 
-    async def _title(self, target: Target, account: Account | None, prompt: str,
+    async def _title(self, target: Target, account: Account | None, attempt: Attempt,
                      listener: ChatListener | None) -> str:
         """The model's title, asked beside the reply in a slot of its own, but only in one
         free at once: the title must neither take the account past ``max_concurrency`` nor
         queue ahead of, or delay, anyone's reply. Without a free slot it is cut from the
         prompt, as it would be if the call failed."""
+        prompt = attempt.prompt
         try:
             async with account.slot(0, is_reply=False) if account is not None \
                     else contextlib.nullcontext():
+                asked = title_messages(prompt)
                 completion = await complete(
-                    target, title_messages(prompt),
+                    target, asked,
                     options={"max_tokens": TITLE_MAX_TOKENS, "temperature": 0.2},
                     purpose="title",
                 )
+            # The title is the member's use too: counted with the turn it names.
+            if completion.input_tokens is None or completion.output_tokens is None:
+                completion.usage_estimated = True
+                completion.input_tokens = completion.input_tokens or sum(
+                    estimate_tokens(content_text(m.get("content"))) for m in asked)
+                completion.output_tokens = completion.output_tokens or min(
+                    estimate_tokens(completion.text), TITLE_MAX_TOKENS)
+            attempt.title_usage = completion
             title = clean_title(completion.text) or fallback_title(prompt)
         except SlotRefused:
             log.debug("no free slot on %s for a title; using the prompt", target.name)

@@ -25,19 +25,25 @@ import aiohttp
 from . import exchange
 from .accounts import BUSY_RETRY_AFTER_S, Account, AccountPool, SlotRefused
 from .answering import Answerer, Progress, max_tokens
+from .billing import cost_of
+from .budgets import Budgets, Hold
 from .capabilities import CapabilityMissing, can, missing
 from .capabilities import refusal as capability_refusal
 from .config import Settings
 from .errors import BadRequest, Conflict, Forbidden, NotFound, TooLarge, Unavailable
-from .history import build_messages, prompt_budget
+from .history import build_messages, estimate_tokens, prompt_budget
 from .ids import new_id
+from .metrics import NO_OBSERVER, Observer
 from .models import Conversation, PlusChoice, Principal, Turn
 from .recording import TurnRecorder, ref_owner
 from .storage.conversations import ConversationRepo
 from .storage.limits import RateLimiter
+from .title_batch import Pending, TitleBatcher
+from .titles import TITLE_MAX_TOKENS
 from .turn import Attempt, ChatListener, ChatRequest, ChatResult, StartInfo
 from .upstream import Message, Target, UpstreamFailure
 from .upstream_errors import as_gateway_error, describe
+from .wire import content_text
 
 __all__ = ["ChatListener", "ChatRequest", "ChatResult", "ChatService", "StartInfo"]
 
@@ -57,6 +63,8 @@ class ChatService:
         *,
         limiter: RateLimiter,
         lock: Callable[[str], AbstractAsyncContextManager[Any]],
+        budgets: Budgets,
+        observer: Observer = NO_OBSERVER,
     ) -> None:
         """``lock(key)``: held by one holder at a time in every process sharing the storage;
         the turns of a conversation are taken one after the other under it."""
@@ -66,8 +74,10 @@ class ChatService:
         self._own_key_session = own_key_session
         self._lock = lock
         self.limiter = limiter
+        self.budgets = budgets
         self._answerer = Answerer(settings, pool)
-        self._recorder = TurnRecorder(conversations)
+        self._recorder = TurnRecorder(conversations, pool, budgets, observer)
+        self.titles = TitleBatcher(settings, pool, conversations, budgets)
 
     # ----------------------------------------------------------------- entry point
 
@@ -93,7 +103,13 @@ class ChatService:
         if request.conversation_id:
             return await self._follow_up(principal, request, prompt, listener, own_key)
         attempt = Attempt(principal, request, prompt, new_id(), new_id(), is_new=True)
-        return await self._start(attempt, own_key, listener)
+        result = await self._start(attempt, own_key, listener)
+        conversation = result.conversation
+        if request.later_title and conversation.account is not None:
+            self.titles.add(Pending(conversation.id, prompt, conversation.title,
+                                    conversation.account, conversation.model, principal,
+                                    request.endpoint))
+        return result
 
     # ----------------------------------------------------------------- new conversations
 
@@ -110,6 +126,16 @@ class ChatService:
         if credential:
             return await self._start_on_own_key(attempt, credential, listener)
         choice = self._tier_choice(attempt)
+        hold = await self._hold(attempt, self.pool.candidates(choice, request.model),
+                                self._new_messages_estimate(attempt))
+        try:
+            return await self._start_on_pool(attempt, choice, listener, hold)
+        finally:
+            await self.budgets.release(hold)  # nothing, once the turn is stored
+
+    async def _start_on_pool(self, attempt: Attempt, choice: PlusChoice,
+                             listener: ChatListener | None, hold: Hold | None) -> ChatResult:
+        request = attempt.request
         tried: set[str] = set()
         last_failure: UpstreamFailure | None = None
         busy = False
@@ -144,7 +170,8 @@ class ChatService:
                 continue
             account.record_success(completion.input_tokens, completion.output_tokens)
             return await self._recorder.store_new(attempt, "pool", account.name, completion,
-                                                  title, requested_model=target.model)
+                                                  title, requested_model=target.model,
+                                                  hold=hold)
         raise await self._none_could_answer(attempt, choice, busy, last_failure)
 
     async def _start_on_own_key(self, attempt: Attempt, credential: str,
@@ -287,29 +314,47 @@ class ChatService:
                     messages = [{"role": "user", "content": prompt}]
             else:
                 messages = self._messages(recent, prompt, context, request)
-            try:
-                completion, _ = await self._answerer.answer(
-                    attempt, target, account, messages, listener,
-                    previous_response_id=previous_response_id,
-                    slot_wait_s=self.settings.chat.slot_wait_s,
-                )
-            except SlotRefused as refusal:
-                if refusal.why != "busy":
-                    # It cooled (or went out) while this turn waited: say so, as before a wait.
-                    self._account_for_follow_up(conversation, principal)
-                await self._recorder.failed(attempt, conversation.account, None, "busy")
-                raise Unavailable(
-                    f"this conversation's account '{refusal.account.name}' is busy: all its "
-                    f"{refusal.account.settings.max_concurrency} slots are taken and none freed "
-                    f"within {self.settings.chat.slot_wait_s:g} s; try again shortly",
-                    code="account_busy", retry_after=BUSY_RETRY_AFTER_S,
-                ) from None
-            except UpstreamFailure as failure:
-                await self._recorder.failed(attempt, conversation.account, failure)
-                raise as_gateway_error(failure, conversation.account) from None
+            hold = None
             if account is not None:
-                account.record_success(completion.input_tokens, completion.output_tokens)
-            return await self._recorder.append(attempt, conversation, previous, completion)
+                hold = await self._hold(attempt, [account], _estimate(messages))
+            try:
+                return await self._answer_follow_up(attempt, conversation, previous, target,
+                                                    account, messages, listener,
+                                                    previous_response_id, hold)
+            finally:
+                await self.budgets.release(hold)
+
+    async def _answer_follow_up(self, attempt: Attempt, conversation: Conversation,
+                                previous: Turn, target: Target, account: Account | None,
+                                messages: list[Message], listener: ChatListener | None,
+                                previous_response_id: str | None,
+                                hold: Hold | None) -> ChatResult:
+        """The turn itself, under the conversation's lock."""
+        principal = attempt.principal
+        try:
+            completion, _ = await self._answerer.answer(
+                attempt, target, account, messages, listener,
+                previous_response_id=previous_response_id,
+                slot_wait_s=self.settings.chat.slot_wait_s,
+            )
+        except SlotRefused as refusal:
+            if refusal.why != "busy":
+                # It cooled (or went out) while this turn waited: say so, as before a wait.
+                self._account_for_follow_up(conversation, principal)
+            await self._recorder.failed(attempt, conversation.account, None, "busy")
+            raise Unavailable(
+                f"this conversation's account '{refusal.account.name}' is busy: all its "
+                f"{refusal.account.settings.max_concurrency} slots are taken and none freed "
+                f"within {self.settings.chat.slot_wait_s:g} s; try again shortly",
+                code="account_busy", retry_after=BUSY_RETRY_AFTER_S,
+            ) from None
+        except UpstreamFailure as failure:
+            await self._recorder.failed(attempt, conversation.account, failure)
+            raise as_gateway_error(failure, conversation.account) from None
+        if account is not None:
+            account.record_success(completion.input_tokens, completion.output_tokens)
+        return await self._recorder.append(attempt, conversation, previous, completion,
+                                           hold)
 
     async def _exchange_history(self, recent: list[Turn],
                                 request: ChatRequest) -> list[Message]:
@@ -348,6 +393,35 @@ class ChatService:
                 code="account_cooling", retry_after=wait,
             )
         return account
+
+    # ----------------------------------------------------------------- budgets
+
+    async def _hold(self, attempt: Attempt, accounts: list[Account],
+                    input_tokens: int) -> Hold | None:
+        """Hold the turn's worst case against the member's budgets (refused when one is
+        spent): its prompt, the longest reply it may get and, for a new conversation asking
+        the model for a title, the title's call, at the dearest of the accounts it may use."""
+        if not accounts:
+            return None
+        options = attempt.request.options
+        reply = max_tokens(options) or max(
+            a.settings.max_tokens or max(1, a.settings.context_tokens - input_tokens)
+            for a in accounts)
+        title_in = title_out = 0
+        if attempt.is_new and attempt.request.generate_title:
+            title_in, title_out = estimate_tokens(attempt.prompt) + 60, TITLE_MAX_TOKENS
+        tokens = input_tokens + reply + title_in + title_out
+        cost = max(cost_of(a.settings, attempt.request.model, input_tokens + title_in,
+                           reply + title_out) or 0.0 for a in accounts)
+        ttl = max(a.settings.timeout_s for a in accounts) + self.settings.chat.slot_wait_s \
+            + self.settings.chat.title_timeout_s + 30
+        return await self.budgets.hold(attempt.principal, tokens=tokens, cost=cost, ttl_s=ttl)
+
+    def _new_messages_estimate(self, attempt: Attempt) -> int:
+        request = attempt.request
+        if request.messages is not None:
+            return _estimate(request.messages)
+        return estimate_tokens(attempt.prompt) + estimate_tokens(self.settings.chat.system_prompt)
 
     # ----------------------------------------------------------------- helpers
 
@@ -391,6 +465,10 @@ class ChatService:
                 code="prompt_too_large",
             )
         return messages
+
+
+def _estimate(messages: list[Message]) -> int:
+    return sum(estimate_tokens(content_text(m.get("content"))) for m in messages)
 
 
 def _may_use_plus(principal: Principal) -> bool:

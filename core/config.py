@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .capabilities import CAPABILITIES, account_capabilities
 
@@ -32,6 +40,12 @@ class _Table(BaseModel):
 def _check_proxy_url(value: str) -> str:
     if value and urlsplit(value).scheme not in PROXY_SCHEMES:
         raise ValueError(f"proxy must be a {', '.join(PROXY_SCHEMES)} URL, got {value!r}")
+    return value
+
+
+def _absolute_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"a path must start with '/', got {value!r}")
     return value
 
 
@@ -54,6 +68,9 @@ class ServerSettings(_Table):
     trusted_proxies: list[str] = []
     """Addresses or networks of reverse proxies whose ``X-Forwarded-For`` is believed, for the
     throttles' caller address; empty: the peer address is the caller's."""
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    """The event loop: ``auto`` takes uvloop when it is installed (10-19% less CPU a request),
+    else asyncio's own; ``uvloop`` refuses to start without it; ``asyncio`` never uses it."""
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -121,6 +138,8 @@ class PathSettings(_Table):
     remove_conversation: str = "/api/remove-conversation"
     rotate_key: str = "/api/rotate-key"
     admin_accounts: str = "/api/admin/accounts"
+    usage: str = "/api/usage"
+    admin_usage: str = "/api/admin/usage"
     health: str = "/healthz"
     openai_prefix: str = "/v1"
     """Prefix of the OpenAI-compatible API (``/v1/chat/completions``, ``/v1/models``)."""
@@ -128,9 +147,7 @@ class PathSettings(_Table):
     @field_validator("*")
     @classmethod
     def _absolute(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"a path must start with '/', got {value!r}")
-        return value
+        return _absolute_path(value)
 
 
 class ProxySettings(_Table):
@@ -155,6 +172,15 @@ class ChatSettings(_Table):
     callers are programs that mostly send each request as a new conversation, so a title
     request each would double the organisation's upstream calls; their titles are cut from
     the prompt instead."""
+    api_titles: Literal["beside", "batched", "prompt"] = "batched"
+    """Titles of conversations started on /api/chat: ``beside`` asks the model beside the
+    reply (two upstream calls a new conversation, the reply carries the model's title);
+    ``batched`` answers with a title cut from the prompt and asks the model afterwards, for
+    up to ``title_batch_size`` conversations in one call, replacing the stored title;
+    ``prompt`` only cuts it from the prompt. Discord threads and the web UI always ask beside
+    the reply: they show the title while the reply streams."""
+    title_batch_size: int = Field(16, ge=1, le=64)
+    """New conversations whose titles one batched title call asks for at most."""
     title_timeout_s: float = Field(5.0, gt=0)
     """How long after the reply the title may still take before the prompt-cut title is used."""
     cooldown_s: float = Field(30.0, ge=0)
@@ -173,12 +199,37 @@ class ChatSettings(_Table):
     502 and nothing is stored, before it can fill the gateway's memory or the database."""
 
 
+BUDGET_KEYS = ("tokens_per_day", "tokens_per_month", "cost_per_month")
+"""The kinds of budget, in the order they are shown."""
+
+
+class BudgetSettings(_Table):
+    """One tier's default budgets (``[limits.free]``, ``[limits.plus]``); absent: no limit."""
+
+    tokens_per_day: int | None = Field(None, ge=0)
+    """Input and output tokens a member may use per calendar day (``[billing] timezone``)."""
+    tokens_per_month: int | None = Field(None, ge=0)
+    cost_per_month: float | None = Field(None, ge=0)
+    """In ``[billing] currency``, from the accounts' prices."""
+
+
 class LimitSettings(_Table):
     user_requests_per_minute: int = Field(0, ge=0)
     """Chat requests per caller per minute; 0 means no limit."""
+    free: BudgetSettings = BudgetSettings()
+    """Budgets of every user without plus, unless set for the user with update-user."""
+    plus: BudgetSettings = BudgetSettings()
+    """Budgets of every user with plus, unless set for the user with update-user."""
     key_failures_per_minute: int = Field(10, ge=0)
     """Failed key checks (API keys and web sign-in) an address may make a minute before its
     further attempts are refused with 429, valid keys included; 0: no limit."""
+
+
+class PriceSettings(_Table):
+    price_input_per_mtok: float = Field(0.0, ge=0)
+    """What a million prompt tokens cost, in ``[billing] currency``."""
+    price_output_per_mtok: float = Field(0.0, ge=0)
+    """What a million reply tokens cost."""
 
 
 class AccountSettings(_Table):
@@ -204,6 +255,11 @@ class AccountSettings(_Table):
     context_tokens: int = Field(8192, ge=64)
     max_tokens: int | None = Field(None, ge=1)
     """Reply length asked for when the caller sets none (keeps a small local model brief)."""
+    price_input_per_mtok: float = Field(0.0, ge=0)
+    """What a million prompt tokens cost on this account, in ``[billing] currency``."""
+    price_output_per_mtok: float = Field(0.0, ge=0)
+    model_prices: dict[str, PriceSettings] = {}
+    """Prices of the further ``models`` that differ from the account's own, by model name."""
     embedding_models: list[str] = []
     """Embedding models this account serves on ``/v1/embeddings`` (besides any of ``models``
     a caller names there)."""
@@ -236,6 +292,33 @@ class AccountSettings(_Table):
     def capabilities(self) -> frozenset[str]:
         return account_capabilities(self.api, {name: getattr(self, name)
                                                for name in CAPABILITIES})
+
+    def price(self, model: str | None) -> PriceSettings:
+        """The prices of ``model`` on this account: its own, else the account's."""
+        found = self.model_prices.get(model or self.model)
+        if found is not None:
+            return found
+        return PriceSettings(price_input_per_mtok=self.price_input_per_mtok,
+                             price_output_per_mtok=self.price_output_per_mtok)
+
+
+class BillingSettings(_Table):
+    currency: str = Field("USD", min_length=1, max_length=12)
+    """The currency the accounts' prices and ``cost_per_month`` budgets are in."""
+    timezone: str = "UTC"
+    """Where calendar days and months begin, for budgets and usage reports (an IANA name)."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as "
+                             "'Europe/Paris')") from None
+        return value
 
 
 class LocalModelSettings(_Table):
@@ -295,6 +378,24 @@ class AccessTokenSettings(_Table):
     times); 0: no limit. Each one is relayed to the identity provider with our credentials."""
 
 
+class MetricsSettings(_Table):
+    """``/metrics`` in Prometheus' text format (see core/metrics.py). Off by default. With no
+    ``port`` it is served by the gateway's own server to an admin key only; with a ``port`` it
+    is served on ``host``:``port`` alone, to anyone who can reach that address, and not on the
+    gateway's server."""
+
+    enabled: bool = False
+    path: str = "/metrics"
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=0, le=65535)
+    """Unset: on the gateway's server, behind an admin key. 0: a free port (tests)."""
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return _absolute_path(value)
+
+
 class DiscordSettings(_Table):
     """The Discord bot, a client of the gateway. It starts only when ``token_env`` is set."""
 
@@ -340,11 +441,13 @@ class Settings(_Table):
     proxy: ProxySettings = ProxySettings()
     chat: ChatSettings = ChatSettings()
     limits: LimitSettings = LimitSettings()
+    billing: BillingSettings = BillingSettings()
     accounts: list[AccountSettings] = []
     own_key: OwnKeySettings = OwnKeySettings()
     local_model: LocalModelSettings = LocalModelSettings()
     access_token: AccessTokenSettings = AccessTokenSettings()
     discord: DiscordSettings = DiscordSettings()
+    metrics: MetricsSettings = MetricsSettings()
     secret_key_env: str = "GATEWAY_SECRET_KEY"
     """Variable with the key that encrypts stored user credentials; unset: a key file in data/."""
 
@@ -364,6 +467,15 @@ class Settings(_Table):
         if len(set(values)) != len(values):
             raise ValueError("two endpoints share one path")
         return paths
+
+    @model_validator(mode="after")
+    def _metrics_path_free(self) -> Settings:
+        metrics = self.metrics
+        if metrics.enabled and metrics.port is None and (
+                metrics.path in self.paths.model_dump().values()
+                or metrics.path.startswith(self.paths.openai_prefix + "/")):
+            raise ValueError(f"metrics.path {metrics.path!r} is already an endpoint's path")
+        return self
 
     def proxy_for(self, proxy: str) -> str:
         """The effective proxy URL for an account's ``proxy`` setting ("" for none)."""

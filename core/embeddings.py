@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from .accounts import Account, AccountPool, SlotRefused
+from .billing import cost_of
+from .budgets import Budgets, Hold
 from .clock import iso, utc_now
 from .config import Settings
 from .errors import BadRequest, Forbidden, NotFound, Unavailable
+from .history import estimate_tokens
+from .metrics import NO_OBSERVER, Observer
 from .models import PlusChoice, Principal
 from .storage.conversations import ConversationRepo, UsageRecord
+from .storage.database import Statement
 from .storage.limits import RateLimiter
 from .upstream import UpstreamFailure, post_json
 from .upstream_errors import as_gateway_error, describe
@@ -62,11 +68,15 @@ def _param(message: str, param: str) -> BadRequest:
 
 class EmbeddingService:
     def __init__(self, settings: Settings, pool: AccountPool, conversations: ConversationRepo,
-                 limiter: RateLimiter) -> None:
+                 limiter: RateLimiter, budgets: Budgets,
+                 observer: Observer = NO_OBSERVER) -> None:
+        """``observer`` sees every usage row as it is made (metrics)."""
         self.settings = settings
+        self.observer = observer
         self.pool = pool
         self.conversations = conversations
         self.limiter = limiter
+        self.budgets = budgets
         self._cursor = 0
 
     def models(self, choice: PlusChoice) -> list[tuple[str, Account]]:
@@ -89,6 +99,20 @@ class EmbeddingService:
             raise NotFound(f"the model {model!r} is not served by this gateway",
                            code="model_not_found")
         await self.limiter.check(principal.id)
+        # The inputs are the whole use: held against the member's budgets at the dearest
+        # account's price until the answer says what they were.
+        estimate = _estimate(request.get("input"))
+        hold = await self.budgets.hold(
+            principal, tokens=estimate, ttl_s=max(a.settings.timeout_s for a in accounts) + 30,
+            cost=max(cost_of(a.settings, model, estimate, 0) or 0.0 for a in accounts))
+        try:
+            return await self._embed(principal, model, request, accounts, choice, hold)
+        finally:
+            await self.budgets.release(hold)
+
+    async def _embed(self, principal: Principal, model: str, request: dict[str, Any],
+                     accounts: list[Account], choice: PlusChoice,
+                     hold: Hold | None) -> dict[str, Any]:
         started = time.perf_counter()
         start = self._cursor % len(accounts)
         self._cursor += 1
@@ -114,8 +138,16 @@ class EmbeddingService:
                     continue
                 break
             tokens = self._tokens(answer)
+            estimated = tokens is None
+            if tokens is None:
+                tokens = _estimate(request.get("input"))
             account.record_success(tokens, 0)
-            await self._log(principal, account.name, model, "ok", started, tokens)
+            cost = cost_of(account.settings, model, tokens, 0) or 0.0
+            rows = self.budgets.spend_rows(principal, 1, tokens, cost)
+            await self._log(principal, account.name, model, "ok", started, tokens, cost=cost,
+                            estimated=estimated,
+                            extra=self.budgets.statements(rows, hold))
+            await self.budgets.settled(rows, hold)
             return answer
         if last is not None:
             await self._log(principal, last[0].name, model, f"upstream_{last[1].kind}", started)
@@ -136,11 +168,25 @@ class EmbeddingService:
         return count_of(usage, "prompt_tokens") if usage else None
 
     async def _log(self, principal: Principal, account: str | None, model: str, outcome: str,
-                   started: float, input_tokens: int | None = None) -> None:
-        # A usage row like any other call's, so statistics and budgets count embeddings.
-        await self.conversations.log_usage(UsageRecord(
+                   started: float, input_tokens: int | None = None, *, cost: float | None = None,
+                   estimated: bool = False, extra: Sequence[Statement] = ()) -> None:
+        # A usage row like any other call's, so statistics and budgets count embeddings: with
+        # ``extra``, what it adds to the member's running totals, in the same transaction.
+        record = UsageRecord(
             principal_id=principal.id, client_id=principal.client_id, conversation_id=None,
             account=account, model=model, endpoint=ENDPOINT, outcome=outcome,
             created_utc=iso(utc_now()), duration_ms=int((time.perf_counter() - started) * 1000),
             input_tokens=input_tokens, output_tokens=0 if input_tokens is not None else None,
-        ))
+            cost=cost, estimated=estimated, purpose="embedding",
+        )
+        self.observer.usage(record)
+        await self.conversations.log_usage(record, extra)
+
+
+def _estimate(value: Any) -> int:
+    """Tokens of an embeddings input (a string, a list of strings, or token arrays)."""
+    if isinstance(value, str):
+        return estimate_tokens(value)
+    if isinstance(value, list):
+        return sum(len(item) if isinstance(item, list) else _estimate(item) for item in value)
+    return 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,19 +20,23 @@ from typing import Any
 import aiohttp
 
 from .accounts import AccountPool
+from .budgets import Budgets
 from .chat import ChatListener, ChatRequest, ChatResult, ChatService
 from .clock import iso, utc_now
-from .config import ConfigError, Settings
+from .config import BUDGET_KEYS, ConfigError, Settings
 from .crypto import CredentialBox
 from .embeddings import EmbeddingService
 from .env_secrets import Secrets
 from .errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from .exchange import Attachment
 from .keys import hash_key
+from .metrics import NO_OBSERVER, Metrics
 from .models import Conversation, PlusChoice, Principal, Role, Turn
 from .oauth import AccessToken, PasswordGrant
 from .storage import Storage, storage_for
+from .storage.usage_report import GroupBy
 from .upstream import make_session
+from .usage import Report, UsageService
 from .web_sessions import WebSessions
 
 log = logging.getLogger(__name__)
@@ -57,17 +61,24 @@ class Gateway:
         secrets: Secrets | None = None,
         http_sessions: tuple[aiohttp.ClientSession, ...] = (),
         embeddings: EmbeddingService | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """The facade over its parts, which ``build_gateway`` makes from settings (tests and
-        other setups may pass their own). The gateway owns them: ``open`` and ``close``."""
+        other setups may pass their own). The gateway owns them: ``open`` and ``close``.
+        ``metrics``: what its parts report, when ``[metrics]`` is on (web/metrics.py serves
+        it)."""
         self.settings = settings
+        self.metrics = metrics
         self.storage = storage
         self.principals = storage.principals
         self.conversations = storage.conversations
         self.pool = pool
         self.chat_service = chat_service
+        self.budgets = chat_service.budgets
+        self.usage_service = UsageService(settings, storage, self.budgets)
         self.embedding_service = embeddings or EmbeddingService(
-            settings, pool, storage.conversations, chat_service.limiter)
+            settings, pool, storage.conversations, chat_service.limiter, chat_service.budgets,
+            metrics or NO_OBSERVER)
         self.box = box
         self.password_grant = password_grant
         self.secrets = secrets or Secrets()
@@ -78,12 +89,14 @@ class Gateway:
     async def open(self) -> None:
         await self.storage.open()
         try:
+            await self.budgets.open()
             await self.pool.open()
         except BaseException:
             await self.close()
             raise
 
     async def close(self) -> None:
+        await self.chat_service.titles.close()
         await self.pool.close()
         for session in self._http_sessions:
             await session.close()
@@ -285,11 +298,59 @@ class Gateway:
         return user
 
     async def update_user(self, actor: Principal, userid: str | None, *,
-                          plus: bool | None = None, disabled: bool | None = None) -> Principal:
+                          plus: bool | None = None, disabled: bool | None = None,
+                          limits: Mapping[str, float | str | None] | None = None) -> Principal:
+        """Change a user's plus, disabled or budgets. ``limits``: budget kind -> a number, "none"
+        (no limit) or "default" (the tier's). A client's own budget caps all its users
+        together: only an admin sets it, naming the client."""
         user = await self._managed_user(actor, userid)
-        if plus is None and disabled is None:
-            raise BadRequest("nothing to change: pass plus and/or disabled", code="no_change")
-        return await self.principals.update(user.id, plus=plus, disabled=disabled)
+        limits = check_limits(limits or {})
+        if plus is None and disabled is None and not limits:
+            raise BadRequest("nothing to change: pass plus, disabled or a budget "
+                             f"({', '.join(BUDGET_KEYS)})", code="no_change")
+        if plus is not None or disabled is not None:
+            user = await self.principals.update(user.id, plus=plus, disabled=disabled)
+        if limits:
+            user = await self.principals.set_limits(user.id, limits)
+            log.info("principal %s set budgets of principal %s: %s", actor.id, user.id,
+                     ", ".join(f"{k}={v}" for k, v in limits.items()))
+        return user
+
+    # ----------------------------------------------------------------- usage
+
+    async def usage(self, actor: Principal, user_id: str | None = None) -> dict[str, Any]:
+        """Use today and this month against the budgets: the caller's own, or (for a client or
+        an admin) a user's it manages. A client's own is all its users' together."""
+        target = actor if not user_id else await self._managed_user(actor, user_id)
+        return await self.usage_service.summary(target)
+
+    async def rate_limits(self, actor: Principal) -> dict[str, tuple[float, float, float]]:
+        """What OpenAI's x-ratelimit headers tell: for "requests" (per minute) and "tokens"
+        (the tightest token budget), the limit, what is left and seconds until it resets."""
+        found: dict[str, tuple[float, float, float]] = {}
+        limiter = self.chat_service.limiter
+        if limiter.per_minute:
+            left, wait = await limiter.state(actor.id)
+            found["requests"] = (limiter.per_minute, left, wait)
+        now = utc_now().timestamp()
+        tightest = None
+        for state in await self.budgets.states(actor):
+            if state.kind.startswith("tokens") and (
+                    tightest is None or state.remaining < tightest.remaining):
+                tightest = state
+        if tightest is not None:
+            found["tokens"] = (tightest.limit, tightest.remaining,
+                               max(0.0, tightest.resets.timestamp() - now))
+        return found
+
+    async def usage_report(self, actor: Principal, group_by: GroupBy, start: str | None = None,
+                           end: str | None = None, *, own_key: bool = False) -> Report:
+        """Totals over a date range; a client sees its own users only."""
+        if actor.role == "user":
+            raise Forbidden("only clients and admins see usage reports", code="not_allowed")
+        return await self.usage_service.report(
+            group_by, start, end, client_id=actor.id if actor.is_client else None,
+            own_key=own_key)
 
     async def list_users(self, actor: Principal, *, search: str = "", limit: int = 50,
                          offset: int = 0) -> tuple[list[dict[str, Any]], int]:
@@ -483,6 +544,32 @@ class Gateway:
         return await self.password_grant.exchange(email, password)
 
 
+def check_limits(limits: Mapping[str, float | str | None]) -> dict[str, float | str | None]:
+    """Budget changes as update-user takes them: a number of at least 0, "none" (no limit) or
+    "default" (the tier's), for a known kind."""
+    checked: dict[str, float | str | None] = {}
+    for kind, value in limits.items():
+        if kind not in BUDGET_KEYS:
+            raise BadRequest(f"unknown budget {kind!r}; budgets are {', '.join(BUDGET_KEYS)}",
+                             code="bad_budget")
+        if value is None or value == "none":
+            checked[kind] = None
+        elif value == "default":
+            checked[kind] = "default"
+        else:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                number = -1.0
+            if not number >= 0 or number == float("inf") or (
+                    kind.startswith("tokens") and number != int(number)):
+                raise BadRequest(
+                    f"{kind} must be a {'whole ' if kind.startswith('tokens') else ''}number of "
+                    f"at least 0, 'none' or 'default'; got {value!r}", code="bad_budget")
+            checked[kind] = number
+    return checked
+
+
 def _page(limit: int) -> int:
     return max(1, min(limit, MAX_PAGE))
 
@@ -501,18 +588,24 @@ def build_gateway(settings: Settings, *, environ: dict[str, str] | None = None,
     account cool-downs and the rate limit (tests pass a fake one)."""
     secrets = Secrets.read(settings, environ)
     storage = storage_for(settings.storage, secrets.storage_password)
-    pool = AccountPool(settings, storage.accounts, secrets, clock=clock)
+    metrics = Metrics(settings.billing.currency) if settings.metrics.enabled else None
+    observer = metrics or NO_OBSERVER
+    pool = AccountPool(settings, storage.accounts, secrets, clock=clock, observer=observer)
+    if metrics is not None:
+        metrics.watch(pool)
     own_key_session = make_session(settings.proxy_for(settings.own_key.proxy))
     oauth_session = make_session("")
     chat_service = ChatService(
         settings, pool, storage.conversations, own_key_session,
         limiter=storage.rate_limiter(settings.limits.user_requests_per_minute, clock),
-        lock=storage.lock)
+        lock=storage.lock, budgets=Budgets(settings, storage, clock, observer),
+        observer=observer)
     password_grant = PasswordGrant(settings.access_token, secrets.oauth_client_secret,
                                    oauth_session)
     return Gateway(settings, storage=storage, pool=pool, chat_service=chat_service,
                    box=credential_box(settings, storage, secrets), password_grant=password_grant,
-                   secrets=secrets, http_sessions=(own_key_session, oauth_session))
+                   secrets=secrets, http_sessions=(own_key_session, oauth_session),
+                   metrics=metrics)
 
 
 def credential_box(settings: Settings, storage: Storage, secrets: Secrets) -> CredentialBox:

@@ -24,6 +24,9 @@ class Principal:
     disabled_utc: str | None = None
     last_used_utc: str | None = None
     has_own_key: bool = False
+    limits: tuple[tuple[str, float | None], ...] = ()
+    """Budgets set for this principal alone (update-user), as (kind, value) pairs; a value of
+    None lifts the kind's tier default. Kinds not listed follow the tier default."""
 
     @property
     def is_admin(self) -> bool:
@@ -47,6 +50,7 @@ class Principal:
             "disabled": self.disabled_utc,
             "last_used": self.last_used_utc,
             "has_own_key": self.has_own_key,
+            "limits": {kind: ("none" if value is None else value) for kind, value in self.limits},
         }
 
 

@@ -44,6 +44,9 @@ class ChatRequest:
     continues_turn: str | None = None
     """The turn this request continues (a /v1/responses ``previous_response_id``): it must
     still be the conversation's last, and the history is rebuilt from the stored exchanges."""
+    later_title: bool = False
+    """With ``generate_title`` False: the model's title is asked after the turn is stored,
+    batched with other new conversations' (core/title_batch.py), and replaces the cut one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,8 @@ class Attempt:
     parent_id: str | None = None
     prompt_time: datetime = field(default_factory=utc_now)
     started: float = field(default_factory=time.perf_counter)
+    title_usage: Completion | None = None
+    """The title call's usage, when the model was asked for one: the member's use too."""
 
     @property
     def elapsed_s(self) -> float:

@@ -19,7 +19,7 @@ import aiohttp_socks
 import python_socks
 from aiohttp_socks import ProxyConnector
 
-from . import completions_api, responses_api
+from . import completions_api, fastjson, responses_api
 from .clock import utc_now
 from .wire import (
     COOLING_KINDS,
@@ -153,7 +153,7 @@ def _body(target: Target, messages: list[Message], stream: bool, options: dict[s
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-    return json.dumps(body, ensure_ascii=False).encode("utf-8")
+    return fastjson.dumps(body)
 
 
 async def complete(
@@ -284,7 +284,7 @@ async def post_json(target: Target, path: str, body: dict[str, Any], *,
 
 def _read_json(raw: bytes, status: int, target: Target) -> Completion:
     try:
-        data = json.loads(raw)
+        data = fastjson.loads(raw)
     except ValueError:
         data = None
     if not isinstance(data, dict):
@@ -365,7 +365,7 @@ def _take_chunk(raw: str, result: Completion, pieces: list[str], status: int,
                 meter: ReplyMeter, extras: _Accumulator) -> dict[str, Any]:
     """Fold one ``chat.completion.chunk`` into the result; its text goes to ``pieces``."""
     try:
-        chunk = json.loads(raw)
+        chunk = fastjson.loads(raw)
     except ValueError:
         raise UpstreamFailure("garbage", "the upstream streamed something that is not JSON",
                               status=status) from None

@@ -153,6 +153,8 @@ class Completion:
     input_tokens: int | None = None
     output_tokens: int | None = None
     finish_reason: str | None = None
+    usage_estimated: bool = False
+    """The upstream reported no usage: the token counts are the gateway's estimates."""
     message: dict[str, Any] | None = None
     """The first choice's assistant message beyond its text, in Chat Completions' shape
     (``tool_calls``, ``refusal``, ``function_call``), as the upstream gave it or as its

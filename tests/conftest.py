@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,20 @@ _databases = itertools.count(1)
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "sqlite_only: a test of SQLite's own files")
+    config.addinivalue_line("markers", "postgresql_only: several gateways on one database")
+
+
+if os.environ.get("GATEWAY_TEST_EVENT_LOOP") == "uvloop":
+    # ``GATEWAY_TEST_EVENT_LOOP=uvloop pytest ...`` runs the tests' own loops on uvloop, the
+    # gateway's default (bot.py's children use it whenever it is installed); unset, they run
+    # on asyncio's, so both loops are tested. Defined only then: pytest-asyncio parametrises
+    # every test by whatever this hook returns.
+    def pytest_asyncio_loop_factories(
+            config: pytest.Config, item: pytest.Item,
+    ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -44,6 +59,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     path = metafunc.definition.path.as_posix()
     backends = ["sqlite"]
+    if metafunc.definition.get_closest_marker("postgresql_only") is not None:
+        metafunc.parametrize("backend", ["postgresql"], indirect=True)
+        return
     if any(part in path for part in BOTH_BACKENDS) and \
             metafunc.definition.get_closest_marker("sqlite_only") is None:
         backends.append("postgresql")
@@ -144,7 +162,10 @@ def make_settings(storage_table: dict[str, Any]) -> Callable[..., Settings]:
 
     def build(accounts: list[dict[str, Any]], **tables: Any) -> Settings:
         data: dict[str, Any] = {"storage": dict(storage_table), "accounts": accounts}
-        chat = {"cooldown_s": 30.0, "title_timeout_s": 2.0}
+        # Titles asked beside the reply, as the tests of titles, enrichment and streams
+        # expect; the batched titles of /api/chat (the default) are tested on their own
+        # (tests/web/test_titles_batched.py).
+        chat = {"cooldown_s": 30.0, "title_timeout_s": 2.0, "api_titles": "beside"}
         chat.update(tables.pop("chat", {}))
         data["chat"] = chat
         # Every test's callers share 127.0.0.1 and many fail on purpose: the throttles are off

@@ -121,6 +121,17 @@ def check_update_and_list(out: str) -> None:
     assert [u["name"] for u in listed["users"]] == ["ann"]
 
 
+def check_budgets(out: str) -> None:
+    header = "user,name,requests,failed,input_tokens,output_tokens,tokens,cost,currency"
+    updated, usage = json_values(out[:out.index(header)])
+    assert updated["user"]["limits"] == {"tokens_per_day": 20000}
+    assert usage["limits"]["tokens_per_day"] == 20000 and usage["requests_today"] == 3
+    assert usage["remaining"]["tokens_per_day"] == 20000 - usage["tokens_today"]
+    rows = out[out.index(header):].splitlines()[1:]
+    assert len(rows) == 1 and rows[0].split(",")[1] == "ann"
+    assert int(rows[0].split(",")[6]) == usage["tokens_today"]
+
+
 def check_chat(out: str) -> None:
     [reply] = json_values(out)
     assert reply["status"] == "success" and reply["is_new_conversation"] is True
@@ -187,7 +198,8 @@ def check_remove_user(out: str) -> None:
 CHECKS: dict[str, Callable[[str], None]] = {
     "create-admin": check_start,
     '"role": "client"': check_add_user,
-    "update-user": check_update_and_list,
+    "plus=true": check_update_and_list,
+    "tokens_per_day": check_budgets,
     "Name three prime numbers": check_chat,
     "And+the+next+one": check_follow_up,
     "stream=true": check_stream,

@@ -6,16 +6,18 @@ Handlers only parse, call the ``Gateway`` facade and format; roles are checked i
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
+from core import fastjson
 from core.chat import ChatRequest, ChatResult
+from core.config import BUDGET_KEYS
 from core.errors import BadRequest, Forbidden
 from core.gateway import Gateway
 from core.models import PlusChoice, Principal
+from core.storage.usage_report import GROUPS
 
 from .guard import authenticate, exchange_access_token
 from .keys import GATEWAY
@@ -32,8 +34,8 @@ PRETTY_CSP = "default-src 'none'; style-src 'unsafe-inline'"
 
 def success(payload: dict[str, Any], *, pretty: bool = False, status: int = 200) -> web.Response:
     body = {"status": "success", **payload}
-    text = json.dumps(body, ensure_ascii=False, indent=2 if pretty else None)
-    return web.Response(text=text, content_type="application/json", status=status)
+    return web.Response(body=fastjson.dumps(body, indent=pretty), status=status,
+                        content_type="application/json", charset="utf-8")
 
 
 async def _caller(request: web.Request) -> tuple[Gateway, Params, Principal]:
@@ -57,7 +59,9 @@ async def _acting(gateway: Gateway, params: Params, actor: Principal,
 # --------------------------------------------------------------------------------- chat
 
 
-def chat_request(params: Params, endpoint: str = "api") -> ChatRequest:
+def chat_request(params: Params, endpoint: str = "api",
+                 titles: Literal["beside", "batched", "prompt"] = "beside") -> ChatRequest:
+    """``titles``: how a new conversation's title is made ([chat] api_titles)."""
     return ChatRequest(
         prompt=params.text("prompt"),
         conversation_id=params.text("conversation_id", max_chars=MAX_ID_CHARS) or None,
@@ -67,6 +71,8 @@ def chat_request(params: Params, endpoint: str = "api") -> ChatRequest:
         external_ref=params.text("external_ref", max_chars=MAX_ID_CHARS) or None,
         endpoint=endpoint,
         options=_sampling(params),
+        generate_title=titles == "beside",
+        later_title=titles == "batched",
     )
 
 
@@ -123,7 +129,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     gateway, params, actor = await _caller(request)
     # Every parameter is checked before anything happens: a bad flag must not cost an upstream
     # call, a stored turn or a user created on first use, and then still answer 400.
-    chat_req = chat_request(params)
+    chat_req = chat_request(params, titles=gateway.settings.chat.api_titles)
     if chat_req.external_ref and not actor.is_client:
         # A reference names a conversation in a client's namespace (the bot's thread ids):
         # a user setting one could squat the id the client will map next (a 409 for it).
@@ -213,8 +219,11 @@ async def remove_user(request: web.Request) -> web.Response:
 
 async def update_user(request: web.Request) -> web.Response:
     gateway, params, actor = await _caller(request)
+    # A budget is a number, "none" (no limit) or "default" (the tier's); JSON null is "none".
+    limits = {kind: "none" if params.data[kind] is None else params.text(kind, max_chars=40)
+              for kind in BUDGET_KEYS if kind in params.data}
     user = await gateway.update_user(actor, _userid(params), plus=params.optional_flag("plus"),
-                                     disabled=params.optional_flag("disabled"))
+                                     disabled=params.optional_flag("disabled"), limits=limits)
     return success({"user": user.public()})
 
 
@@ -236,6 +245,28 @@ async def rotate_key(request: web.Request) -> web.Response:
 def _userid(params: Params) -> str | None:
     return params.text("userid", max_chars=MAX_ID_CHARS) or params.text(
         "user_id", max_chars=MAX_ID_CHARS)
+
+
+# --------------------------------------------------------------------------------- usage
+
+
+async def usage(request: web.Request) -> web.Response:
+    gateway, params, actor = await _caller(request)
+    summary = await gateway.usage(actor, _userid(params))
+    return success(summary, pretty=params.flag("pretty"))
+
+
+async def admin_usage(request: web.Request) -> web.Response:
+    gateway, params, actor = await _caller(request)
+    report = await gateway.usage_report(
+        actor, params.choice("group_by", GROUPS, "user"),
+        params.text("from", max_chars=10), params.text("to", max_chars=10),
+        own_key=params.flag("own_key"))
+    if params.choice("format", ("json", "csv"), "json") == "csv":
+        name = f"usage-{report.group_by}-{report.start}-{report.end}.csv"
+        return web.Response(text=report.csv(), content_type="text/csv", charset="utf-8",
+                            headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return success(report.public(), pretty=params.flag("pretty"))
 
 
 # --------------------------------------------------------------------------------- admin
@@ -283,6 +314,8 @@ def add_routes(app: web.Application, paths: Any) -> None:
         paths.remove_conversation: remove_conversation,
         paths.rotate_key: rotate_key,
         paths.admin_accounts: admin_accounts,
+        paths.usage: usage,
+        paths.admin_usage: admin_usage,
         paths.health: health,
     }
     for path, handler in routes.items():

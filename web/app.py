@@ -7,7 +7,8 @@ from aiohttp import web
 from core.gateway import Gateway
 
 from . import api, ui
-from .errors import error_middleware
+from . import metrics as web_metrics
+from .errors import api_error, error_middleware_for
 from .guard import GUARD, Guard
 from .keys import GATEWAY, SETTINGS
 from .openai_api import create_v1_app
@@ -17,8 +18,14 @@ from .server import track_requests
 def create_app(gateway: Gateway) -> web.Application:
     """The HTTP front over an opened ``Gateway``; the caller owns the gateway's lifetime."""
     settings = gateway.settings
+    metrics = gateway.metrics
+    # Requests are counted around the error middleware, so errors count with their status.
+    counting = [web_metrics.count_requests(metrics)] if metrics is not None else []
     app = web.Application(
-        middlewares=[track_requests, error_middleware, ui.middleware],
+        # The UI's checks are on its own routes (ui.setup), not a middleware every API
+        # request would pass through; a browser's unknown address still gets a page.
+        middlewares=[track_requests, *counting,
+                     error_middleware_for(api_error, ui.unmatched_page)],
         client_max_size=settings.server.max_body_bytes,
     )
     app[GATEWAY] = gateway
@@ -27,4 +34,6 @@ def create_app(gateway: Gateway) -> web.Application:
     api.add_routes(app, settings.paths)
     app.add_subapp(settings.paths.openai_prefix, create_v1_app(gateway))
     ui.setup(app)
+    if metrics is not None:
+        web_metrics.setup(app, metrics)
     return app

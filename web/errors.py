@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Render = Callable[[int, str, str, "str | None", "float | None"], web.Response]
 """Builds an error response from status, message, code, offending parameter, retry-after."""
+Page = Callable[[web.Request, web.HTTPException], Awaitable["web.StreamResponse | None"]]
+"""Answers an unknown address its own way (the web UI's page for a browser), or None."""
+
+ERROR_CODE = web.RequestKey("error_code", str)
+"""The code of the error a request was answered with, for the metrics (web/metrics.py)."""
 
 _HTTP_CODES = {
     404: "not_found",
@@ -52,9 +57,15 @@ def client_gone(request: web.BaseRequest) -> bool:
     return transport is None or transport.is_closing()
 
 
-def error_middleware_for(render: Render) -> Middleware:
+def error_middleware_for(render: Render, page: Page | None = None) -> Middleware:
     """A middleware giving every failure the shape ``render`` draws: the API's own, or
-    OpenAI's envelope on /v1. One mechanism, so both get every fix (the 405's Allow header)."""
+    OpenAI's envelope on /v1. One mechanism, so both get every fix (the 405's Allow header).
+    ``page``, when given, may answer an unknown address (a browser's) in its own way."""
+
+    def answer(request: web.Request, status: int, message: str, code: str,
+               param: str | None, retry_after: float | None) -> web.Response:
+        request[ERROR_CODE] = code
+        return render(status, message, code, param, retry_after)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -64,18 +75,22 @@ def error_middleware_for(render: Render) -> Middleware:
                 check_query_and_path(request)
             return await handler(request)
         except GatewayError as err:
-            return render(err.status, err.message, err.code, getattr(err, "param", None),
-                          err.retry_after)
+            return answer(request, err.status, err.message, err.code,
+                          getattr(err, "param", None), err.retry_after)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
+            if page is not None and request.match_info.http_exception is not None:
+                shown = await page(request, exc)
+                if shown is not None:
+                    return shown
             message = {
                 404: f"no endpoint at {request.path}",
                 405: f"{request.method} is not allowed on {request.path}",
                 413: "the request body is too large",
             }.get(exc.status, exc.reason)
-            response = render(exc.status, message, _HTTP_CODES.get(exc.status, "http_error"),
-                              None, None)
+            response = answer(request, exc.status, message,
+                              _HTTP_CODES.get(exc.status, "http_error"), None, None)
             if "Allow" in exc.headers:  # a 405 must say which methods are allowed (RFC 9110)
                 response.headers["Allow"] = exc.headers["Allow"]
             return response
@@ -83,18 +98,16 @@ def error_middleware_for(render: Render) -> Middleware:
             if isinstance(exc, ConnectionError) and client_gone(request):
                 # The caller hung up mid-request (mid-body, say): no one to answer, no bug.
                 log.debug("the client left during %s %s", request.method, request.path)
-                return render(400, "the connection was closed", "client_gone", None, None)
+                return answer(request, 400, "the connection was closed", "client_gone", None, None)
             ref = secrets.token_hex(4)
             log.exception("unhandled error on %s %s (ref %s)", request.method, request.path, ref)
-            return render(500, f"internal error; quote reference {ref} to an admin",
+            return answer(request, 500, f"internal error; quote reference {ref} to an admin",
                           "internal_error", None, None)
 
     return middleware
 
 
-def _api_error(status: int, message: str, code: str, _param: str | None,
-               retry_after: float | None) -> web.Response:
+def api_error(status: int, message: str, code: str, _param: str | None,
+              retry_after: float | None) -> web.Response:
     return error_response(status, message, code, retry_after)
 
-
-error_middleware = error_middleware_for(_api_error)

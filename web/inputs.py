@@ -13,12 +13,12 @@ handlers read them.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from core import fastjson
 from core.errors import BadRequest
 
 MAX_JSON_DEPTH = 64
@@ -46,7 +46,7 @@ def check_text(name: str, value: str) -> str:
 def parse_json(raw: bytes, *, what: str = "the request body") -> Any:
     """``raw`` parsed, refusing what ``json.loads`` would let through to fail later."""
     try:
-        value = json.loads(raw)
+        value = fastjson.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest(f"{what} is not valid JSON", code="malformed_json") from None
     except RecursionError:

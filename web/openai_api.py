@@ -10,14 +10,14 @@ conversation on the account that started it. Every error uses OpenAI's envelope
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import time
 from typing import Any
 
 from aiohttp import web
 
-from core import exchange
+from core import exchange, fastjson
 from core.capabilities import HANDLED, needs_of_chat
 from core.chat import ChatRequest, ChatResult, StartInfo
 from core.config import Settings
@@ -26,10 +26,11 @@ from core.gateway import Gateway
 from core.models import PlusChoice, Principal
 from core.wire import content_text
 
-from .errors import error_middleware_for, retry_after_headers
+from .errors import Handler, error_middleware_for, retry_after_headers
 from .guard import authenticate
 from .inputs import check_text, parse_json
 from .keys import GATEWAY
+from .sse import CoalescedStream
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,12 @@ _ERROR_TYPES = {
 
 def openai_error(status: int, message: str, code: str | None, param: str | None = None,
                  retry_after: float | None = None) -> web.Response:
-    body = {"error": {"message": message, "type": _ERROR_TYPES.get(status, "api_error"),
-                      "param": param, "code": code}}
+    kind = _ERROR_TYPES.get(status, "api_error")
+    if code == "quota_exceeded":
+        # What OpenAI answers when an account's quota is spent, which SDKs and agent
+        # frameworks recognise (and do not retry the way they retry a rate limit).
+        kind = code = "insufficient_quota"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return web.json_response(body, status=status, headers=retry_after_headers(retry_after))
 
 
@@ -67,6 +72,44 @@ class _ParamError(BadRequest):
 
 openai_errors = error_middleware_for(openai_error)
 """Every failure on /v1 in OpenAI's envelope, whatever raised it."""
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+
+async def rate_limit_headers(request: web.Request) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers for the caller: its requests a minute and its tightest
+    token budget, each as limit, remaining and reset (``6m0s``)."""
+    principal = request.get(PRINCIPAL)
+    if principal is None:
+        return {}
+    headers = {}
+    for name, (limit, remaining, reset) in (
+            await request.app[GATEWAY].rate_limits(principal)).items():
+        headers[f"x-ratelimit-limit-{name}"] = str(int(limit))
+        headers[f"x-ratelimit-remaining-{name}"] = str(int(remaining))
+        headers[f"x-ratelimit-reset-{name}"] = _duration(reset)
+    return headers
+
+
+def _duration(seconds: float) -> str:
+    """A time as OpenAI writes it in its headers: 20ms, 1s, 6m0s, 2h3m4s."""
+    if seconds < 1:
+        return f"{int(seconds * 1000)}ms"
+    whole = int(seconds + 0.999)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+@web.middleware
+async def rate_limit_headers_middleware(request: web.Request,
+                                        handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    if not response.prepared:  # a stream added them before it opened
+        with contextlib.suppress(GatewayError):  # the answer matters more than its headers
+            response.headers.update(await rate_limit_headers(request))
+    return response
 
 
 async def _caller(request: web.Request) -> tuple[Gateway, Principal]:
@@ -76,9 +119,11 @@ async def _caller(request: web.Request) -> tuple[Gateway, Principal]:
         raise Unauthorized("no API key: send 'Authorization: Bearer KEY' with your gateway key",
                            code="invalid_api_key")
     try:
-        return gateway, await authenticate(request, key.strip())
+        principal = await authenticate(request, key.strip())
     except Unauthorized as err:
         raise Unauthorized(err.message, code="invalid_api_key") from None
+    request[PRINCIPAL] = principal
+    return gateway, principal
 
 
 def _tier_choice(principal: Principal) -> PlusChoice:
@@ -232,9 +277,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if stream:
         return await _stream(request, gateway, principal, chat_request, include_usage)
     result = await gateway.chat(principal, chat_request)
-    return web.json_response(
-        _completion(result), headers={CONVERSATION_HEADER: result.conversation.id}
-    )
+    return web.Response(body=fastjson.dumps(_completion(result)), content_type="application/json",
+                        headers={CONVERSATION_HEADER: result.conversation.id})
 
 
 def _completion_id(result: ChatResult) -> str:
@@ -282,7 +326,8 @@ class _ChunkWriter:
     def __init__(self, request: web.Request, include_usage: bool) -> None:
         self.request = request
         self.include_usage = include_usage
-        self.response = web.StreamResponse(headers={
+        self.pending = bytearray()
+        self.response = CoalescedStream(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
         })
@@ -295,12 +340,19 @@ class _ChunkWriter:
         """The upstream speaks Chat Completions: its chunks go on as given (tool-call deltas
         with their indexes, several choices) and its text deltas are not sent again."""
 
-    async def write(self, payload: dict[str, Any] | str) -> None:
+    async def write(self, payload: dict[str, Any] | str, *, hold: bool = False,
+                    last: bool = False) -> None:
+        """One event, with any held before it in the same socket write (``hold``: keep it for
+        the next); ``last`` ends the stream in that write too."""
         if self.gone:
             return
-        data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+        data = payload.encode() if isinstance(payload, str) else fastjson.dumps(payload)
+        self.pending += b"data: " + data + b"\n\n"
+        if hold:
+            return
+        out, self.pending = bytes(self.pending), bytearray()
         try:
-            await self.response.write(f"data: {data}\n\n".encode())
+            await (self.response.write_eof(out) if last else self.response.write(out))
         except (ConnectionError, RuntimeError):
             # The caller left; the turn is still completed and stored.
             self.gone = True
@@ -324,8 +376,11 @@ class _ChunkWriter:
     async def open(self) -> None:
         if not self.response.prepared:
             self.response.headers[CONVERSATION_HEADER] = self.conversation_id
+            with contextlib.suppress(GatewayError):
+                self.response.headers.update(await rate_limit_headers(self.request))
             await self.response.prepare(self.request)
-            await self.write(self.chunk({"role": "assistant", "content": "", "refusal": None}))
+            await self.write(self.chunk({"role": "assistant", "content": "", "refusal": None}),
+                             hold=True)
 
     async def delta(self, text: str) -> None:
         if self.passing_chunks:
@@ -378,9 +433,11 @@ class _ChunkWriter:
         """Several chunks in one write (one network read upstream, one write here)."""
         if self.gone or not payloads:
             return
-        data = "".join(f"data: {json.dumps(p, ensure_ascii=False)}\n\n" for p in payloads)
+        # With any event held back (the role chunk), in the same write.
+        self.pending += b"".join(b"data: " + fastjson.dumps(p) + b"\n\n" for p in payloads)
+        out, self.pending = bytes(self.pending), bytearray()
         try:
-            await self.response.write(data.encode())
+            await self.response.write(out)
         except (ConnectionError, RuntimeError):
             self.gone = True
 
@@ -426,7 +483,7 @@ async def _stream(request: web.Request, gateway: Gateway, principal: Principal,
             raise
         # Mid-stream, OpenAI sends an error object as a data event.
         await writer.write({"error": {"message": err.message, "type": _ERROR_TYPES.get(
-            err.status, "api_error"), "param": None, "code": err.code}})
+            err.status, "api_error"), "param": None, "code": err.code}}, last=True)
         return writer.response
     writer.model = result.turn.model
     await writer.open()  # an empty reply still gets its role chunk
@@ -435,15 +492,16 @@ async def _stream(request: web.Request, gateway: Gateway, principal: Principal,
         if extras and extras.get("tool_calls"):
             # An upstream of another protocol gave its calls whole: sent as one delta.
             await writer.write(writer.chunk({"tool_calls": [
-                {"index": i, **call} for i, call in enumerate(extras["tool_calls"])]}))
-        await writer.write(writer.chunk({}, result.finish_reason))
+                {"index": i, **call} for i, call in enumerate(extras["tool_calls"])]}),
+                hold=True)
+        await writer.write(writer.chunk({}, result.finish_reason), hold=True)
     if include_usage:
         await writer.write({
             "id": writer.chunk_id, "object": "chat.completion.chunk",
             "created": writer.created, "model": writer.model, "system_fingerprint": None,
             "choices": [], "usage": _usage(result),
-        })
-    await writer.write("[DONE]")
+        }, hold=True)
+    await writer.write("[DONE]", last=True)
     return writer.response
 
 
@@ -455,7 +513,8 @@ def body_limit(settings: Settings) -> int:
 def create_v1_app(gateway: Gateway) -> web.Application:
     """The /v1 sub-application, with its own error envelope."""
     limit = body_limit(gateway.settings)
-    app = web.Application(middlewares=[openai_errors], client_max_size=limit)
+    app = web.Application(middlewares=[rate_limit_headers_middleware, openai_errors],
+                          client_max_size=limit)
     app[GATEWAY] = gateway
     app[BODY_LIMIT] = limit
     app.router.add_post("/chat/completions", chat_completions)

@@ -8,7 +8,6 @@ because a browser tab closed.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from collections.abc import Awaitable, Mapping
@@ -16,19 +15,32 @@ from typing import Any
 
 from aiohttp import web
 
+from core import fastjson
 from core.chat import ChatResult, StartInfo
 from core.errors import GatewayError
 
 log = logging.getLogger(__name__)
 
 
+class CoalescedStream(web.StreamResponse):
+    """A stream whose headers wait for its first bytes, to go out in one socket write with
+    them (aiohttp sends a stream's headers on their own otherwise; its ``web.Response`` waits
+    the same way)."""
+
+    _send_headers_immediately = False
+
+
 class EventStream:
     """A ``ChatListener`` that writes ``start``, ``delta``..., ``title`` events; the handler
-    ends the stream with ``done`` (or ``run`` with ``error``)."""
+    ends the stream with ``done`` (or ``run`` with ``error``).
+
+    Events ready together leave in one socket write: ``start`` (and an early ``title``) wait
+    for the first ``delta``, and the last event carries the end of the stream with it."""
 
     def __init__(self, request: web.Request, headers: Mapping[str, str] | None = None) -> None:
         self.request = request
-        self.response = web.StreamResponse(headers={
+        self.pending = bytearray()
+        self.response = CoalescedStream(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-store",
             "X-Accel-Buffering": "no", **(headers or {}),
         })
@@ -36,12 +48,20 @@ class EventStream:
         self.start: dict[str, Any] = {}
         self.pending_title: str | None = None
 
-    async def send(self, event: str, data: dict[str, Any]) -> None:
+    async def send(self, event: str, data: dict[str, Any], *, hold: bool = False) -> None:
+        """Write one event, with any held before it; ``hold``: keep it for the next write.
+        ``done`` and ``error`` end the stream."""
         if self.gone:
             return
-        payload = json.dumps(data, ensure_ascii=False)
+        self.pending += b"event: " + event.encode() + b"\ndata: " + fastjson.dumps(data) + b"\n\n"
+        if hold:
+            return
+        data_out, self.pending = bytes(self.pending), bytearray()
         try:
-            await self.response.write(f"event: {event}\ndata: {payload}\n\n".encode())
+            if event in ("done", "error"):
+                await self.response.write_eof(data_out)
+            else:
+                await self.response.write(data_out)
         except (ConnectionError, RuntimeError):
             self.gone = True
 
@@ -56,9 +76,9 @@ class EventStream:
     async def open(self) -> None:
         if not self.response.prepared:
             await self.response.prepare(self.request)
-            await self.send("start", self.start)
+            await self.send("start", self.start, hold=True)
             if self.pending_title is not None:
-                await self.send("title", {"title": self.pending_title})
+                await self.send("title", {"title": self.pending_title}, hold=True)
 
     async def delta(self, text: str) -> None:
         await self.open()

@@ -55,18 +55,35 @@ class UsageRecord:
     duration_ms: int
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cost: float | None = None
+    """What the call cost the organisation (None: own key, or no account answered)."""
+    estimated: bool = False
+    """The tokens are the gateway's estimate: the upstream reported none."""
+    purpose: str = "reply"
+    """"reply", or "title" for the call that named a new conversation."""
+    own_key: bool = False
+    """Made with the member's own key: their spending, never counted against budgets."""
+
+    @property
+    def tokens(self) -> int:
+        return (self.input_tokens or 0) + (self.output_tokens or 0)
 
 
 _USAGE_INSERT = (
     "INSERT INTO usage (principal_id, client_id, conversation_id, account, model, endpoint,"
-    " outcome, created_utc, duration_ms, input_tokens, output_tokens)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " outcome, created_utc, duration_ms, input_tokens, output_tokens, cost, estimated, purpose,"
+    " own_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+def usage_statement(u: UsageRecord) -> Statement:
+    return (_USAGE_INSERT, _usage_params(u))
 
 
 def _usage_params(u: UsageRecord) -> tuple[Any, ...]:
     return (u.principal_id, u.client_id, u.conversation_id, u.account, u.model, u.endpoint,
-            u.outcome, u.created_utc, u.duration_ms, u.input_tokens, u.output_tokens)
+            u.outcome, u.created_utc, u.duration_ms, u.input_tokens, u.output_tokens, u.cost,
+            u.estimated, u.purpose, u.own_key)
 
 
 def _turn_params(t: Turn) -> tuple[Any, ...]:
@@ -194,6 +211,7 @@ class ConversationRepo:
     async def create_with_turn(
         self, conversation: Conversation, turn: Turn, usage: UsageRecord,
         attachments: Sequence[Attachment] = (),
+        extra: Sequence[Statement] = (),
     ) -> None:
         """Store a new conversation together with its first turn, or nothing."""
         c = conversation
@@ -206,12 +224,14 @@ class ConversationRepo:
                 (f"INSERT INTO turns ({_TURN_COLUMNS}) {_TURN_INSERT_VALUES}", _turn_params(turn)),
                 (_USAGE_INSERT, _usage_params(usage)),
                 *_attachment_statements(turn, attachments, await self._stored(attachments)),
+                *extra,
             ])
         except IntegrityError as exc:
             raise Conflict(f"could not store the conversation: {exc}") from None
 
     async def append_turn(self, turn: Turn, usage: UsageRecord,
-                          attachments: Sequence[Attachment] = ()) -> bool:
+                          attachments: Sequence[Attachment] = (),
+                          extra: Sequence[Statement] = ()) -> bool:
         """Append a follow-up turn. False when the conversation was removed meanwhile."""
         try:
             return await self.db.write([
@@ -220,14 +240,20 @@ class ConversationRepo:
                 (f"INSERT INTO turns ({_TURN_COLUMNS}) {_TURN_INSERT_VALUES}", _turn_params(turn)),
                 (_USAGE_INSERT, _usage_params(usage)),
                 *_attachment_statements(turn, attachments, await self._stored(attachments)),
+                *extra,
             ], guarded=True)
         except IntegrityError as exc:
             # The turn's position was taken: another process answered this conversation
             # without its lock (never by this gateway's own code path).
             raise Conflict(f"could not store the turn: {exc}") from None
 
-    async def log_usage(self, usage: UsageRecord) -> None:
-        await self.db.write([(_USAGE_INSERT, _usage_params(usage))])
+    async def replace_title(self, conversation_id: str, old: str, new: str) -> None:
+        """The title, unless it changed since it was ``old`` (core/title_batch.py)."""
+        await self.db.write([("UPDATE conversations SET title = ? WHERE id = ? AND title = ?",
+                              (new, conversation_id, old))])
+
+    async def log_usage(self, usage: UsageRecord, extra: Sequence[Statement] = ()) -> None:
+        await self.db.write([(_USAGE_INSERT, _usage_params(usage)), *extra])
 
     async def delete(self, conversation_id: str) -> bool:
         async with self.db.transaction() as tx:
@@ -265,9 +291,10 @@ class ConversationRepo:
             owned = " WHERE owner_id IN (SELECT id FROM principals WHERE client_id = ?)"
             params = (client_id,)
         row = await self.db.fetchone(
-            "SELECT count(*) AS requests,"
+            "SELECT sum(CASE WHEN purpose <> 'title' THEN 1 ELSE 0 END) AS requests,"
             " coalesce(sum(input_tokens), 0) AS input_tokens,"
             " coalesce(sum(output_tokens), 0) AS output_tokens,"
+            " coalesce(sum(cost), 0) AS cost,"
             " sum(CASE WHEN outcome <> 'ok' THEN 1 ELSE 0 END) AS failures"
             f" FROM usage{usage_where}", params
         )
@@ -278,10 +305,11 @@ class ConversationRepo:
             f" (SELECT id FROM conversations{owned})", params
         )
         return {
-            "requests": row["requests"] if row else 0,
+            "requests": (row["requests"] or 0) if row else 0,
             "failures": (row["failures"] or 0) if row else 0,
             "input_tokens": row["input_tokens"] if row else 0,
             "output_tokens": row["output_tokens"] if row else 0,
+            "cost": round(float(row["cost"] or 0), 6) if row else 0.0,
             "conversations": conversations[0] if conversations else 0,
             "turns": turns[0] if turns else 0,
         }

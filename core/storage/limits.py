@@ -19,8 +19,14 @@ WINDOW_S = 60.0
 
 
 class RateLimiter(Protocol):
+    per_minute: int
+
     async def check(self, principal_id: int) -> None:
         """Count one request, or raise ``RateLimited`` (not counted) when over the limit."""
+        ...
+
+    async def state(self, principal_id: int) -> tuple[int, float]:
+        """Requests left in the current minute, and seconds until one more is free."""
         ...
 
 
@@ -51,6 +57,12 @@ class MemoryRateLimiter:
             raise _refusal(self.per_minute, WINDOW_S - (now - recent[0]))
         recent.append(now)
         self._seen[principal_id] = recent
+
+    async def state(self, principal_id: int) -> tuple[int, float]:
+        now = self._clock()
+        recent = [t for t in self._seen.get(principal_id, ()) if now - t < WINDOW_S]
+        left = max(0, self.per_minute - len(recent))
+        return left, (WINDOW_S - (now - recent[0])) if recent and not left else 0.0
 
 
 # The row lock that ON CONFLICT DO UPDATE takes orders concurrent requests of one caller, from
@@ -84,3 +96,13 @@ class SharedRateLimiter:
         oldest = await self.db.fetchone(_OLDEST, (principal_id, now, WINDOW_S))
         first = float(oldest[0]) if oldest and oldest[0] is not None else now
         raise _refusal(self.per_minute, WINDOW_S - (now - first))
+
+    async def state(self, principal_id: int) -> tuple[int, float]:
+        now = self._clock()
+        row = await self.db.fetchone(
+            "SELECT count(*), min(h) FROM rate_windows, unnest(hits) AS h"
+            " WHERE principal_id = $1 AND h > $2::float8 - $3", (principal_id, now, WINDOW_S))
+        count = int(row[0]) if row else 0
+        left = max(0, self.per_minute - count)
+        first = float(row[1]) if row and row[1] is not None else now
+        return left, (WINDOW_S - (now - first)) if not left else 0.0

@@ -123,6 +123,53 @@ MIGRATIONS: list[tuple[str, str]] = [
         """,
     ),
     (
+        # As on SQLite; budget_holds (PostgreSQL only, UNLOGGED like rate_windows) are the
+        # reservations of requests in flight in any process, each until it settles or its
+        # deadline passes (a process that died mid-request holds nothing for long).
+        "0004_budgets",
+        """
+        ALTER TABLE principals ADD COLUMN limits_json TEXT;
+        ALTER TABLE usage ADD COLUMN cost DOUBLE PRECISION;
+        ALTER TABLE usage ADD COLUMN estimated BOOLEAN NOT NULL DEFAULT FALSE;
+        ALTER TABLE usage ADD COLUMN purpose TEXT NOT NULL DEFAULT 'reply';
+        ALTER TABLE usage ADD COLUMN own_key BOOLEAN NOT NULL DEFAULT FALSE;
+        CREATE INDEX usage_created ON usage(created_utc);
+        CREATE INDEX usage_client ON usage(client_id, created_utc);
+
+        CREATE TABLE spend (
+            scope_id        BIGINT NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+            period          TEXT NOT NULL,
+            requests        BIGINT NOT NULL DEFAULT 0,
+            tokens          BIGINT NOT NULL DEFAULT 0,
+            cost            DOUBLE PRECISION NOT NULL DEFAULT 0,
+            PRIMARY KEY (scope_id, period)
+        );
+
+        CREATE TABLE budget_alerts (
+            scope_id        BIGINT NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+            budget          TEXT NOT NULL,
+            period          TEXT NOT NULL,
+            threshold       INTEGER NOT NULL,
+            used            DOUBLE PRECISION NOT NULL,
+            budget_limit    DOUBLE PRECISION NOT NULL,
+            created_utc     TEXT NOT NULL,
+            delivered_utc   TEXT,
+            PRIMARY KEY (scope_id, budget, period, threshold)
+        );
+
+        CREATE UNLOGGED TABLE budget_holds (
+            id              TEXT NOT NULL,
+            scope_id        BIGINT NOT NULL,
+            period          TEXT NOT NULL,
+            tokens          BIGINT NOT NULL,
+            cost            DOUBLE PRECISION NOT NULL,
+            expires         DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (id, scope_id, period)
+        );
+        CREATE INDEX budget_holds_scope ON budget_holds(scope_id, period);
+        """,
+    ),
+    (
         # The exchange as it was (/v1): the new messages with their content parts and tool
         # results, and the reply with its tool calls, as JSON on the turn. Inline images,
         # audio and files are kept once each, by the SHA-256 of their bytes; turn_attachments

@@ -117,6 +117,46 @@ MIGRATIONS: list[tuple[str, str]] = [
         """,
     ),
     (
+        # Budgets and costs. Each usage row says what it cost, whether its tokens were
+        # estimated (the upstream reported none), what it was for (a reply, a title) and
+        # whether it ran on the member's own key (never counted against budgets). ``spend``
+        # holds running totals per principal and period ('d:2026-12-01', 'm:2026-12'): a
+        # user's own, a client's for all its users together, so a budget check reads one row
+        # rather than summing the log. ``budget_alerts``: the 80% and 100% crossings, each
+        # recorded once per period, for the admin channel.
+        "0004_budgets",
+        """
+        ALTER TABLE principals ADD COLUMN limits_json TEXT;
+        ALTER TABLE usage ADD COLUMN cost REAL;
+        ALTER TABLE usage ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE usage ADD COLUMN purpose TEXT NOT NULL DEFAULT 'reply';
+        ALTER TABLE usage ADD COLUMN own_key INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX usage_created ON usage(created_utc);
+        CREATE INDEX usage_client ON usage(client_id, created_utc);
+
+        CREATE TABLE spend (
+            scope_id        INTEGER NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+            period          TEXT NOT NULL,
+            requests        INTEGER NOT NULL DEFAULT 0,
+            tokens          INTEGER NOT NULL DEFAULT 0,
+            cost            REAL NOT NULL DEFAULT 0,
+            PRIMARY KEY (scope_id, period)
+        );
+
+        CREATE TABLE budget_alerts (
+            scope_id        INTEGER NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+            budget          TEXT NOT NULL,
+            period          TEXT NOT NULL,
+            threshold       INTEGER NOT NULL,
+            used            REAL NOT NULL,
+            budget_limit    REAL NOT NULL,
+            created_utc     TEXT NOT NULL,
+            delivered_utc   TEXT,
+            PRIMARY KEY (scope_id, budget, period, threshold)
+        );
+        """,
+    ),
+    (
         # The exchange as it was (/v1): the new messages with their content parts and tool
         # results, and the reply with its tool calls, as JSON on the turn. Inline images,
         # audio and files are kept once each, by the SHA-256 of their bytes; turn_attachments

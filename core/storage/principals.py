@@ -8,7 +8,8 @@ authentication cache) compares versions to know when it is stale.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,7 +23,7 @@ CHANGES = "gateway_principals"
 
 _COLUMNS = (
     "id, role, name, client_id, external_id, plus, key_prefix, created_utc, disabled_utc,"
-    " last_used_utc, own_key_enc IS NOT NULL AS has_own_key"
+    " last_used_utc, own_key_enc IS NOT NULL AS has_own_key, limits_json"
 )
 
 
@@ -39,7 +40,18 @@ def _principal(row: Row) -> Principal:
         disabled_utc=row["disabled_utc"],
         last_used_utc=row["last_used_utc"],
         has_own_key=bool(row["has_own_key"]),
+        limits=_limits(row["limits_json"]),
     )
+
+
+def _number(kind: str, value: float | str) -> float:
+    number = float(value)
+    # Token budgets are whole numbers: kept as int, so they read back as they were set.
+    return int(number) if kind.startswith("tokens") else number
+
+
+def _limits(text: str | None) -> tuple[tuple[str, float | None], ...]:
+    return tuple(sorted(json.loads(text).items())) if text else ()
 
 
 class PrincipalRepo:
@@ -158,7 +170,8 @@ class PrincipalRepo:
         rows = await self.db.fetchall(
             f"SELECT {_COLUMNS.replace('own_key_enc', 'p.own_key_enc')},"
             " (SELECT count(*) FROM conversations c WHERE c.owner_id = p.id) AS conversations,"
-            " (SELECT count(*) FROM usage u WHERE u.principal_id = p.id) AS requests,"
+            " (SELECT count(*) FROM usage u WHERE u.principal_id = p.id AND u.purpose <> 'title')"
+            " AS requests,"
             " (SELECT coalesce(sum(coalesce(u.input_tokens, 0) + coalesce(u.output_tokens, 0)), 0)"
             "  FROM usage u WHERE u.principal_id = p.id) AS tokens"
             f" FROM principals p WHERE {clause} ORDER BY p.id DESC LIMIT ? OFFSET ?",
@@ -192,6 +205,28 @@ class PrincipalRepo:
         principal = await self.get(principal_id)
         if principal is None:
             raise NotFound("no such user")
+        return principal
+
+    async def set_limits(self, principal_id: int,
+                         changes: Mapping[str, float | str | None]) -> Principal:
+        """Apply budget changes: a number sets the kind, None lifts it ("none"), "default"
+        returns it to the tier default."""
+        async with self._changing() as tx:
+            row = await tx.fetchone("SELECT limits_json FROM principals WHERE id = ?",
+                                    (principal_id,))
+            if row is None:
+                raise NotFound("no such user")
+            limits: dict[str, float | None] = dict(_limits(row[0]))
+            for kind, value in changes.items():
+                if value == "default":
+                    limits.pop(kind, None)
+                else:
+                    limits[kind] = None if value is None else _number(kind, value)
+            await tx.execute("UPDATE principals SET limits_json = ? WHERE id = ?",
+                             (json.dumps(limits, sort_keys=True) if limits else None,
+                              principal_id))
+        principal = await self.get(principal_id)
+        assert principal is not None
         return principal
 
     async def rotate_key(self, principal_id: int) -> str:

@@ -14,7 +14,8 @@ from .conftest import ADMIN, ADMIN_CHANNEL, ANN, BOB, GENERAL, MEMBER_ROLE, MOD,
 
 SUBCOMMANDS: list[tuple[str, dict[str, Any]]] = [
     ("users", {}), ("plus", {"member": ANN, "enabled": True}), ("remove", {"member": ANN}),
-    ("accounts", {}), ("audit", {"member": ANN}), ("stats", {}),
+    ("accounts", {}), ("audit", {"member": ANN}), ("stats", {}), ("usage", {}),
+    ("limit", {"member": ANN, "kind": "tokens_per_day", "value": "0"}),
 ]
 
 
@@ -40,7 +41,7 @@ async def test_admin_is_refused_to_members_and_outside_the_admin_channel(
         f"Admin commands work only in <#{ADMIN_CHANNEL}>.")
     await h.settle()
     user = await h.bot.known_member(ANN)
-    assert user is not None and not user.plus  # nothing happened
+    assert user is not None and not user.plus and not user.limits  # nothing happened
 
 
 async def test_admin_is_off_without_an_admin_channel(make_harness: Any) -> None:

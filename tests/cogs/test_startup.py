@@ -48,7 +48,7 @@ async def test_without_guild_ids_commands_are_synced_globally(make_harness: Any)
         ((scope, body),) = h.fake.synced
         assert scope == "global"
         assert {c["name"] for c in body} == {"chat", "conversations", "recall", "forget",
-                                             "apikey", "ownkey", "admin"}
+                                             "apikey", "ownkey", "usage", "admin"}
         assert all(c["contexts"] == [0] for c in body)  # server channels only
 
 

@@ -186,7 +186,8 @@ async def test_all_accounts_down_is_503_with_retry_after(
     assert "server error" in err.message
     # Nothing half-done was stored; the failure is in the usage log.
     assert (await gw.list_conversations(user))[1] == 0
-    rows = await gw.storage.db.fetchall("SELECT principal_id, outcome FROM usage")
+    rows = await gw.storage.db.fetchall("SELECT principal_id, outcome FROM usage"
+                                        " WHERE purpose = 'reply'")
     assert [tuple(r) for r in rows] == [(user.id, "unavailable")]
 
     # While both cool, no request goes upstream at all.

@@ -84,6 +84,9 @@ def test_the_shipped_config_toml_is_valid() -> None:
         ({"limits": {"user_requests_per_minute": -1}}, "limits.user_requests_per_minute"),
         ({"chat": {"title_timeout_s": 0}}, "chat.title_timeout_s"),
         ({"sever": {}}, "sever"),
+        ({"metrics": {"path": "metrics"}}, "metrics.path"),
+        ({"metrics": {"port": 70000}}, "metrics.port"),
+        ({"metrics": {"enabeld": True}}, "metrics.enabeld"),
     ],
 )
 def test_a_wrong_key_or_value_is_named(data: dict[str, Any], named: str) -> None:
@@ -102,6 +105,16 @@ def test_an_unknown_key_is_called_unknown(tmp_path: Path) -> None:
 def test_duplicate_account_names_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"accounts: .*unique: a"):
         settings_from_dict({"accounts": [_account(), _account(model="other")]})
+
+
+def test_metrics_are_off_by_default_and_may_not_take_an_endpoints_path() -> None:
+    assert settings_from_dict({}).metrics.enabled is False
+    with pytest.raises(ConfigError, match=r"metrics\.path '/healthz' is already an endpoint"):
+        settings_from_dict({"metrics": {"enabled": True, "path": "/healthz"}})
+    with pytest.raises(ConfigError, match=r"metrics\.path '/v1/metrics' is already"):
+        settings_from_dict({"metrics": {"enabled": True, "path": "/v1/metrics"}})
+    # On a listener of its own, the path is free to be anything.
+    assert settings_from_dict({"metrics": {"enabled": True, "path": "/healthz", "port": 9464}})
 
 
 def test_two_endpoints_on_one_path_are_refused() -> None:

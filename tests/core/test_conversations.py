@@ -58,7 +58,8 @@ async def test_removal_takes_the_turns_and_stops_follow_ups(
         await gw.remove_conversation(user, first.conversation.id)
     assert len(upstream_a.chat_requests(titles=False)) == 1
     # The usage log keeps the request that was made.
-    row = await gw.storage.db.fetchone("SELECT count(*) FROM usage WHERE outcome = 'ok'")
+    row = await gw.storage.db.fetchone(
+        "SELECT count(*) FROM usage WHERE outcome = 'ok' AND purpose = 'reply'")
     assert row is not None and row[0] == 1
 
 
@@ -68,14 +69,21 @@ async def test_usage_log_and_stats(
     upstream_a.enqueue(Reply("hi", usage={"prompt_tokens": 5, "completion_tokens": 2,
                                           "total_tokens": 7}))
     result = await ask(gw, user, "hello")
-    row = await gw.storage.db.fetchone("SELECT * FROM usage")
+    row = await gw.storage.db.fetchone("SELECT * FROM usage WHERE purpose = 'reply'")
     assert row is not None
     assert (row["principal_id"], row["conversation_id"], row["account"], row["model"],
             row["endpoint"], row["outcome"], row["input_tokens"], row["output_tokens"]) == (
         user.id, result.conversation.id, "A", "model-a", "api", "ok", 5, 2)
+    # The title's call is the member's use too: a row of its own, counted in the tokens but
+    # not as a request.
+    title = await gw.storage.db.fetchone(
+        "SELECT input_tokens, output_tokens, conversation_id FROM usage WHERE purpose = 'title'")
+    assert title is not None and title["conversation_id"] == result.conversation.id
+    assert title["input_tokens"] > 0 and title["output_tokens"] > 0
     stats = await gw.stats(admin)
     assert (stats["requests"], stats["failures"], stats["input_tokens"], stats["output_tokens"],
-            stats["conversations"], stats["turns"]) == (1, 0, 5, 2, 1, 1)
+            stats["conversations"], stats["turns"]) == (
+        1, 0, 5 + title["input_tokens"], 2 + title["output_tokens"], 1, 1)
     with pytest.raises(Forbidden):
         await gw.stats(user)
     account = {a["name"]: a for a in gw.accounts(admin)}["A"]

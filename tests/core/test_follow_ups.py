@@ -179,7 +179,8 @@ async def test_a_failed_new_conversation_stores_nothing(
     assert "Traceback" not in caught.value.message
     for table in ("conversations", "turns"):
         assert (await gw.storage.db.fetchone(f"SELECT count(*) FROM {table}"))[0] == 0
-    rows = await gw.storage.db.fetchall("SELECT principal_id, outcome, conversation_id FROM usage")
+    rows = await gw.storage.db.fetchall("SELECT principal_id, outcome, conversation_id FROM usage"
+                                        " WHERE purpose = 'reply'")
     assert len(rows) == 1
     assert rows[0]["principal_id"] == user.id and rows[0]["outcome"] != "ok"
     assert rows[0]["conversation_id"] is None
@@ -205,8 +206,9 @@ async def test_a_failed_follow_up_stores_no_turn(
     assert after == before  # no turn, no count, no time bumped
     _, turns = await gw.recall(user, first.conversation.id)
     assert [t.prompt for t in turns] == ["one"]
-    rows = await gw.storage.db.fetchall("SELECT outcome, conversation_id, account FROM usage"
-                                   " ORDER BY id")
+    rows = await gw.storage.db.fetchall(
+        "SELECT outcome, conversation_id, account FROM usage WHERE purpose = 'reply'"
+        " ORDER BY id")
     assert [tuple(r) for r in rows] == [("ok", first.conversation.id, "A"),
                                         (outcome, first.conversation.id, "A")]
     # Once A is back, the conversation carries on where it was.

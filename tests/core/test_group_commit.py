@@ -64,3 +64,19 @@ async def test_closing_folds_the_wal_into_the_database(tmp_path: Path) -> None:
     assert not wal.exists() or wal.stat().st_size == 0
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 20
+
+
+async def test_writes_retried_after_a_failure_in_their_batch_land_once(tmp_path: Path) -> None:
+    """A batch runs without savepoints; when one write fails it is rolled back and run again
+    write by write: the others must land exactly once, the failing one not at all."""
+    async with Store(tmp_path / "db.sqlite") as store:
+        await store.write([("CREATE TABLE t (v INTEGER CHECK (v >= 0))", ())])
+        values = [*range(30), -1, *range(30, 60)]
+        results = await asyncio.gather(
+            *(store.write([("INSERT INTO t VALUES (?)", (v,)),
+                           ("INSERT INTO t VALUES (?)", (v + 1000,))]) for v in values),
+            return_exceptions=True)
+        assert [r is True for r in results] == [v >= 0 for v in values]
+        assert isinstance(results[30], IntegrityError)
+        rows = await store.fetchall("SELECT v FROM t ORDER BY v")
+        assert [r[0] for r in rows] == [*range(60), *range(1000, 1060)]

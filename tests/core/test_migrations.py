@@ -32,6 +32,7 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, int, int]]] = {
         ("created_utc", "TEXT", 1, 0),
         ("disabled_utc", "TEXT", 0, 0),
         ("last_used_utc", "TEXT", 0, 0),
+        ("limits_json", "TEXT", 0, 0),
     ],
     "conversations": [
         ("id", "TEXT", 0, 1),
@@ -86,6 +87,10 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, int, int]]] = {
         ("duration_ms", "INTEGER", 1, 0),
         ("input_tokens", "INTEGER", 0, 0),
         ("output_tokens", "INTEGER", 0, 0),
+        ("cost", "REAL", 0, 0),
+        ("estimated", "INTEGER", 1, 0),
+        ("purpose", "TEXT", 1, 0),
+        ("own_key", "INTEGER", 1, 0),
     ],
     "web_sessions": [
         ("id_hash", "BLOB", 0, 1),
@@ -104,6 +109,23 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, int, int]]] = {
         ("updated_utc", "TEXT", 1, 0),
         ("version", "INTEGER", 1, 0),
     ],
+    "spend": [
+        ("scope_id", "INTEGER", 1, 1),
+        ("period", "TEXT", 1, 2),
+        ("requests", "INTEGER", 1, 0),
+        ("tokens", "INTEGER", 1, 0),
+        ("cost", "REAL", 1, 0),
+    ],
+    "budget_alerts": [
+        ("scope_id", "INTEGER", 1, 1),
+        ("budget", "TEXT", 1, 2),
+        ("period", "TEXT", 1, 3),
+        ("threshold", "INTEGER", 1, 4),
+        ("used", "REAL", 1, 0),
+        ("budget_limit", "REAL", 1, 0),
+        ("created_utc", "TEXT", 1, 0),
+        ("delivered_utc", "TEXT", 0, 0),
+    ],
 }
 
 # Named indexes: (table, unique, columns).
@@ -113,6 +135,8 @@ EXPECTED_INDEXES = {
     "conversations_owner_updated": ("conversations", 0, ["owner_id", "updated_utc"]),
     "conversations_updated": ("conversations", 0, ["updated_utc"]),
     "usage_principal": ("usage", 0, ["principal_id", "created_utc"]),
+    "usage_created": ("usage", 0, ["created_utc"]),
+    "usage_client": ("usage", 0, ["client_id", "created_utc"]),
     "web_sessions_principal": ("web_sessions", 0, ["principal_id"]),
     "web_sessions_expires": ("web_sessions", 0, ["expires_utc"]),
     "turn_attachments_sha256": ("turn_attachments", 0, ["sha256"]),
@@ -169,6 +193,8 @@ async def test_blank_database_gets_exactly_the_schema(tmp_path: Path) -> None:
             ("turns", "conversation_id", "conversations", "CASCADE"),
             ("usage", "principal_id", "principals", "SET NULL"),
             ("web_sessions", "principal_id", "principals", "CASCADE"),
+            ("spend", "scope_id", "principals", "CASCADE"),
+            ("budget_alerts", "scope_id", "principals", "CASCADE"),
             ("turn_attachments", "turn_id", "turns", "CASCADE"),
             ("turn_attachments", "sha256", "attachments", "NO ACTION"),
         }

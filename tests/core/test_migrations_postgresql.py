@@ -35,6 +35,7 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("plus", "boolean", "NO"), ("key_hash", "bytea", "NO"), ("key_prefix", "text", "NO"),
         ("own_key_enc", "bytea", "YES"), ("created_utc", "text", "NO"),
         ("disabled_utc", "text", "YES"), ("last_used_utc", "text", "YES"),
+        ("limits_json", "text", "YES"),
     ],
     "conversations": [
         ("id", "text", "NO"), ("owner_id", "bigint", "NO"), ("title", "text", "NO"),
@@ -61,7 +62,8 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("conversation_id", "text", "YES"), ("account", "text", "YES"), ("model", "text", "YES"),
         ("endpoint", "text", "NO"), ("outcome", "text", "NO"), ("created_utc", "text", "NO"),
         ("duration_ms", "integer", "NO"), ("input_tokens", "integer", "YES"),
-        ("output_tokens", "integer", "YES"),
+        ("output_tokens", "integer", "YES"), ("cost", "double precision", "YES"),
+        ("estimated", "boolean", "NO"), ("purpose", "text", "NO"), ("own_key", "boolean", "NO"),
     ],
     "web_sessions": [
         ("id_hash", "bytea", "NO"), ("principal_id", "bigint", "NO"), ("key_hash", "bytea", "NO"),
@@ -74,10 +76,26 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("updated_utc", "text", "NO"), ("version", "bigint", "NO"),
     ],
     "rate_windows": [("principal_id", "bigint", "NO"), ("hits", "ARRAY", "NO")],
+    "spend": [
+        ("scope_id", "bigint", "NO"), ("period", "text", "NO"), ("requests", "bigint", "NO"),
+        ("tokens", "bigint", "NO"), ("cost", "double precision", "NO"),
+    ],
+    "budget_alerts": [
+        ("scope_id", "bigint", "NO"), ("budget", "text", "NO"), ("period", "text", "NO"),
+        ("threshold", "integer", "NO"), ("used", "double precision", "NO"),
+        ("budget_limit", "double precision", "NO"), ("created_utc", "text", "NO"),
+        ("delivered_utc", "text", "YES"),
+    ],
+    "budget_holds": [
+        ("id", "text", "NO"), ("scope_id", "bigint", "NO"), ("period", "text", "NO"),
+        ("tokens", "bigint", "NO"), ("cost", "double precision", "NO"),
+        ("expires", "double precision", "NO"),
+    ],
 }
 EXPECTED_INDEXES = {
     "principals_client", "principals_admin_external", "conversations_owner_updated",
     "conversations_updated", "usage_principal", "web_sessions_principal", "web_sessions_expires",
+    "usage_created", "usage_client", "budget_holds_scope",
     "turn_attachments_sha256",
 }
 # (table, columns) of each UNIQUE constraint or primary key.
@@ -90,6 +108,9 @@ EXPECTED_UNIQUE = {
     ("turns", ("id",)), ("turns", ("conversation_id", "position")),
     ("usage", ("id",)), ("web_sessions", ("id_hash",)), ("account_state", ("name",)),
     ("rate_windows", ("principal_id",)),
+    ("spend", ("scope_id", "period")),
+    ("budget_alerts", ("scope_id", "budget", "period", "threshold")),
+    ("budget_holds", ("id", "scope_id", "period")),
     ("attachments", ("sha256",)), ("turn_attachments", ("turn_id", "sha256")),
 }
 EXPECTED_FOREIGN_KEYS = {
@@ -99,6 +120,8 @@ EXPECTED_FOREIGN_KEYS = {
     ("turns", "conversation_id", "conversations", "CASCADE"),
     ("usage", "principal_id", "principals", "SET NULL"),
     ("web_sessions", "principal_id", "principals", "CASCADE"),
+    ("spend", "scope_id", "principals", "CASCADE"),
+    ("budget_alerts", "scope_id", "principals", "CASCADE"),
     ("turn_attachments", "turn_id", "turns", "CASCADE"),
     ("turn_attachments", "sha256", "attachments", "NO ACTION"),
 }

@@ -87,7 +87,7 @@ async def test_a_refused_access_token_is_a_clear_error_and_leaves_the_pool_alone
     assert isinstance(caught.value, BadRequest)
     assert caught.value.code == "access_token_rejected"
     assert (await gw.list_conversations(user))[1] == 0
-    row = await gw.storage.db.fetchone("SELECT outcome, account FROM usage")
+    row = await gw.storage.db.fetchone("SELECT outcome, account FROM usage WHERE purpose = 'reply'")
     assert row is not None and row["outcome"] == "upstream_auth" and row["account"] is None
     assert gw.pool.get("A").health() == "healthy"  # type: ignore[union-attr]
     assert (await ask(gw, user, "pool")).conversation.account == "A"

@@ -44,7 +44,8 @@ async def test_new_conversation_streams_deltas_in_order(
     sent = upstream_a.chat_requests(titles=False)[-1]
     assert sent.stream and sent.include_usage
     assert (result.turn.input_tokens, result.turn.output_tokens) == (11, 17)
-    row = await gw.storage.db.fetchone("SELECT outcome, input_tokens, output_tokens FROM usage")
+    row = await gw.storage.db.fetchone("SELECT outcome, input_tokens, output_tokens FROM usage"
+                                       " WHERE purpose = 'reply'")
     assert tuple(row) == ("ok", 11, 17)  # type: ignore[arg-type]
     stored = (await gw.recall(user, result.conversation.id))[1][0]
     assert stored.reply == TEXT
@@ -160,5 +161,5 @@ async def test_estimated_usage_never_exceeds_the_max_tokens_asked(
     result = await gw.chat(who, ChatRequest(prompt="go on", options=dict(asked)), listener)
     limit = asked.get("max_tokens") or asked.get("max_completion_tokens") or 20
     assert result.turn.output_tokens == limit
-    row = await gw.storage.db.fetchone("SELECT output_tokens FROM usage")
+    row = await gw.storage.db.fetchone("SELECT output_tokens FROM usage WHERE purpose = 'reply'")
     assert row is not None and row[0] == limit

@@ -60,6 +60,10 @@ class Camera:
             width = await page.evaluate("document.documentElement.scrollWidth")
             viewport = await page.evaluate("window.innerWidth")
             assert width <= viewport, f"{name}: {width}px wide in a {viewport}px window"
+            # Every link of the top bar in view, none cut off behind who is signed in.
+            cut = await page.evaluate(
+                "(n => n ? n.scrollWidth - n.clientWidth : 0)(document.querySelector('.mainnav'))")
+            assert cut <= 0, f"{name}: the top bar's links need {cut}px more"
             if self.folder is not None:
                 path = self.folder / f"{name}-{self.screen}-{scheme}.png"
                 await page.screenshot(path=str(path), full_page=full_page)
@@ -109,6 +113,9 @@ async def test_pages_fit_and_follow_the_colour_scheme(
     await camera.check("keys", full_page=True)
     await page.goto("/access-token")
     await camera.check("access-token", full_page=True)
+    await page.goto("/usage")
+    await expect(page.locator("svg#daily-tokens g.day")).to_have_count(1)
+    await camera.check("usage", full_page=True)
 
     await ctx.clear_cookies()
     await page.goto("/login")
@@ -121,6 +128,9 @@ async def test_pages_fit_and_follow_the_colour_scheme(
     await camera.check("admin-users", full_page=True)
     await page.goto("/admin/accounts")
     await camera.check("admin-accounts", full_page=True)
+    await page.goto("/admin/usage")
+    await expect(page.locator("svg#chart-tokens g.day rect")).to_have_count(2)
+    await camera.check("admin-usage", full_page=True)
 
 
 async def test_the_phone_top_bar_names_who_is_signed_in(

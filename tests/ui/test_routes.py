@@ -23,7 +23,8 @@ def test_default_paths_leave_the_ui_its_own() -> None:
     assert not ui_paths & set(Settings().paths.model_dump().values())
 
 
-@pytest.mark.parametrize("value", ["/", "/chat", "/admin/users", "/static/app.css", "/login"])
+@pytest.mark.parametrize("value", ["/", "/chat", "/admin/users", "/static/app.css", "/login",
+                                   "/usage", "/admin/usage.csv"])
 def test_a_colliding_path_is_refused_by_name(value: str) -> None:
     with pytest.raises(ConfigError, match=r"\[paths\] recall = .* collides with the web UI"):
         check_paths({"chat": "/api/chat", "recall": value})

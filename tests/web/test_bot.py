@@ -220,3 +220,32 @@ async def test_invite_url_names_the_scopes_and_the_permissions_the_bot_uses(
     code, out, err = await run_bot("--config", str(write_config(tmp_path)), "invite-url")
     assert code == 2 and out == ""
     assert "[discord] application_id" in err and "--application-id" in err
+
+
+async def test_the_event_loop_is_uvloop_by_default_and_asyncio_on_request(
+        tmp_path: Path) -> None:
+    """uvloop serves when installed (``auto``); ``asyncio`` keeps Python's own loop; both serve."""
+    for name, choice, expected in (("auto", "", "uvloop"),
+                                   ("plain", 'event_loop = "asyncio"', "asyncio")):
+        folder = tmp_path / name
+        folder.mkdir()
+        config = write_config(folder, port=free_port(), extra=choice)
+        async with running_bot(config, folder, "run") as (base, _), \
+                aiohttp.ClientSession() as session, session.get(f"{base}/api/nope") as resp:
+            assert resp.status == 404
+        assert f"({expected} event loop)" in read(folder / "run.err")
+
+
+async def test_event_loop_uvloop_without_uvloop_stops_the_start(tmp_path: Path) -> None:
+    # A uvloop that cannot be imported, first on the path: as on a machine without it.
+    (tmp_path / "uvloop").mkdir()
+    (tmp_path / "uvloop" / "__init__.py").write_text("raise ImportError('no uvloop here')\n")
+    config = write_config(tmp_path, extra='event_loop = "uvloop"')
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "bot.py", "--config", str(config), cwd=ROOT,
+        env={**bot_env(), "PYTHONPATH": str(tmp_path)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert "event_loop" in err.decode() and "uvloop is not installed" in err.decode()
+    assert "Traceback" not in err.decode()

@@ -101,3 +101,71 @@ async def test_stream_follow_up_on_failing_account_is_an_error(api: Api, people:
                                           "conversation_id": first["conversation_id"]}, key=ann)
     assert_error(result, 503, "account_cooling")
     assert int(result.headers["Retry-After"]) >= 1
+
+
+@pytest.fixture
+def socket_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bytes]]:
+    """Every socket write aiohttp's StreamWriter makes (one transport write a call), with the
+    local port of its connection: the gateway's answers are those from its server's port."""
+    from aiohttp.http_writer import StreamWriter
+
+    writes: list[tuple[int, bytes]] = []
+    plain, lines = StreamWriter._write, StreamWriter._writelines
+
+    def keep(writer: StreamWriter, data: bytes) -> None:
+        transport = writer._protocol.transport
+        if transport is not None:
+            writes.append((transport.get_extra_info("sockname")[1], data))
+
+    def write(self: StreamWriter, chunk: bytes) -> None:
+        keep(self, bytes(chunk))
+        plain(self, chunk)
+
+    def writelines(self: StreamWriter, chunks: list[bytes]) -> None:
+        keep(self, b"".join(bytes(c) for c in chunks))
+        lines(self, chunks)
+
+    monkeypatch.setattr(StreamWriter, "_write", write)
+    monkeypatch.setattr(StreamWriter, "_writelines", writelines)
+    return writes
+
+
+async def test_events_ready_together_leave_in_one_socket_write(
+        api: Api, people: People, upstream_a: FakeUpstream,
+        socket_writes: list[tuple[int, bytes]]) -> None:
+    """Headers go out with the first events, not on their own; the stream's end goes with the
+    last event (issue 14: a write a event was a fifth of a stream's CPU)."""
+    port = api.client.port
+
+    def gateway_writes() -> list[bytes]:
+        return [data for local, data in socket_writes if local == port]
+
+    ann = await user_key(api, people)
+    first_turn = await api.ok("/api/chat", {"prompt": "hi"}, key=ann)
+    socket_writes.clear()
+    upstream_a.enqueue(Reply("all of it at once"))  # one read: one delta
+    events = await stream(api, ann, prompt="and then?",
+                          conversation_id=first_turn["conversation_id"])
+    assert [name for name, _ in events] == ["start", "delta", "done"]
+    writes = gateway_writes()
+    first, last = writes[0], writes[-1]
+    assert first.startswith(b"HTTP/1.1 200") and b"event: start" in first \
+        and b"event: delta" in first
+    assert b"event: done" in last and last.endswith(b"0\r\n\r\n")
+    assert len(writes) == 2, writes
+
+    socket_writes.clear()
+    upstream_a.enqueue(Reply("again at once"))
+    resp = await api.client.post("/v1/chat/completions", headers={
+        "Authorization": f"Bearer {ann}"}, json={
+        "model": upstream_a.model, "stream": True, "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "hi"}]})
+    text = await resp.text()
+    assert resp.status == 200 and text.endswith("data: [DONE]\n\n")
+    writes = gateway_writes()
+    first, last = writes[0], writes[-1]
+    # The upstream's chunks go on as given (one per word here), all in the first write.
+    assert first.startswith(b"HTTP/1.1 200") and b'"role":"assistant"' in first \
+        and all(f'"content":"{word}"'.encode() in first for word in ("again", " at", " once"))
+    assert b'"usage":{' in last and b"[DONE]" in last and last.endswith(b"0\r\n\r\n")
+    assert len(writes) == 2, writes

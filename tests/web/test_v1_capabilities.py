@@ -164,3 +164,23 @@ async def test_no_account_with_the_capability_is_a_400_naming_the_parameter(
                                                  messages=LOOK)  # type: ignore[arg-type]
         assert _error(image.value)["param"] == "messages[0].content[1]"
     assert upstream_a.requests == []
+
+
+async def test_embeddings_count_against_budgets_at_the_accounts_price(
+    make_settings: Callable[..., Settings], upstream_b: FakeUpstream,
+) -> None:
+    settings = make_settings(
+        [account("B", upstream_b, "KEY_B", embedding_models=["embed-small"],
+                 price_input_per_mtok=0.02)],
+        limits={"free": {"tokens_per_day": 4}})
+    async with running(settings) as (gateway, client):
+        await client.embeddings.create(model="embed-small", input=["first text", "the second"])
+        with pytest.raises(openai.RateLimitError) as caught:
+            await client.embeddings.create(model="embed-small", input="over the budget")
+        assert _error(caught.value)["code"] == "insufficient_quota"
+        assert len(upstream_b.requests) == 1  # refused before the upstream
+        row = await gateway.storage.db.fetchone(
+            "SELECT purpose, input_tokens, cost FROM usage WHERE outcome = 'ok'")
+        assert row is not None
+        assert (row[0], row[1]) == ("embedding", 4)
+        assert row[2] == pytest.approx(4 * 0.02 / 1e6)

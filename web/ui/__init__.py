@@ -6,11 +6,15 @@ and nothing loaded from another site.
     /chat, /chat/{id}      conversations; /chat/stream streams a reply (server-sent events);
                            /chat/{id}/attachments/{sha256} an image or file a turn carried
     /own-key               the member's gateway key (rotate) and own upstream key (set, clear)
+    /usage                 the member's use this month, budgets and a chart per day
+                           (``?user=REF``: a managed member's, for admins and clients)
     /access-token          access-token retrieval (email and password)
     /admin/users, /admin/users/conversations, /admin/accounts   by role
+    /admin/usage, /admin/usage.csv   the usage dashboard and its CSV (admins, clients)
     /static/...            stylesheets, scripts, icon
 
-``setup(app)`` registers all of it; ``middleware`` (pages.py) must be in the app's middlewares.
+``setup(app)`` registers all of it, each page behind its ``@page`` rules (``guarded``): the API's
+routes pass through no UI code. ``unmatched_page`` answers a browser's unknown address.
 The paths are fixed; a ``[paths]`` setting that collides with one stops the start, naming it.
 """
 
@@ -25,11 +29,11 @@ from aiohttp import web
 from core.config import ConfigError
 
 from ..keys import GATEWAY, SETTINGS
-from . import account, admin, chat
-from .pages import Handler, middleware
+from . import account, admin, chat, usage
+from .pages import Handler, SecureStatic, guarded, unmatched_page
 from .state import SESSIONS, STATIC
 
-__all__ = ["ROUTES", "middleware", "setup"]
+__all__ = ["ROUTES", "setup", "unmatched_page"]
 
 WEB = Path(__file__).resolve().parent.parent
 TEMPLATES = WEB / "templates"
@@ -49,6 +53,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/own-key", account.keys_page),
     ("POST", "/own-key", account.own_key_update),
     ("POST", "/own-key/rotate", account.rotate_own_key),
+    ("GET", "/usage", usage.member_page),
     ("GET", "/access-token", account.access_token_page),
     ("POST", "/access-token", account.access_token_exchange),
     ("GET", "/admin", admin.home),
@@ -56,10 +61,13 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/admin/users", admin.create),
     ("POST", "/admin/users/update", admin.update),
     ("GET", "/admin/users/conversations", admin.conversations),
+    ("GET", "/admin/usage", usage.dashboard),
+    ("GET", "/admin/usage.csv", usage.csv_download),
     ("GET", "/admin/accounts", admin.accounts),
     ("POST", "/admin/accounts", admin.accounts_update),
 ]
-UI_PREFIXES = ("/chat", "/admin", "/own-key", "/access-token", "/login", "/logout", "/static")
+UI_PREFIXES = ("/chat", "/admin", "/own-key", "/usage", "/access-token", "/login", "/logout",
+               "/static")
 
 
 def check_paths(paths: dict[str, str]) -> None:
@@ -78,15 +86,14 @@ def setup(app: web.Application) -> None:
         autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined,
         trim_blocks=True, lstrip_blocks=True,
     )
-    static = app.router.add_static("/static/", STATIC_DIR, name="ui-static",
-                                   append_version=True)
-    assert isinstance(static, web.StaticResource)
+    static = SecureStatic("/static", STATIC_DIR, name="ui-static", append_version=True)
+    app.router.register_resource(static)
     app[STATIC] = static
     env.globals["static"] = lambda filename: str(static.url_for(filename=filename))
     env.filters["when"] = _when
     app[SESSIONS] = app[GATEWAY].web_sessions
     for method, path, handler in ROUTES:
-        app.router.add_route(method, path, handler)
+        app.router.add_route(method, path, guarded(handler))
 
 
 def _when(stamp: str | None) -> str:

@@ -12,6 +12,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from core.billing import KIND_MEASURE
+from core.config import BUDGET_KEYS
 from core.errors import BadRequest, Forbidden, GatewayError, NotFound
 from core.gateway import Gateway
 from core.models import Principal, Role
@@ -29,6 +31,8 @@ PAGE_SIZE = 50
 MAX_PAGE_NUMBER = 1_000_000
 """Past it the offset would leave SQLite's 64-bit integers; no list is that long."""
 ROLES: dict[str, Role] = {"user": "user", "client": "client", "admin": "admin"}
+BUDGET_NAMES = {"tokens_per_day": "tokens per day", "tokens_per_month": "tokens per month",
+                "cost_per_month": "cost per month"}
 
 
 def member_ref(viewer: Principal, user: dict[str, Any]) -> str:
@@ -50,6 +54,46 @@ async def member(gateway: Gateway, viewer: Principal, ref: str) -> Principal:
             raise NotFound(f"None of your users has the id {ref!r}.",
                            code="user_not_found") from None
     raise Forbidden(NOT_A_MANAGER, code="not_allowed")
+
+
+def budget_fields(user: dict[str, Any], defaults: dict[str, float | None], currency: str
+                  ) -> list[dict[str, Any]]:
+    """The budgets form of one row: each kind's value as set for this principal ("" when it
+    follows the tier default, "none" when lifted) and what the default is."""
+    own = user.get("limits") or {}
+    fields = []
+    for kind in BUDGET_KEYS:
+        value = own.get(kind, "")
+        default = defaults.get(kind) if user["role"] == "user" else None
+        unit = currency if KIND_MEASURE[kind] == "cost" else "tokens"
+        per = f"{unit}/{kind.rsplit('_', 1)[1]}"
+        fields.append({
+            "kind": kind, "label": f"{BUDGET_NAMES[kind].capitalize()} ({unit})",
+            "value": value if value in ("", "none") else plain(value),
+            "placeholder": "default: none" if default is None else f"default: {plain(default)}",
+            "set": None if value == "" else f"no limit on {per}" if value == "none"
+            else f"{plain(value)} {per}",
+        })
+    return fields
+
+
+def plain(value: float) -> str:
+    """1000.0 as 1000 and 2.5 as 2.5, never 1e+06: what a person would type back."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def describe_budgets(user: Principal) -> str:
+    own = dict(user.limits)
+    parts = []
+    for kind in BUDGET_KEYS:
+        value = own.get(kind)
+        if kind not in own:
+            parts.append(f"{BUDGET_NAMES[kind]} as the tier default")
+        elif value is None:
+            parts.append(f"no {BUDGET_NAMES[kind]} limit")
+        else:
+            parts.append(f"{BUDGET_NAMES[kind]} {plain(value)}")
+    return ", ".join(parts)
 
 
 def _is_id(ref: str) -> bool:
@@ -93,8 +137,12 @@ async def users_page(request: web.Request, *, revealed: dict[str, str] | None = 
         number = 1
     found, total = await request.app[GATEWAY].list_users(
         viewer, search=search, limit=PAGE_SIZE, offset=(number - 1) * PAGE_SIZE)
+    tiers = request.app[GATEWAY].budgets.tiers
+    currency = request.app[GATEWAY].settings.billing.currency
     for user in found:
         user["ref"] = member_ref(viewer, user)
+        user["budgets"] = budget_fields(user, tiers.plus if user["plus"] else tiers.free,
+                                        currency)
     query = {"q": search} if search else {}
     pages = max(1, -(-total // PAGE_SIZE))
     return await render(request, "admin_users.html", {
@@ -135,7 +183,8 @@ async def create(request: web.Request) -> web.StreamResponse:
 
 @page(roles=MANAGERS, refusal=NOT_A_MANAGER)
 async def update(request: web.Request) -> web.StreamResponse:
-    """One action on one member: plus on/off, disable/enable, rotate the key, remove."""
+    """One action on one member: plus on/off, disable/enable, budgets, rotate the key,
+    remove."""
     viewer = signed_in(request).principal
     gateway = request.app[GATEWAY]
     form = await _form(request)
@@ -157,6 +206,11 @@ async def update(request: web.Request) -> web.StreamResponse:
             user = await gateway.update_user(viewer, ref, disabled=action == "disable")
             message = (f"{user.name} is disabled: their key is refused until enabled."
                        if user.disabled_utc else f"{user.name} is enabled again.")
+        elif action == "limits":
+            # The form shows every kind: an empty box is the tier default, "none" no limit.
+            limits = {kind: form.get(kind, "").strip()[:40] or "default" for kind in BUDGET_KEYS}
+            user = await gateway.update_user(viewer, ref, limits=limits)
+            message = f"Budgets of {user.name}: {describe_budgets(user)}."
         else:
             raise BadRequest(f"Unknown action {action!r}.", code="invalid_parameter")
     except GatewayError as err:

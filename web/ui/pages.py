@@ -1,8 +1,9 @@
 """The web UI's frame: who may open a page, the CSRF check before any change, templates, and the
 safety headers on every answer.
 
-Each UI handler is declared with ``@page(...)``; one middleware reads that declaration, so no
-handler can forget a check:
+Each UI handler is declared with ``@page(...)``; ``guarded`` wraps it by that declaration when
+its route is registered (``setup`` registers every UI route so), so no handler can forget a
+check:
 
 - it loads the session from the cookie (``current(request)``);
 - a page that needs a sign-in sends a browser to ``/login?next=…`` (or a 401 to ``fetch``);
@@ -30,7 +31,7 @@ from core.models import Principal, Role
 from ..errors import client_gone
 from . import csrf
 from .sessions import COOKIE, Flash, Session
-from .state import SESSION, SESSIONS, STATIC
+from .state import SESSION, SESSIONS
 
 log = logging.getLogger(__name__)
 
@@ -177,26 +178,46 @@ async def error_page(request: web.Request, status: int, message: str, *,
     return response
 
 
-@web.middleware
-async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    match = request.match_info
-    rules = rules_of(match.handler)
+def guarded(handler: Handler) -> Handler:
+    """``handler`` behind its ``@page`` rules; ``setup`` registers every UI route this way, so
+    the checks cost nothing to the API's routes (no middleware of the whole app)."""
+    rules = rules_of(handler)
     if rules is None:
-        if getattr(match.route, "resource", None) is request.app.get(STATIC):
-            response = await handler(request)
-            secure(response)
-            return response
-        if match.http_exception is not None and wants_html(request):
-            # An unknown address typed into a browser gets a page, not the API's JSON.
-            await _load(request)
-            exc = match.http_exception
-            message = ("There is no page at this address." if exc.status == 404
-                       else f"{request.method} is not allowed here.")
-            response = await error_page(request, exc.status, message)
-            secure(response)
-            return response
-        return await handler(request)
+        raise TypeError(f"{handler.__qualname__} is a UI route without @page(...)")
+    checked = rules
 
+    async def serve(request: web.Request) -> web.StreamResponse:
+        return await _serve_page(request, handler, checked)
+
+    setattr(serve, _RULES_ATTR, rules)
+    serve.__qualname__ = handler.__qualname__
+    return serve
+
+
+class SecureStatic(web.StaticResource):
+    """The UI's static files, with the safety headers every UI answer carries."""
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        response = await super()._handle(request)
+        secure(response)
+        return response
+
+
+async def unmatched_page(request: web.Request, exc: web.HTTPException) -> web.StreamResponse | None:
+    """An unknown address (or method) typed into a browser gets a page, not the API's JSON;
+    None for other callers. The app's error middleware asks (web/app.py)."""
+    if not wants_html(request) or exc.status not in (404, 405):
+        return None
+    await _load(request)
+    message = ("There is no page at this address." if exc.status == 404
+               else f"{request.method} is not allowed here.")
+    response = await error_page(request, exc.status, message)
+    secure(response)
+    return response
+
+
+async def _serve_page(request: web.Request, handler: Handler,
+                      rules: Rules) -> web.StreamResponse:
     session = await _load(request)
     try:
         if rules.login and session is None:

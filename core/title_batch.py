@@ -1,0 +1,182 @@
+"""Model titles asked after the reply, several new conversations in one upstream call.
+
+A title asked beside each reply doubles the upstream calls of new conversations (and was a
+third of a new ``/api/chat`` conversation's CPU, issue 14). With ``[chat] api_titles =
+"batched"`` a new conversation is answered and stored with a title cut from its prompt, then
+queued here. One task asks the model for the titles of every queued conversation of an
+account at once (up to ``title_batch_size`` a call, numbered lines), and each stored title is
+replaced by the model's when it comes. Under load many conversations share a call; when
+conversations come one at a time, each still gets its own call, at a moment when the
+gateway has time for it. A failed or refused call leaves the prompt-cut titles as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from dataclasses import dataclass
+
+from .accounts import Account, AccountPool, SlotRefused
+from .billing import cost_of
+from .budgets import Budgets
+from .clock import iso, utc_now
+from .config import Settings
+from .history import estimate_tokens
+from .models import Principal
+from .storage.conversations import ConversationRepo, UsageRecord, usage_statement
+from .storage.spend import SpendRow
+from .titles import TITLE_MAX_TOKENS, clean_title, title_messages
+from .upstream import Completion, Message, UpstreamFailure, complete
+
+log = logging.getLogger(__name__)
+
+BATCH_INSTRUCTION = (
+    "You write titles. Below are the first messages of several conversations, numbered. For "
+    "each, write a short title (at most six words). Reply with one line per message, in the "
+    "same order, as the number, a dot and the title: no quotes, nothing else."
+)
+PROMPT_CHARS = 500
+"""Of each prompt, in a batch (a single title is asked from the first 2,000, as beside)."""
+_NUMBERED = re.compile(r"^\s*\**\s*(\d+)\s*[.):\-]\s*(.+)$")
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    conversation_id: str
+    prompt: str
+    prompt_title: str
+    account: str
+    model: str
+    principal: Principal
+    """Whose conversation: the title's call is their use, counted against their budgets."""
+    endpoint: str = "api"
+
+
+class TitleBatcher:
+    def __init__(self, settings: Settings, pool: AccountPool,
+                 conversations: ConversationRepo, budgets: Budgets) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.conversations = conversations
+        self.budgets = budgets
+        self._queue: list[Pending] = []
+        self._worker: asyncio.Task[None] | None = None
+        self.calls = 0
+        """Upstream calls made for titles (for tests and the benchmark's curious)."""
+
+    def add(self, item: Pending) -> None:
+        self._queue.append(item)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._work(), name="titles")
+
+    async def idle(self) -> None:
+        """Until every queued title has been asked for and stored (tests)."""
+        while self._worker is not None and not self._worker.done():
+            await asyncio.shield(self._worker)
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+
+    async def _work(self) -> None:
+        while self._queue:
+            first = self._queue[0]
+            size = self.settings.chat.title_batch_size
+            batch = [p for p in self._queue if (p.account, p.model) == (first.account,
+                                                                       first.model)][:size]
+            taken = {id(p) for p in batch}
+            self._queue = [p for p in self._queue if id(p) not in taken]
+            try:
+                await self._title(batch)
+            except Exception:  # a title is never worth a failure: the prompt's stays
+                log.exception("titles for %d conversations failed", len(batch))
+
+    async def _title(self, batch: list[Pending]) -> None:
+        account = self.pool.get(batch[0].account)
+        if account is None:
+            return
+        target = account.target(batch[0].model)
+        messages = title_messages(batch[0].prompt) if len(batch) == 1 else batch_messages(batch)
+        try:
+            async with account.slot(self.settings.chat.slot_wait_s, is_reply=False):
+                self.calls += 1
+                completion = await complete(
+                    target, messages, purpose="title",
+                    options={"max_tokens": TITLE_MAX_TOKENS * len(batch), "temperature": 0.2})
+        except (SlotRefused, UpstreamFailure) as exc:
+            log.info("titles of %d conversations on %s not asked (%s); the prompts' stay",
+                     len(batch), account.name, getattr(exc, "kind", "busy"))
+            return
+        titles = ([clean_title(completion.text)] if len(batch) == 1
+                  else parse_numbered(completion.text, len(batch)))
+        await self._count(account, batch, messages, completion, titles)
+        for item, title in zip(batch, titles, strict=True):
+            if title and title != item.prompt_title:
+                await self.conversations.replace_title(item.conversation_id, item.prompt_title,
+                                                       title)
+
+
+    async def _count(self, account: Account, batch: list[Pending], messages: list[Message],
+                     completion: Completion, titles: list[str | None]) -> None:
+        """The call's use, shared among the members whose titles it made (the prompt's
+        tokens by the length of each one's line, the reply's by each title's), each a usage
+        row of theirs with its cost, added to their running totals."""
+        estimated = completion.input_tokens is None or completion.output_tokens is None
+        asked = completion.input_tokens if completion.input_tokens is not None else sum(
+            estimate_tokens(str(m.get("content") or "")) for m in messages)
+        written = completion.output_tokens if completion.output_tokens is not None else \
+            estimate_tokens(completion.text)
+        inputs = _shares(asked, [len(p.prompt[:PROMPT_CHARS]) + 1 for p in batch])
+        outputs = _shares(written, [len(t or "") + 1 for t in titles])
+        now = iso(utc_now())
+        statements = []
+        rows: list[SpendRow] = []
+        for item, used_in, used_out in zip(batch, inputs, outputs, strict=True):
+            cost = cost_of(account.settings, completion.model or item.model, used_in,
+                           used_out) or 0.0
+            statements.append(usage_statement(UsageRecord(
+                principal_id=item.principal.id, client_id=item.principal.client_id,
+                conversation_id=item.conversation_id, account=account.name,
+                model=completion.model or item.model, endpoint=item.endpoint, outcome="ok",
+                created_utc=now, duration_ms=0, input_tokens=used_in, output_tokens=used_out,
+                cost=cost, estimated=estimated, purpose="title")))
+            rows += self.budgets.spend_rows(item.principal, 0, used_in + used_out, cost)
+        merged: dict[tuple[int, str], list[float]] = {}
+        for scope_id, period, _, tokens, cost in rows:
+            total = merged.setdefault((scope_id, period), [0, 0.0])
+            total[0] += tokens
+            total[1] += cost
+        statements += self.budgets.statements(
+            [(k[0], k[1], 0, int(v[0]), v[1]) for k, v in merged.items()], None)
+        await self.conversations.db.write(statements)
+        await self.budgets.settled(rows, None)
+
+
+def _shares(total: int, weights: list[int]) -> list[int]:
+    """``total`` split in proportion to ``weights``, in whole numbers that add up to it."""
+    whole = sum(weights) or 1
+    shares = [total * w // whole for w in weights]
+    for n in range(total - sum(shares)):
+        shares[n % len(shares)] += 1
+    return shares
+
+
+def batch_messages(batch: list[Pending]) -> list[Message]:
+    lines = [f"{n}. {' '.join(p.prompt.split())[:PROMPT_CHARS]}"
+             for n, p in enumerate(batch, 1)]
+    return [{"role": "system", "content": BATCH_INSTRUCTION},
+            {"role": "user", "content": "\n".join(lines)}]
+
+
+def parse_numbered(text: str, n: int) -> list[str | None]:
+    """Titles by number from the model's lines; None where a number is missing or empty."""
+    titles: list[str | None] = [None] * n
+    for line in text.splitlines():
+        match = _NUMBERED.match(line)
+        if match and 1 <= int(match.group(1)) <= n and titles[int(match.group(1)) - 1] is None:
+            titles[int(match.group(1)) - 1] = clean_title(match.group(2))
+    return titles
