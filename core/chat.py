@@ -313,8 +313,13 @@ class ChatService:
                 if not previous_response_id:
                     raise Conflict("this conversation's last turn has no upstream response id "
                                    "to continue from", code="history_unavailable")
-                messages = (request.messages or []) if request.continues_turn is not None \
-                    else [{"role": "user", "content": prompt}]
+                if request.continues_turn is not None:
+                    messages = request.messages or []
+                elif request.messages is not None:
+                    # A /v1 caller's context: what it adds (the user's turn, tool results).
+                    messages = exchange.new_messages(request.messages, is_new=False)
+                else:
+                    messages = [{"role": "user", "content": prompt}]
             else:
                 messages = self._messages(recent, prompt, context, request)
             hold = None

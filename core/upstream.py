@@ -330,6 +330,8 @@ class _Accumulator:
         self.function_call: dict[str, str] = {}
 
     def take(self, delta: dict[str, Any]) -> None:
+        if len(delta) <= 2 and delta.keys() <= {"content", "role"}:
+            return  # text alone: nearly every chunk, and the text is taken elsewhere
         if refusal := text_of(delta, "refusal"):
             self.refusal.append(refusal)
         for call in list_of(delta, "tool_calls"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -30,7 +31,7 @@ from core.responses_shapes import (
     options_to_chat,
     output_items,
 )
-from core.wire import Message, content_text
+from core.wire import Completion, Message, content_text
 
 from .openai_api import (
     CONVERSATION_HEADER,
@@ -329,6 +330,26 @@ async def _stream(request: web.Request, gateway: Gateway, principal: Principal,
     return writer.response
 
 
+async def get_response(request: web.Request) -> web.Response:
+    """A stored response, rebuilt from its turn (the output items as the reply was stored)."""
+    gateway, principal = await _caller(request)
+    conversation, turn = await gateway.response_turn(principal, request.match_info["id"])
+    stored = turn.exchange or {}
+    reply = dict(stored.get("reply") or {})
+    extras = {k: reply[k] for k in ("tool_calls", "refusal") if reply.get(k)}
+    completion = Completion(text=turn.reply, model=turn.model, upstream_id=turn.upstream_id,
+                            input_tokens=turn.input_tokens, output_tokens=turn.output_tokens,
+                            finish_reason=reply.get("finish_reason"), message=extras or None)
+    previous = response_id(turn.parent_id) if turn.parent_id else None
+    result = ChatResult(conversation, turn, None, turn.parent_id is None,
+                        datetime.fromisoformat(turn.prompt_utc.replace("Z", "+00:00")),
+                        turn.duration_ms / 1000, completion.finish_reason or "stop",
+                        completion)
+    return web.json_response(response_object(result, {"previous_response_id": previous}),
+                             headers={CONVERSATION_HEADER: conversation.id})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/responses", create_response)
+    app.router.add_get("/responses/{id}", get_response)
 

@@ -164,8 +164,9 @@ async def test_events_ready_together_leave_in_one_socket_write(
     assert resp.status == 200 and text.endswith("data: [DONE]\n\n")
     writes = gateway_writes()
     first, last = writes[0], writes[-1]
-    # The upstream's chunks go on as given (one per word here), all in the first write.
+    # The upstream's text pieces of one read go on as one chunk (a chunk each cost the
+    # gateway 30% more CPU a stream), all in the first write.
     assert first.startswith(b"HTTP/1.1 200") and b'"role":"assistant"' in first \
-        and all(f'"content":"{word}"'.encode() in first for word in ("again", " at", " once"))
+        and b'"content":"again at once"' in first
     assert b'"usage":{' in last and b"[DONE]" in last and last.endswith(b"0\r\n\r\n")
     assert len(writes) == 2, writes

@@ -87,6 +87,9 @@ async def test_chat_account_new_and_continued_response(
         model="model-a", input="And then?", previous_response_id=first.id)
     assert second.previous_response_id == first.id
     assert other.chat_requests() == []
+    kept = await setup.client.responses.retrieve(second.id)
+    assert (kept.id, kept.output_text, kept.previous_response_id) == (
+        second.id, second.output_text, first.id)
     sent = served.chat_requests()[-1].messages
     assert sent == [{"role": "system", "content": "Be brief."},
                     {"role": "user", "content": "Hello there"},
@@ -306,3 +309,26 @@ async def test_streamed_tool_calls_as_responses_events(
         ("get_weather", {"city": "Oslo"}), ("get_weather", {})]
     assert "response.function_call_arguments.delta" in kinds
     assert kinds[-1] == "response.completed" and final.id.startswith("resp_")
+
+
+async def test_a_chat_completions_tool_result_reaches_a_responses_account(
+    setup: Setup, upstream_plus: FakeUpstream
+) -> None:
+    tool = {"type": "function", "function": {k: WEATHER[k] for k in (
+        "name", "description", "parameters")}}
+    upstream_plus.enqueue(ToolCalls((("get_weather", {"city": "Oslo"}),)), "Clear skies.")
+    asked = [{"role": "user", "content": "Oslo?"}]
+    raw = await setup.client.chat.completions.with_raw_response.create(
+        model="model-r", messages=asked, tools=[tool])  # type: ignore[arg-type, list-item]
+    message = raw.parse().choices[0].message
+    call = message.tool_calls[0]  # type: ignore[index]
+    final = await setup.client.chat.completions.create(
+        model="model-r", tools=[tool],  # type: ignore[list-item]
+        messages=[*asked, message.model_dump(exclude_none=True),  # type: ignore[list-item]
+                  {"role": "tool", "tool_call_id": call.id, "content": "clear"}],
+        extra_headers={"X-Conversation-Id": raw.headers["x-conversation-id"]})
+    assert final.choices[0].message.content == "Clear skies."
+    body = upstream_plus.chat_requests()[1].body
+    assert body is not None and body["previous_response_id"]  # chained upstream
+    assert body["input"] == [{"type": "function_call_output", "call_id": call.id,
+                              "output": "clear"}]
