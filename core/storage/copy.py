@@ -24,7 +24,8 @@ CHUNK = 20_000
 # In the order foreign keys need. Columns as both schemas name them; ``seq`` is SQLite's rowid.
 TABLES: list[tuple[str, list[str]]] = [
     ("principals", ["id", "role", "name", "client_id", "external_id", "plus", "key_hash",
-                    "key_prefix", "own_key_enc", "created_utc", "disabled_utc", "last_used_utc"]),
+                    "key_prefix", "own_key_enc", "created_utc", "disabled_utc", "last_used_utc",
+                    "limits_json"]),
     ("conversations", ["id", "owner_id", "title", "mode", "account", "model", "client_id",
                        "external_ref", "turn_count", "created_utc", "updated_utc", "seq"]),
     ("turns", ["id", "conversation_id", "parent_id", "position", "prompt", "reply", "model",
@@ -34,14 +35,18 @@ TABLES: list[tuple[str, list[str]]] = [
     ("turn_attachments", ["turn_id", "sha256"]),
     ("usage", ["id", "principal_id", "client_id", "conversation_id", "account", "model",
                "endpoint", "outcome", "created_utc", "duration_ms", "input_tokens",
-               "output_tokens"]),
+               "output_tokens", "cost", "estimated", "purpose", "own_key"]),
+    ("spend", ["scope_id", "period", "requests", "tokens", "cost"]),
+    ("budget_alerts", ["scope_id", "budget", "period", "threshold", "used", "budget_limit",
+                       "created_utc", "delivered_utc"]),
     ("web_sessions", ["id_hash", "principal_id", "key_hash", "csrf_token", "flash_json",
                       "created_utc", "expires_utc"]),
     ("account_state", ["name", "cooling_until", "cooling_reason", "out_reason", "updated_utc",
                        "version"]),
     ("personas", ["client_id", "channel_ref", "label", "system_prompt", "updated_utc"]),
 ]
-BOOLEAN = {("principals", "plus"), ("turns", "stopped")}
+BOOLEAN = {("principals", "plus"), ("turns", "stopped"), ("usage", "estimated"),
+           ("usage", "own_key")}
 IDENTITIES = [("principals", "id"), ("conversations", "seq"), ("usage", "id")]
 
 Progress = Callable[[str], None]

@@ -62,6 +62,8 @@ async def test_copy_db_moves_everything_and_keys_and_conversations_go_on(
         await ask(gw, ann, "and a follow-up", on_a.conversation.id)
         await gw.set_conversation_ref(bot, on_b.conversation.id, "thread-42")
         await gw.set_own_key(ann, "sk-anns-own")
+        await gw.update_user(bot, "discord-1", limits={"tokens_per_month": 10_000_000})
+        used = await gw.usage(ann)
         accounts = {on_a.conversation.account, on_b.conversation.account}
     assert accounts == {"A", "B"}
 
@@ -87,6 +89,14 @@ async def test_copy_db_moves_everything_and_keys_and_conversations_go_on(
             found = await gw.conversation_by_ref(bot_again, "thread-42")
             assert found is not None and found.id == on_b.conversation.id
             assert await gw.own_key(ann_again) == "sk-anns-own"
+            # Budgets and the month's use so far came along: costs, totals, limits.
+            assert ann_again.public()["limits"] == {"tokens_per_month": 10_000_000}
+            again = await gw.usage(ann_again)
+            assert (again["tokens_this_month"], again["requests_this_month"]) == (
+                used["tokens_this_month"], used["requests_this_month"]) != (0, 0)
+            purposes = await gw.storage.db.fetchall(
+                "SELECT DISTINCT purpose FROM usage ORDER BY purpose")
+            assert [r[0] for r in purposes] == ["reply", "title"]
             # A follow-up continues on the account that started its conversation.
             before_b = len(upstream_b.chat_requests(titles=False))
             more = await ask(gw, ann_again, "still there?", on_b.conversation.id)
@@ -160,3 +170,21 @@ async def test_backup_on_postgresql_points_at_pg_dump(tmp_path: Path) -> None:
     assert code == 2 and out == ""
     assert "pg_dump -Fc -f gw.dump 'postgresql://gw@db.internal:5432/gateway'" in err
     assert "pw@" not in err and "Traceback" not in err
+
+
+async def test_copy_db_knows_every_table_and_column(tmp_path: Path) -> None:
+    """A migration that adds a table or a column must teach copy-db about it too: a copy that
+    skipped one would lose data (budgets' totals were nearly lost so)."""
+    from core.storage.copy import TABLES
+    from core.storage.sqlite import SqliteDatabase
+
+    async with SqliteDatabase(tmp_path / "schema.db") as db:
+        tables = [r[0] for r in await db.fetchall(
+            "SELECT name FROM sqlite_master WHERE type = 'table'"
+            " AND name NOT LIKE 'sqlite_%' AND name <> '_migrations'")]
+        schema = {t: [r[1] for r in await db.fetchall(f"PRAGMA table_info({t})")]
+                  for t in tables}
+    copied = dict(TABLES)
+    assert set(copied) == set(schema)
+    for table, columns in schema.items():
+        assert set(copied[table]) - {"seq"} == set(columns), table
