@@ -6,20 +6,35 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from multidict import CIMultiDictProxy
 
 from core.gateway import Gateway
+from web.app import create_app
 
 Via = Literal["get", "json", "form"]
 VIAS: tuple[Via, ...] = ("get", "json", "form")
 KEY_RE = re.compile(r"gw_[A-Za-z0-9_-]{43}")
 MakeApi = Callable[..., Awaitable[tuple["Api", Gateway]]]
 """The ``custom_api`` fixture: the app over settings of a test's choosing."""
+
+
+@asynccontextmanager
+async def serving(gateway: Gateway) -> AsyncIterator[str]:
+    """The app on a free port of 127.0.0.1, as a real client reaches it: its root URL."""
+    runner = web.AppRunner(create_app(gateway))
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 @dataclass

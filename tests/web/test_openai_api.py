@@ -8,21 +8,18 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from aiohttp import web
 
 from core.gateway import Gateway, build_gateway
 from tests.fakes.upstream import FakeUpstream, Garbage, Status, StreamBreak
 from web.app import create_app
 
+from .support import serving
+
 
 @pytest.fixture
 async def base_url(gateway: Gateway) -> AsyncIterator[str]:
-    runner = web.AppRunner(create_app(gateway))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-    await runner.cleanup()
+    async with serving(gateway) as root:
+        yield f"{root}/v1"
 
 
 @pytest.fixture

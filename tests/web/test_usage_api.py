@@ -13,13 +13,11 @@ from typing import Any
 
 import openai
 import pytest
-from aiohttp import web
 
 from core.gateway import Gateway
 from tests.fakes.upstream import FakeUpstream, Reply
-from web.app import create_app
 
-from .support import MakeApi, assert_error
+from .support import MakeApi, assert_error, serving
 
 
 def used(prompt: int, reply: int) -> Reply:
@@ -126,14 +124,10 @@ async def test_the_admin_report_adds_up_in_json_and_csv(
 @pytest.fixture
 async def v1(setup: Any) -> AsyncIterator[tuple[str, Gateway, str]]:
     _api, gateway, admin_key = setup
-    runner = web.AppRunner(create_app(gateway))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
     admin = await gateway.authenticate(admin_key)
     _, key = await gateway.add_user(admin, userid="dev", username="dev")
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1", gateway, key
-    await runner.cleanup()
+    async with serving(gateway) as root:
+        yield f"{root}/v1", gateway, key
 
 
 async def test_v1_says_insufficient_quota_and_sends_rate_limit_headers(

@@ -15,13 +15,13 @@ from agents import (
     function_tool,
     set_tracing_disabled,
 )
-from aiohttp import web
 
 from core.config import Settings
 from core.gateway import build_gateway
 from tests.conftest import ENVIRON, account
 from tests.fakes.upstream import FakeUpstream, ToolCalls
-from web.app import create_app
+
+from .support import serving
 
 set_tracing_disabled(True)  # no trace export to OpenAI's servers from a test
 
@@ -35,17 +35,9 @@ async def sdk(make_settings: Callable[..., Settings], upstream_a: FakeUpstream,
     ])
     async with build_gateway(settings, environ=ENVIRON) as gateway:
         _, key = await gateway.principals.create("user", "ann")
-        runner = web.AppRunner(create_app(gateway))
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        try:
-            async with openai.AsyncOpenAI(
-                    base_url=f"http://127.0.0.1:{runner.addresses[0][1]}/v1", api_key=key,
-                    max_retries=0) as client:
-                yield client
-        finally:
-            await runner.cleanup()
+        async with serving(gateway) as root, openai.AsyncOpenAI(
+                base_url=f"{root}/v1", api_key=key, max_retries=0) as client:
+            yield client
 
 
 @pytest.mark.parametrize(("model", "fake"), [("model-a", "upstream_a"),

@@ -11,13 +11,13 @@ from typing import Any
 
 import openai
 import pytest
-from aiohttp import web
 
 from core.config import Settings
 from core.gateway import Gateway, build_gateway
 from tests.conftest import ENVIRON, account
 from tests.fakes.upstream import EMBEDDING_SIZE, FakeUpstream, Status
-from web.app import create_app
+
+from .support import serving
 
 IMAGE = "data:image/png;base64," + base64.b64encode(b"\x89PNG fake image").decode()
 LOOK = [{"role": "user", "content": [{"type": "text", "text": "look"},
@@ -28,17 +28,9 @@ LOOK = [{"role": "user", "content": [{"type": "text", "text": "look"},
 async def running(settings: Settings) -> AsyncIterator[tuple[Gateway, openai.AsyncOpenAI]]:
     async with build_gateway(settings, environ=ENVIRON) as gateway:
         _, key = await gateway.principals.create("user", "ann")
-        runner = web.AppRunner(create_app(gateway))
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        try:
-            async with openai.AsyncOpenAI(
-                    base_url=f"http://127.0.0.1:{runner.addresses[0][1]}/v1", api_key=key,
-                    max_retries=0) as client:
-                yield gateway, client
-        finally:
-            await runner.cleanup()
+        async with serving(gateway) as root, openai.AsyncOpenAI(
+                base_url=f"{root}/v1", api_key=key, max_retries=0) as client:
+            yield gateway, client
 
 
 def _error(exc: openai.APIStatusError) -> dict[str, Any]:

@@ -13,13 +13,13 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from aiohttp import web
 
 from core.config import Settings
 from core.gateway import Gateway, build_gateway
 from tests.conftest import ENVIRON, account
 from tests.fakes.upstream import FakeUpstream, ToolCalls
-from web.app import create_app
+
+from .support import serving
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
@@ -52,17 +52,9 @@ async def setup(make_settings: Callable[..., Settings], upstream_a: FakeUpstream
     ])
     async with build_gateway(settings, environ=ENVIRON) as gateway:
         _, key = await gateway.principals.create("user", "ann")
-        runner = web.AppRunner(create_app(gateway))
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        root = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        try:
-            async with openai.AsyncOpenAI(base_url=f"{root}/v1", api_key=key,
-                                          max_retries=0) as client:
-                yield Setup(gateway, client, root, key)
-        finally:
-            await runner.cleanup()
+        async with serving(gateway) as root, openai.AsyncOpenAI(
+                base_url=f"{root}/v1", api_key=key, max_retries=0) as client:
+            yield Setup(gateway, client, root, key)
 
 
 def _requests(*fakes: FakeUpstream) -> list[Any]:

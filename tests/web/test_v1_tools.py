@@ -16,14 +16,14 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from aiohttp import web
 
 from core.config import Settings
 from core.errors import NotFound
 from core.gateway import Gateway, build_gateway
 from tests.conftest import ENVIRON, account
 from tests.fakes.upstream import FakeUpstream, ToolCalls
-from web.app import create_app
+
+from .support import serving
 
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city",
@@ -33,19 +33,10 @@ TIME_TOOL = {"type": "function", "function": {
     "name": "get_time", "parameters": {"type": "object", "properties": {}}}}
 
 
-async def serve(gateway: Gateway) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(create_app(gateway))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
-
-
 @pytest.fixture
 async def root(gateway: Gateway) -> AsyncIterator[str]:
-    runner, url = await serve(gateway)
-    yield url
-    await runner.cleanup()
+    async with serving(gateway) as url:
+        yield url
 
 
 @pytest.fixture
@@ -256,17 +247,13 @@ async def test_attachments_past_the_limit_are_refused_naming_it(
                              chat={"max_attachment_bytes": 2000})
     async with build_gateway(settings, environ=ENVIRON) as gateway:
         _, key = await gateway.principals.create("user", "ann")
-        runner, url = await serve(gateway)
-        try:
-            async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key,
-                                          max_retries=0) as client:
-                image, _ = png_data_url(3000)
-                with pytest.raises(openai.APIStatusError) as refused:
-                    await client.chat.completions.create(model="model-a", messages=[{
-                        "role": "user", "content": [
-                            {"type": "image_url", "image_url": {"url": image}}]}])
-        finally:
-            await runner.cleanup()
+        async with serving(gateway) as url, openai.AsyncOpenAI(
+                base_url=f"{url}/v1", api_key=key, max_retries=0) as client:
+            image, _ = png_data_url(3000)
+            with pytest.raises(openai.APIStatusError) as refused:
+                await client.chat.completions.create(model="model-a", messages=[{
+                    "role": "user", "content": [
+                        {"type": "image_url", "image_url": {"url": image}}]}])
     assert refused.value.status_code == 413
     error = refused.value.body
     assert isinstance(error, dict) and error["code"] == "attachments_too_large"
