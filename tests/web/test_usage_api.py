@@ -29,7 +29,8 @@ def used(prompt: int, reply: int) -> Reply:
 async def setup(custom_api: MakeApi) -> Any:
     api, gateway = await custom_api(account_extra={"price_input_per_mtok": 1.0,
                                                    "price_output_per_mtok": 4.0},
-                                    limits={"free": {"tokens_per_day": 1000}})
+                                    limits={"free": {"tokens_per_day": 1000},
+                                            "user_requests_per_minute": 100})
     admin_key = await gateway.create_admin("root")
     return api, gateway, admin_key
 
@@ -143,6 +144,9 @@ async def test_v1_says_insufficient_quota_and_sends_rate_limit_headers(
         assert raw.headers["x-ratelimit-limit-tokens"] == "1000"
         assert raw.headers["x-ratelimit-remaining-tokens"] == "400"
         assert raw.headers["x-ratelimit-reset-tokens"].endswith("s")
+        # The requests trio follows user_requests_per_minute, this one counted.
+        assert (raw.headers["x-ratelimit-limit-requests"],
+                raw.headers["x-ratelimit-remaining-requests"]) == ("100", "99")
         stream = await sdk.chat.completions.create(model="model-a", messages=messages,
                                                    stream=True)
         async for _ in stream:
