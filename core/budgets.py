@@ -24,7 +24,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -76,9 +76,6 @@ class Hold:
     scopes: tuple[Scope, ...]
     periods: Periods
     amounts: dict[Key, tuple[int, float]]
-    before: dict[Key, Totals] = field(default_factory=dict)
-    """Each key's totals and others' holds when the hold was taken (PostgreSQL): a bound that
-    says whether this use may have reached an alert threshold."""
     settled: bool = False
 
 
@@ -185,10 +182,6 @@ class Budgets:
                 scope = next(s for s in scopes if s.id == refused_key[0])
                 raise self._refusal(scope, refused_kind, totals.get(refused_key, Totals()),
                                     held.get(refused_key, (0, 0.0)), periods, now)
-            hold.before = {key: _plus(spent, Totals(0, *held.get(key, (0, 0.0))))
-                           for key, spent in totals.items()}
-            for key, (tokens_held, cost_held) in held.items():
-                hold.before.setdefault(key, Totals(0, tokens_held, cost_held))
             return hold
         self._roll(periods)
         totals, holding = self._totals, self._held
@@ -296,7 +289,7 @@ class Budgets:
 
     async def _alerts(self, hold: Hold, rows: Sequence[SpendRow]) -> None:
         """Record the alert of every threshold a budget has reached (each once per period:
-        remembered here, and the table refuses a second). Below 80% nothing is read."""
+        remembered here, and the table refuses a second)."""
         added: dict[Key, Totals] = {}
         for scope_id, period, requests, tokens, cost in rows:
             added.setdefault((scope_id, period), Totals()).add(requests, tokens, cost)
@@ -307,11 +300,8 @@ class Budgets:
                 if delta is None or limit <= 0:
                     continue
                 if self._shared:
-                    # What it was when the hold was taken, others' holds included: an upper
-                    # bound, so the real total is read only near a threshold.
-                    bound = _used(kind, _plus(hold.before.get(key, _NOTHING), delta), (0, 0.0))
-                    if bound < limit * ALERT_THRESHOLDS[0] / 100:
-                        continue
+                    # Read after this use was stored: requests admitted after this one's hold
+                    # may have settled first, so what was known at the hold is no bound.
                     after = (await self.spend.totals([key])).get(key, _NOTHING)
                 else:
                     after = self._totals.get(key, _NOTHING)
@@ -408,10 +398,6 @@ def _used(kind: str, spent: Totals, held: tuple[int, float]) -> float:
     if KIND_MEASURE[kind] == "cost":
         return spent.cost + held[1]
     return spent.tokens + held[0]
-
-
-def _plus(a: Totals, b: Totals) -> Totals:
-    return Totals(a.requests + b.requests, a.tokens + b.tokens, a.cost + b.cost)
 
 
 def _duration(seconds: float) -> str:
