@@ -7,8 +7,10 @@ Replies are written into the thread, not through interaction follow-ups (which e
 minutes), except private answers to ``/chat private:True`` in a thread, which stay ephemeral to
 the last message. Every reply in a thread carries its buttons (``cogs.utils.controls``): Stop
 while it is written, then Regenerate and Continue, handled here for the conversation's owner.
-Text files attached to ``/chat`` or to a follow-up are read into the prompt
-(``core.attachments``). The writing itself (threads, sinks) is in ``cogs.utils.threads``.
+Files attached to ``/chat`` or to a follow-up are downloaded at once (Discord's links expire):
+text files are read into the prompt, images go with it to an account that sees images
+(``core.attachments``, ``core.images``). The writing itself (threads, sinks) is in
+``cogs.utils.threads``.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from cogs.utils.threads import (
     failure,
     prompt_echo,
 )
-from core.attachments import FileRefusal, TextFile, decode, refusal_before_reading, with_files
+from core.attachments import Attached, Limits
 from core.chat import ChatRequest, ChatResult, StartInfo
 from core.errors import GatewayError
 from core.models import Conversation, PlusChoice, Principal
@@ -99,16 +101,21 @@ class Chat(MemberCog):
         private="Open a private thread; in a thread, answer only to you",
         model="The model of a new conversation, which stays on it (start typing to see "
               "those you may use)",
-        attachment="A text file (text, Markdown, code, JSON, CSV, a log) the model reads",
+        attachment="An image, or a text file (text, Markdown, code, JSON, CSV, a log), the "
+                   "model reads",
+        attachment2="Another image or text file",
+        attachment3="Another image or text file",
     )
     async def chat(self, interaction: discord.Interaction[GatewayBot], prompt: str,
                    tier: Literal["free", "plus", "any"] = "free", private: bool = False,
                    model: app_commands.Range[str, 1, 100] | None = None,
-                   attachment: discord.Attachment | None = None) -> None:
+                   attachment: discord.Attachment | None = None,
+                   attachment2: discord.Attachment | None = None,
+                   attachment3: discord.Attachment | None = None) -> None:
         """Ask the model. In a channel it opens a thread; in one of my threads it follows up."""
         await interaction.response.defer(ephemeral=private, thinking=True)
         user = await self.bot.member_principal(interaction.user)
-        asked = await self._asked(prompt, [attachment] if attachment else [])
+        files = [a for a in (attachment, attachment2, attachment3) if a is not None]
         channel: object = interaction.channel
         if channel is None and interaction.channel_id is not None:  # not cached, not sent
             channel = await self.bot.fetch_channel(interaction.channel_id)
@@ -117,10 +124,13 @@ class Chat(MemberCog):
             if model is not None and tier == "free":
                 # The model decides the account: look in every tier the member may use.
                 plus = "any" if user.plus else "false"
-            await self._start(interaction, channel, user, asked, plus, private,
-                              model.strip() if model else None)
+            model = model.strip() if model else None
+            asked = await self._asked(prompt, files, self.bot.gateway.images_refusal(
+                user, plus=plus, model=model) if files else None)
+            await self._start(interaction, channel, user, asked, plus, private, model)
         elif isinstance(channel, discord.Thread | discord.PartialMessageable):
-            await self._follow_up_command(interaction, channel, user, asked, private, model)
+            await self._follow_up_command(interaction, channel, user, prompt, files, private,
+                                          model)
         else:
             raise Refusal("I open conversations in text channels: use /chat in one, or in one "
                           "of my threads to follow up.")
@@ -148,7 +158,7 @@ class Chat(MemberCog):
         stop = StopSignal()
         request = ChatRequest(prompt=asked.prompt, plus=plus, user_plus=plus == "true",
                               endpoint="discord", stop=stop, channel_ref=str(channel.id),
-                              model=model)
+                              model=model, images=asked.images)
         listener = StreamListener(stream, opener, controls=controls,
                                   on_start=self._writing(interaction.user.id, stop))
         try:
@@ -182,8 +192,8 @@ class Chat(MemberCog):
 
     async def _follow_up_command(self, interaction: discord.Interaction[GatewayBot],
                                  thread: discord.Thread | discord.PartialMessageable,
-                                 user: Principal, asked: Asked, private: bool,
-                                 model: str | None) -> None:
+                                 user: Principal, words: str, files: list[discord.Attachment],
+                                 private: bool, model: str | None) -> None:
         async with self.bot.thread_locks[thread.id]:
             conversation = await self.bot.thread_conversation(thread.id)
             if conversation is None:
@@ -195,7 +205,9 @@ class Chat(MemberCog):
             if model is not None and model.strip() != conversation.model:
                 raise Refusal(f"This conversation stays on {conversation.model}: use /chat "
                               "in a text channel to start one on another model.")
-            request = await self._follow_up_request(user, conversation, asked.prompt,
+            asked = await self._asked(words, files, self.bot.gateway.images_refusal(
+                user, conversation) if files else None)
+            request = await self._follow_up_request(user, conversation, asked,
                                                     await self._parent_ref(thread))
             controls = None
             if private:
@@ -241,14 +253,17 @@ class Chat(MemberCog):
                 if refusal:
                     raise Refusal(refusal)
                 user = await self.bot.member_principal(author)
-                asked = await self._asked(message.content, message.attachments)
+                attachments = message.attachments
+                asked = await self._asked(message.content, attachments, self.bot.gateway.
+                                          images_refusal(user, conversation)
+                                          if attachments else None)
                 if asked.refused:
                     await message.reply("\n".join(asked.refused), mention_author=False,
                                         allowed_mentions=NO_MENTIONS)
-                if not asked.prompt:
+                if not asked.prompt and not asked.images:
                     return  # nothing left to ask
                 request = await self._follow_up_request(
-                    user, conversation, asked.prompt, await self._parent_ref(message.channel))
+                    user, conversation, asked, await self._parent_ref(message.channel))
                 controls = ReplyControls()
                 await self._answer(author.id, self._asking(user, request),
                                    ChannelSink(message.channel, message, controls), controls,
@@ -259,7 +274,7 @@ class Chat(MemberCog):
                 await message.reply(text, mention_author=False, allowed_mentions=NO_MENTIONS)
 
     async def _follow_up_request(self, user: Principal, conversation: Conversation,
-                                 prompt: str, channel_ref: str | None) -> ChatRequest:
+                                 asked: Asked, channel_ref: str | None) -> ChatRequest:
         access_token = None
         if conversation.mode == "own_key":
             # The core pins such a conversation to the member's credential: send it again.
@@ -268,33 +283,32 @@ class Chat(MemberCog):
                 raise Refusal("This conversation runs on your own key, which you have "
                               "cleared: set it again with /ownkey set, or start a new "
                               "conversation.")
-        return ChatRequest(prompt=prompt, conversation_id=conversation.id,
+        return ChatRequest(prompt=asked.prompt, conversation_id=conversation.id,
                            access_token=access_token, endpoint="discord",
-                           channel_ref=channel_ref)
+                           channel_ref=channel_ref, images=asked.images)
 
-    async def _asked(self, words: str, attachments: list[discord.Attachment]) -> Asked:
-        """The member's words with their text files read in; the others refused, each with a
-        note saying why (the rest goes on)."""
-        limit = self.bot.gateway.settings.chat.max_text_file_bytes
-        files: list[TextFile] = []
-        refused: list[str] = []
+    async def _asked(self, words: str, attachments: list[discord.Attachment],
+                     images_refused: str | None) -> Asked:
+        """The member's words with their files: text files read in, images downloaded, the
+        others refused, each with a note saying why (the rest goes on). ``images_refused``:
+        why images would not be seen in this conversation."""
+        chat = self.bot.gateway.settings.chat
+        attached = Attached(Limits(chat.max_text_file_bytes, chat.max_attachment_bytes,
+                                   images_refused))
         for attachment in attachments:
             name = attachment.filename
-            outcome: TextFile | FileRefusal | None = refusal_before_reading(
-                name, attachment.content_type, attachment.size, limit)
-            if outcome is None:
-                try:
-                    # Now: Discord's attachment links expire.
-                    outcome = decode(name, await attachment.read(), limit)
-                except discord.HTTPException as exc:
-                    log.warning("could not download attachment %s: %s", attachment.id, exc)
-                    outcome = FileRefusal(name, "it could not be downloaded from Discord")
-            if isinstance(outcome, TextFile):
-                files.append(outcome)
-            else:
-                refused.append(f"⚠️ {escape(str(outcome))}")
-        notes = tuple(f"📎 {escape(f.name)}" for f in files) + tuple(refused)
-        return Asked(words.strip(), with_files(words, files), notes, tuple(refused))
+            if not attached.wanted(name, attachment.content_type, attachment.size):
+                continue
+            try:
+                # Now: Discord's attachment links expire.
+                attached.add(name, attachment.content_type, await attachment.read())
+            except discord.HTTPException as exc:
+                log.warning("could not download attachment %s: %s", attachment.id, exc)
+                attached.refuse(name, "it could not be downloaded from Discord")
+        refused = tuple(f"⚠️ {escape(str(r))}" for r in attached.refused)
+        notes = tuple(f"📎 {escape(name)}" for name in attached.read) + refused
+        return Asked(words.strip(), attached.prompt(words), notes, refused,
+                     tuple(attached.images))
 
     def _asking(self, user: Principal, request: ChatRequest) -> Ask:
         async def ask(listener: StreamListener, stop: StopSignal) -> ChatResult:

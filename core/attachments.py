@@ -1,9 +1,10 @@
 """Files attached to a prompt: text files are read and given to the model as text, under their
-names; anything else is refused with a short reason naming the file, and the rest goes on.
+names; images go with the prompt as image parts (core/images.py) when the conversation's
+account can see them; anything else is refused with a short reason naming the file, and the
+rest goes on.
 
-Fronts (the Discord bot, the web UI) download the files; this module decides what each one is
-and how it joins the prompt. Images are recognised but not taken yet: they need the content
-parts of a vision-capable account, and are refused with a reason saying so until then.
+Fronts (the Discord bot, the web UI) download the files; this module decides what each one is,
+whether it is worth downloading, and how it joins the prompt (``Attached``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Literal
+
+from .images import SENT_TYPES, ImageFile, sniff
 
 Kind = Literal["text", "image", "other"]
 
@@ -32,7 +35,6 @@ TEXT_TYPES = ("text/", "application/json", "application/xml", "application/x-yam
               "application/toml", "application/javascript", "application/sql")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".heic"})
 
-NO_IMAGES = "this conversation's account does not take images yet"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,17 +66,94 @@ def kind_of(name: str, content_type: str | None) -> Kind:
 
 def refusal_before_reading(name: str, content_type: str | None, size: int,
                            max_bytes: int) -> FileRefusal | None:
-    """Why a file will not be read, known before it is downloaded; None: read it."""
+    """Why a text file will not be read, known before it is downloaded; None: read it.
+    (Images are ``Attached``'s to judge: they need the conversation's account.)"""
     kind = kind_of(name, content_type)
-    if kind == "image":
-        return FileRefusal(name, NO_IMAGES)
-    if kind == "other":
+    if kind != "text":
         return FileRefusal(name, "only text files (text, Markdown, code, JSON, CSV, logs) "
-                                 "are read")
+                                 "and images are read")
     if size > max_bytes:
         return FileRefusal(name, f"it has {_size(size)}; text files are read up to "
                                  f"{_size(max_bytes)}")
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    text_bytes: int
+    """The largest text file read (``[chat] max_text_file_bytes``)."""
+    image_bytes: int
+    """All the images of one message together (``[chat] max_attachment_bytes``)."""
+    images_refused: str | None = None
+    """Why images would not be seen here (the account cannot take them); None: they are."""
+
+
+class Attached:
+    """What the files of one message gave: text files read, images taken, and a refusal
+    (which file, and why) for each of the others. A front asks ``wanted`` before
+    downloading a file and hands its bytes to ``add``."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.texts: list[TextFile] = []
+        self.images: list[ImageFile] = []
+        self.refused: list[FileRefusal] = []
+        self.read: list[str] = []
+        """The names of the files the model gets, in the order they came."""
+        self._image_bytes = 0
+
+    def wanted(self, name: str, content_type: str | None, size: int) -> bool:
+        """Whether to download the file; when not, its refusal is noted."""
+        if kind_of(name, content_type) != "image":
+            refusal = refusal_before_reading(name, content_type, size, self.limits.text_bytes)
+        elif self.limits.images_refused is not None:
+            refusal = FileRefusal(name, self.limits.images_refused)
+        else:
+            refusal = self._image_too_large(name, size)
+        if refusal is not None:
+            self.refused.append(refusal)
+        return refusal is None
+
+    def add(self, name: str, content_type: str | None, data: bytes) -> None:
+        """A downloaded file: read, or refused after all (its size lied, its bytes are not
+        what its name says)."""
+        if kind_of(name, content_type) != "image":
+            outcome = decode(name, data, self.limits.text_bytes)
+            if isinstance(outcome, TextFile):
+                self.texts.append(outcome)
+                self.read.append(name)
+            else:
+                self.refused.append(outcome)
+            return
+        mime_type = sniff(data)
+        refusal = self._image_too_large(name, len(data))
+        if mime_type is None:
+            refusal = FileRefusal(name, f"only {', '.join(SENT_TYPES[:-1])} and "
+                                        f"{SENT_TYPES[-1]} images are sent to the model")
+        if refusal is not None:
+            self.refused.append(refusal)
+            return
+        assert mime_type is not None
+        self._image_bytes += len(data)
+        self.images.append(ImageFile(name, mime_type, data))
+        self.read.append(name)
+
+    def refuse(self, name: str, reason: str) -> None:
+        self.refused.append(FileRefusal(name, reason))
+
+    def prompt(self, words: str) -> str:
+        """The member's words with the text files after them."""
+        return with_files(words, self.texts)
+
+    def _image_too_large(self, name: str, size: int) -> FileRefusal | None:
+        limit = self.limits.image_bytes
+        if self._image_bytes + size <= limit:
+            return None
+        if self._image_bytes:
+            return FileRefusal(name, f"with the images before it, it would pass the "
+                                     f"{_size(limit)} one message may carry")
+        return FileRefusal(name, f"it has {_size(size)}; images are taken up to "
+                                 f"{_size(limit)}")
 
 
 def decode(name: str, data: bytes, max_bytes: int) -> TextFile | FileRefusal:

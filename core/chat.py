@@ -15,6 +15,7 @@ The jobs around it live beside it: ``answering`` asks the upstream (reply, title
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -22,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from . import exchange
+from . import exchange, images
 from .accounts import BUSY_RETRY_AFTER_S, Account, AccountPool, SlotRefused
 from .answering import Answerer, Progress, max_tokens
 from .billing import cost_of
@@ -92,13 +93,21 @@ class ChatService:
         """Answer one prompt as ``principal``. ``own_key`` is the member's stored credential,
         used when the request carries no ``access_token`` for new conversations and to
         continue own-key ones."""
-        prompt = (request.prompt or "").strip() or self.settings.chat.default_prompt
+        prompt = (request.prompt or "").strip() or (
+            images.prompt_for(len(request.images)) if request.images
+            else self.settings.chat.default_prompt)
         if len(prompt) > self.settings.chat.max_prompt_chars:
             raise TooLarge(
                 f"the prompt has {len(prompt)} characters; the limit is "
                 f"{self.settings.chat.max_prompt_chars}",
                 code="prompt_too_large",
             )
+        if request.images:
+            # Only an account that sees images may answer; the turn stores them by hash.
+            request = dataclasses.replace(
+                request, needs={**request.needs, "vision": "images"},
+                exchange=images.draft(prompt, request.images,
+                                      self.settings.chat.max_attachment_bytes))
         await self.limiter.check(principal.id)
         if request.conversation_id:
             return await self._follow_up(principal, request, prompt, listener, own_key)
@@ -290,8 +299,12 @@ class ChatService:
             if not recent:
                 raise NotFound("no such conversation", code="conversation_not_found")
             replaced = None
+            sees_images = account is None or can(account.settings.api,
+                                                 account.settings.capabilities, "vision")
             if request.replace_turn is not None:
                 replaced, recent, prompt = _regenerating(request.replace_turn, recent)
+                if sees_images:
+                    request = await self._with_images_of(replaced, request)
             previous = recent[0] if recent else None
             if request.continues_turn is not None and (
                     previous is None or previous.id != request.continues_turn):
@@ -321,7 +334,8 @@ class ChatService:
                 else:
                     messages = [{"role": "user", "content": prompt}]
             else:
-                messages = self._messages(recent, prompt, context, request)
+                contents = await self._stored_images(recent) if sees_images else {}
+                messages = self._messages(recent, prompt, context, request, contents)
             hold = None
             if account is not None:
                 hold = await self._hold(attempt, [account], _estimate(messages))
@@ -381,6 +395,25 @@ class ChatService:
         attachments = await self.conversations.attachments(exchange.references(stored))
         return [*exchange.restore(stored, attachments), *(request.messages or [])]
 
+    async def _stored_images(self, recent: list[Turn]) -> dict[str, list[dict[str, Any]]]:
+        """The user messages, images inline, of the turns that carried images: sent again
+        with every follow-up, so the model still sees what it was shown."""
+        stored = {turn.id: content for turn in recent
+                  if turn.exchange_json and '"image_url"' in turn.exchange_json
+                  and (content := images.stored_content(turn.exchange)) is not None}
+        if not stored:
+            return {}
+        found = await self.conversations.attachments(exchange.references(list(stored.values())))
+        return {turn_id: exchange.restore(content, found) for turn_id, content in stored.items()}
+
+    async def _with_images_of(self, replaced: Turn, request: ChatRequest) -> ChatRequest:
+        """A regenerated turn asks again with the images its prompt came with."""
+        content = images.stored_content(replaced.exchange)
+        if content is None:
+            return request
+        found = await self.conversations.attachments(exchange.references(content))
+        return dataclasses.replace(request, exchange=images.restored_draft(content, found))
+
     def _account_for_follow_up(self, conversation: Conversation, principal: Principal) -> Account:
         name = conversation.account or ""
         account = self.pool.get(name)
@@ -434,7 +467,8 @@ class ChatService:
         request = attempt.request
         if request.messages is not None:
             return _estimate(request.messages)
-        return estimate_tokens(attempt.prompt) + estimate_tokens(self.settings.chat.system_prompt)
+        return estimate_tokens(attempt.prompt) + len(request.images) * images.IMAGE_TOKENS \
+            + estimate_tokens(self.settings.chat.system_prompt)
 
     # ----------------------------------------------------------------- helpers
 
@@ -466,23 +500,31 @@ class ChatService:
                       timeout_s=cfg.timeout_s)
 
     def _messages(self, recent: list[Turn], prompt: str, context_tokens: int,
-                  request: ChatRequest) -> list[Message]:
+                  request: ChatRequest,
+                  contents: dict[str, list[dict[str, Any]]] | None = None) -> list[Message]:
+        """The stored history and the prompt; ``contents``: the turns that carried images."""
         if request.messages is not None:
             return request.messages
         budget = prompt_budget(context_tokens, max_tokens(request.options))
         system_prompt = "\n\n".join(
             part for part in (self.settings.chat.system_prompt, request.persona) if part)
-        messages = build_messages(recent, prompt, budget=budget, system_prompt=system_prompt)
+        draft = request.exchange  # a front's message with images (a /v1 one has messages)
+        prompt_images = images.image_count(draft.messages[-1]["content"]) if draft else 0
+        messages = build_messages(recent, prompt, budget=budget, system_prompt=system_prompt,
+                                  contents=contents, prompt_images=prompt_images)
         if messages is None:
             raise TooLarge(
                 f"the prompt does not fit the model's context of {context_tokens} tokens",
                 code="prompt_too_large",
             )
+        if draft is not None:
+            messages[-1] = images.sendable(draft)
         return messages
 
 
 def _estimate(messages: list[Message]) -> int:
-    return sum(estimate_tokens(content_text(m.get("content"))) for m in messages)
+    return sum(estimate_tokens(content_text(m.get("content")))
+               + images.image_count(m.get("content")) * images.IMAGE_TOKENS for m in messages)
 
 
 def _regenerating(turn_id: str, recent: list[Turn]) -> tuple[Turn, list[Turn], str]:

@@ -22,6 +22,7 @@ import aiohttp
 
 from .accounts import AccountPool
 from .budgets import Budgets
+from .capabilities import can
 from .chat import ChatListener, ChatRequest, ChatResult, ChatService
 from .clock import iso, utc_now
 from .config import BUDGET_KEYS, ConfigError, Settings
@@ -633,6 +634,28 @@ class Gateway:
         choice: PlusChoice = "any" if actor.plus or actor.is_admin else "false"
         return [ModelChoice(model, account.tier, account.name)
                 for model, account in self.pool.models_for(choice)]
+
+    def images_refusal(self, actor: Principal, conversation: Conversation | None = None, *,
+                       plus: PlusChoice = "false", model: str | None = None) -> str | None:
+        """Why images attached to a prompt would not be seen, said before a front downloads
+        them: the conversation's account (or every account a new one may use) cannot take
+        images. None: they will be. The rest of the message goes on without them."""
+        if conversation is not None:
+            if conversation.mode != "pool":
+                return None  # the member's own key: its upstream decides
+            account = self.pool.get(conversation.account or "")
+            if account is None or can(account.settings.api, account.settings.capabilities,
+                                      "vision"):
+                return None  # a gone account is refused for the whole turn, with its reason
+            return (f"this conversation's model ({conversation.model}) does not read images; "
+                    "start a new conversation on one that does")
+        if not (actor.plus or actor.is_admin):
+            plus = "false"  # asking for plus is refused on its own, with its reason
+        if self.pool.candidates(plus, model, ["vision"]):
+            return None
+        if model is not None:
+            return f"the model {model} does not read images"
+        return "no model you may use here reads images"
 
     def tiers_in_service(self) -> set[str]:
         """The tiers that have at least one account not out of service."""

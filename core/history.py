@@ -7,8 +7,10 @@ ship. The estimate errs on the large side, so trimming keeps the request within 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from .images import IMAGE_TOKENS, image_count
 from .models import Turn
 from .upstream import Message
 
@@ -35,15 +37,24 @@ def build_messages(
     *,
     budget: int,
     system_prompt: str = "",
+    contents: Mapping[str, list[dict[str, Any]]] | None = None,
+    prompt_images: int = 0,
 ) -> list[Message] | None:
     """Messages for the upstream, oldest turn first, dropping the oldest turns that do not fit.
-    None when the system prompt and the new prompt alone exceed the budget."""
-    used = estimate_tokens(prompt) + (estimate_tokens(system_prompt) if system_prompt else 0)
+    None when the system prompt and the new prompt alone exceed the budget.
+
+    ``contents``: the user message of the turns that carried images, as content parts (sent
+    in place of their prompt); ``prompt_images``: the images coming with ``prompt``."""
+    contents = contents or {}
+    used = estimate_tokens(prompt) + prompt_images * IMAGE_TOKENS \
+        + (estimate_tokens(system_prompt) if system_prompt else 0)
     if used > budget:
         return None
     kept: list[Turn] = []
     for turn in recent_first:
         cost = estimate_tokens(turn.prompt) + estimate_tokens(turn.reply)
+        if turn.id in contents:
+            cost += image_count(contents[turn.id]) * IMAGE_TOKENS
         if used + cost > budget:
             break
         used += cost
@@ -52,7 +63,7 @@ def build_messages(
     if system_prompt:
         messages.append({"role": "system", "content": system_prompt})
     for turn in reversed(kept):
-        messages.append({"role": "user", "content": turn.prompt})
+        messages.append({"role": "user", "content": contents.get(turn.id, turn.prompt)})
         messages.append({"role": "assistant", "content": turn.reply})
     messages.append({"role": "user", "content": prompt})
     return messages

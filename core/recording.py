@@ -85,7 +85,8 @@ class TurnRecorder:
         turn, usage = self._records(attempt, conversation.account, completion,
                                     position=replaced.position)
         rows, extra = self._counted(attempt, usage, hold)
-        if not await self.conversations.replace_last_turn(replaced, turn, usage, extra):
+        if not await self.conversations.replace_last_turn(replaced, turn, usage,
+                                                          _attachments(attempt), extra):
             raise NotFound("the conversation was removed while it was being answered",
                            code="conversation_removed")
         await self.budgets.settled(rows, hold)

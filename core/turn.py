@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from .clock import utc_now
 from .exchange import Draft
+from .images import ImageFile
 from .models import Conversation, PlusChoice, Principal, Turn
 from .stopping import StopSignal
 from .upstream import Completion, Message
@@ -58,6 +59,9 @@ class ChatRequest:
     persona: str | None = None
     """The channel's system prompt, found by the facade from ``channel_ref``; sent after the
     organisation's own."""
+    images: tuple[ImageFile, ...] = ()
+    """Images a front's member attached (core/images.py): sent as image parts after the
+    prompt, only to an account that can do ``vision``, and stored as the turn's exchange."""
 
 
 @dataclass(frozen=True, slots=True)

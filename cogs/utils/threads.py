@@ -19,6 +19,7 @@ import discord
 from core.budgets import QuotaExceeded
 from core.chat import ChatResult, StartInfo
 from core.errors import GatewayError
+from core.images import ImageFile
 from core.titles import fallback_title
 
 from .controls import ReplyControls
@@ -59,13 +60,15 @@ def prompt_echo(author: str, prompt: str, limit: int = MESSAGE_LIMIT,
 
 @dataclass(frozen=True, slots=True)
 class Asked:
-    """What a member sent: their words, the prompt the model gets (their files added as
-    text), and notes on the files (read, or refused and why)."""
+    """What a member sent: their words, the prompt the model gets (their text files added),
+    their images, and notes on the files (read, or refused and why)."""
 
     words: str
     prompt: str
     notes: tuple[str, ...] = ()
     refused: tuple[str, ...] = ()
+    images: tuple[ImageFile, ...] = ()
+    """The images the model gets with the prompt."""
 
 
 class ChannelSink:

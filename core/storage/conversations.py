@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .. import exchange
 from ..errors import Conflict
 from ..exchange import Attachment
 from ..models import Conversation, Turn
@@ -250,15 +251,26 @@ class ConversationRepo:
             raise Conflict(f"could not store the turn: {exc}") from None
 
     async def replace_last_turn(self, old: Turn, turn: Turn, usage: UsageRecord,
+                                attachments: Sequence[Attachment] = (),
                                 extra: Sequence[Statement] = ()) -> bool:
-        """Put ``turn`` in the place of ``old`` (a regenerated answer), in one transaction.
+        """Put ``turn`` in the place of ``old`` (a regenerated answer), in one transaction,
+        with the attachments it refers to (those of ``old`` no turn refers to any more go).
         False when ``old`` is no longer there (removed meanwhile)."""
+        held = sorted(exchange.references(old.exchange)) if old.exchange_json else []
+        pruned: list[Statement] = []
+        if held:
+            pruned.append((
+                f"DELETE FROM attachments WHERE sha256 IN ({', '.join('?' * len(held))})"
+                " AND NOT EXISTS (SELECT 1 FROM turn_attachments ta"
+                " WHERE ta.sha256 = attachments.sha256)", tuple(held)))
         return await self.db.write([
             ("DELETE FROM turns WHERE id = ?", (old.id,)),
             ("UPDATE conversations SET updated_utc = ? WHERE id = ?",
              (turn.reply_utc, turn.conversation_id)),
             (f"INSERT INTO turns ({_TURN_COLUMNS}) {_TURN_INSERT_VALUES}", _turn_params(turn)),
             (_USAGE_INSERT, _usage_params(usage)),
+            *_attachment_statements(turn, attachments, await self._stored(attachments)),
+            *pruned,
             *extra,
         ], guarded=True)
 
