@@ -19,6 +19,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from core import fastjson
+from core.config import Settings
 from core.errors import BadRequest
 
 MAX_JSON_DEPTH = 64
@@ -75,6 +76,12 @@ def _walk(value: Any, what: str) -> None:
                                  code="malformed_json")
             children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
             stack.extend((child, depth + 1) for child in children)
+
+
+def upload_limit(settings: Settings) -> int:
+    """A form that may carry a message's images and files (the web UI's chat): the body
+    limit, plus ``[chat] max_attachment_bytes`` (multipart carries the bytes as they are)."""
+    return settings.server.max_body_bytes + settings.chat.max_attachment_bytes
 
 
 async def read_form(request: web.BaseRequest) -> MultiDictProxy[str | Any]:

@@ -5,6 +5,10 @@ if the new one fails), Continue, and the model picker of a new conversation."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import re
+import struct
+import zlib
 
 from playwright.async_api import Locator, expect
 
@@ -171,39 +175,70 @@ PASTE_FILE = """([name, text]) => {
 }"""
 
 
+DRAWN = "image => image.decode().then(() => image.naturalWidth)"
+"""The width of an image once the browser has drawn it (rejected if it cannot)."""
+
+
+def png(width: int, height: int) -> bytes:
+    """A real PNG (one red pixel repeated), which Chromium draws."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+    rows = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
 async def test_files_attached_by_button_drop_and_paste_reach_the_model(
-        ui: Ui, gateway: Gateway, admin_key: str, upstream_a: FakeUpstream) -> None:
+        ui: Ui, gateway: Gateway, admin_key: str, upstream_a: FakeUpstream,
+        upstream_b: FakeUpstream) -> None:
     await ui.sign_in(await make_key(gateway, admin_key, "ann"))
     page = ui.page
     await ui.chat_ready()
+    picture = png(40, 30)
     await page.set_input_files("#attach", files=[
         {"name": "notes.md", "mimeType": "text/markdown", "buffer": b"# Plan\nship it\n"},
-        {"name": "cat.png", "mimeType": "image/png", "buffer": b"\x89PNG\r\n\x1a\n"},
+        {"name": "cat.png", "mimeType": "image/png", "buffer": picture},
         {"name": "oops.txt", "mimeType": "text/plain", "buffer": b"drop me"},
+        {"name": "photo.heic", "mimeType": "image/heic", "buffer": b"\x00\x00\x00\x18ftypheic"},
     ])
     await page.evaluate(DROP_FILE, ["dropped.log", "ERROR disk full"])
     await page.evaluate(PASTE_FILE, ["pasted.csv", "a,b\n1,2"])
     chips = page.locator("#attachments .chip")
-    await expect(chips).to_have_count(5)
+    await expect(chips).to_have_count(6)
     await page.get_by_role("button", name="Remove oops.txt").click()
-    await expect(chips).to_have_count(4)
+    await expect(chips).to_have_count(5)
     await expect(page.locator("#attachments")).to_contain_text("dropped.log")
+    # The image's chip shows it, from the browser's own copy.
+    await expect(page.locator("#attachments .chip-thumb")).to_have_count(1)
+    thumb = page.locator("#attachments .chip-thumb")
+    assert await thumb.evaluate(DRAWN) == 40
 
     await page.fill("#prompt", "Read these")
     await page.press("#prompt", "Enter")
     turn = page.locator("#turns .turn.done").first
-    await expect(turn.locator(".reply-body")).to_have_text("reply 1 from A")
+    await expect(turn.locator(".reply-body")).to_have_text(re.compile(r"reply 1 from [AB]"))
     await expect(page.locator("#attachments")).to_be_hidden()  # sent with the message
     await expect(turn.locator(".bubble")).to_have_text(
-        "Read these\nAttached: notes.md\nAttached: cat.png\nAttached: dropped.log\n"
+        "Read these\nAttached: notes.md\nAttached: photo.heic\nAttached: dropped.log\n"
         "Attached: pasted.csv")
+    await expect(turn.locator(".prompt .attachment img")).to_have_count(1)
     await expect(page.locator("#composer-error")).to_have_text(
-        "cat.png was not read: this conversation's account does not take images yet")
-    prompt = upstream_a.chat_requests(titles=False)[-1].messages[-1]["content"]
-    assert prompt == ("Read these\n\nFile: notes.md\n```\n# Plan\nship it\n```\n\n"
-                      "File: dropped.log\n```\nERROR disk full\n```\n\n"
-                      "File: pasted.csv\n```\na,b\n1,2\n```")
-    assert "drop me" not in prompt
+        "photo.heic was not read: only PNG, JPEG, GIF and WebP images are sent to the model")
+    (sent,) = [r for u in (upstream_a, upstream_b) for r in u.chat_requests(titles=False)]
+    text, image = sent.messages[-1]["content"]
+    assert text["text"] == ("Read these\n\nFile: notes.md\n```\n# Plan\nship it\n```\n\n"
+                            "File: dropped.log\n```\nERROR disk full\n```\n\n"
+                            "File: pasted.csv\n```\na,b\n1,2\n```")
+    assert image["image_url"]["url"] == \
+        "data:image/png;base64," + base64.b64encode(picture).decode()
+
+    # Stored with the turn: shown again, as a thumbnail, once the page is reloaded.
+    await page.reload()
+    shown = page.locator("#turns .turn .prompt .attachment img")
+    await expect(shown).to_have_count(1)
+    assert await shown.evaluate(DRAWN) == 40
 
 
 async def test_without_javascript_files_go_with_the_form(

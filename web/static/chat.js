@@ -193,11 +193,18 @@
     };
   }
 
-  function newTurn(text) {
+  function newTurn(text, images) {
     var empty = document.getElementById("empty-chat");
     if (empty) empty.remove();
     var turn = template.content.firstElementChild.cloneNode(true);
     turn.querySelector(".bubble").textContent = text;
+    var bubble = turn.querySelector(".prompt");
+    (images || []).forEach(function (file) {
+      var shown = document.createElement("span");
+      shown.className = "attachment";
+      shown.append(thumbnail(file, ""));
+      bubble.append(shown);
+    });
     turn.classList.add("streaming");
     turns.append(turn);
     toBottom();
@@ -359,6 +366,7 @@
     attached.forEach(function (file, index) {
       var chip = document.createElement("li");
       chip.className = "chip";
+      if (isImage(file)) chip.append(thumbnail(file, "chip-thumb"));
       var name = document.createElement("span");
       name.className = "chip-name";
       name.textContent = file.name;
@@ -375,6 +383,19 @@
       chips.append(chip);
     });
     chips.hidden = attached.length === 0;
+  }
+
+  function isImage(file) {
+    return /^image\/(png|jpeg|gif|webp)$/.test(file.type);
+  }
+
+  // A picture of a file the browser holds (an object URL: nothing is uploaded to show it).
+  function thumbnail(file, className) {
+    var image = document.createElement("img");
+    image.className = className;
+    image.alt = file.name;
+    image.src = URL.createObjectURL(file);
+    return image;
   }
 
   function attach(files) {
@@ -418,15 +439,20 @@
     var fields = new FormData(form);
     fields.delete("file");
     attached.forEach(function (file) { fields.append("file", file, file.name); });
-    var shown = text + attached.map(function (file) { return "\nAttached: " + file.name; }).join("");
-    if (!attached.length) fields = new URLSearchParams(fields);
+    var sent = attached;
+    var shown = text + sent.filter(function (file) { return !isImage(file); })
+      .map(function (file) { return "\nAttached: " + file.name; }).join("");
+    if (!sent.length) fields = new URLSearchParams(fields);
     attached = [];
     if (chips) showChips();
-    var turn = newTurn(shown);
+    var turn = newTurn(shown, sent.filter(isImage));
     prompt.value = "";
     autosize();
     await run(turn, fields, {
-      failed: function (problem, handlers) { fail(turn, problem, text, handlers); },
+      failed: function (problem, handlers) {
+        fail(turn, problem, text, handlers);
+        if (!attached.length && sent.length) attach(sent);  // nothing is lost: send again
+      },
     });
   }
 

@@ -21,7 +21,7 @@ from urllib.parse import quote
 from aiohttp import web
 from aiohttp.web_request import FileField
 
-from core.attachments import FileRefusal, TextFile, decode, refusal_before_reading, with_files
+from core.attachments import Attached, Limits
 from core.chat import ChatRequest, ChatResult, StartInfo
 from core.errors import BadRequest, GatewayError
 from core.exchange import Summary, summary
@@ -191,54 +191,46 @@ INLINE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 
 
 async def _request(request: web.Request, viewer: Principal) -> tuple[ChatRequest, list[str]]:
-    """The chat request of a form, with its attached text files read into the prompt; and
-    the notes on the files that were not read (which file, and why)."""
+    """The chat request of a form, with its attached text files read into the prompt and its
+    images taken; and the notes on the files that were not (which file, and why)."""
+    gateway = request.app[GATEWAY]
     form = await read_form(request)
     params = Params({name: value for name, value in form.items() if isinstance(value, str)
                      and name in ("prompt", "conversation_id", "plus")})
     chat_req = chat_request(params, endpoint="web")
-    files, refused = _files(form.getall("file", []),
-                            request.app[GATEWAY].settings.chat.max_text_file_bytes)
-    if files:
-        chat_req = dataclasses.replace(chat_req, prompt=with_files(chat_req.prompt or "", files))
     model = form.get("model")
     if isinstance(model, str) and model.strip() and not chat_req.conversation_id:
         # The model decides the account: look in every tier the member may use.
         chat_req = dataclasses.replace(
             chat_req, model=model.strip()[:200],
             plus="any" if viewer.plus or viewer.is_admin else chat_req.plus)
+    conversation = None
     if chat_req.conversation_id:
-        gateway = request.app[GATEWAY]
-        found = await gateway.conversation_for(viewer, chat_req.conversation_id)
-        if found.mode == "own_key":
+        conversation = await gateway.conversation_for(viewer, chat_req.conversation_id)
+        if conversation.mode == "own_key":
             # A conversation on the member's own key follows up with that same key.
             token = await gateway.own_key(viewer)
             if token:
                 chat_req = dataclasses.replace(chat_req, access_token=token)
-    return chat_req, refused
-
-
-def _files(fields: list[Any], limit: int) -> tuple[list[TextFile], list[str]]:
-    """The text files of a form, read; a note for each of the others."""
-    files: list[TextFile] = []
-    refused: list[str] = []
-    for field in fields:
-        if not isinstance(field, FileField) or not field.filename:
-            continue
+    files = [f for f in form.getall("file", []) if isinstance(f, FileField) and f.filename]
+    if not files:
+        return chat_req, []
+    limits = gateway.settings.chat
+    attached = Attached(Limits(limits.max_text_file_bytes, limits.max_attachment_bytes,
+                               gateway.images_refusal(viewer, conversation, plus=chat_req.plus,
+                                                      model=chat_req.model)))
+    for field in files:
         size = field.file.seek(0, 2)
         field.file.seek(0)
-        outcome: TextFile | FileRefusal | None = refusal_before_reading(
-            field.filename, field.content_type, size, limit)
-        if outcome is None:
-            outcome = decode(field.filename, field.file.read(limit + 1), limit)
-        if isinstance(outcome, TextFile):
-            files.append(outcome)
-        else:
-            refused.append(str(outcome))
-    return files, refused
+        if attached.wanted(field.filename, field.content_type, size):
+            attached.add(field.filename, field.content_type, field.file.read())
+    if attached.texts:
+        chat_req = dataclasses.replace(chat_req, prompt=attached.prompt(chat_req.prompt or ""))
+    chat_req = dataclasses.replace(chat_req, images=tuple(attached.images))
+    return chat_req, [str(r) for r in attached.refused]
 
 
-@page()
+@page(uploads=True)
 async def send_form(request: web.Request) -> web.StreamResponse:
     """Without JavaScript: the whole reply, then the conversation page."""
     viewer = signed_in(request).principal
@@ -280,7 +272,7 @@ class StoppableStream(EventStream):
             self.request.app[GATEWAY].stops.done(self.message_id)
 
 
-@page(json_errors=True)
+@page(json_errors=True, uploads=True)
 async def stream(request: web.Request) -> web.StreamResponse:
     viewer = signed_in(request).principal
     gateway = request.app[GATEWAY]

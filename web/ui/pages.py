@@ -29,6 +29,8 @@ from core.errors import Forbidden, GatewayError, Unauthorized
 from core.models import Principal, Role
 
 from ..errors import client_gone
+from ..inputs import upload_limit
+from ..keys import SETTINGS
 from . import csrf
 from .sessions import COOKIE, Flash, Session
 from .state import SESSION, SESSIONS
@@ -41,7 +43,7 @@ CSP = "; ".join([
     "default-src 'none'",
     "script-src 'self'",
     "style-src 'self'",
-    "img-src 'self'",
+    "img-src 'self' blob:",  # blob: the member's own images, shown before they are sent
     "font-src 'self'",
     "connect-src 'self'",
     "form-action 'self'",
@@ -84,16 +86,20 @@ class Rules:
     csrf: Literal["session", "login"]
     json_errors: bool
     refusal: str
+    uploads: bool = False
 
 
 def page(*, login: bool = True, roles: tuple[Role, ...] | None = None,
          csrf_kind: Literal["session", "login"] = "session", json_errors: bool = False,
-         refusal: str = "Your key does not open this page.") -> Callable[[Handler], Handler]:
-    """Declare a UI handler and what it needs (see the module docstring)."""
+         refusal: str = "Your key does not open this page.",
+         uploads: bool = False) -> Callable[[Handler], Handler]:
+    """Declare a UI handler and what it needs (see the module docstring). ``uploads``: its
+    form may carry images and files, up to ``[chat] max_attachment_bytes`` beyond the body
+    limit."""
 
     def mark(handler: Handler) -> Handler:
         setattr(handler, _RULES_ATTR,
-                Rules(login, roles, csrf_kind, json_errors, refusal))
+                Rules(login, roles, csrf_kind, json_errors, refusal, uploads))
         return handler
 
     return mark
@@ -218,6 +224,20 @@ async def unmatched_page(request: web.Request, exc: web.HTTPException) -> web.St
 
 async def _serve_page(request: web.Request, handler: Handler,
                       rules: Rules) -> web.StreamResponse:
+    if not rules.uploads:
+        return await _checked_page(request, handler, rules)
+    # Read by no one yet (the CSRF check reads the form too): the larger bound is the clone's.
+    # aiohttp closes a form's temporary files only for the request it made, so the clone's
+    # are closed here, as aiohttp's own _finish does.
+    clone = request.clone(client_max_size=upload_limit(request.app[SETTINGS]))
+    try:
+        return await _checked_page(clone, handler, rules)
+    finally:
+        clone._finish()
+
+
+async def _checked_page(request: web.Request, handler: Handler,
+                        rules: Rules) -> web.StreamResponse:
     session = await _load(request)
     try:
         if rules.login and session is None:
@@ -241,7 +261,12 @@ async def _serve_page(request: web.Request, handler: Handler,
         if exc.status < 400:
             secure(exc)
             raise
-        response = await error_page(request, exc.status, exc.reason or "error",
+        reason, code = exc.reason or "error", "error"
+        if exc.status == 413:
+            reason, code = (f"The message and its files are larger than the "
+                            f"{request.client_max_size:,} bytes one message may carry "
+                            "([chat] max_attachment_bytes); nothing was sent."), "body_too_large"
+        response = await error_page(request, exc.status, reason, code=code,
                                     json_errors=rules.json_errors)
     except Exception as exc:
         if isinstance(exc, ConnectionError) and client_gone(request):
