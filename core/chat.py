@@ -334,7 +334,9 @@ class ChatService:
                 else:
                     messages = [{"role": "user", "content": prompt}]
             else:
-                contents = await self._stored_images(recent) if sees_images else {}
+                # A /v1 caller sends its own context: no stored images to send again.
+                contents = await self._stored_images(recent) \
+                    if sees_images and request.messages is None else {}
                 messages = self._messages(recent, prompt, context, request, contents)
             hold = None
             if account is not None:

@@ -653,6 +653,9 @@ class Gateway:
             plus = "false"  # asking for plus is refused on its own, with its reason
         if self.pool.candidates(plus, model, ["vision"]):
             return None
+        if plus == "false" and (actor.plus or actor.is_admin) and \
+                self.pool.candidates("true", model, ["vision"]):
+            return "no free-tier model reads images; ask on the plus tier for one that does"
         if model is not None:
             return f"the model {model} does not read images"
         return "no model you may use here reads images"

@@ -128,6 +128,16 @@ async def test_where_images_are_not_seen_the_front_is_told_why(
                                                           vision=False)]))
     assert text_only.images_refusal(user) == "no model you may use here reads images"
 
+    seeing_plus = await open_gateway(make_settings([
+        account("A", upstream_a, "KEY_A", vision=False),
+        account("B", upstream_b, "KEY_B", tier="plus")]))
+    plus_user = await new_user(seeing_plus, "pat", plus=True)
+    assert seeing_plus.images_refusal(plus_user) == (
+        "no free-tier model reads images; ask on the plus tier for one that does")
+    assert seeing_plus.images_refusal(plus_user, plus="any") is None
+    assert seeing_plus.images_refusal(user, plus="any") == \
+        "no model you may use here reads images"  # plus not theirs
+
 
 async def test_images_past_the_limit_are_refused_before_any_call(
         make_settings: Callable[..., Settings], upstream_b: FakeUpstream,
