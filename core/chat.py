@@ -318,7 +318,7 @@ class ChatService:
             if request.continues_turn is not None and target.api != "responses":
                 messages = await self._exchange_history(recent, request)
             elif target.api == "responses" and previous is None:
-                messages = [{"role": "user", "content": prompt}]
+                messages = [_user_message(prompt, request)]
             elif target.api == "responses":
                 assert previous is not None
                 # The upstream holds the history: send only the new prompt, chained by id.
@@ -332,7 +332,7 @@ class ChatService:
                     # A /v1 caller's context: what it adds (the user's turn, tool results).
                     messages = exchange.new_messages(request.messages, is_new=False)
                 else:
-                    messages = [{"role": "user", "content": prompt}]
+                    messages = [_user_message(prompt, request)]
             else:
                 # A /v1 caller sends its own context: no stored images to send again.
                 contents = await self._stored_images(recent) \
@@ -522,6 +522,14 @@ class ChatService:
         if draft is not None:
             messages[-1] = images.sendable(draft)
         return messages
+
+
+def _user_message(prompt: str, request: ChatRequest) -> Message:
+    """The member's new message alone (an upstream that keeps the history): with its images
+    when a front sent some."""
+    if request.exchange is not None and request.messages is None:
+        return images.sendable(request.exchange)
+    return {"role": "user", "content": prompt}
 
 
 def _estimate(messages: list[Message]) -> int:

@@ -150,3 +150,19 @@ async def test_images_past_the_limit_are_refused_before_any_call(
             ImageFile("a.png", "image/png", PNG), ImageFile("b.png", "image/png", PNG))))
     assert refused.value.status == 413
     assert upstream_b.requests == []
+
+
+async def test_on_a_responses_account_images_go_as_input_images(
+        make_settings: Callable[..., Settings], upstream_plus: FakeUpstream,
+        open_gateway: OpenGateway) -> None:
+    gw = await open_gateway(make_settings([account("R", upstream_plus, "KEY_P",
+                                                   api="responses")]))
+    user = await new_user(gw)
+    first = await gw.chat(user, ChatRequest(
+        prompt="What is it?", images=(ImageFile("a.png", "image/png", PNG),)))
+    await gw.chat(user, ChatRequest(prompt="And this one?", conversation_id=first.conversation.id,
+                                    images=(ImageFile("b.jpg", "image/jpeg", JPEG),)))
+    sent = [r.messages[-1]["content"] for r in upstream_plus.chat_requests(titles=False)]
+    assert [[p["type"] for p in content] for content in sent] == [
+        ["input_text", "input_image"], ["input_text", "input_image"]]
+    assert sent[1][1]["image_url"] == url("image/jpeg", JPEG)  # the upstream keeps the rest
