@@ -6,6 +6,7 @@ the HTTP API down: the bot retries, or (refused token) says why and stays off.""
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import re
 import socket
@@ -99,6 +100,21 @@ async def test_bot_py_serves_discord_and_http_on_one_core(
             lambda: [m for m in fake.channel_messages(interaction.original_id or 0)
                      if m["content"] == "hello from the process"], timeout=10)
         assert thread
+
+        # An image and a text file in a message in the thread reach the model as parts.
+        picture = b"\x89PNG\r\n\x1a\n" + b"pixels" * 10
+        files = [fake.upload("shot.png", picture, "image/png"),
+                 fake.upload("notes.txt", b"step one", "text/plain")]
+        upstream_a.enqueue("I see a picture")
+        await fake.user_says(interaction.original_id or 0, "What is this?", user=ANN,
+                             files=files)
+        await fake.wait_for(lambda: [m for m in fake.channel_messages(interaction.original_id
+                                                                      or 0)
+                                     if m["content"] == "I see a picture"], timeout=10)
+        text, image = upstream_a.chat_requests(titles=False)[-1].messages[-1]["content"]
+        assert text["text"] == "What is this?\n\nFile: notes.txt\n```\nstep one\n```"
+        assert image["image_url"]["url"] == \
+            "data:image/png;base64," + base64.b64encode(picture).decode()
 
         refused = await fake.slash("admin", "stats", user=ANN)
         assert refused.callbacks[0]["data"]["content"] == "Only the bot's admins may use /admin."
