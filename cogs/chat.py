@@ -125,7 +125,7 @@ class Chat(MemberCog):
                 # The model decides the account: look in every tier the member may use.
                 plus = "any" if user.plus else "false"
             model = model.strip() if model else None
-            asked = await self._asked(prompt, files, self.bot.gateway.images_refusal(
+            asked = await self._asked(prompt, files, await self.bot.gateway.images_refusal(
                 user, plus=plus, model=model) if files else None)
             await self._start(interaction, channel, user, asked, plus, private, model)
         elif isinstance(channel, discord.Thread | discord.PartialMessageable):
@@ -205,7 +205,7 @@ class Chat(MemberCog):
             if model is not None and model.strip() != conversation.model:
                 raise Refusal(f"This conversation stays on {conversation.model}: use /chat "
                               "in a text channel to start one on another model.")
-            asked = await self._asked(words, files, self.bot.gateway.images_refusal(
+            asked = await self._asked(words, files, await self.bot.gateway.images_refusal(
                 user, conversation) if files else None)
             request = await self._follow_up_request(user, conversation, asked,
                                                     await self._parent_ref(thread))
@@ -254,9 +254,9 @@ class Chat(MemberCog):
                     raise Refusal(refusal)
                 user = await self.bot.member_principal(author)
                 attachments = message.attachments
-                asked = await self._asked(message.content, attachments, self.bot.gateway.
-                                          images_refusal(user, conversation)
-                                          if attachments else None)
+                refused = await self.bot.gateway.images_refusal(user, conversation) \
+                    if attachments else None
+                asked = await self._asked(message.content, attachments, refused)
                 if asked.refused:
                     await message.reply("\n".join(asked.refused), mention_author=False,
                                         allowed_mentions=NO_MENTIONS)

@@ -303,8 +303,7 @@ class ChatService:
                                                  account.settings.capabilities, "vision")
             if request.replace_turn is not None:
                 replaced, recent, prompt = _regenerating(request.replace_turn, recent)
-                if sees_images:
-                    request = await self._with_images_of(replaced, request)
+                request = await self._with_images_of(replaced, request, conversation.id)
             previous = recent[0] if recent else None
             if request.continues_turn is not None and (
                     previous is None or previous.id != request.continues_turn):
@@ -316,9 +315,9 @@ class ChatService:
             previous_response_id = None
             messages: list[Message]
             if request.continues_turn is not None and target.api != "responses":
-                messages = await self._exchange_history(recent, request)
+                messages = await self._exchange_history(recent, request, conversation.id)
             elif target.api == "responses" and previous is None:
-                messages = [_user_message(prompt, request)]
+                messages = [_user_message(prompt, request, sees_images)]
             elif target.api == "responses":
                 assert previous is not None
                 # The upstream holds the history: send only the new prompt, chained by id.
@@ -332,12 +331,15 @@ class ChatService:
                     # A /v1 caller's context: what it adds (the user's turn, tool results).
                     messages = exchange.new_messages(request.messages, is_new=False)
                 else:
-                    messages = [_user_message(prompt, request)]
+                    messages = [_user_message(prompt, request, sees_images)]
             else:
                 # A /v1 caller sends its own context: no stored images to send again.
-                contents = await self._stored_images(recent) \
+                contents = images.resend_plan(recent, self.settings.chat.max_attachment_bytes) \
                     if sees_images and request.messages is None else {}
-                messages = self._messages(recent, prompt, context, request, contents)
+                messages = self._messages(recent, prompt, context, request, contents,
+                                          send_images=sees_images)
+                if contents:  # the images of the turns the context kept, loaded now
+                    messages = await self._with_stored_images(messages, conversation.id)
             hold = None
             if account is not None:
                 hold = await self._hold(attempt, [account], _estimate(messages))
@@ -385,8 +387,8 @@ class ChatService:
         return await self._recorder.append(attempt, conversation, previous, completion,
                                            hold)
 
-    async def _exchange_history(self, recent: list[Turn],
-                                request: ChatRequest) -> list[Message]:
+    async def _exchange_history(self, recent: list[Turn], request: ChatRequest,
+                                conversation_id: str) -> list[Message]:
         """The conversation so far from its stored exchanges, inline data restored, then the
         request's new messages: how a stateless account continues a stateful caller."""
         turns = list(reversed(recent))
@@ -394,26 +396,28 @@ class ChatService:
             raise Conflict("this conversation has turns stored without their exchange; "
                            "continue it where it started", code="history_unavailable")
         stored = exchange.history([turn.exchange for turn in turns if turn.exchange])
-        attachments = await self.conversations.attachments(exchange.references(stored))
+        attachments = await self.conversations.attachments(conversation_id,
+                                                           exchange.references(stored))
         return [*exchange.restore(stored, attachments), *(request.messages or [])]
 
-    async def _stored_images(self, recent: list[Turn]) -> dict[str, list[dict[str, Any]]]:
-        """The user messages, images inline, of the turns that carried images: sent again
-        with every follow-up, so the model still sees what it was shown."""
-        stored = {turn.id: content for turn in recent
-                  if turn.exchange_json and '"image_url"' in turn.exchange_json
-                  and (content := images.stored_content(turn.exchange)) is not None}
-        if not stored:
-            return {}
-        found = await self.conversations.attachments(exchange.references(list(stored.values())))
-        return {turn_id: exchange.restore(content, found) for turn_id, content in stored.items()}
+    async def _with_stored_images(self, messages: list[Message],
+                                  conversation_id: str) -> list[Message]:
+        """The history's image parts with their images inline, read from this conversation's
+        own attachments."""
+        refs = {ref for m in messages for ref in images.image_refs(m.get("content"))}
+        found = await self.conversations.attachments(conversation_id, refs)
+        return [{**m, "content": images.with_images(m["content"], found)}
+                if images.image_refs(m.get("content")) else m for m in messages]
 
-    async def _with_images_of(self, replaced: Turn, request: ChatRequest) -> ChatRequest:
-        """A regenerated turn asks again with the images its prompt came with."""
+    async def _with_images_of(self, replaced: Turn, request: ChatRequest,
+                              conversation_id: str) -> ChatRequest:
+        """A regenerated turn asks again with the images its prompt came with, and keeps
+        them (sent only to an account that sees images)."""
         content = images.stored_content(replaced.exchange)
         if content is None:
             return request
-        found = await self.conversations.attachments(exchange.references(content))
+        found = await self.conversations.attachments(conversation_id,
+                                                     images.image_refs(content))
         return dataclasses.replace(request, exchange=images.restored_draft(content, found))
 
     def _account_for_follow_up(self, conversation: Conversation, principal: Principal) -> Account:
@@ -503,14 +507,17 @@ class ChatService:
 
     def _messages(self, recent: list[Turn], prompt: str, context_tokens: int,
                   request: ChatRequest,
-                  contents: dict[str, list[dict[str, Any]]] | None = None) -> list[Message]:
-        """The stored history and the prompt; ``contents``: the turns that carried images."""
+                  contents: dict[str, list[dict[str, Any]]] | None = None, *,
+                  send_images: bool = True) -> list[Message]:
+        """The stored history and the prompt; ``contents``: the turns that carried images
+        (by reference); ``send_images`` False: the account cannot see them, the prompt's
+        words go alone."""
         if request.messages is not None:
             return request.messages
         budget = prompt_budget(context_tokens, max_tokens(request.options))
         system_prompt = "\n\n".join(
             part for part in (self.settings.chat.system_prompt, request.persona) if part)
-        draft = request.exchange  # a front's message with images (a /v1 one has messages)
+        draft = request.exchange if send_images else None  # a front's message with images
         prompt_images = images.image_count(draft.messages[-1]["content"]) if draft else 0
         messages = build_messages(recent, prompt, budget=budget, system_prompt=system_prompt,
                                   contents=contents, prompt_images=prompt_images)
@@ -524,10 +531,10 @@ class ChatService:
         return messages
 
 
-def _user_message(prompt: str, request: ChatRequest) -> Message:
+def _user_message(prompt: str, request: ChatRequest, send_images: bool) -> Message:
     """The member's new message alone (an upstream that keeps the history): with its images
-    when a front sent some."""
-    if request.exchange is not None and request.messages is None:
+    when a front sent some and the account sees them."""
+    if send_images and request.exchange is not None and request.messages is None:
         return images.sendable(request.exchange)
     return {"role": "user", "content": prompt}
 

@@ -635,8 +635,9 @@ class Gateway:
         return [ModelChoice(model, account.tier, account.name)
                 for model, account in self.pool.models_for(choice)]
 
-    def images_refusal(self, actor: Principal, conversation: Conversation | None = None, *,
-                       plus: PlusChoice = "false", model: str | None = None) -> str | None:
+    async def images_refusal(self, actor: Principal, conversation: Conversation | None = None,
+                             *, plus: PlusChoice = "false",
+                             model: str | None = None) -> str | None:
         """Why images attached to a prompt would not be seen, said before a front downloads
         them: the conversation's account (or every account a new one may use) cannot take
         images. None: they will be. The rest of the message goes on without them."""
@@ -649,6 +650,8 @@ class Gateway:
                 return None  # a gone account is refused for the whole turn, with its reason
             return (f"this conversation's model ({conversation.model}) does not read images; "
                     "start a new conversation on one that does")
+        if await self.own_key(actor) is not None:
+            return None  # a new conversation runs on the member's own key: its upstream decides
         if not (actor.plus or actor.is_admin):
             plus = "false"  # asking for plus is refused on its own, with its reason
         if self.pool.candidates(plus, model, ["vision"]):

@@ -11,14 +11,16 @@ said: a ``.png`` that is a HEIC photo would be refused by the upstream after a s
 
 from __future__ import annotations
 
+import base64
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from . import exchange
 from .errors import TooLarge
 from .exchange import Attachment, Draft
+from .models import Turn
 from .wire import Message
 
 IMAGE_TOKENS = 800
@@ -73,9 +75,33 @@ def draft(prompt: str, images: tuple[ImageFile, ...], limit: int) -> Draft:
 
 def sendable(draft: Draft) -> Message:
     """The draft's message with its images inline again, as the upstream takes them."""
-    restored: Message = exchange.restore(draft.messages[-1],
-                                         {a.sha256: a for a in draft.attachments})
-    return restored
+    return {"role": "user", "content": with_images(draft.messages[-1]["content"],
+                                                   {a.sha256: a for a in draft.attachments})}
+
+
+def image_refs(content: Any) -> list[str]:
+    """The hashes the image parts of a message's content refer to, in order. Only image
+    parts: text that happens to read ``attachment:<hash>`` is the member's words."""
+    if not isinstance(content, list):
+        return []
+    return [url[len(exchange.REF):] for part in content
+            if isinstance(part, dict) and part.get("type") == "image_url"
+            and isinstance(url := (part.get("image_url") or {}).get("url"), str)
+            and url.startswith(exchange.REF)]
+
+
+def with_images(content: list[dict[str, Any]],
+                found: Mapping[str, Attachment]) -> list[dict[str, Any]]:
+    """The content with each image part's reference replaced by its data (those found)."""
+    out = []
+    for part in content:
+        refs = image_refs([part])
+        if refs and refs[0] in found:
+            image = found[refs[0]]
+            url = f"data:{image.mime_type};base64,{base64.b64encode(image.data).decode()}"
+            part = {**part, "image_url": {**part["image_url"], "url": url}}
+        out.append(part)
+    return out
 
 
 def stored_content(turn_exchange: Mapping[str, Any] | None) -> list[dict[str, Any]] | None:
@@ -84,13 +110,13 @@ def stored_content(turn_exchange: Mapping[str, Any] | None) -> list[dict[str, An
     if not turn_exchange or turn_exchange.get("api") != "chat":
         return None
     messages = turn_exchange.get("messages")
-    if not isinstance(messages, list) or len(messages) != 1:
+    if not isinstance(messages, list) or len(messages) != 1 or \
+            not isinstance(message := messages[0], dict):
         return None
-    message = messages[0]
-    content = message.get("content") if isinstance(message, dict) else None
-    if message.get("role") != "user" or not isinstance(content, list) \
-            or not any(isinstance(p, dict) and p.get("type") == "image_url" for p in content):
+    content = message.get("content")
+    if message.get("role") != "user" or not image_refs(content):
         return None
+    assert isinstance(content, list)
     return content
 
 
@@ -100,8 +126,43 @@ def image_count(content: Any) -> int:
     return sum(1 for part in content if isinstance(part, dict) and part.get("type") == "image_url")
 
 
+NOT_RESENT = "[an earlier image, not sent again]"
+
+
+def resend_plan(recent_first: Sequence[Turn], limit: int) -> dict[str, list[dict[str, Any]]]:
+    """The user messages (images by reference) of the turns that carried images, to send
+    again with a follow-up so the model still sees them: the newest images first, up to
+    ``limit`` bytes in all; older ones become a short note in their place, so a long
+    conversation with pictures does not grow every request without bound. Read from the
+    stored exchanges alone: no image is loaded here."""
+    plan: dict[str, list[dict[str, Any]]] = {}
+    left = limit
+    for turn in recent_first:
+        if not turn.exchange_json or '"image_url"' not in turn.exchange_json:
+            continue
+        stored = turn.exchange
+        content = stored_content(stored)
+        if content is None or stored is None:
+            continue
+        sizes = {a.get("sha256"): a.get("bytes") for a in stored.get("attachments") or []
+                 if isinstance(a, dict)}
+        kept: list[dict[str, Any]] = []
+        for part in content:
+            refs = image_refs([part])
+            if refs:
+                size = sizes.get(refs[0])
+                if not isinstance(size, int) or size > left:
+                    left = 0  # older images would not be sent either: keep the order clear
+                    kept.append({"type": "text", "text": NOT_RESENT})
+                    continue
+                left -= size
+            kept.append(part)
+        plan[turn.id] = kept
+    return plan
+
+
 def restored_draft(content: list[dict[str, Any]],
                    found: Mapping[str, Attachment]) -> Draft:
     """A stored turn's message and images again, for the turn that replaces it."""
-    attachments = [found[h] for h in sorted(exchange.references(content)) if h in found]
+    attachments = [found[h] for h in dict.fromkeys(image_refs(content)) if h in found]
     return Draft("chat", [{"role": "user", "content": content}], attachments)

@@ -174,14 +174,19 @@ class ConversationRepo:
                                      (turn_id,))
         return _turn(row) if row else None
 
-    async def attachments(self, hashes: Iterable[str]) -> dict[str, Attachment]:
-        """The stored attachments of these hashes (those that exist)."""
+    async def attachments(self, conversation_id: str,
+                          hashes: Iterable[str]) -> dict[str, Attachment]:
+        """The stored attachments of these hashes that a turn of this conversation refers
+        to: a hash named in another member's conversation is not theirs to send."""
         wanted = sorted(set(hashes))
         if not wanted:
             return {}
         rows = await self.db.fetchall(
-            "SELECT sha256, mime_type, data FROM attachments WHERE sha256 IN"
-            f" ({', '.join('?' * len(wanted))})", wanted)
+            "SELECT a.sha256, a.mime_type, a.data FROM attachments a"
+            f" WHERE a.sha256 IN ({', '.join('?' * len(wanted))}) AND EXISTS"
+            " (SELECT 1 FROM turn_attachments ta JOIN turns t ON t.id = ta.turn_id"
+            "  WHERE ta.sha256 = a.sha256 AND t.conversation_id = ?)",
+            [*wanted, conversation_id])
         return {r["sha256"]: Attachment(r["sha256"], r["mime_type"], bytes(r["data"]))
                 for r in rows}
 
@@ -263,16 +268,22 @@ class ConversationRepo:
                 f"DELETE FROM attachments WHERE sha256 IN ({', '.join('?' * len(held))})"
                 " AND NOT EXISTS (SELECT 1 FROM turn_attachments ta"
                 " WHERE ta.sha256 = attachments.sha256)", tuple(held)))
-        return await self.db.write([
-            ("DELETE FROM turns WHERE id = ?", (old.id,)),
-            ("UPDATE conversations SET updated_utc = ? WHERE id = ?",
-             (turn.reply_utc, turn.conversation_id)),
-            (f"INSERT INTO turns ({_TURN_COLUMNS}) {_TURN_INSERT_VALUES}", _turn_params(turn)),
-            (_USAGE_INSERT, _usage_params(usage)),
-            *_attachment_statements(turn, attachments, await self._stored(attachments)),
-            *pruned,
-            *extra,
-        ], guarded=True)
+        try:
+            return await self.db.write([
+                ("DELETE FROM turns WHERE id = ?", (old.id,)),
+                ("UPDATE conversations SET updated_utc = ? WHERE id = ?",
+                 (turn.reply_utc, turn.conversation_id)),
+                (f"INSERT INTO turns ({_TURN_COLUMNS}) {_TURN_INSERT_VALUES}",
+                 _turn_params(turn)),
+                (_USAGE_INSERT, _usage_params(usage)),
+                *_attachment_statements(turn, attachments, await self._stored(attachments)),
+                *pruned,
+                *extra,
+            ], guarded=True)
+        except IntegrityError as exc:
+            # An attachment read as stored was removed meanwhile (its other conversation
+            # went): nothing was stored; the member may try again.
+            raise Conflict(f"could not store the turn: {exc}") from None
 
     async def replace_title(self, conversation_id: str, old: str, new: str) -> None:
         """The title, unless it changed since it was ``old`` (core/title_batch.py)."""

@@ -112,11 +112,12 @@ async def test_where_images_are_not_seen_the_front_is_told_why(
     upstream_a.enqueue("text only")
     on_a = await gw.chat(user, ChatRequest(prompt="hello", model="model-a"))
     conversation = await gw.conversation_for(user, on_a.conversation.id)
-    assert gw.images_refusal(user, conversation) == (
+    assert await gw.images_refusal(user, conversation) == (
         "this conversation's model (model-a) does not read images; start a new conversation "
         "on one that does")
-    assert gw.images_refusal(user) is None  # B sees them
-    assert gw.images_refusal(user, model="model-a") == "the model model-a does not read images"
+    assert await gw.images_refusal(user) is None  # B sees them
+    assert await gw.images_refusal(user, model="model-a") == \
+        "the model model-a does not read images"
 
     # Sent anyway (an API caller), the request is refused naming the reason, not sent blind.
     with pytest.raises(Exception, match="vision"):
@@ -126,16 +127,16 @@ async def test_where_images_are_not_seen_the_front_is_told_why(
 
     text_only = await open_gateway(make_settings([account("A", upstream_a, "KEY_A",
                                                           vision=False)]))
-    assert text_only.images_refusal(user) == "no model you may use here reads images"
+    assert await text_only.images_refusal(user) == "no model you may use here reads images"
 
     seeing_plus = await open_gateway(make_settings([
         account("A", upstream_a, "KEY_A", vision=False),
         account("B", upstream_b, "KEY_B", tier="plus")]))
     plus_user = await new_user(seeing_plus, "pat", plus=True)
-    assert seeing_plus.images_refusal(plus_user) == (
+    assert await seeing_plus.images_refusal(plus_user) == (
         "no free-tier model reads images; ask on the plus tier for one that does")
-    assert seeing_plus.images_refusal(plus_user, plus="any") is None
-    assert seeing_plus.images_refusal(user, plus="any") == \
+    assert await seeing_plus.images_refusal(plus_user, plus="any") is None
+    assert await seeing_plus.images_refusal(user, plus="any") == \
         "no model you may use here reads images"  # plus not theirs
 
 
@@ -166,3 +167,92 @@ async def test_on_a_responses_account_images_go_as_input_images(
     assert [[p["type"] for p in content] for content in sent] == [
         ["input_text", "input_image"], ["input_text", "input_image"]]
     assert sent[1][1]["image_url"] == url("image/jpeg", JPEG)  # the upstream keeps the rest
+
+
+async def test_text_naming_another_members_image_gets_nothing_of_it(
+        gw: Gateway, admin: Principal, upstream_b: FakeUpstream) -> None:
+    ann, bob = await new_user(gw, "ann"), await new_user(gw, "bob")
+    secret = b"\x89PNG\r\n\x1a\n" + b"ann's private picture" * 10
+    anns = await gw.chat(ann, ChatRequest(prompt="mine",
+                                          images=(ImageFile("s.png", "image/png", secret),)))
+    sha = (await gw.recall(ann, anns.conversation.id))[1][0].public()["attachments"][0]["sha256"]
+    anns_calls = len(upstream_b.requests)
+
+    # Bob's words name Ann's image, beside a picture of his own.
+    bobs = await gw.chat(bob, ChatRequest(prompt=f"attachment:{sha}",
+                                          images=(ImageFile("b.png", "image/png", PNG),)))
+    await gw.chat(bob, ChatRequest(prompt="and?", conversation_id=bobs.conversation.id))
+    again = await gw.regenerate(bob, bobs.conversation.id,
+                                (await gw.recall(bob, bobs.conversation.id))[1][-1].id)
+    await gw.regenerate(bob, bobs.conversation.id, again.turn.id)
+    regenerated_first = await gw.chat(bob, ChatRequest(
+        prompt=f"attachment:{sha}", images=(ImageFile("b.png", "image/png", PNG),)))
+    await gw.regenerate(bob, regenerated_first.conversation.id, regenerated_first.turn.id)
+
+    encoded = base64.b64encode(secret).decode()
+    assert len(upstream_b.requests) > anns_calls + 4
+    for request in upstream_b.requests[anns_calls:]:
+        assert encoded not in request.raw_body.decode()
+    for conversation in (bobs, regenerated_first):
+        turns = (await gw.recall(bob, conversation.conversation.id))[1]
+        assert all(a["sha256"] != sha for t in turns for a in t.public().get("attachments", []))
+        with pytest.raises(Exception, match="no such attachment"):
+            await gw.attachment(bob, conversation.conversation.id, sha)
+
+
+async def test_the_images_sent_again_are_the_newest_up_to_the_limit(
+        make_settings: Callable[..., Settings], upstream_b: FakeUpstream,
+        open_gateway: OpenGateway) -> None:
+    gw = await open_gateway(make_settings([account("B", upstream_b, "KEY_B")],
+                                          chat={"max_attachment_bytes": 2 * len(PNG) + 10}))
+    user = await new_user(gw)
+    pictures = [b"\x89PNG\r\n\x1a\n" + bytes([i]) * (len(PNG) - 8) for i in range(4)]
+    first = await gw.chat(user, ChatRequest(prompt="picture 0", images=(
+        ImageFile("0.png", "image/png", pictures[0]),)))
+    cid = first.conversation.id
+    for i in (1, 2, 3):
+        await gw.chat(user, ChatRequest(prompt=f"picture {i}", conversation_id=cid, images=(
+            ImageFile(f"{i}.png", "image/png", pictures[i]),)))
+    await gw.chat(user, ChatRequest(prompt="which was brightest?", conversation_id=cid))
+
+    sent = upstream_b.chat_requests(titles=False)[-1].messages
+    shown = [[p.get("image_url", {}).get("url") or p["text"] for p in m["content"]]
+             for m in sent if m["role"] == "user" and isinstance(m["content"], list)]
+    assert shown == [["picture 0", "[an earlier image, not sent again]"],
+                     ["picture 1", "[an earlier image, not sent again]"],
+                     ["picture 2", url("image/png", pictures[2])],
+                     ["picture 3", url("image/png", pictures[3])]]
+
+
+async def test_a_new_conversation_on_the_members_own_key_takes_images(
+        make_settings: Callable[..., Settings], upstream_a: FakeUpstream,
+        open_gateway: OpenGateway) -> None:
+    gw = await open_gateway(make_settings([account("A", upstream_a, "KEY_A", vision=False)]))
+    user = await new_user(gw)
+    assert await gw.images_refusal(user) == "no model you may use here reads images"
+    await gw.set_own_key(user, "sk-my-own")
+    me = await gw.principals.get(user.id)
+    assert me is not None
+    assert await gw.images_refusal(me) is None
+    result = await gw.chat(me, ChatRequest(prompt="look",
+                                           images=(ImageFile("a.png", "image/png", PNG),)))
+    assert result.conversation.mode == "own_key"
+    assert images_sent(upstream_a.chat_requests(titles=False)[-1].messages[-1]) == [
+        url("image/png", PNG)]
+
+
+async def test_regenerated_where_images_are_no_longer_seen_they_are_kept(
+        make_settings: Callable[..., Settings], upstream_b: FakeUpstream,
+        open_gateway: OpenGateway) -> None:
+    gw = await open_gateway(make_settings([account("B", upstream_b, "KEY_B")]))
+    user = await new_user(gw)
+    first = await gw.chat(user, ChatRequest(prompt="what is it?",
+                                            images=(ImageFile("a.png", "image/png", PNG),)))
+    await gw.close()
+    # An admin says B cannot see images after all: the turn is answered from its words.
+    gw = await open_gateway(make_settings([account("B", upstream_b, "KEY_B", vision=False)]))
+    again = await gw.regenerate(user, first.conversation.id, first.turn.id)
+    assert upstream_b.chat_requests(titles=False)[-1].messages[-1] == {
+        "role": "user", "content": "what is it?"}
+    [kept] = again.turn.public()["attachments"]
+    assert (await gw.attachment(user, first.conversation.id, kept["sha256"])).data == PNG

@@ -404,7 +404,7 @@ class FakeUpstream:
         # Fresh primitives so a fake can be restarted under a different event loop.
         self._stopping = asyncio.Event()
         self._recorded = asyncio.Condition()
-        app = web.Application()
+        app = web.Application(client_max_size=64 << 20)  # OpenAI takes 20 MB images
         app.router.add_post(CHAT_PATH, self._handle_chat)
         app.router.add_post(RESPONSES_PATH, self._handle_responses)
         app.router.add_post(COMPLETIONS_PATH, self._handle_completions)

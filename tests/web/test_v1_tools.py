@@ -216,10 +216,11 @@ async def test_an_inline_image_reaches_the_upstream_intact_and_is_stored_once(
         await gateway.attachment(bob, first_id, digest)
 
     # Removing a conversation frees its attachments once no other turn refers to them.
+    stored = "SELECT sha256 FROM attachments WHERE sha256 = ?"
     await gateway.remove_conversation(owner, first_id)
-    assert await gateway.conversations.attachments([digest])
+    assert await gateway.storage.db.fetchall(stored, (digest,))
     await gateway.remove_conversation(owner, again.headers["x-conversation-id"])
-    assert await gateway.conversations.attachments([digest]) == {}
+    assert await gateway.storage.db.fetchall(stored, (digest,)) == []
 
 
 async def test_json_schema_response_format_is_passed_as_given(

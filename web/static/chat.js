@@ -315,6 +315,12 @@
       start: function (data) {
         turn.dataset.messageId = data.message_id;
         if (data.refused && data.refused.length) showError(data.refused.join(" "));
+        // Only the images the model got stay shown with the prompt.
+        (data.refused_files || []).forEach(function (name) {
+          turn.querySelectorAll(".prompt .attachment img").forEach(function (image) {
+            if (image.alt === name) image.parentNode.remove();
+          });
+        });
         conversationInput.value = data.conversation_id;
         created = data.is_new_conversation;
         if (created) {
@@ -389,12 +395,15 @@
     return /^image\/(png|jpeg|gif|webp)$/.test(file.type);
   }
 
-  // A picture of a file the browser holds (an object URL: nothing is uploaded to show it).
+  // A picture of a file the browser holds (an object URL: nothing is uploaded to show it),
+  // one per file however often the chips are drawn again.
+  var previews = new WeakMap();
   function thumbnail(file, className) {
+    if (!previews.has(file)) previews.set(file, URL.createObjectURL(file));
     var image = document.createElement("img");
     image.className = className;
     image.alt = file.name;
-    image.src = URL.createObjectURL(file);
+    image.src = previews.get(file);
     return image;
   }
 

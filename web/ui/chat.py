@@ -190,9 +190,18 @@ INLINE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 # --------------------------------------------------------------------------------- sending
 
 
-async def _request(request: web.Request, viewer: Principal) -> tuple[ChatRequest, list[str]]:
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The files of a message that were not read: a note on each (which, and why)."""
+
+    notes: list[str]
+    files: list[str]
+
+
+async def _request(request: web.Request, viewer: Principal) -> tuple[ChatRequest, Refused]:
     """The chat request of a form, with its attached text files read into the prompt and its
-    images taken; and the notes on the files that were not (which file, and why)."""
+    images taken; and the files that were not (refused with 400 when nothing is left to
+    ask: the page puts the text and files back)."""
     gateway = request.app[GATEWAY]
     form = await read_form(request)
     params = Params({name: value for name, value in form.items() if isinstance(value, str)
@@ -214,29 +223,39 @@ async def _request(request: web.Request, viewer: Principal) -> tuple[ChatRequest
                 chat_req = dataclasses.replace(chat_req, access_token=token)
     files = [f for f in form.getall("file", []) if isinstance(f, FileField) and f.filename]
     if not files:
-        return chat_req, []
+        return chat_req, Refused([], [])
     limits = gateway.settings.chat
-    attached = Attached(Limits(limits.max_text_file_bytes, limits.max_attachment_bytes,
-                               gateway.images_refusal(viewer, conversation, plus=chat_req.plus,
-                                                      model=chat_req.model)))
+    unseen = await gateway.images_refusal(viewer, conversation, plus=chat_req.plus,
+                                          model=chat_req.model)
+    attached = Attached(Limits(limits.max_text_file_bytes, limits.max_attachment_bytes, unseen))
     for field in files:
         size = field.file.seek(0, 2)
         field.file.seek(0)
         if attached.wanted(field.filename, field.content_type, size):
             attached.add(field.filename, field.content_type, field.file.read())
+    refused = Refused([str(r) for r in attached.refused], [r.name for r in attached.refused])
+    if not (chat_req.prompt or "").strip() and not attached.read:
+        raise BadRequest(" ".join(refused.notes), code="nothing_read")
     if attached.texts:
         chat_req = dataclasses.replace(chat_req, prompt=attached.prompt(chat_req.prompt or ""))
     chat_req = dataclasses.replace(chat_req, images=tuple(attached.images))
-    return chat_req, [str(r) for r in attached.refused]
+    return chat_req, refused
 
 
 @page(uploads=True)
 async def send_form(request: web.Request) -> web.StreamResponse:
     """Without JavaScript: the whole reply, then the conversation page."""
     viewer = signed_in(request).principal
-    chat_req, refused = await _request(request, viewer)
-    if refused:
-        await flash(request, "error", " ".join(refused))
+    try:
+        chat_req, refused = await _request(request, viewer)
+    except GatewayError as err:  # the page again, with the words typed
+        form = await read_form(request)
+        words, cid = form.get("prompt"), form.get("conversation_id")
+        return await chat_page(request, cid if isinstance(cid, str) and cid else None,
+                               error=err.message, status=err.status,
+                               prompt=words if isinstance(words, str) else None)
+    if refused.notes:
+        await flash(request, "error", " ".join(refused.notes))
     try:
         result = await request.app[GATEWAY].chat(viewer, chat_req)
     except GatewayError as err:
@@ -254,13 +273,14 @@ class StoppableStream(EventStream):
         self.viewer = viewer
         self.stop = StopSignal()
         self.message_id: str | None = None
-        self.refused: list[str] = []
+        self.refused = Refused([], [])
         """Notes on the attached files that were not read, sent with ``start``."""
 
     async def started(self, info: StartInfo) -> None:
         await super().started(info)
-        if self.refused:
-            self.start["refused"] = self.refused
+        if self.refused.notes:
+            self.start["refused"] = self.refused.notes
+            self.start["refused_files"] = self.refused.files
         stops = self.request.app[GATEWAY].stops
         if self.message_id is not None:
             stops.done(self.message_id)  # a retry on another account

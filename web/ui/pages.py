@@ -263,9 +263,14 @@ async def _checked_page(request: web.Request, handler: Handler,
             raise
         reason, code = exc.reason or "error", "error"
         if exc.status == 413:
-            reason, code = (f"The message and its files are larger than the "
-                            f"{request.client_max_size:,} bytes one message may carry "
-                            "([chat] max_attachment_bytes); nothing was sent."), "body_too_large"
+            code = "body_too_large"
+            reason = (f"This request is larger than the {request.client_max_size:,} bytes "
+                      "allowed ([server] max_body_bytes).")
+            if rules.uploads:
+                reason = (f"The message and its files are larger than the "
+                          f"{request.client_max_size:,} bytes one message may carry "
+                          "([server] max_body_bytes plus [chat] max_attachment_bytes); "
+                          "nothing was sent.")
         response = await error_page(request, exc.status, reason, code=code,
                                     json_errors=rules.json_errors)
     except Exception as exc:
