@@ -398,12 +398,16 @@ def _take_chunk(raw: str, result: Completion, pieces: list[str], status: int,
             raise malformed("a streamed choice is not an object")
         if choice.get("index", 0) != 0:
             continue  # further choices (n > 1) go to the caller as given, not to the store
-        delta = object_of(choice, "delta")
-        text = text_of(delta, "content")
+        delta = choice.get("delta")
+        if not (type(delta) is dict and len(delta) == 1
+                and type(text := delta.get("content")) is str):
+            # Anything but text alone (which nearly every chunk is) is checked and taken.
+            delta = object_of(choice, "delta")
+            text = text_of(delta, "content")
+            extras.take(delta)
         if text:
             meter.add(text)
             pieces.append(text)
-        extras.take(delta)
         result.finish_reason = text_of(choice, "finish_reason") or result.finish_reason
     return chunk
 
