@@ -28,7 +28,7 @@ from core.errors import GatewayError
 from core.gateway import Gateway, build_gateway
 from core.leadership import while_leading
 from core.local_model import LocalModelError, LocalModelServer, needs_local_model
-from core.log_batch import BatchingHandler, BatchListener, BatchWriter
+from core.log_batch import BatchingHandler, BatchListener, BatchWriter, LineFormatter
 from core.storage import StorageError
 from core.storage.copy import copy_sqlite_to_postgres
 from core.storage.postgres import safe_url
@@ -194,7 +194,7 @@ def configure_logging(level: str, stream: TextIO | None = None) -> logging.handl
     logging._srcfile = None
     logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
     writer = BatchWriter(stream or sys.stderr)
-    writer.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    writer.setFormatter(LineFormatter())
     # Keys masked in every line, whatever logged it (aiohttp logs a request it cannot parse
     # with its raw header lines), on the writing thread rather than the event loop.
     writer.addFilter(SecretFilter())

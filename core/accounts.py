@@ -84,6 +84,9 @@ class Account:
         self.settings = settings
         self.name = settings.name
         self.tier = settings.tier
+        # Computed by the (frozen) settings on each access; asked for on every new turn.
+        self.served_models = frozenset(settings.served_models)
+        self.capabilities = settings.capabilities
         self._api_key = api_key
         self.session = session
         self._clock = clock
@@ -312,8 +315,8 @@ class AccountPool:
         every capability in ``needs``."""
         tiers = TIERS_FOR_CHOICE[choice]
         return [a for a in self.accounts if a.tier in tiers
-                and (model is None or model in a.settings.served_models)
-                and (not needs or can_all(a.settings.api, a.settings.capabilities, needs))]
+                and (model is None or model in a.served_models)
+                and (not needs or can_all(a.settings.api, a.capabilities, needs))]
 
     def pick(self, choice: PlusChoice, exclude: set[str],
              model: str | None = None, needs: Collection[str] = ()) -> Account | None:

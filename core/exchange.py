@@ -13,11 +13,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import fastjson
 from .errors import BadRequest, TooLarge
 from .wire import Completion, Message
 
@@ -151,15 +151,15 @@ def reply_message(completion: Completion) -> Message:
 
 
 def record(draft: Draft, completion: Completion) -> str:
-    """The exchange as stored in the turn's ``exchange_json``."""
-    return json.dumps({
+    """The exchange as stored in the turn's ``exchange_json`` (compact JSON, by orjson)."""
+    return fastjson.dumps({
         "api": draft.api,
         "messages": draft.messages,
         "reply": {**reply_message(completion),
                   "finish_reason": completion.finish_reason or "stop"},
         "attachments": [a.public() for a in draft.attachments],
         "store": draft.store,
-    }, ensure_ascii=False)
+    }).decode("utf-8")
 
 
 def history(exchanges: list[dict[str, Any]]) -> list[Message]:

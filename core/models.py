@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from . import fastjson
 
 Role = Literal["admin", "client", "user"]
 Mode = Literal["pool", "own_key"]
@@ -107,7 +108,7 @@ class Turn:
     def exchange(self) -> dict[str, Any] | None:
         if not self.exchange_json:
             return None
-        value = json.loads(self.exchange_json)
+        value = fastjson.loads(self.exchange_json)
         return value if isinstance(value, dict) else None
 
     def public(self) -> dict[str, Any]:

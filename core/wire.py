@@ -212,6 +212,9 @@ async def sse_batches(resp: aiohttp.ClientResponse) -> AsyncIterator[list[str]]:
 
 
 def _event_data(event: bytes) -> str | None:
+    if event.startswith(b"data: ") and b"\n" not in event:
+        # Nearly every event of a chat stream is one data line: no need to split it.
+        return event[6:].decode("utf-8")
     lines = [line[5:].removeprefix(" ") for line in event.decode("utf-8").split("\n")
              if line.startswith("data:")]
     return "\n".join(lines) if lines else None

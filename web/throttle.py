@@ -12,6 +12,7 @@ each counts its own (an attacker gets up to that many times the limit).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import time
@@ -107,8 +108,10 @@ def client_address(request: web.BaseRequest, trusted_proxies: Networks) -> str:
     return bucket_of(address)
 
 
+@functools.lru_cache(maxsize=4096)
 def bucket_of(address: str) -> str:
-    """IPv6 callers are counted by /64: one machine usually holds a whole /64."""
+    """IPv6 callers are counted by /64: one machine usually holds a whole /64. Kept for the
+    addresses seen last: ipaddress parses in Python, ~1.5 % of a /v1 request (issue 14)."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

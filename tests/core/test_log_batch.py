@@ -69,3 +69,24 @@ def test_a_line_logged_with_no_loop_running_is_written(
     logging.getLogger("test.batch").error("no loop here")
     listener.stop()
     assert stream.getvalue().endswith("ERROR test.batch: no loop here\n")
+
+
+def test_line_formatter_writes_what_the_generic_formatter_writes() -> None:
+    # Its cached date and time, and its line put together directly, give the same text as
+    # logging.Formatter with the same format, second after second and with a traceback.
+    from core.log_batch import LineFormatter
+    fast, generic = LineFormatter(), logging.Formatter(LineFormatter.FORMAT)
+    log = logging.getLogger("test.format")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+        failure = sys.exc_info()
+    for created in (1_700_000_000.0, 1_700_000_000.999, 1_700_000_001.002, 1_700_003_600.5):
+        for exc_info in (None, failure):
+            record = log.makeRecord("test.format", logging.WARNING, "", 0, "n=%d %s",
+                                    (7, "x"), exc_info)
+            record.created = created
+            record.msecs = int((created - int(created)) * 1000) + 0.0
+            twin = logging.makeLogRecord(record.__dict__)
+            assert fast.format(record) == generic.format(twin)

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from core.gateway import Gateway
 from tests.fakes.upstream import FakeUpstream
-from web.access_log import RedactingAccessLogger, SecretFilter
+from web.access_log import RedactingAccessLogger, SecretFilter, redact_text
 from web.app import create_app
 
 from .support import Api, People, user_key
@@ -76,6 +76,20 @@ async def test_access_log_masks_secret_parameters(
     for secret in (user, admin_key, ACCESS_TOKEN, PASSWORD, EMAIL):
         assert secret not in everything
         assert secret.replace("@", "%40") not in everything
+
+
+def test_free_text_masking_skips_nothing_a_pattern_would_catch() -> None:
+    # The patterns run only where a cheap test says they can match (issue 14): each kind of
+    # secret is still caught alone, in any case, and with (?i)'s non-ASCII look-alikes
+    # ('\u017f' matches 's', '\u212a' 'k') that a plain substring test would miss.
+    key = "gw_" + "A1b2" * 6
+    assert redact_text('127.0.0.1 "POST /v1/chat/completions" 200 1.0ms') == (
+        '127.0.0.1 "POST /v1/chat/completions" 200 1.0ms')
+    assert redact_text(f"sent {key} once") == "sent gw_*** once"
+    assert redact_text("auth BEARER abc.def-ghi") == "auth BEARER ***"
+    assert redact_text("GET /x?Access_Token=tok1&a=1") == "GET /x?Access_Token=***&a=1"
+    assert redact_text("ba\u017fic dXNlcjpwYXNz") == "ba\u017fic ***"
+    assert redact_text("api_\u212aey=secret1") == "api_\u212aey=***"
 
 
 @pytest.mark.sqlite_only  # reads SQLite's files; tests/core/test_keys.py covers PostgreSQL

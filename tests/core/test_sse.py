@@ -1,0 +1,44 @@
+"""Server-sent events read from an upstream: the data of each event, however it is written."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from core.wire import sse_batches
+
+
+class _Body:
+    def __init__(self, reads: list[bytes]) -> None:
+        self.reads = reads
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        for read in self.reads:
+            yield read
+
+
+class _Response:
+    def __init__(self, reads: list[bytes]) -> None:
+        self.content: Any = _Body(reads)
+
+
+async def _batches(reads: list[bytes]) -> list[list[str]]:
+    return [batch async for batch in sse_batches(_Response(reads))]  # type: ignore[arg-type]
+
+
+async def test_each_events_data_whatever_its_form() -> None:
+    # The common one-line event (taken without splitting), and the forms the SSE format
+    # allows beside it: no space after the colon, several data lines, comments and other
+    # fields, CR LF line ends, an event split across reads, non-ASCII text.
+    reads = [
+        b'data: {"a": 1}\n\ndata:{"b": 2}\n\n: a comment\ndata: x\n\n',
+        b"event: message\ndata: one\ndata: two\n\ndata:  spaced\r\n\r\ndata: caf",
+        "é\n\n".encode(),
+        b"data: last",
+    ]
+    assert await _batches(reads) == [
+        ['{"a": 1}', '{"b": 2}', "x"],
+        ["one\ntwo", " spaced"],
+        ["café"],
+        ["last"],
+    ]
