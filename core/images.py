@@ -28,6 +28,8 @@ IMAGE_TOKENS = 800
 1024 × 1024 image 765 tokens; a rough upper figure keeps the history within the window."""
 
 SENT_TYPES = ("PNG", "JPEG", "GIF", "WebP")
+"""The image types sent to a model; others (BMP, HEIC, TIFF) are refused with a note."""
+
 
 def prompt_for(count: int) -> str:
     """The prompt of a message that brings images and no words."""
