@@ -100,11 +100,16 @@ def extract(messages: list[Message], limit: int,
     return stored, list(extractor.found.values())
 
 
+def data_url(attachment: Attachment) -> str:
+    """The attachment inline again, as a ``data:`` URL."""
+    return f"{_DATA}{attachment.mime_type}{_BASE64}{base64.b64encode(attachment.data).decode()}"
+
+
 def restore(value: Any, attachments: Mapping[str, Attachment]) -> Any:
     """Stored messages made sendable again: each reference back to its inline data."""
     if isinstance(value, str):
         if value.startswith(REF) and (found := attachments.get(value[len(REF):])):
-            return f"{_DATA}{found.mime_type}{_BASE64}{base64.b64encode(found.data).decode()}"
+            return data_url(found)
         if value.startswith(RAW_REF) and (found := attachments.get(value[len(RAW_REF):])):
             return base64.b64encode(found.data).decode()
         return value

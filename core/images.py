@@ -11,7 +11,6 @@ said: a ``.png`` that is a HEIC photo would be refused by the upstream after a s
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -99,8 +98,7 @@ def with_images(content: list[dict[str, Any]],
     for part in content:
         refs = image_refs([part])
         if refs and refs[0] in found:
-            image = found[refs[0]]
-            url = f"data:{image.mime_type};base64,{base64.b64encode(image.data).decode()}"
+            url = exchange.data_url(found[refs[0]])
             part = {**part, "image_url": {**part["image_url"], "url": url}}
         out.append(part)
     return out

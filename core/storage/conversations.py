@@ -108,6 +108,13 @@ def _attachment_statements(turn: Turn, attachments: Sequence[Attachment],
     return statements
 
 
+def _unreferenced(hashes: Sequence[str]) -> Statement:
+    """Remove those of these attachments no turn refers to any more."""
+    return (f"DELETE FROM attachments WHERE sha256 IN ({', '.join('?' * len(hashes))})"
+            " AND NOT EXISTS (SELECT 1 FROM turn_attachments ta"
+            " WHERE ta.sha256 = attachments.sha256)", tuple(hashes))
+
+
 class ConversationRepo:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -262,12 +269,7 @@ class ConversationRepo:
         with the attachments it refers to (those of ``old`` no turn refers to any more go).
         False when ``old`` is no longer there (removed meanwhile)."""
         held = sorted(exchange.references(old.exchange)) if old.exchange_json else []
-        pruned: list[Statement] = []
-        if held:
-            pruned.append((
-                f"DELETE FROM attachments WHERE sha256 IN ({', '.join('?' * len(held))})"
-                " AND NOT EXISTS (SELECT 1 FROM turn_attachments ta"
-                " WHERE ta.sha256 = attachments.sha256)", tuple(held)))
+        pruned = [_unreferenced(held)] if held else []
         try:
             return await self.db.write([
                 ("DELETE FROM turns WHERE id = ?", (old.id,)),
@@ -303,10 +305,7 @@ class ConversationRepo:
                                             (conversation_id,)))
             if held:
                 # Its attachments go with it, unless another turn still refers to them.
-                await tx.execute(
-                    f"DELETE FROM attachments WHERE sha256 IN ({', '.join('?' * len(held))})"
-                    " AND NOT EXISTS (SELECT 1 FROM turn_attachments ta"
-                    " WHERE ta.sha256 = attachments.sha256)", held)
+                await tx.execute(*_unreferenced(held))
             return removed
 
     async def set_external_ref(self, conversation_id: str, client_id: int, ref: str | None) -> None:

@@ -88,3 +88,17 @@ async def test_a_message_may_carry_its_images_beyond_the_body_limit(
     assert stop.status == 413
     assert (await stop.json())["message"] == (
         "This request is larger than the 1,048,576 bytes allowed ([server] max_body_bytes).")
+
+
+async def test_without_javascript_a_message_of_refused_files_keeps_its_words(
+        ui: Ui, gateway: Gateway, admin_key: str, upstream_a: FakeUpstream) -> None:
+    await ui.sign_in(await make_key(gateway, admin_key, "ann"))
+    page = ui.page
+    token = await page.locator('input[name="csrf_token"]').first.input_value()
+    response = await page.request.post(ui.base_url + "/chat", multipart={
+        "csrf_token": token, "prompt": "  ", "plus": "false",
+        "file": {"name": "tool.exe", "mimeType": "application/octet-stream", "buffer": b"MZ"}})
+    assert response.status == 400
+    assert "tool.exe was not read: only text files (text, Markdown, code, JSON, CSV, logs) " \
+           "and images are read" in await response.text()
+    assert upstream_a.requests == []
