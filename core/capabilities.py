@@ -79,6 +79,9 @@ def account_capabilities(api: str, declared: Mapping[str, bool | None]) -> froze
     return frozenset(have)
 
 
+_TOOL_ROLES = frozenset({"tool", "function"})
+
+
 def needs_of_chat(body: Mapping[str, Any]) -> dict[str, str]:
     """What a Chat Completions request needs, each with the parameter that needs it (the first
     one found), for the error that names it."""
@@ -105,10 +108,11 @@ def needs_of_chat(body: Mapping[str, Any]) -> dict[str, str]:
     for index, message in enumerate(messages if isinstance(messages, list) else ()):
         if not isinstance(message, dict):
             continue
-        if message.get("role") == "tool" or message.get("tool_calls") \
-                or message.get("role") == "function":
+        if message.get("role") in _TOOL_ROLES or message.get("tool_calls"):
             needs.setdefault("tools", f"messages[{index}]")
-        _part_needs(message.get("content"), f"messages[{index}].content", needs)
+        content = message.get("content")
+        if type(content) is list:  # text alone needs nothing: no parameter name to make
+            _part_needs(content, f"messages[{index}].content", needs)
     for name, value in body.items():
         # null is the default, and n = 1 is what every protocol does anyway.
         if name not in HANDLED and value is not None and not (name == "n" and value == 1):

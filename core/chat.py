@@ -540,8 +540,15 @@ def _user_message(prompt: str, request: ChatRequest, send_images: bool) -> Messa
 
 
 def _estimate(messages: list[Message]) -> int:
-    return sum(estimate_tokens(content_text(m.get("content")))
-               + images.image_count(m.get("content")) * images.IMAGE_TOKENS for m in messages)
+    total = 0
+    for message in messages:
+        content = message.get("content")
+        if type(content) is str:  # the common case, without the calls for content parts
+            total += estimate_tokens(content)
+        else:
+            total += (estimate_tokens(content_text(content))
+                      + images.image_count(content) * images.IMAGE_TOKENS)
+    return total
 
 
 def _regenerating(turn_id: str, recent: list[Turn]) -> tuple[Turn, list[Turn], str]:

@@ -40,6 +40,8 @@ BODY_LIMIT = web.AppKey("body_limit", int)
 # OpenAI-compatible servers have their own). What an account cannot do or carry is refused
 # with the parameter named (core/capabilities.py), never dropped silently.
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_PLAIN_ROLES = frozenset({"system", "developer", "user", "assistant"})
+"""Roles whose message with text content is valid as it is (a tool's needs its call's id)."""
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -180,7 +182,9 @@ def parse_completion_request(body: Any) -> tuple[list[dict[str, Any]], dict[str,
     if not isinstance(messages, list) or not messages:
         raise _ParamError("'messages' must be a non-empty array", "messages")
     for index, message in enumerate(messages):
-        _check_message(message, index)
+        if not (type(message) is dict and type(message.get("content")) is str
+                and message.get("role") in _PLAIN_ROLES and "tool_calls" not in message):
+            _check_message(message, index)  # the common case above needs no more checks
     n = body.get("n", 1)
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 128):
         raise _ParamError("'n' must be a whole number from 1 to 128", "n")
@@ -196,8 +200,8 @@ def parse_completion_request(body: Any) -> tuple[list[dict[str, Any]], dict[str,
     options = {k: v for k, v in body.items() if k not in HANDLED}
     if options.get("n") == 1:
         del options["n"]
-    users = [m for m in messages if m.get("role") == "user"]
-    prompt = content_text(users[-1]["content"]) if users else content_text(messages[-1]["content"])
+    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), messages[-1])
+    prompt = content_text(last_user["content"])
     return messages, options, prompt
 
 
