@@ -11,7 +11,7 @@ from . import metrics as web_metrics
 from .errors import api_error, error_middleware_for
 from .guard import GUARD, Guard
 from .keys import GATEWAY, SETTINGS
-from .openai_api import create_v1_app
+from .openai_api import add_v1_routes, openai_error
 from .server import track_requests
 
 
@@ -25,14 +25,15 @@ def create_app(gateway: Gateway) -> web.Application:
         # The UI's checks are on its own routes (ui.setup), not a middleware every API
         # request would pass through; a browser's unknown address still gets a page.
         middlewares=[track_requests, *counting,
-                     error_middleware_for(api_error, ui.unmatched_page)],
+                     error_middleware_for(api_error, ui.unmatched_page,
+                                          (settings.paths.openai_prefix, openai_error))],
         client_max_size=settings.server.max_body_bytes,
     )
     app[GATEWAY] = gateway
     app[SETTINGS] = settings
     app[GUARD] = Guard(settings)
     api.add_routes(app, settings.paths)
-    app.add_subapp(settings.paths.openai_prefix, create_v1_app(gateway))
+    add_v1_routes(app, settings)
     ui.setup(app)
     if metrics is not None:
         web_metrics.setup(app, metrics)

@@ -57,54 +57,68 @@ def client_gone(request: web.BaseRequest) -> bool:
     return transport is None or transport.is_closing()
 
 
-def error_middleware_for(render: Render, page: Page | None = None) -> Middleware:
-    """A middleware giving every failure the shape ``render`` draws: the API's own, or
-    OpenAI's envelope on /v1. One mechanism, so both get every fix (the 405's Allow header).
-    ``page``, when given, may answer an unknown address (a browser's) in its own way."""
+async def failure_response(request: web.Request, exc: Exception, render: Render,
+                           page: Page | None = None) -> web.StreamResponse:
+    """The answer to a request that failed with ``exc``, in the shape ``render`` draws: the
+    API's own, or OpenAI's envelope on /v1. One mechanism, so both get every fix (the 405's
+    Allow header). ``page``, when given, may answer an unknown address (a browser's) in its
+    own way. An ``HTTPException`` below 400 (a redirect) is raised again."""
 
-    def answer(request: web.Request, status: int, message: str, code: str,
-               param: str | None, retry_after: float | None) -> web.Response:
+    def answer(status: int, message: str, code: str, param: str | None = None,
+               retry_after: float | None = None) -> web.Response:
         request[ERROR_CODE] = code
         return render(status, message, code, param, retry_after)
+
+    if isinstance(exc, GatewayError):
+        return answer(exc.status, exc.message, exc.code, getattr(exc, "param", None),
+                      exc.retry_after)
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            raise exc
+        if page is not None and request.match_info.http_exception is not None:
+            shown = await page(request, exc)
+            if shown is not None:
+                return shown
+        message = {
+            404: f"no endpoint at {request.path}",
+            405: f"{request.method} is not allowed on {request.path}",
+            413: "the request body is too large",
+        }.get(exc.status, exc.reason)
+        response = answer(exc.status, message, _HTTP_CODES.get(exc.status, "http_error"))
+        if "Allow" in exc.headers:  # a 405 must say which methods are allowed (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    if isinstance(exc, ConnectionError) and client_gone(request):
+        # The caller hung up mid-request (mid-body, say): no one to answer, no bug.
+        log.debug("the client left during %s %s", request.method, request.path)
+        return answer(400, "the connection was closed", "client_gone")
+    ref = secrets.token_hex(4)
+    log.error("unhandled error on %s %s (ref %s)", request.method, request.path, ref,
+              exc_info=exc)
+    return answer(500, f"internal error; quote reference {ref} to an admin", "internal_error")
+
+
+def error_middleware_for(render: Render, page: Page | None = None,
+                         prefixed: tuple[str, Render] | None = None) -> Middleware:
+    """A middleware answering every failure with ``failure_response``. ``prefixed``: a path
+    prefix whose addresses (/v1) answer in another shape, without ``page``."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            if request.app is request.match_info.apps[-1]:
-                # The innermost app's middleware checks, so /v1 answers in its own shape.
-                check_query_and_path(request)
+            check_query_and_path(request)
             return await handler(request)
-        except GatewayError as err:
-            return answer(request, err.status, err.message, err.code,
-                          getattr(err, "param", None), err.retry_after)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            if page is not None and request.match_info.http_exception is not None:
-                shown = await page(request, exc)
-                if shown is not None:
-                    return shown
-            message = {
-                404: f"no endpoint at {request.path}",
-                405: f"{request.method} is not allowed on {request.path}",
-                413: "the request body is too large",
-            }.get(exc.status, exc.reason)
-            response = answer(request, exc.status, message,
-                              _HTTP_CODES.get(exc.status, "http_error"), None, None)
-            if "Allow" in exc.headers:  # a 405 must say which methods are allowed (RFC 9110)
-                response.headers["Allow"] = exc.headers["Allow"]
-            return response
-        except Exception as exc:
-            if isinstance(exc, ConnectionError) and client_gone(request):
-                # The caller hung up mid-request (mid-body, say): no one to answer, no bug.
-                log.debug("the client left during %s %s", request.method, request.path)
-                return answer(request, 400, "the connection was closed", "client_gone", None, None)
-            ref = secrets.token_hex(4)
-            log.exception("unhandled error on %s %s (ref %s)", request.method, request.path, ref)
-            return answer(request, 500, f"internal error; quote reference {ref} to an admin",
-                          "internal_error", None, None)
+        except Exception as exc:  # noqa: BLE001 - every failure gets its answer there
+            if prefixed is not None and under(request.path, prefixed[0]):
+                return await failure_response(request, exc, prefixed[1])
+            return await failure_response(request, exc, render, page)
 
     return middleware
+
+
+def under(path: str, prefix: str) -> bool:
+    """Whether ``path`` is ``prefix`` or an address below it."""
+    return path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/")
 
 
 def api_error(status: int, message: str, code: str, _param: str | None,

@@ -54,10 +54,10 @@ def check_key_text(key: str) -> str:
 
 
 async def authenticate(request: web.Request, key: str | None) -> Principal:
-    gateway = request.config_dict[GATEWAY]
+    gateway = request.app[GATEWAY]
     if not key:
         return await gateway.authenticate(key)  # a missing key is no guess: not counted
-    guard = request.config_dict[GUARD]
+    guard = request.app[GUARD]
     address = guard.address(request)
     guard.key_failures.check([address], "too many failed key checks from your address")
     try:
@@ -69,11 +69,11 @@ async def authenticate(request: web.Request, key: str | None) -> Principal:
 
 async def exchange_access_token(request: web.Request, email: str,
                                 password: str) -> AccessToken:
-    gateway = request.config_dict[GATEWAY]
+    gateway = request.app[GATEWAY]
     if not (gateway.access_token_configured and email and password):
         # Refused without asking the identity provider (not configured, nothing to send).
         return await gateway.access_token(email, password)
-    guard = request.config_dict[GUARD]
+    guard = request.app[GUARD]
     address, who = guard.address(request), email.strip().lower()
     guard.token_by_address.check([address], "too many access-token attempts from your address")
     guard.token_by_email.check([who], "too many access-token attempts for this e-mail")

@@ -44,6 +44,21 @@ def check_text(name: str, value: str) -> str:
     return value
 
 
+async def read_limited(request: web.BaseRequest, limit: int) -> bytes | None:
+    """The request's body, or None past ``limit`` bytes (refused by its declared length
+    before any of it is read). For routes whose limit is not the app's: aiohttp's own
+    ``read`` holds every route to the app's ``client_max_size``."""
+    length = request.content_length
+    if length is not None and length > limit:
+        return None
+    body = bytearray()
+    while chunk := await request.content.readany():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
 def parse_json(raw: bytes, *, what: str = "the request body") -> Any:
     """``raw`` parsed, refusing what ``json.loads`` would let through to fail later."""
     try:

@@ -347,9 +347,3 @@ async def get_response(request: web.Request) -> web.Response:
                         completion)
     return web.json_response(response_object(result, {"previous_response_id": previous}),
                              headers={CONVERSATION_HEADER: conversation.id})
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/responses", create_response)
-    app.router.add_get("/responses/{id}", get_response)
-

@@ -262,6 +262,38 @@ async def test_attachments_past_the_limit_are_refused_naming_it(
     assert upstream_a.chat_requests() == []
 
 
+async def test_an_image_larger_than_the_body_limit_is_taken_up_to_the_attachment_limit(
+    make_settings: Callable[..., Settings], upstream_a: FakeUpstream
+) -> None:
+    # /v1 bodies may be larger than [server] max_body_bytes by the base64 of
+    # [chat] max_attachment_bytes: a photo of a few MB is an ordinary request.
+    settings = make_settings([account("A", upstream_a, "KEY_A")],
+                             server={"max_body_bytes": 4096},
+                             chat={"max_attachment_bytes": 30_000})
+    async with build_gateway(settings, environ=ENVIRON) as gateway:
+        _, key = await gateway.principals.create("user", "ann")
+        async with serving(gateway) as url, openai.AsyncOpenAI(
+                base_url=f"{url}/v1", api_key=key, max_retries=0) as client:
+            image, _ = png_data_url(20_000)  # 26.7 kB of base64: six times the body limit
+            upstream_a.enqueue("A picture of noise.")
+            answer = await client.chat.completions.create(model="model-a", messages=[{
+                "role": "user", "content": [{"type": "image_url", "image_url": {"url": image}}]}])
+            assert answer.choices[0].message.content == "A picture of noise."
+            assert image.encode() in upstream_a.chat_requests(titles=False)[0].raw_body
+
+            # Past the /v1 limit (body limit plus the attachments' base64): refused, named.
+            too_big, _ = png_data_url(40_000)
+            with pytest.raises(openai.APIStatusError) as refused:
+                await client.chat.completions.create(model="model-a", messages=[{
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": too_big}}]}])
+    assert refused.value.status_code == 413
+    error = refused.value.body
+    assert isinstance(error, dict) and error["code"] == "body_too_large"
+    assert "max_body_bytes" in error["message"] and "44096 bytes" in error["message"]
+    assert len(upstream_a.chat_requests(titles=False)) == 1
+
+
 async def test_legacy_functions_logprobs_and_n_are_passed_on(
     sdk: openai.AsyncOpenAI, upstream_a: FakeUpstream
 ) -> None:
