@@ -123,16 +123,15 @@ class ConversationRepo:
 
     async def get(self, conversation_id: str) -> Conversation | None:
         row = await self.db.fetchone(
-            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE id = ?", (conversation_id,)
-        )
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE id = ?", (conversation_id,),
+            quick=True)
         return _conversation(row) if row else None
 
     async def by_external_ref(self, client_id: int, ref: str) -> Conversation | None:
         row = await self.db.fetchone(
             f"SELECT {_CONVERSATION_COLUMNS} FROM conversations"
             " WHERE client_id = ? AND external_ref = ?",
-            (client_id, ref),
-        )
+            (client_id, ref), quick=True)
         return _conversation(row) if row else None
 
     async def list_page(
@@ -172,13 +171,12 @@ class ConversationRepo:
         rows = await self.db.fetchall(
             f"SELECT {_TURN_COLUMNS} FROM turns WHERE conversation_id = ?"
             " ORDER BY position DESC LIMIT ?",
-            (conversation_id, limit),
-        )
+            (conversation_id, limit), quick=True)
         return [_turn(r) for r in rows]
 
     async def turn(self, turn_id: str) -> Turn | None:
         row = await self.db.fetchone(f"SELECT {_TURN_COLUMNS} FROM turns WHERE id = ?",
-                                     (turn_id,))
+                                     (turn_id,), quick=True)
         return _turn(row) if row else None
 
     async def attachments(self, conversation_id: str,

@@ -174,14 +174,16 @@ class PostgresDatabase:
 
     # ----------------------------------------------------------------- reads and writes
 
-    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+    async def fetchone(self, sql: str, params: Sequence[Any] = (), *,
+                       quick: bool = False) -> Row | None:
         try:
             row: Row | None = await self.pool.fetchrow(dollar_params(sql), *params)
         except _CONNECTION_ERRORS as exc:
             raise StorageUnavailable(f"the database did not answer: {_reason(exc)}") from None
         return row
 
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+    async def fetchall(self, sql: str, params: Sequence[Any] = (), *,
+                       quick: bool = False) -> list[Row]:
         try:
             rows: list[Row] = await self.pool.fetch(dollar_params(sql), *params)
         except _CONNECTION_ERRORS as exc:

@@ -107,12 +107,12 @@ class PrincipalRepo:
 
     async def get(self, principal_id: int) -> Principal | None:
         row = await self.db.fetchone(f"SELECT {_COLUMNS} FROM principals WHERE id = ?",
-                                        (principal_id,))
+                                     (principal_id,), quick=True)
         return _principal(row) if row else None
 
     async def by_key(self, key: str) -> Principal | None:
         row = await self.db.fetchone(f"SELECT {_COLUMNS} FROM principals WHERE key_hash = ?",
-                                        (hash_key(key),))
+                                     (hash_key(key),), quick=True)
         return _principal(row) if row else None
 
     async def by_external_id(self, client_id: int | None, external_id: str) -> Principal | None:

@@ -80,3 +80,20 @@ async def test_writes_retried_after_a_failure_in_their_batch_land_once(tmp_path:
         assert isinstance(results[30], IntegrityError)
         rows = await store.fetchall("SELECT v FROM t ORDER BY v")
         assert [r[0] for r in rows] == [*range(60), *range(1000, 1060)]
+
+
+
+async def test_a_quick_read_on_the_event_loop_sees_every_commit(tmp_path: Path) -> None:
+    # Quick reads (a conversation by its id, its last turns) run on a connection of the event
+    # loop's own: never on a snapshot older than the last write the caller saw land.
+    async with Store(tmp_path / "db.sqlite") as store:
+        await store.write([("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)", ())])
+        for k in range(5):
+            await store.write([("INSERT INTO t VALUES (?, ?)", (k, f"v{k}"))])
+            row = await store.fetchone("SELECT v FROM t WHERE k = ?", (k,), quick=True)
+            assert row is not None and row["v"] == f"v{k}"
+            await store.write([("UPDATE t SET v = 'changed' WHERE k = ?", (k,))])
+            rows = await store.fetchall("SELECT v FROM t ORDER BY k DESC", quick=True)
+            assert [r["v"] for r in rows][0] == "changed"
+        await store.write([("DELETE FROM t WHERE k = 4", ())])
+        assert await store.fetchone("SELECT v FROM t WHERE k = 4", quick=True) is None
