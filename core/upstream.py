@@ -21,7 +21,7 @@ import aiohttp_socks
 import python_socks
 from aiohttp_socks import ProxyConnector
 
-from . import completions_api, fastjson, responses_api
+from . import completions_api, fastjson, request_notes, responses_api
 from .clock import utc_now
 from .wire import (
     COOLING_KINDS,
@@ -242,14 +242,18 @@ async def complete(
         status = transport_failure.kind
         raise transport_failure from None
     finally:
-        # One INFO line per reply; title calls, which follow every new conversation's reply,
-        # at DEBUG unless they fail (a quarter of the log volume, for little information).
-        log.log(
-            logging.DEBUG if purpose == "title" and status == 200 else logging.INFO,
-            "upstream %s account=%s model=%s status=%s stream=%s duration_ms=%d",
-            purpose, target.name, target.model, status, stream,
-            (time.perf_counter() - started) * 1000,
-        )
+        # One INFO line per reply, on the request's access line when there is one; title
+        # calls, which follow every new conversation's reply, at DEBUG unless they fail (a
+        # quarter of the log volume, for little information).
+        duration_ms = int((time.perf_counter() - started) * 1000)
+        if purpose == "title" and status == 200:
+            log.debug("upstream %s account=%s model=%s status=%s stream=%s duration_ms=%d",
+                      purpose, target.name, target.model, status, stream, duration_ms)
+        elif not (log.isEnabledFor(logging.INFO) and request_notes.add(
+                f"upstream {purpose} account={target.name} model={target.model} "
+                f"status={status} stream={stream} duration_ms={duration_ms}")):
+            log.info("upstream %s account=%s model=%s status=%s stream=%s duration_ms=%d",
+                     purpose, target.name, target.model, status, stream, duration_ms)
     return result
 
 

@@ -9,6 +9,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from yarl import URL
 
+from core import request_notes
+
 from .params import SECRET_PARAMS
 
 
@@ -73,8 +75,12 @@ class SecretFilter(logging.Filter):
 
 
 class RedactingAccessLogger(AbstractAccessLogger):
+    """One line a request, with what its upstream calls noted (core/request_notes.py)."""
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        notes = request_notes.end()
         self.logger.info(
-            '%s "%s %s" %s %.1fms', request.remote, request.method, redact_url(request.rel_url),
-            response.status, time * 1000,
+            '%s "%s %s" %s %.1fms%s', request.remote, request.method,
+            redact_url(request.rel_url), response.status, time * 1000,
+            "".join(" " + note for note in notes),
         )

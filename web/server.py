@@ -29,12 +29,14 @@ from typing import Any, cast
 
 from aiohttp import web
 
+from core import request_notes
 from core.config import ServerSettings
 from core.errors import GatewayError
 
 from .access_log import RedactingAccessLogger
 
 log = logging.getLogger(__name__)
+ACCESS_LOG = logging.getLogger("aiohttp.access")
 
 SPARE_FILES = 64
 """File descriptors kept for what is not a client connection: the database, upstream
@@ -234,7 +236,10 @@ class _Connection(asyncio.Protocol):
 async def track_requests(request: web.Request,
                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
                          ) -> web.StreamResponse:
-    """Tells the request's connection (when ``EdgeServer`` serves it) that it is busy."""
+    """Tells the request's connection (when ``EdgeServer`` serves it) that it is busy, and
+    opens the notes its access line tells (core/request_notes.py)."""
+    if ACCESS_LOG.isEnabledFor(logging.INFO):
+        request_notes.begin()
     transport = request.transport
     connection = transport.get_protocol() if transport is not None else None
     if not isinstance(connection, _Connection):

@@ -94,6 +94,6 @@ async def test_a_quick_read_on_the_event_loop_sees_every_commit(tmp_path: Path) 
             assert row is not None and row["v"] == f"v{k}"
             await store.write([("UPDATE t SET v = 'changed' WHERE k = ?", (k,))])
             rows = await store.fetchall("SELECT v FROM t ORDER BY k DESC", quick=True)
-            assert [r["v"] for r in rows][0] == "changed"
+            assert rows[0]["v"] == "changed"
         await store.write([("DELETE FROM t WHERE k = 4", ())])
         assert await store.fetchone("SELECT v FROM t WHERE k = 4", quick=True) is None
