@@ -162,10 +162,13 @@ class ReplyControls:
         return writing_view(self.turn_id) if self.turn_id is not None else None
 
     def shown(self, message: discord.Message, view: discord.ui.View | None) -> None:
+        """``message`` was written with ``view``. Told by the view itself, not by whether the
+        reply is closed now: a write that took the Stop button may land after the reply
+        closed, and its message must still get Regenerate and Continue in the last write."""
         if view is None:
             self._showing.pop(message.id, None)
         else:
-            self._showing[message.id] = "final" if self._closed else "writing"
+            self._showing[message.id] = "final" if view is self._final else "writing"
 
     def refresh(self, message: discord.Message) -> bool:
         """Whether ``message``'s buttons are not yet what they should be."""

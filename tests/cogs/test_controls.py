@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from types import SimpleNamespace
 from typing import Any
 
+from cogs.utils.controls import ReplyControls
+from core.turn import StartInfo
 from tests.conftest import account
 from tests.fakediscord import EPHEMERAL
 from tests.fakes.upstream import Pause, Status
@@ -256,3 +259,27 @@ async def test_chat_with_a_text_attachment(h: Harness) -> None:
     assert h.answer(interaction) == "**Ann** asked:\nSummarise my notes\n📎 notes.md"
     prompt = h.upstreams["A"].chat_requests(titles=False)[-1].messages[-1]["content"]
     assert prompt == "Summarise my notes\n\nFile: notes.md\n```\n# Plan\n- ship it\n```"
+
+
+def test_a_message_posted_with_stop_after_the_reply_closed_gets_its_final_buttons() -> None:
+    # The first message's post takes the Stop button; the reply completes (closing) while
+    # that post is on its way; the post lands. The last write must still put Regenerate and
+    # Continue on it: it shows Stop, whatever the state was when the post came back.
+    controls = ReplyControls()
+    controls.started(StartInfo("c1", "t1", None, "model-a", "A", True))
+    stop = controls.view_for(None)
+    assert stop is not None and _labels_of(stop) == ["Stop"]
+    controls.closing(("c1", "t1"))
+    message: Any = SimpleNamespace(id=1)
+    controls.last = message
+    controls.shown(message, stop)
+    assert controls.refresh(message)
+    final = controls.view_for(message)
+    assert final is not None
+    assert _labels_of(final) == ["Regenerate", "Continue"]
+    controls.shown(message, final)
+    assert not controls.refresh(message)
+
+
+def _labels_of(view: Any) -> list[str]:
+    return [item.to_component_dict()["label"] for item in view.children]
