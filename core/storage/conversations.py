@@ -6,6 +6,7 @@ one usage row, in a single transaction: nothing is ever rewritten whole.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,14 +35,26 @@ _ATTACHMENT_INSERT = (
 _TURN_ATTACHMENT_INSERT = "INSERT INTO turn_attachments (turn_id, sha256) VALUES (?, ?)"
 
 
-# sqlite3.Row iterates over values, not keys, hence .keys().
+def _names(columns: str) -> tuple[str, ...]:
+    # Interned, as the dataclasses' parameter names are: a keyword argument found by identity
+    # is one pointer comparison, one of another string object a string comparison with each
+    # parameter in turn (the row's own column names cost ~70,000 instructions a follow-up).
+    return tuple(sys.intern(name.strip()) for name in columns.split(","))
+
+
+_CONVERSATION_FIELDS = _names(_CONVERSATION_COLUMNS)
+_TURN_FIELDS = _names(_TURN_COLUMNS)
+
+
+# Each row read from ``SELECT {_..._COLUMNS}``: values taken in that order, as reading them by
+# name would make sqlite3.Row compare the name with each column's in turn.
 def _conversation(row: Row) -> Conversation:
-    return Conversation(**{key: row[key] for key in row.keys()})  # noqa: SIM118
+    return Conversation(**dict(zip(_CONVERSATION_FIELDS, row, strict=True)))
 
 
 def _turn(row: Row) -> Turn:
-    fields = {key: row[key] for key in row.keys()}  # noqa: SIM118
-    fields["stopped"] = bool(fields.get("stopped"))  # SQLite answers 0 or 1
+    fields = dict(zip(_TURN_FIELDS, row, strict=True))
+    fields["stopped"] = bool(fields["stopped"])  # SQLite answers 0 or 1
     return Turn(**fields)
 
 

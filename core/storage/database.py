@@ -15,7 +15,7 @@ used surfaces as ``StorageUnavailable``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, Protocol
 
@@ -49,6 +49,10 @@ class Row(Protocol):
     """A result row: by column name or position (sqlite3.Row and asyncpg.Record both are)."""
 
     def __getitem__(self, key: str | int, /) -> Any: ...
+    def __iter__(self) -> Iterator[Any]:
+        """The values, in the columns' order."""
+        ...
+
     def keys(self) -> Any: ...
 
 
