@@ -54,7 +54,8 @@ class ServerSettings(_Table):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(1_048_576, ge=1024)
-    """Requests with a bigger body are refused with 413 before they are read."""
+    """Requests with a bigger body are refused with 413 before they are read (``/v1`` takes
+    the base64 of ``[chat] max_attachment_bytes`` more)."""
     header_timeout_s: float = Field(10.0, gt=0)
     """A new connection must send its request's headers within this time, or it is closed
     (a slowloris client trickling header lines holds a connection forever otherwise)."""
@@ -149,6 +150,14 @@ class PathSettings(_Table):
     @classmethod
     def _absolute(cls, value: str) -> str:
         return _absolute_path(value)
+
+    @field_validator("openai_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        prefix = value.rstrip("/")  # "/v1/" serves /v1/chat/completions, as "/v1" does
+        if not prefix:
+            raise ValueError("openai_prefix must name a path below '/', such as '/v1'")
+        return prefix
 
 
 class ProxySettings(_Table):
@@ -482,6 +491,12 @@ class Settings(_Table):
         values = list(paths.model_dump().values())
         if len(set(values)) != len(values):
             raise ValueError("two endpoints share one path")
+        # Every address under the prefix answers in OpenAI's shape (web/errors.py).
+        under = [name for name, path in paths.model_dump().items() if name != "openai_prefix"
+                 and (path + "/").startswith(paths.openai_prefix + "/")]
+        if under:
+            raise ValueError(f"paths.{under[0]} is under paths.openai_prefix "
+                             f"({paths.openai_prefix!r}): give the OpenAI API a prefix of its own")
         return paths
 
     @model_validator(mode="after")

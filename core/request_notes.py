@@ -9,6 +9,7 @@ titles asked after the reply was sent) log their own line, as they always did.
 
 from __future__ import annotations
 
+import logging
 from contextvars import ContextVar
 
 
@@ -52,3 +53,9 @@ def end() -> list[str]:
     notes.closed = True
     _CURRENT.set(None)
     return notes.items
+
+
+def spill(log: logging.Logger) -> None:
+    """The current request's notes, each on a line of its own: it gets no access line."""
+    for text in end():
+        log.info("%s", text)

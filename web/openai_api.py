@@ -192,7 +192,8 @@ def parse_completion_request(body: Any) -> tuple[list[dict[str, Any]], dict[str,
         raise _ParamError("'messages' must be a non-empty array", "messages")
     for index, message in enumerate(messages):
         if not (type(message) is dict and type(message.get("content")) is str
-                and message.get("role") in _PLAIN_ROLES and "tool_calls" not in message):
+                and type(message.get("role")) is str and message["role"] in _PLAIN_ROLES
+                and "tool_calls" not in message):
             _check_message(message, index)  # the common case above needs no more checks
     n = body.get("n", 1)
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 128):
@@ -216,11 +217,11 @@ def parse_completion_request(body: Any) -> tuple[list[dict[str, Any]], dict[str,
 
 def _check_message(message: Any, index: int) -> None:
     where = f"messages[{index}]"
-    if not isinstance(message, dict) or message.get("role") not in ROLES:
+    role = message.get("role") if isinstance(message, dict) else None
+    if not isinstance(role, str) or role not in ROLES:  # a list is no role (and unhashable)
         raise _ParamError(
             f"{where} must be an object whose role is one of {', '.join(sorted(ROLES))}", where)
     content = message.get("content")
-    role = message["role"]
     calls = message.get("tool_calls")
     if calls is not None and (role != "assistant" or not isinstance(calls, list)):
         raise _ParamError(f"{where}.tool_calls must be an array, on an assistant message",
@@ -243,6 +244,7 @@ def _check_message(message: Any, index: int) -> None:
 def draft(messages: list[dict[str, Any]], settings: Settings, *, is_new: bool) -> exchange.Draft:
     """What the turn will store of these messages: the new ones, inline data by hash. Every
     inline attachment of the request counts to the limit, stored or not."""
+    # Without inline data, ``stored`` is the caller's own list (nothing changes it later).
     stored, attachments = exchange.extract(messages, settings.chat.max_attachment_bytes)
     kept = exchange.new_messages(stored, is_new)
     if kept is not stored:

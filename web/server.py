@@ -36,7 +36,8 @@ from core.errors import GatewayError
 from .access_log import RedactingAccessLogger
 
 log = logging.getLogger(__name__)
-ACCESS_LOG = logging.getLogger("aiohttp.access")
+UPSTREAM_LOG = logging.getLogger("core.upstream")
+"""Where the notes of a request that gets no access line go (core/upstream.py's logger)."""
 
 SPARE_FILES = 64
 """File descriptors kept for what is not a client connection: the database, upstream
@@ -237,18 +238,27 @@ async def track_requests(request: web.Request,
                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
                          ) -> web.StreamResponse:
     """Tells the request's connection (when ``EdgeServer`` serves it) that it is busy, and
-    opens the notes its access line tells (core/request_notes.py)."""
-    if ACCESS_LOG.isEnabledFor(logging.INFO):
+    opens the notes its access line tells (core/request_notes.py) when that line is written
+    by ours."""
+    access = request.protocol.access_logger
+    noted = isinstance(access, RedactingAccessLogger) and access.enabled
+    if noted:
         request_notes.begin()
     transport = request.transport
     connection = transport.get_protocol() if transport is not None else None
     if not isinstance(connection, _Connection):
-        return await handler(request)  # a test server, without the edge
-    connection.request_started(request)
+        connection = None  # a test server, without the edge
+    else:
+        connection.request_started(request)
     try:
         return await handler(request)
+    except asyncio.CancelledError:
+        if noted:  # no access line for a cancelled handler (a shutdown past its grace)
+            request_notes.spill(UPSTREAM_LOG)
+        raise
     finally:
-        connection.request_ended()
+        if connection is not None:
+            connection.request_ended()
 
 
 def allow_open_files(needed: int) -> None:

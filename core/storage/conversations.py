@@ -18,6 +18,8 @@ from ..models import Conversation, Turn
 from .database import Database, IntegrityError, Row, Statement
 
 NO_LIMIT = 2**62
+QUICK_TURNS = 8
+"""Reading at most this many turns is a quick read (``Database.fetchone``)."""
 _CONVERSATION_COLUMNS = (
     "id, owner_id, title, mode, account, model, client_id, external_ref, turn_count,"
     " created_utc, updated_utc"
@@ -184,7 +186,9 @@ class ConversationRepo:
         rows = await self.db.fetchall(
             f"SELECT {_TURN_COLUMNS} FROM turns WHERE conversation_id = ?"
             " ORDER BY position DESC LIMIT ?",
-            (conversation_id, limit), quick=True)
+            # The last turn or few (a /v1 follow-up's parent) on the event loop; a whole
+            # history (hundreds of long turns: milliseconds) on the reader's thread.
+            (conversation_id, limit), quick=limit <= QUICK_TURNS)
         return [_turn(r) for r in rows]
 
     async def turn(self, turn_id: str) -> Turn | None:

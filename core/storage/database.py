@@ -3,8 +3,9 @@
 The repositories (principals, conversations, sessions, account state) are written once, in the
 SQL that SQLite and PostgreSQL share, with ``?`` placeholders; each backend runs it its own way:
 
-- ``SqliteDatabase``: one process, a writer and a reader connection on one WAL file, hot writes
-  group-committed, per-key locks in memory, changes announced to this process only.
+- ``SqliteDatabase``: one process, a writer and a reader connection on one WAL file (and reads
+  by key on the event loop), hot writes group-committed, per-key locks in memory, changes
+  announced to this process only.
 - ``PostgresDatabase``: any number of processes, an asyncpg pool, per-key locks as advisory
   locks, changes announced to every process with LISTEN/NOTIFY.
 

@@ -1,7 +1,8 @@
 """The SQLite backend: one process, one WAL file, group commit.
 
-Two connections to one WAL database: a writer and a reader. In WAL mode the reader sees every
-committed write and never waits for the writer.
+Connections to one WAL database: a writer and a reader, each on a thread of its own, and a
+quick reader on the event loop's thread for reads by key (``quick=True``: a conversation, its
+last turns). In WAL mode a reader sees every committed write and never waits for the writer.
 
 Writes take one of two ways, serialised by one asyncio lock (statements of two coroutines must
 never interleave inside one transaction):
@@ -192,7 +193,8 @@ class SqliteDatabase:
         try:
             return self._quick.execute(sql, params).fetchall()
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            # The extended code: a recovery in progress is SQLITE_BUSY_RECOVERY (261).
+            if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 return None
             raise
 

@@ -122,6 +122,15 @@ def test_two_endpoints_on_one_path_are_refused() -> None:
         settings_from_dict({"paths": {"recall": "/api/chat"}})
 
 
+def test_the_openai_prefix_is_a_path_of_its_own() -> None:
+    assert settings_from_dict({"paths": {"openai_prefix": "/v1/"}}).paths.openai_prefix == "/v1"
+    with pytest.raises(ConfigError, match="openai_prefix must name a path below '/'"):
+        settings_from_dict({"paths": {"openai_prefix": "/"}})
+    # Everything under the prefix answers in OpenAI's envelope: no other endpoint may be there.
+    with pytest.raises(ConfigError, match=r"paths\.chat is under paths\.openai_prefix"):
+        settings_from_dict({"paths": {"openai_prefix": "/api"}})
+
+
 def test_toml_syntax_error(tmp_path: Path) -> None:
     path = _write(tmp_path, "[server]\nport = = 1\n")
     with pytest.raises(ConfigError, match="not valid TOML") as caught:

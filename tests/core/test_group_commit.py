@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,39 @@ async def test_a_quick_read_on_the_event_loop_sees_every_commit(tmp_path: Path) 
             assert rows[0]["v"] == "changed"
         await store.write([("DELETE FROM t WHERE k = 4", ())])
         assert await store.fetchone("SELECT v FROM t WHERE k = 4", quick=True) is None
+
+
+_RECOVERING = r"""
+import fcntl, os, struct, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+for offset in (120, 122):  # the WAL's write lock and recover lock: a recovery is running
+    fcntl.fcntl(fd, fcntl.F_SETLK, struct.pack("hhqqi", fcntl.F_WRLCK, 0, offset, 1, 0))
+os.pwrite(fd, b"\0" * 136, 0)  # and the WAL index's header is no longer valid
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+async def test_a_quick_read_during_a_recovery_waits_on_the_readers_thread(
+        tmp_path: Path) -> None:
+    # Another process recovering the WAL (after a crash) makes SQLite answer a reader
+    # SQLITE_BUSY_RECOVERY: the quick read is not refused, and not waited for on the event
+    # loop either; the reader's thread waits for the recovery and answers.
+    path = tmp_path / "db.sqlite"
+    async with Store(path) as store:
+        await store.write([("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)", ())])
+        await store.write([("INSERT INTO t VALUES (1, 'one')", ())])
+        holder = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _RECOVERING, f"{path}-shm", "0.5",
+            stdout=asyncio.subprocess.PIPE)
+        assert holder.stdout is not None
+        assert (await holder.stdout.readline()).strip() == b"held"
+        read = asyncio.ensure_future(store.fetchone("SELECT v FROM t WHERE k = 1", quick=True))
+        ticks = 0
+        while not read.done():  # the event loop goes on turning while the read waits
+            await asyncio.sleep(0.01)
+            ticks += 1
+        row = read.result()
+        assert row is not None and row["v"] == "one"
+        assert ticks >= 10  # it waited for the recovery (0.5 s), off the event loop
+        await holder.wait()

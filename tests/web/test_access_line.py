@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from core.chat import ChatRequest
 from core.gateway import Gateway
-from tests.fakes.upstream import FakeUpstream, Status
+from tests.fakes.upstream import FakeUpstream, Hang, Status
 from web.access_log import RedactingAccessLogger
 from web.app import create_app
 
@@ -61,3 +64,56 @@ async def test_a_call_outside_a_request_logs_its_own_line(
     lines = _lines(caplog, "core.upstream")
     assert len(lines) == 1
     assert lines[0].startswith("upstream chat account=A model=model-a status=200 stream=False")
+
+
+@pytest.mark.parametrize("runner_options", [{}, {"access_log": None}],
+                         ids=["aiohttp's access logger", "no access log"])
+async def test_without_our_access_line_the_call_logs_its_own(
+    gateway: Gateway, upstream_a: FakeUpstream, caplog: pytest.LogCaptureFixture,
+    runner_options: dict[str, Any],
+) -> None:
+    # Served by a runner whose access lines are not ours (or that writes none), the call's
+    # line is not kept for a line that never comes.
+    caplog.set_level(logging.INFO)
+    _, key = await gateway.principals.create("user", "ann")
+    runner = web.AppRunner(create_app(gateway), **runner_options)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port = runner.addresses[0][1]
+        async with aiohttp.ClientSession() as session, session.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                headers={"Authorization": f"Bearer {key}"},
+                json={"messages": [{"role": "user", "content": "hi"}]}) as answer:
+            assert answer.status == 200
+    finally:
+        await runner.cleanup()
+    lines = _lines(caplog, "core.upstream")
+    assert len(lines) == 1 and lines[0].startswith("upstream chat account=")
+
+
+async def test_a_request_cancelled_at_shutdown_still_logs_its_call(
+    gateway: Gateway, upstream_a: FakeUpstream, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A server stopping cancels the handlers still running past its grace: no access line
+    # will be written for them, so the call that was under way says so on its own line.
+    caplog.set_level(logging.INFO)
+    _, key = await gateway.principals.create("user", "ann")
+    runner = web.AppRunner(create_app(gateway), access_log_class=RedactingAccessLogger,
+                           shutdown_timeout=0.2)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    upstream_a.enqueue(Hang())
+    async with aiohttp.ClientSession() as session:
+        call = asyncio.ensure_future(session.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"messages": [{"role": "user", "content": "hi"}]}))
+        await upstream_a.wait_in_flight(1)
+        await runner.cleanup()
+        with pytest.raises(aiohttp.ClientError):
+            await call
+    lines = _lines(caplog, "core.upstream")
+    assert len(lines) == 1 and lines[0].startswith("upstream chat account=A")
+    assert "status=-" in lines[0]

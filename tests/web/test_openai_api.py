@@ -175,6 +175,8 @@ async def test_every_error_uses_the_envelope(base_url: str, member: str) -> None
             ("GET", "/no-such-endpoint", {"headers": auth}, 404),
             ("POST", "/chat/completions",
              {"json": {"messages": [{"role": "wizard", "content": "x"}]}, "headers": auth}, 400),
+            ("POST", "/chat/completions",
+             {"json": {"messages": [{"role": ["user"], "content": "x"}]}, "headers": auth}, 400),
         ]
         for method, path, kwargs, status in cases:
             async with session.request(method, base_url + path, **kwargs) as resp:
