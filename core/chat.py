@@ -295,7 +295,8 @@ class ChatService:
             # A caller that sends its own context (/v1) needs only the last turn, as parent.
             own_context = request.messages is not None and request.continues_turn is None
             recent = await self.conversations.recent_turns(
-                conversation.id, 1 if own_context else MAX_HISTORY_TURNS)
+                conversation.id, 1 if own_context else MAX_HISTORY_TURNS,
+                expected=conversation.turn_count)
             if not recent:
                 raise NotFound("no such conversation", code="conversation_not_found")
             replaced = None

@@ -18,8 +18,9 @@ from ..models import Conversation, Turn
 from .database import Database, IntegrityError, Row, Statement
 
 NO_LIMIT = 2**62
-QUICK_TURNS = 8
-"""Reading at most this many turns is a quick read (``Database.fetchone``)."""
+QUICK_TURNS = 16
+"""Reading at most this many turns is a quick read (``Database.fetchone``): a few hundred
+microseconds at most, even of long replies."""
 _CONVERSATION_COLUMNS = (
     "id, owner_id, title, mode, account, model, client_id, external_ref, turn_count,"
     " created_utc, updated_utc"
@@ -180,15 +181,18 @@ class ConversationRepo:
         )
         return [_turn(r) for r in rows]
 
-    async def recent_turns(self, conversation_id: str, limit: int) -> list[Turn]:
+    async def recent_turns(self, conversation_id: str, limit: int, *,
+                           expected: int | None = None) -> list[Turn]:
         """The last ``limit`` turns, newest first: history is trimmed from the oldest end, so
-        reading backwards lets the caller stop as soon as the budget is spent."""
+        reading backwards lets the caller stop as soon as the budget is spent. ``expected``:
+        about how many turns the conversation has (its ``turn_count`` as last read)."""
+        few = min(limit, limit if expected is None else expected) <= QUICK_TURNS
         rows = await self.db.fetchall(
             f"SELECT {_TURN_COLUMNS} FROM turns WHERE conversation_id = ?"
             " ORDER BY position DESC LIMIT ?",
-            # The last turn or few (a /v1 follow-up's parent) on the event loop; a whole
-            # history (hundreds of long turns: milliseconds) on the reader's thread.
-            (conversation_id, limit), quick=limit <= QUICK_TURNS)
+            # A few turns (a /v1 follow-up's parent, a short conversation) on the event loop;
+            # a long history (hundreds of turns: milliseconds) on the reader's thread.
+            (conversation_id, limit), quick=few)
         return [_turn(r) for r in rows]
 
     async def turn(self, turn_id: str) -> Turn | None:
