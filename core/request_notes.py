@@ -13,7 +13,7 @@ import logging
 from contextvars import ContextVar
 
 
-class Notes:
+class _Notes:
     """One request's notes; ``closed`` once its access line is written (a call still running
     then, in a task the request started, logs its own line)."""
 
@@ -24,15 +24,13 @@ class Notes:
         self.closed = False
 
 
-_CURRENT: ContextVar[Notes | None] = ContextVar("request_notes", default=None)
+_CURRENT: ContextVar[_Notes | None] = ContextVar("request_notes", default=None)
 
 
-def begin() -> Notes:
+def begin() -> None:
     """Notes for the request this task serves (aiohttp runs each request in a task of its
     own, which its access line is written from)."""
-    notes = Notes()
-    _CURRENT.set(notes)
-    return notes
+    _CURRENT.set(_Notes())
 
 
 def add(text: str) -> bool:

@@ -242,19 +242,22 @@ async def complete(
         status = transport_failure.kind
         raise transport_failure from None
     finally:
-        # One INFO line per reply, on the request's access line when there is one; title
-        # calls, which follow every new conversation's reply, at DEBUG unless they fail (a
-        # quarter of the log volume, for little information).
-        duration_ms = int((time.perf_counter() - started) * 1000)
-        if purpose == "title" and status == 200:
-            log.debug("upstream %s account=%s model=%s status=%s stream=%s duration_ms=%d",
-                      purpose, target.name, target.model, status, stream, duration_ms)
-        elif not (log.isEnabledFor(logging.INFO) and request_notes.add(
-                f"upstream {purpose} account={target.name} model={target.model} "
-                f"status={status} stream={stream} duration_ms={duration_ms}")):
-            log.info("upstream %s account=%s model=%s status=%s stream=%s duration_ms=%d",
-                     purpose, target.name, target.model, status, stream, duration_ms)
+        _log_call(purpose, target, status, stream, started)
     return result
+
+
+def _log_call(purpose: str, target: Target, status: int | str, stream: bool,
+              started: float) -> None:
+    """One INFO line a call, on the request's access line when there is one
+    (core/request_notes.py); title calls, which follow every new conversation's reply, at
+    DEBUG unless they fail (a quarter of the log volume, for little information)."""
+    level = logging.DEBUG if purpose == "title" and status == 200 else logging.INFO
+    if not log.isEnabledFor(level):
+        return
+    line = (f"upstream {purpose} account={target.name} model={target.model} status={status} "
+            f"stream={stream} duration_ms={int((time.perf_counter() - started) * 1000)}")
+    if level == logging.DEBUG or not request_notes.add(line):
+        log.log(level, "%s", line)
 
 
 @functools.lru_cache(maxsize=64)
@@ -289,8 +292,7 @@ async def post_json(target: Target, path: str, body: dict[str, Any], *,
         status = transport_failure.kind
         raise transport_failure from None
     finally:
-        log.info("upstream %s account=%s model=%s status=%s duration_ms=%d", purpose,
-                 target.name, target.model, status, (time.perf_counter() - started) * 1000)
+        _log_call(purpose, target, status, False, started)
     try:
         data = json.loads(raw)
     except ValueError:

@@ -19,8 +19,8 @@ from .database import Database, IntegrityError, Row, Statement
 
 NO_LIMIT = 2**62
 QUICK_TURNS = 16
-"""Reading at most this many turns is a quick read (``Database.fetchone``): a few hundred
-microseconds at most, even of long replies."""
+"""Reading at most this many turns is a quick read (``Database.fetchall(quick=True)``): a few
+hundred microseconds at most, even of long replies."""
 _CONVERSATION_COLUMNS = (
     "id, owner_id, title, mode, account, model, client_id, external_ref, turn_count,"
     " created_utc, updated_utc"

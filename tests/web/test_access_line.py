@@ -54,6 +54,34 @@ async def test_a_request_logs_one_line_with_its_upstream_calls(
     assert _lines(caplog, "core.upstream") == []  # told on the access lines, not again
 
 
+async def test_a_streamed_reply_and_embeddings_are_told_on_their_access_lines(
+    gateway: Gateway, aiohttp_client: Any, upstream_a: FakeUpstream,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    _, key = await gateway.principals.create("user", "ann")
+    server = TestServer(create_app(gateway))
+    await server.start_server(access_log_class=RedactingAccessLogger)
+    client = await aiohttp_client(server)
+    auth = {"Authorization": f"Bearer {key}"}
+    async with client.post("/v1/chat/completions", headers=auth, json={
+            "model": "model-a", "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}) as streamed:
+        assert streamed.status == 200
+        assert (await streamed.text()).endswith("data: [DONE]\n\n")
+    async with client.post("/v1/embeddings", headers=auth,
+                           json={"model": "model-a", "input": "some text"}) as embedded:
+        assert embedded.status == 200, await embedded.text()
+    await client.close()
+
+    access = _lines(caplog, "aiohttp.access")
+    (chat,) = [line for line in access if "/v1/chat/completions" in line]
+    assert " upstream chat account=A model=model-a status=200 stream=True " in chat
+    (embeddings,) = [line for line in access if "/v1/embeddings" in line]
+    assert " upstream embeddings account=A model=model-a status=200 stream=False " in embeddings
+    assert _lines(caplog, "core.upstream") == []
+
+
 async def test_a_call_outside_a_request_logs_its_own_line(
     gateway: Gateway, upstream_a: FakeUpstream, caplog: pytest.LogCaptureFixture,
 ) -> None:
