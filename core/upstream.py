@@ -279,7 +279,7 @@ async def post_json(target: Target, path: str, body: dict[str, Any], *,
         async with target.session.post(
             f"{target.base_url}{path}",
             data=_payload(json.dumps(body, ensure_ascii=False).encode()),
-            headers=target.headers(), timeout=aiohttp.ClientTimeout(total=target.timeout_s),
+            headers=target.headers(), timeout=_timeout(target.timeout_s, False),
         ) as resp:
             status = resp.status
             await _raise_for_status(resp)
