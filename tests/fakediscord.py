@@ -260,6 +260,11 @@ class FakeDiscord:
         await self._ws.send_str(json.dumps(payload))
 
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        if self._ws is None:
+            # As Discord does: no session connected, no event (a bot posting from its
+            # setup, before it has connected, must not make the post fail and be retried:
+            # posted twice).
+            return
         self._seq += 1
         await self._send_ws({"op": 0, "t": event, "s": self._seq, "d": data})
 
