@@ -26,7 +26,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import aiohttp
 from pydantic import SecretStr
 
 from .capabilities import can_all
@@ -37,6 +36,7 @@ from .metrics import NO_OBSERVER, Observer
 from .models import PlusChoice
 from .storage.account_state import AccountState, AccountStateRepo
 from .upstream import Target, UpstreamFailure, make_session
+from .upstream_http import UpstreamSession
 
 Health = Literal["healthy", "cooling", "out"]
 BUSY_RETRY_AFTER_S = 5.0
@@ -76,7 +76,7 @@ class Account:
         self,
         settings: AccountSettings,
         api_key: SecretStr | None,
-        session: aiohttp.ClientSession,
+        session: UpstreamSession,
         *,
         clock: Callable[[], float],
         missing_key: str | None = None,
@@ -244,7 +244,7 @@ class AccountPool:
         self.accounts: list[Account] = []
         self._by_name: dict[str, Account] = {}
         self._cursor: dict[str, int] = {}
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._sessions: dict[str, UpstreamSession] = {}
 
     async def open(self) -> None:
         for cfg in self._settings.accounts:

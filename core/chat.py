@@ -21,8 +21,6 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import aiohttp
-
 from . import exchange, images
 from .accounts import BUSY_RETRY_AFTER_S, Account, AccountPool, SlotRefused
 from .answering import Answerer, Progress, max_tokens
@@ -44,6 +42,7 @@ from .titles import TITLE_MAX_TOKENS
 from .turn import Attempt, ChatListener, ChatRequest, ChatResult, StartInfo
 from .upstream import Message, Target, UpstreamFailure
 from .upstream_errors import as_gateway_error, describe
+from .upstream_http import UpstreamSession
 from .wire import content_text
 
 __all__ = ["ChatListener", "ChatRequest", "ChatResult", "ChatService", "StartInfo"]
@@ -60,7 +59,7 @@ class ChatService:
         settings: Settings,
         pool: AccountPool,
         conversations: ConversationRepo,
-        own_key_session: aiohttp.ClientSession,
+        own_key_session: UpstreamSession,
         *,
         limiter: RateLimiter,
         lock: Callable[[str], AbstractAsyncContextManager[Any]],

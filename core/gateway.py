@@ -47,6 +47,7 @@ from .stopping import StopBoard, StopSignal
 from .storage import Storage, storage_for
 from .storage.usage_report import GroupBy
 from .upstream import make_session
+from .upstream_http import UpstreamSession
 from .usage import Report, UsageService
 from .web_sessions import WebSessions
 
@@ -71,7 +72,7 @@ class Gateway:
         box: CredentialBox,
         password_grant: PasswordGrant,
         secrets: Secrets | None = None,
-        http_sessions: tuple[aiohttp.ClientSession, ...] = (),
+        http_sessions: tuple[UpstreamSession | aiohttp.ClientSession, ...] = (),
         embeddings: EmbeddingService | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -753,7 +754,8 @@ def build_gateway(settings: Settings, *, environ: dict[str, str] | None = None,
     if metrics is not None:
         metrics.watch(pool)
     own_key_session = make_session(settings.proxy_for(settings.own_key.proxy))
-    oauth_session = make_session("")
+    # The identity provider is asked now and then: aiohttp's client, without cookies.
+    oauth_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
     chat_service = ChatService(
         settings, pool, storage.conversations, own_key_session,
         limiter=storage.rate_limiter(settings.limits.user_requests_per_minute, clock),

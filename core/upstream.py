@@ -7,22 +7,18 @@ take it out (the upstream rejected its key), or nothing (the request itself was 
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import io
 import json
 import logging
 import time
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import aiohttp
-import aiohttp_socks
 import python_socks
-from aiohttp_socks import ProxyConnector
 
 from . import completions_api, fastjson, request_notes, responses_api
 from .clock import utc_now
+from .upstream_http import BrokenResponse, Response, Timeouts, UpstreamSession
 from .wire import (
     COOLING_KINDS,
     DEFAULT_MAX_REPLY_BYTES,
@@ -54,22 +50,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PROXY_ERRORS: tuple[type[Exception], ...] = (
-    aiohttp_socks.ProxyError, aiohttp_socks.ProxyConnectionError,
-    aiohttp_socks.ProxyTimeoutError, python_socks.ProxyError,
+    python_socks.ProxyError, python_socks.ProxyConnectionError, python_socks.ProxyTimeoutError,
 )
-TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
-    aiohttp.ClientError, TimeoutError, OSError, *PROXY_ERRORS,
-)
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, OSError, *PROXY_ERRORS)
 
-def make_session(proxy_url: str, *, limit: int = 100) -> aiohttp.ClientSession:
-    """One long-lived session per account (or proxy), with its connection pool."""
-    connector: aiohttp.BaseConnector
-    if proxy_url:
-        connector = ProxyConnector.from_url(proxy_url, limit=limit, rdns=True)
-    else:
-        connector = aiohttp.TCPConnector(limit=limit)
-    # Our own JSON encoding and no cookie jar: an upstream must not set state across users.
-    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+def make_session(proxy_url: str, *, limit: int = 100) -> UpstreamSession:
+    """One long-lived session per account (or proxy), with its connection pool: no cookies,
+    no state of one caller's call that another's could see."""
+    return UpstreamSession(proxy_url, limit=limit)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -91,7 +80,7 @@ ERROR_BODY_BYTES = 1 << 16
 """An error body is read this far for its message; past it, the status says enough."""
 
 
-async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+async def read_capped(resp: Response, limit: int) -> bytes:
     """The body, read piece by piece and refused (``reply_too_large``) once past ``limit``
     bytes: a huge answer is never buffered whole."""
     if resp.content_length is not None and resp.content_length > limit:
@@ -104,14 +93,14 @@ async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
             raise too_large(limit)
         return whole
     body = bytearray()
-    async for block in resp.content.iter_chunked(1 << 16):
+    async for block in resp.iter_any():
         body += block
         if len(body) > limit:
             raise too_large(limit)
     return bytes(body)
 
 
-async def _error_detail(resp: aiohttp.ClientResponse) -> str:
+async def _error_detail(resp: Response) -> str:
     """The upstream's own error message when it gave one in OpenAI's shape."""
     try:
         body = await read_capped(resp, ERROR_BODY_BYTES)
@@ -124,7 +113,7 @@ async def _error_detail(resp: aiohttp.ClientResponse) -> str:
     return resp.reason or f"HTTP {resp.status}"
 
 
-async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
+async def _raise_for_status(resp: Response) -> None:
     if resp.status < 400:
         return
     detail = await _error_detail(resp)
@@ -132,7 +121,7 @@ async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
     if status == 429:
         raise UpstreamFailure(
             "rate_limited", detail, status=status,
-            retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+            retry_after=parse_retry_after(resp.headers.get("retry-after")),
         )
     if status in (401, 403):
         raise UpstreamFailure("auth", detail, status=status)
@@ -142,17 +131,17 @@ async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
     if status >= 500 or status == 408:
         raise UpstreamFailure(
             "server", detail, status=status,
-            retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+            retry_after=parse_retry_after(resp.headers.get("retry-after")),
         )
     raise UpstreamFailure("rejected", detail, status=status)
 
 
 def _transport_failure(exc: BaseException) -> UpstreamFailure:
-    if isinstance(exc, (*PROXY_ERRORS, aiohttp.ClientProxyConnectionError)):
+    if isinstance(exc, PROXY_ERRORS):
         return UpstreamFailure("proxy", f"proxy failure: {exc}")
-    if isinstance(exc, asyncio.TimeoutError):
+    if isinstance(exc, TimeoutError):
         return UpstreamFailure("timeout", "the upstream did not answer in time")
-    if isinstance(exc, aiohttp.ClientPayloadError):
+    if isinstance(exc, BrokenResponse):
         return UpstreamFailure("server", "the upstream broke the connection mid-answer")
     return UpstreamFailure("connect", f"cannot reach the upstream: {type(exc).__name__}")
 
@@ -207,7 +196,7 @@ async def complete(
     status: int | str = "-"
     try:
         async with target.session.post(
-            url, data=_payload(body), headers=target.headers(), timeout=timeout,
+            url, data=body, headers=target.headers(), timeout=timeout,
         ) as resp:
             status = resp.status
             await _raise_for_status(resp)
@@ -234,7 +223,7 @@ async def complete(
         status = failure.status or failure.kind
         raise
     except ValueError:
-        # aiohttp refuses a line over its buffer limit ("Chunk too big"): not an SSE stream.
+        # An SSE event past its size limit, or an answer that is not HTTP (MalformedResponse).
         status = "garbage"
         raise UpstreamFailure("garbage", "the upstream sent an oversized or broken line") from None
     except TRANSPORT_ERRORS as exc:
@@ -261,12 +250,11 @@ def _log_call(purpose: str, target: Target, status: int | str, stream: bool,
 
 
 @functools.lru_cache(maxsize=64)
-def _timeout(timeout_s: float, stream: bool) -> aiohttp.ClientTimeout:
-    """A call's timeouts (frozen, so one object serves every call with the same settings)."""
+def _timeout(timeout_s: float, stream: bool) -> Timeouts:
+    """A call's timeouts: the whole call, or for a stream, each wait for its next bytes."""
     if stream:
-        return aiohttp.ClientTimeout(total=None, sock_connect=min(timeout_s, 30),
-                                     sock_read=timeout_s)
-    return aiohttp.ClientTimeout(total=timeout_s)
+        return Timeouts(connect=min(timeout_s, 30), read=timeout_s)
+    return Timeouts(total=timeout_s)
 
 
 async def post_json(target: Target, path: str, body: dict[str, Any], *,
@@ -278,7 +266,7 @@ async def post_json(target: Target, path: str, body: dict[str, Any], *,
     try:
         async with target.session.post(
             f"{target.base_url}{path}",
-            data=_payload(json.dumps(body, ensure_ascii=False).encode()),
+            data=json.dumps(body, ensure_ascii=False).encode(),
             headers=target.headers(), timeout=_timeout(target.timeout_s, False),
         ) as resp:
             status = resp.status
@@ -287,6 +275,9 @@ async def post_json(target: Target, path: str, body: dict[str, Any], *,
     except UpstreamFailure as failure:
         status = failure.status or failure.kind
         raise
+    except ValueError:
+        status = "garbage"
+        raise UpstreamFailure("garbage", "the upstream's answer is not HTTP") from None
     except TRANSPORT_ERRORS as exc:
         transport_failure = _transport_failure(exc)
         status = transport_failure.kind
@@ -421,7 +412,7 @@ def _take_chunk(raw: str, result: Completion, pieces: list[str], status: int,
 
 
 async def _read_stream(
-    resp: aiohttp.ClientResponse, target: Target, on_delta: OnDelta, meter: ReplyMeter,
+    resp: Response, target: Target, on_delta: OnDelta, meter: ReplyMeter,
     on_raw: OnRaw | None = None,
 ) -> Completion:
     result = Completion(text="", model=target.model)
@@ -450,11 +441,3 @@ async def _read_stream(
     result.message = extras.message()
     return result
 
-
-LARGE_BODY_BYTES = 1 << 20
-
-
-def _payload(body: bytes) -> bytes | io.BytesIO:
-    """A body past 1 MiB (images inline) as a file aiohttp sends in chunks, yielding to the
-    event loop between them; the usual small body as it is."""
-    return io.BytesIO(body) if len(body) > LARGE_BODY_BYTES else body

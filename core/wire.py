@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import aiohttp
+from .upstream_http import Response, UpstreamSession
 
 FailureKind = Literal[
     "rate_limited", "server", "timeout", "proxy", "connect", "auth", "misconfigured", "rejected",
@@ -173,7 +173,7 @@ class Target:
     name: str
     base_url: str
     model: str
-    session: aiohttp.ClientSession
+    session: UpstreamSession
     api_key: str | None
     timeout_s: float
     api: Literal["chat", "responses", "completions"] = "chat"
@@ -192,14 +192,14 @@ MAX_EVENT_BYTES = 1 << 20
 """An SSE event larger than this is not a chat stream: refused as garbage, not buffered."""
 
 
-async def sse_batches(resp: aiohttp.ClientResponse) -> AsyncIterator[list[str]]:
+async def sse_batches(resp: Response) -> AsyncIterator[list[str]]:
     """The ``data:`` payloads of a server-sent event stream, a list for each network read.
 
     Batching by read rather than yielding event by event lets a caller pass on, in one piece,
     every delta that arrived together: one write to its own client instead of one per token
     (the bench showed per-chunk writes costing most of a stream's time in the gateway)."""
     buffer = b""
-    async for block in resp.content.iter_any():
+    async for block in resp.iter_any():
         buffer += block.replace(b"\r\n", b"\n")
         *events, buffer = buffer.split(b"\n\n")
         if len(buffer) > MAX_EVENT_BYTES:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
+import pytest
+
 from core.chat import ChatRequest
 from core.config import Settings
 from core.gateway import build_gateway
@@ -20,12 +22,15 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.parametrize("scheme", ["socks5", "socks5h"])
 async def test_account_traffic_goes_through_its_proxy(
-    make_settings: Callable[..., Settings], upstream_a: FakeUpstream
+    make_settings: Callable[..., Settings], upstream_a: FakeUpstream, scheme: str
 ) -> None:
+    # socks5h: the proxy resolves names; the address still goes through it as given.
     async with FakeSocks5() as proxy:
+        url = proxy.url.replace("socks5://", f"{scheme}://", 1)
         settings = make_settings([account("A", upstream_a, "KEY_A", proxy="default")],
-                                 proxy={"default": proxy.url})
+                                 proxy={"default": url})
         async with build_gateway(settings, environ=ENVIRON) as gateway:
             user, _ = await gateway.principals.create("user", "ann")
             result = await gateway.chat(user, ChatRequest(prompt="hello"))

@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from core.wire import sse_batches
 
 
-class _Body:
+class _Response:
+    """An upstream answer's body as it arrived, read by read (``Response.iter_any``)."""
+
     def __init__(self, reads: list[bytes]) -> None:
         self.reads = reads
 
     async def iter_any(self) -> AsyncIterator[bytes]:
         for read in self.reads:
             yield read
-
-
-class _Response:
-    def __init__(self, reads: list[bytes]) -> None:
-        self.content: Any = _Body(reads)
 
 
 async def _batches(reads: list[bytes]) -> list[list[str]]:

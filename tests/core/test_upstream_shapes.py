@@ -10,10 +10,10 @@ import copy
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import aiohttp
 import pytest
 
-from core.upstream import Completion, Target, UpstreamFailure, complete
+from core.upstream import Completion, Target, UpstreamFailure, complete, make_session
+from core.upstream_http import UpstreamSession
 from tests.fakes.upstream import FakeUpstream, Garbage
 
 WRONG_VALUES: list[Any] = [None, True, -3, 2.5, 1 << 70, "text", [], [1, "x"], {}, {"k": [1]}]
@@ -74,12 +74,13 @@ async def fake() -> AsyncIterator[FakeUpstream]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as http:
-        yield http
+async def session() -> AsyncIterator[UpstreamSession]:
+    http = make_session("")
+    yield http
+    await http.close()
 
 
-def target(fake: FakeUpstream, session: aiohttp.ClientSession, api: str = "chat") -> Target:
+def target(fake: FakeUpstream, session: UpstreamSession, api: str = "chat") -> Target:
     return Target(name="shapes", base_url=fake.base_url, model="m", session=session,
                   api_key=None, timeout_s=5, api=api)  # type: ignore[arg-type]
 
@@ -93,7 +94,7 @@ def assert_well_typed(result: Completion, deltas: list[str]) -> None:
     assert all(isinstance(d, str) for d in deltas)
 
 
-async def outcome(fake: FakeUpstream, session: aiohttp.ClientSession, api: str,
+async def outcome(fake: FakeUpstream, session: UpstreamSession, api: str,
                   body: Garbage, stream: bool) -> str:
     fake.enqueue(body)
     deltas: list[str] = []
@@ -112,7 +113,7 @@ async def outcome(fake: FakeUpstream, session: aiohttp.ClientSession, api: str,
 
 
 async def test_a_chat_completion_of_any_wrong_shape_is_garbage_or_well_typed(
-    fake: FakeUpstream, session: aiohttp.ClientSession,
+    fake: FakeUpstream, session: UpstreamSession,
 ) -> None:
     seen = {name: await outcome(fake, session, "chat", Garbage.json(body), False)
             for name, body in variants(CHAT)}
@@ -128,7 +129,7 @@ async def test_a_chat_completion_of_any_wrong_shape_is_garbage_or_well_typed(
 
 
 async def test_a_streamed_chunk_of_any_wrong_shape_is_garbage_or_well_typed(
-    fake: FakeUpstream, session: aiohttp.ClientSession,
+    fake: FakeUpstream, session: UpstreamSession,
 ) -> None:
     seen = {}
     for index, chunk in enumerate(CHUNKS):
@@ -143,7 +144,7 @@ async def test_a_streamed_chunk_of_any_wrong_shape_is_garbage_or_well_typed(
 
 
 async def test_a_responses_answer_of_any_wrong_shape_is_garbage_or_well_typed(
-    fake: FakeUpstream, session: aiohttp.ClientSession,
+    fake: FakeUpstream, session: UpstreamSession,
 ) -> None:
     seen = {name: await outcome(fake, session, "responses", Garbage.json(body), False)
             for name, body in variants(RESPONSE)}
