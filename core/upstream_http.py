@@ -247,7 +247,8 @@ class Head:
         status_line, _, rest = text.partition("\r\n")
         version, _, status_reason = status_line.partition(" ")
         code, _, reason = status_reason.partition(" ")
-        if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+        digits = len(code) == 3 and code.isascii() and code.isdigit()
+        if not version.startswith("HTTP/1.") or not digits:
             raise MalformedResponse("the upstream's answer is not HTTP")
         self.version = version
         self.status = int(code)
@@ -329,7 +330,7 @@ class Response:
                 raise MalformedResponse(f"unsupported transfer encoding: {transfer}")
             self._chunked = True
         elif length is not None:
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit()):
                 raise MalformedResponse(f"a broken Content-Length: {length[:40]!r}")
             self.content_length = self._remaining = int(length)
             self._done = self._remaining == 0
@@ -384,7 +385,10 @@ class Response:
                 raise BrokenResponse("the upstream broke the connection mid-answer")
             await conn.more()
         if self._inflate is not None:
-            tail, self._inflate = self._inflate.flush(), None
+            inflate, self._inflate = self._inflate, None
+            tail = inflate.flush()
+            if not inflate.eof:  # a compressed body cut short is not the whole answer
+                raise MalformedResponse("the upstream's compressed body ends before its end")
             if tail:
                 return tail
         return None
