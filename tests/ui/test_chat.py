@@ -209,7 +209,9 @@ async def test_reply_grows_in_place_while_streaming(ui: Ui, gateway: Gateway, ad
     """The streaming reply only ever grows downwards: nothing above it moves, the line under
     it is there from the start, and the view follows the end of the reply."""
     paragraphs = [" ".join(f"word{n}-{i}" for i in range(60)) for n in range(40)]
-    upstream_a.enqueue("\n\n".join(paragraphs))
+    # Word by word, a millisecond apart, as a model writes: sent at once, the whole reply can
+    # reach the gateway in one read and the page in one render.
+    upstream_a.enqueue(Reply("\n\n".join(paragraphs), chunk_delay=0.001))
     await ui.sign_in(await make_key(gateway, admin_key, "ann"))
     page = ui.page
     await ui.chat_ready()
