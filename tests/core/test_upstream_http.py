@@ -200,21 +200,26 @@ async def test_content_length_body_is_read_whole(serve: Serve, session: Upstream
         assert await resp.read() == b'{"id": "x"}'
 
 
-async def test_content_length_body_that_arrives_after_the_head(
-        serve: Serve, session: UpstreamSession) -> None:
+@pytest.mark.parametrize(("first", "rest", "body"), [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", b"defghij", b"abcdefghij"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab",
+     b"c\r\n3\r\ndef\r\n0\r\n\r\n", b"abcdef"),
+], ids=["content-length", "chunked"])
+async def test_body_read_whole_when_the_rest_arrives_after_the_head(
+        serve: Serve, session: UpstreamSession, first: bytes, rest: bytes, body: bytes) -> None:
     head_seen = asyncio.Event()
 
     async def script(peer: Peer) -> None:
         await peer.request()
-        await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await peer.send(first)
         await head_seen.wait()
-        await peer.send(b"defghij")
+        await peer.send(rest)
         await peer.until_closed()
 
     server = await serve(script)
     async with session.post(server.url(), data=b"{}", headers=JSON, timeout=SAFE) as resp:
         head_seen.set()  # read() starts before the rest of the body can have been sent
-        assert await resp.read() == b"abcdefghij"
+        assert await resp.read() == body
 
 
 async def test_chunked_body_in_one_write_with_extensions_and_trailers(
@@ -254,23 +259,6 @@ async def test_chunked_body_split_across_writes_at_awkward_places(
             blocks.append(block)
             got.put_nowait(block)
     assert blocks == [b"hel", b"lo", b" world"]
-
-
-async def test_chunked_body_read_whole_when_it_arrives_in_pieces(
-        serve: Serve, session: UpstreamSession) -> None:
-    head_seen = asyncio.Event()
-
-    async def script(peer: Peer) -> None:
-        await peer.request()
-        await peer.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab")
-        await head_seen.wait()
-        await peer.send(b"c\r\n3\r\ndef\r\n0\r\n\r\n")
-        await peer.until_closed()
-
-    server = await serve(script)
-    async with session.post(server.url(), data=b"{}", headers=JSON, timeout=SAFE) as resp:
-        head_seen.set()
-        assert await resp.read() == b"abcdef"
 
 
 @pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
