@@ -25,6 +25,7 @@ from pydantic import SecretStr
 
 from ..config import StorageSettings
 from .account_state import AccountState, AccountStateRepo
+from .conversation_cache import ConversationCache
 from .conversations import ConversationRepo, UsageRecord
 from .database import ChangeListener, Database, Leadership, StorageError, StorageUnavailable
 from .limits import MemoryRateLimiter, RateLimiter, SharedRateLimiter
@@ -48,8 +49,11 @@ __all__ = [
 class Storage:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self.principals = PrincipalRepo(db)
-        self.conversations = ConversationRepo(db)
+        # One process owns a SQLite file: what it wrote last is what the file holds, so the
+        # conversations it answers lately are kept in memory (core/storage/conversation_cache).
+        cache = None if db.shared else ConversationCache()
+        self.principals = PrincipalRepo(db, conversation_cache=cache)
+        self.conversations = ConversationRepo(db, cache)
         self.sessions = WebSessionRepo(db)
         self.accounts = AccountStateRepo(db)
         self.personas = PersonaRepo(db)

@@ -15,6 +15,7 @@ from .. import exchange
 from ..errors import Conflict
 from ..exchange import Attachment
 from ..models import Conversation, Turn
+from .conversation_cache import ConversationCache
 from .database import Database, IntegrityError, Row, Statement
 
 NO_LIMIT = 2**62
@@ -132,16 +133,27 @@ def _unreferenced(hashes: Sequence[str]) -> Statement:
 
 
 class ConversationRepo:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cache: ConversationCache | None = None) -> None:
+        """``cache``: only for a database no other process writes (SQLite)."""
         self.db = db
+        self._cache = cache
         # Ties in time are broken by insertion order: SQLite's rowid, PostgreSQL's seq.
         self._insertion_order = "rowid" if db.dialect == "sqlite" else "seq"
 
     async def get(self, conversation_id: str) -> Conversation | None:
+        cache = self._cache
+        if cache is not None and (held := cache.conversation(conversation_id)) is not None:
+            return held
+        stamp = cache.stamp if cache is not None else 0
         row = await self.db.fetchone(
             f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE id = ?", (conversation_id,),
             quick=True)
-        return _conversation(row) if row else None
+        if not row:
+            return None
+        conversation = _conversation(row)
+        if cache is not None:
+            cache.read_conversation(conversation, stamp)
+        return conversation
 
     async def by_external_ref(self, client_id: int, ref: str) -> Conversation | None:
         row = await self.db.fetchone(
@@ -186,6 +198,10 @@ class ConversationRepo:
         """The last ``limit`` turns, newest first: history is trimmed from the oldest end, so
         reading backwards lets the caller stop as soon as the budget is spent. ``expected``:
         about how many turns the conversation has (its ``turn_count`` as last read)."""
+        cache = self._cache
+        if cache is not None and (held := cache.recent_turns(conversation_id, limit)) is not None:
+            return held
+        stamp = cache.stamp if cache is not None else 0
         few = min(limit, limit if expected is None else expected) <= QUICK_TURNS
         rows = await self.db.fetchall(
             f"SELECT {_TURN_COLUMNS} FROM turns WHERE conversation_id = ?"
@@ -193,7 +209,10 @@ class ConversationRepo:
             # A few turns (a /v1 follow-up's parent, a short conversation) on the event loop;
             # a long history (hundreds of turns: milliseconds) on the reader's thread.
             (conversation_id, limit), quick=few)
-        return [_turn(r) for r in rows]
+        turns = [_turn(r) for r in rows]
+        if cache is not None:
+            cache.read_turns(conversation_id, turns, limit, stamp)
+        return turns
 
     async def turn(self, turn_id: str) -> Turn | None:
         row = await self.db.fetchone(f"SELECT {_TURN_COLUMNS} FROM turns WHERE id = ?",
@@ -262,13 +281,15 @@ class ConversationRepo:
             ])
         except IntegrityError as exc:
             raise Conflict(f"could not store the conversation: {exc}") from None
+        if self._cache is not None:
+            self._cache.created(conversation, turn)
 
     async def append_turn(self, turn: Turn, usage: UsageRecord,
                           attachments: Sequence[Attachment] = (),
                           extra: Sequence[Statement] = ()) -> bool:
         """Append a follow-up turn. False when the conversation was removed meanwhile."""
         try:
-            return await self.db.write([
+            appended = await self.db.write([
                 ("UPDATE conversations SET turn_count = turn_count + 1, updated_utc = ?"
                  " WHERE id = ?", (turn.reply_utc, turn.conversation_id)),
                 (f"INSERT INTO turns ({_TURN_COLUMNS}) {_TURN_INSERT_VALUES}", _turn_params(turn)),
@@ -279,7 +300,15 @@ class ConversationRepo:
         except IntegrityError as exc:
             # The turn's position was taken: another process answered this conversation
             # without its lock (never by this gateway's own code path).
+            if self._cache is not None:
+                self._cache.forget(turn.conversation_id)
             raise Conflict(f"could not store the turn: {exc}") from None
+        if self._cache is not None:
+            if appended:
+                self._cache.appended(turn)
+            else:
+                self._cache.forget(turn.conversation_id)
+        return appended
 
     async def replace_last_turn(self, old: Turn, turn: Turn, usage: UsageRecord,
                                 attachments: Sequence[Attachment] = (),
@@ -290,7 +319,7 @@ class ConversationRepo:
         held = sorted(exchange.references(old.exchange)) if old.exchange_json else []
         pruned = [_unreferenced(held)] if held else []
         try:
-            return await self.db.write([
+            replaced = await self.db.write([
                 ("DELETE FROM turns WHERE id = ?", (old.id,)),
                 ("UPDATE conversations SET updated_utc = ? WHERE id = ?",
                  (turn.reply_utc, turn.conversation_id)),
@@ -305,16 +334,31 @@ class ConversationRepo:
             # An attachment read as stored was removed meanwhile (its other conversation
             # went): nothing was stored; the member may try again.
             raise Conflict(f"could not store the turn: {exc}") from None
+        if self._cache is not None:
+            if replaced:
+                self._cache.replaced(old, turn)
+            else:
+                self._cache.forget(turn.conversation_id)
+        return replaced
 
     async def replace_title(self, conversation_id: str, old: str, new: str) -> None:
         """The title, unless it changed since it was ``old`` (core/title_batch.py)."""
         await self.db.write([("UPDATE conversations SET title = ? WHERE id = ? AND title = ?",
                               (new, conversation_id, old))])
+        if self._cache is not None:
+            self._cache.retitled(conversation_id, old, new)
 
     async def log_usage(self, usage: UsageRecord, extra: Sequence[Statement] = ()) -> None:
         await self.db.write([(_USAGE_INSERT, _usage_params(usage)), *extra])
 
     async def delete(self, conversation_id: str) -> bool:
+        try:
+            return await self._delete(conversation_id)
+        finally:
+            if self._cache is not None:
+                self._cache.forget(conversation_id)
+
+    async def _delete(self, conversation_id: str) -> bool:
         async with self.db.transaction() as tx:
             held = [r[0] for r in await tx.fetchall(
                 "SELECT DISTINCT ta.sha256 FROM turn_attachments ta"
@@ -328,6 +372,8 @@ class ConversationRepo:
             return removed
 
     async def set_external_ref(self, conversation_id: str, client_id: int, ref: str | None) -> None:
+        if self._cache is not None:
+            self._cache.forget(conversation_id)
         try:
             async with self.db.transaction() as tx:
                 await tx.execute(
@@ -336,6 +382,9 @@ class ConversationRepo:
                 )
         except IntegrityError:
             raise Conflict(f"reference {ref!r} already names another conversation") from None
+        finally:
+            if self._cache is not None:
+                self._cache.forget(conversation_id)
 
     async def usage_stats(self, *, client_id: int | None = None) -> dict[str, Any]:
         """Totals of the usage log and the store; ``client_id`` narrows them to one client's

@@ -17,6 +17,7 @@ from ..clock import iso, utc_now
 from ..errors import Conflict, NotFound
 from ..keys import hash_key, new_key, shown_prefix
 from ..models import Principal, Role
+from .conversation_cache import ConversationCache
 from .database import Database, IntegrityError, Row, Transaction
 
 CHANGES = "gateway_principals"
@@ -55,8 +56,11 @@ def _limits(text: str | None) -> tuple[tuple[str, float | None], ...]:
 
 
 class PrincipalRepo:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *,
+                 conversation_cache: ConversationCache | None = None) -> None:
         self.db = db
+        self._conversation_cache = conversation_cache
+        """Removing a member or a client removes their conversations with them."""
         self.version = 0
         """Bumped around every write, here or in another process, so a cache of principals
         knows when it is stale."""
@@ -186,9 +190,13 @@ class PrincipalRepo:
         return items, int(total_row[0]) if total_row else 0
 
     async def delete(self, principal_id: int) -> None:
-        async with self._changing() as tx:
-            if not await tx.execute("DELETE FROM principals WHERE id = ?", (principal_id,)):
-                raise NotFound("no such user")
+        try:
+            async with self._changing() as tx:
+                if not await tx.execute("DELETE FROM principals WHERE id = ?", (principal_id,)):
+                    raise NotFound("no such user")
+        finally:
+            if self._conversation_cache is not None:
+                self._conversation_cache.clear()
 
     async def update(
         self, principal_id: int, *, plus: bool | None = None, disabled: bool | None = None

@@ -1,0 +1,171 @@
+"""The conversations this process answered lately, with their newest turns, kept in memory.
+
+A follow-up reads its conversation and its newest turns before it is answered: two reads that
+cost SQLite and the sqlite3 module 10 to 15 % of a follow-up's time on the event loop, and
+under load the thread switches around them more (issue 14, bench/ py-spy profiles). With one
+process on SQLite every change to a conversation goes through ``ConversationRepo`` in this
+process, so what it wrote last is what the database holds: the repository writes through this
+cache after each commit, and a follow-up reads it instead.
+
+Only for a database one process owns (SQLite): with several processes (PostgreSQL) another one
+may have changed the rows, and the repository reads them every time.
+
+Bounded: at most ``MAX_CONVERSATIONS`` conversations and ``MAX_BYTES`` of their text, the least
+recently used going first, and at most ``MAX_TURNS`` turns of each (a longer history is read
+from the database).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+
+from ..models import Conversation, Turn
+
+MAX_CONVERSATIONS = 10_000
+MAX_BYTES = 32 << 20
+MAX_TURNS = 64
+TURN_OVERHEAD_BYTES = 400
+"""A turn's size beyond its text: the record, its ids and times."""
+
+
+def _size(turn: Turn) -> int:
+    return (len(turn.prompt) + len(turn.reply) + len(turn.exchange_json or "")
+            + TURN_OVERHEAD_BYTES)
+
+
+@dataclasses.dataclass(slots=True)
+class _Entry:
+    conversation: Conversation
+    turns: list[Turn]
+    """Newest first: the conversation's last ``len(turns)`` turns."""
+    size: int
+
+
+class ConversationCache:
+    def __init__(self, *, max_conversations: int = MAX_CONVERSATIONS,
+                 max_bytes: int = MAX_BYTES, max_turns: int = MAX_TURNS) -> None:
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._bytes = 0
+        self.max_conversations = max_conversations
+        self.max_bytes = max_bytes
+        self.max_turns = max_turns
+        self.stamp = 0
+        """Counts the writes told to the cache. A read of the database that began at another
+        stamp may have seen rows from before a write it would then put back: it is not held."""
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    # ----------------------------------------------------------------- reads
+
+    def conversation(self, conversation_id: str) -> Conversation | None:
+        entry = self._entries.get(conversation_id)
+        if entry is None:
+            return None
+        self._entries.move_to_end(conversation_id)
+        return entry.conversation
+
+    def recent_turns(self, conversation_id: str, limit: int) -> list[Turn] | None:
+        """The newest ``limit`` turns, newest first; None when they are not all held."""
+        entry = self._entries.get(conversation_id)
+        if entry is None or (len(entry.turns) < limit
+                             and len(entry.turns) < entry.conversation.turn_count):
+            return None
+        self._entries.move_to_end(conversation_id)
+        return entry.turns[:limit]
+
+    # ----------------------------------------------------------------- what was read
+
+    def read_conversation(self, conversation: Conversation, stamp: int) -> None:
+        """``conversation`` was just read from the database, the read begun at ``stamp``."""
+        if stamp == self.stamp and conversation.id not in self._entries:
+            self._put(conversation, [], 0)
+
+    def read_turns(self, conversation_id: str, turns: list[Turn], limit: int,
+                   stamp: int) -> None:
+        """``turns`` (newest first, at most ``limit``) were just read from the database, the
+        read begun at ``stamp``: held with the conversation when they are its newest."""
+        entry = self._entries.get(conversation_id)
+        if stamp != self.stamp or entry is None or not turns:
+            return
+        conversation = entry.conversation
+        if turns[0].position != conversation.turn_count - 1 \
+                or len(turns) < min(limit, conversation.turn_count):
+            return  # not what the conversation's row says its newest turns are
+        kept = turns[:self.max_turns]
+        self._put(conversation, kept, sum(_size(turn) for turn in kept))
+
+    # ----------------------------------------------------------------- what was written
+    # Each is told after its commit. A read on the event loop between the commit and this
+    # call may already have put the new rows here: each write checks what it finds.
+
+    def created(self, conversation: Conversation, turn: Turn) -> None:
+        self.stamp += 1
+        if conversation.turn_count != 1:  # the row is stored with one turn, whatever it said
+            conversation = dataclasses.replace(conversation, turn_count=1)
+        self._put(conversation, [turn], _size(turn))
+
+    def appended(self, turn: Turn) -> None:
+        self.stamp += 1
+        entry = self._entries.get(turn.conversation_id)
+        if entry is None:
+            return
+        held = entry.conversation
+        if turn.position != held.turn_count:
+            self.forget(turn.conversation_id)  # not the turn after those held: read again
+            return
+        turns = [turn, *entry.turns]
+        size = entry.size + _size(turn)
+        if len(turns) > self.max_turns:
+            size -= _size(turns.pop())
+        self._put(dataclasses.replace(held, turn_count=held.turn_count + 1,
+                                      updated_utc=turn.reply_utc), turns, size)
+
+    def replaced(self, old: Turn, turn: Turn) -> None:
+        self.stamp += 1
+        entry = self._entries.get(turn.conversation_id)
+        if entry is None:
+            return
+        if not entry.turns or entry.turns[0].id != old.id:
+            self.forget(turn.conversation_id)
+            return
+        self._put(dataclasses.replace(entry.conversation, updated_utc=turn.reply_utc),
+                  [turn, *entry.turns[1:]], entry.size - _size(entry.turns[0]) + _size(turn))
+
+    def retitled(self, conversation_id: str, old: str, new: str) -> None:
+        self.stamp += 1
+        entry = self._entries.get(conversation_id)
+        if entry is not None and entry.conversation.title == old:
+            entry.conversation = dataclasses.replace(entry.conversation, title=new)
+
+    def forget(self, conversation_id: str) -> None:
+        self.stamp += 1
+        entry = self._entries.pop(conversation_id, None)
+        if entry is not None:
+            self._bytes -= entry.size
+
+    def clear(self) -> None:
+        """Everything goes (a member or client was removed, and their conversations with
+        them)."""
+        self.stamp += 1
+        self._entries.clear()
+        self._bytes = 0
+
+    # ----------------------------------------------------------------- bounds
+
+    def _put(self, conversation: Conversation, turns: list[Turn], size: int) -> None:
+        old = self._entries.pop(conversation.id, None)
+        if old is not None:
+            self._bytes -= old.size
+        if size > self.max_bytes // 4:
+            return  # one very long conversation would push out many others: read it
+        self._entries[conversation.id] = _Entry(conversation, turns, size)
+        self._bytes += size
+        while self._bytes > self.max_bytes or len(self._entries) > self.max_conversations:
+            _, oldest = self._entries.popitem(last=False)
+            self._bytes -= oldest.size
