@@ -247,7 +247,7 @@ def draft(messages: list[dict[str, Any]], settings: Settings, *, is_new: bool) -
     # Without inline data, ``stored`` is the caller's own list (nothing changes it later).
     stored, attachments = exchange.extract(messages, settings.chat.max_attachment_bytes)
     kept = exchange.new_messages(stored, is_new)
-    if kept is not stored:
+    if kept is not stored and attachments:
         used = exchange.references(kept)
         attachments = [a for a in attachments if a.sha256 in used]
     return exchange.Draft("chat", kept, attachments)
