@@ -386,14 +386,20 @@ def _take_chunk(raw: str, result: Completion, pieces: list[str], status: int,
     if "error" in chunk:
         message = chunk["error"].get("message") if isinstance(chunk["error"], dict) else None
         raise UpstreamFailure("server", str(message or "the upstream failed mid-stream"))
-    result.upstream_id = result.upstream_id or text_of(chunk, "id")
-    result.model = text_of(chunk, "model") or result.model
-    usage = object_of(chunk, "usage")
-    if usage:
+    # Each field is checked through its helper only when it is not what nearly every chunk
+    # carries (a stream is mostly chunks of a few characters: this is run per chunk).
+    if result.upstream_id is None:
+        result.upstream_id = text_of(chunk, "id")
+    model = chunk.get("model")
+    if type(model) is not str or not model:
+        model = text_of(chunk, "model")
+    result.model = model or result.model
+    if chunk.get("usage") is not None and (usage := object_of(chunk, "usage")):
         result.input_tokens = count_of(usage, "prompt_tokens")
         result.output_tokens = count_of(usage, "completion_tokens")
-    for choice in list_of(chunk, "choices"):
-        if not isinstance(choice, dict):
+    choices = chunk.get("choices")
+    for choice in choices if type(choices) is list else list_of(chunk, "choices"):
+        if type(choice) is not dict:
             raise malformed("a streamed choice is not an object")
         if choice.get("index", 0) != 0:
             continue  # further choices (n > 1) go to the caller as given, not to the store
@@ -407,7 +413,8 @@ def _take_chunk(raw: str, result: Completion, pieces: list[str], status: int,
         if text:
             meter.add(text)
             pieces.append(text)
-        result.finish_reason = text_of(choice, "finish_reason") or result.finish_reason
+        if choice.get("finish_reason") is not None:
+            result.finish_reason = text_of(choice, "finish_reason") or result.finish_reason
     return chunk
 
 

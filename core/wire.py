@@ -140,7 +140,8 @@ class ReplyMeter:
         self.size = 0
 
     def add(self, text: str) -> None:
-        self.size += len(text.encode("utf-8", "surrogatepass"))
+        # ASCII text (a flag CPython keeps) is as many bytes as characters: no encoding.
+        self.size += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
         if self.size > self.limit:
             raise too_large(self.limit)
 

@@ -461,6 +461,9 @@ class _ChunkWriter:
         return None
 
 
+_TEXT_DELTA_KEYS = frozenset({"content", "role", "refusal", "tool_calls"})
+
+
 def _plain_text(choice: Any) -> str | None:
     """The text of a streamed choice that carries only text (or nothing) for the first
     choice; None for any other."""
@@ -468,8 +471,9 @@ def _plain_text(choice: Any) -> str | None:
             choice.get("finish_reason") or choice.get("logprobs"):
         return None
     delta = choice.get("delta")
-    if not isinstance(delta, dict) or not delta.keys() <= {"content", "role", "refusal",
-                                                          "tool_calls"}:
+    if type(delta) is dict and len(delta) == 1 and type(text := delta.get("content")) is str:
+        return text  # nearly every chunk: its text alone
+    if not isinstance(delta, dict) or not delta.keys() <= _TEXT_DELTA_KEYS:
         return None
     if delta.get("refusal") or delta.get("tool_calls"):
         return None
