@@ -274,8 +274,7 @@ class ChatService:
         account: Account | None = None
         if conversation.mode == "pool":
             account = self._account_for_follow_up(conversation, principal)
-            lacking = missing(request.needs, account.settings.api,
-                              account.settings.capabilities)
+            lacking = missing(request.needs, account.settings.api, account.capabilities)
             if lacking is not None:
                 raise capability_refusal(
                     *lacking, f"this conversation's account '{account.name}' cannot")
@@ -299,8 +298,8 @@ class ChatService:
             if not recent:
                 raise NotFound("no such conversation", code="conversation_not_found")
             replaced = None
-            sees_images = account is None or can(account.settings.api,
-                                                 account.settings.capabilities, "vision")
+            sees_images = account is None or can(account.settings.api, account.capabilities,
+                                                 "vision")
             if request.replace_turn is not None:
                 replaced, recent, prompt = _regenerating(request.replace_turn, recent)
                 request = await self._with_images_of(replaced, request, conversation.id)

@@ -7,8 +7,6 @@ client's running totals (``core.budgets``), in the same transaction."""
 
 from __future__ import annotations
 
-import dataclasses
-
 from . import exchange
 from .accounts import AccountPool
 from .billing import cost_of
@@ -70,8 +68,7 @@ class TurnRecorder:
             raise NotFound("the conversation was removed while it was being answered",
                            code="conversation_removed")
         await self.budgets.settled(rows, hold)
-        updated = dataclasses.replace(conversation, turn_count=turn.position + 1,
-                                      updated_utc=turn.reply_utc)
+        updated = conversation.touched(turn.reply_utc, turn_count=turn.position + 1)
         return ChatResult(updated, turn, previous, False, attempt.prompt_time,
                           turn.duration_ms / 1000, completion.finish_reason or "stop",
                           completion)
@@ -90,7 +87,7 @@ class TurnRecorder:
             raise NotFound("the conversation was removed while it was being answered",
                            code="conversation_removed")
         await self.budgets.settled(rows, hold)
-        updated = dataclasses.replace(conversation, updated_utc=turn.reply_utc)
+        updated = conversation.touched(turn.reply_utc)
         return ChatResult(updated, turn, previous, False, attempt.prompt_time,
                           turn.duration_ms / 1000, completion.finish_reason or "stop",
                           completion)

@@ -123,8 +123,7 @@ class ConversationCache:
         size = entry.size + _size(turn)
         if len(turns) > self.max_turns:
             size -= _size(turns.pop())
-        self._put(dataclasses.replace(held, turn_count=held.turn_count + 1,
-                                      updated_utc=turn.reply_utc), turns, size)
+        self._put(held.touched(turn.reply_utc, turn_count=held.turn_count + 1), turns, size)
 
     def replaced(self, old: Turn, turn: Turn) -> None:
         self.stamp += 1
@@ -134,8 +133,8 @@ class ConversationCache:
         if not entry.turns or entry.turns[0].id != old.id:
             self.forget(turn.conversation_id)
             return
-        self._put(dataclasses.replace(entry.conversation, updated_utc=turn.reply_utc),
-                  [turn, *entry.turns[1:]], entry.size - _size(entry.turns[0]) + _size(turn))
+        self._put(entry.conversation.touched(turn.reply_utc), [turn, *entry.turns[1:]],
+                  entry.size - _size(entry.turns[0]) + _size(turn))
 
     def retitled(self, conversation_id: str, old: str, new: str) -> None:
         self.stamp += 1
