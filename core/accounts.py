@@ -22,7 +22,6 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable, Collection, Iterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -147,26 +146,13 @@ class Account:
             max_tokens=self.settings.max_tokens,
         )
 
-    @asynccontextmanager
-    async def slot(self, wait_s: float, *, is_reply: bool = True) -> Any:
-        """Hold one of the account's ``max_concurrency`` slots for the length of a call,
-        waiting at most ``wait_s`` for one (0: only a slot free at once). Raises
-        ``SlotRefused`` when none came in time, or when the account is no longer healthy once
-        one did: the calls waited behind may have cooled it. Title calls take slots too but
-        are not counted as the account's requests (``is_reply=False``)."""
-        await self._acquire(wait_s)
-        try:
-            health = self.health()
-            if health != "healthy":
-                raise SlotRefused(self, health)
-            self.stats.in_flight += 1
-            self.stats.requests += is_reply
-            try:
-                yield
-            finally:
-                self.stats.in_flight -= 1
-        finally:
-            self._slots.release()
+    def slot(self, wait_s: float, *, is_reply: bool = True) -> _Slot:
+        """Hold one of the account's ``max_concurrency`` slots for the length of a call
+        (``async with``), waiting at most ``wait_s`` for one (0: only a slot free at once).
+        Raises ``SlotRefused`` when none came in time, or when the account is no longer
+        healthy once one did: the calls waited behind may have cooled it. Title calls take
+        slots too but are not counted as the account's requests (``is_reply=False``)."""
+        return _Slot(self, wait_s, is_reply)
 
     async def _acquire(self, wait_s: float) -> None:
         if not self._slots.locked():
@@ -220,6 +206,32 @@ class Account:
             "output_tokens": self.stats.output_tokens,
             "last_error": self.stats.last_error,
         }
+
+
+class _Slot:
+    """``Account.slot``: a class rather than a generator-based context manager, which costs
+    as much again (a call each turn, issue 14)."""
+
+    __slots__ = ("account", "is_reply", "wait_s")
+
+    def __init__(self, account: Account, wait_s: float, is_reply: bool) -> None:
+        self.account = account
+        self.wait_s = wait_s
+        self.is_reply = is_reply
+
+    async def __aenter__(self) -> None:
+        account = self.account
+        await account._acquire(self.wait_s)
+        health = account.health()
+        if health != "healthy":
+            account._slots.release()
+            raise SlotRefused(account, health)
+        account.stats.in_flight += 1
+        account.stats.requests += self.is_reply
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.account.stats.in_flight -= 1
+        self.account._slots.release()
 
 
 class AccountPool:

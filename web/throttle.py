@@ -43,8 +43,8 @@ class Throttle:
 
     def retry_after(self, key: str) -> float | None:
         """Seconds until ``key`` may try again, or None when it may try now."""
-        if self.limit <= 0:
-            return None
+        if self.limit <= 0 or key not in self._buckets:
+            return None  # a key that never failed: every request's case
         level = self._level(key, self._clock())
         if level + 1 <= self.limit:
             return None
@@ -69,6 +69,8 @@ class Throttle:
 
     def check(self, keys: Iterable[str], message: str) -> None:
         """Raise ``RateLimited`` when any of ``keys`` must wait."""
+        if not self._buckets:
+            return  # nobody failed lately (checked on every request)
         waits = [w for w in (self.retry_after(k) for k in keys) if w is not None]
         if waits:
             wait = max(waits)
