@@ -158,10 +158,12 @@ class Budgets:
     # ------------------------------------------------------------------ before the call
 
     async def hold(self, principal: Principal, *, tokens: int, cost: float,
-                   ttl_s: float) -> Hold | None:
+                   ttl_s: float, scopes: tuple[Scope, ...] | None = None) -> Hold | None:
         """Hold a request's worst case, or raise ``QuotaExceeded`` naming the budget that is
-        spent. None when no budget applies (nothing to settle)."""
-        scopes = await self.scopes(principal)
+        spent. None when no budget applies (nothing to settle). ``scopes``: the principal's,
+        when the caller read them already."""
+        if scopes is None:
+            scopes = await self.scopes(principal)
         if not scopes:
             return None
         now = self._clock()

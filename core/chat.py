@@ -135,7 +135,7 @@ class ChatService:
             return await self._start_on_own_key(attempt, credential, listener)
         choice = self._tier_choice(attempt)
         hold = await self._hold(attempt, self.pool.candidates(choice, request.model),
-                                self._new_messages_estimate(attempt))
+                                lambda: self._new_messages_estimate(attempt))
         try:
             return await self._start_on_pool(attempt, choice, listener, hold)
         finally:
@@ -341,7 +341,7 @@ class ChatService:
                     messages = await self._with_stored_images(messages, conversation.id)
             hold = None
             if account is not None:
-                hold = await self._hold(attempt, [account], _estimate(messages))
+                hold = await self._hold(attempt, [account], lambda: _estimate(messages))
             try:
                 return await self._answer_follow_up(attempt, conversation, previous, replaced,
                                                     target, account, messages, listener,
@@ -448,12 +448,17 @@ class ChatService:
     # ----------------------------------------------------------------- budgets
 
     async def _hold(self, attempt: Attempt, accounts: list[Account],
-                    input_tokens: int) -> Hold | None:
+                    estimate: Callable[[], int]) -> Hold | None:
         """Hold the turn's worst case against the member's budgets (refused when one is
-        spent): its prompt, the longest reply it may get and, for a new conversation asking
-        the model for a title, the title's call, at the dearest of the accounts it may use."""
+        spent): its prompt (``estimate()`` tokens, only worked out when a budget applies),
+        the longest reply it may get and, for a new conversation asking the model for a
+        title, the title's call, at the dearest of the accounts it may use."""
         if not accounts:
             return None
+        scopes = await self.budgets.scopes(attempt.principal)
+        if not scopes:
+            return None  # no budget applies: nothing to work out (most members)
+        input_tokens = estimate()
         options = attempt.request.options
         reply = max_tokens(options) or max(
             a.settings.max_tokens or max(1, a.settings.context_tokens - input_tokens)
@@ -466,7 +471,8 @@ class ChatService:
                            reply + title_out) or 0.0 for a in accounts)
         ttl = max(a.settings.timeout_s for a in accounts) + self.settings.chat.slot_wait_s \
             + self.settings.chat.title_timeout_s + 30
-        return await self.budgets.hold(attempt.principal, tokens=tokens, cost=cost, ttl_s=ttl)
+        return await self.budgets.hold(attempt.principal, tokens=tokens, cost=cost, ttl_s=ttl,
+                                       scopes=scopes)
 
     def _new_messages_estimate(self, attempt: Attempt) -> int:
         request = attempt.request
