@@ -22,11 +22,15 @@ from collections import OrderedDict
 
 from ..models import Conversation, Turn
 
-MAX_CONVERSATIONS = 10_000
-MAX_BYTES = 32 << 20
+MAX_CONVERSATIONS = 2_000
+"""Enough for the conversations a community keeps going at once; few enough that a gateway's
+memory stays flat however many it has answered (bench/ case 5: ~2 MiB at most here)."""
+MAX_BYTES = 16 << 20
 MAX_TURNS = 64
-TURN_OVERHEAD_BYTES = 400
-"""A turn's size beyond its text: the record, its ids and times."""
+TURN_OVERHEAD_BYTES = 600
+ENTRY_OVERHEAD_BYTES = 600
+"""What a turn and an entry take beyond the turns' text: the records, their ids and times
+(measured with tracemalloc: about 1.1 KiB for a conversation with one short turn)."""
 
 
 def _size(turn: Turn) -> int:
@@ -40,6 +44,7 @@ class _Entry:
     turns: list[Turn]
     """Newest first: the conversation's last ``len(turns)`` turns."""
     size: int
+    """Of its turns (``_size``); the entry's own overhead is counted apart."""
 
 
 class ConversationCache:
@@ -146,7 +151,7 @@ class ConversationCache:
         self.stamp += 1
         entry = self._entries.pop(conversation_id, None)
         if entry is not None:
-            self._bytes -= entry.size
+            self._bytes -= entry.size + ENTRY_OVERHEAD_BYTES
 
     def clear(self) -> None:
         """Everything goes (a member or client was removed, and their conversations with
@@ -160,11 +165,11 @@ class ConversationCache:
     def _put(self, conversation: Conversation, turns: list[Turn], size: int) -> None:
         old = self._entries.pop(conversation.id, None)
         if old is not None:
-            self._bytes -= old.size
+            self._bytes -= old.size + ENTRY_OVERHEAD_BYTES
         if size > self.max_bytes // 4:
             return  # one very long conversation would push out many others: read it
         self._entries[conversation.id] = _Entry(conversation, turns, size)
-        self._bytes += size
+        self._bytes += size + ENTRY_OVERHEAD_BYTES
         while self._bytes > self.max_bytes or len(self._entries) > self.max_conversations:
             _, oldest = self._entries.popitem(last=False)
-            self._bytes -= oldest.size
+            self._bytes -= oldest.size + ENTRY_OVERHEAD_BYTES

@@ -14,7 +14,11 @@ from core.errors import NotFound
 from core.gateway import Gateway
 from core.models import Conversation, Principal, Turn
 from core.storage import Storage
-from core.storage.conversation_cache import ConversationCache
+from core.storage.conversation_cache import (
+    ENTRY_OVERHEAD_BYTES,
+    TURN_OVERHEAD_BYTES,
+    ConversationCache,
+)
 from core.storage.postgres import PostgresDatabase
 from tests.core.conftest import ask
 from tests.fakes.upstream import FakeUpstream
@@ -82,11 +86,17 @@ def test_a_long_history_is_held_only_in_part_and_read_whole_from_the_database() 
         cache.appended(turn(position))
     assert [t.position for t in cache.recent_turns("c1", 3) or []] == [5, 4, 3]
     assert cache.recent_turns("c1", 4) is None  # the sixth-newest is not held
+    # What it counts is what it holds, however the turns came and went.
+    held = [t for t in cache.recent_turns("c1", 3) or []]
+    assert cache.size_bytes == ENTRY_OVERHEAD_BYTES + sum(
+        len(t.prompt) + len(t.reply) + TURN_OVERHEAD_BYTES for t in held)
+    cache.forget("c1")
+    assert cache.size_bytes == 0 and len(cache) == 0
 
 
 def test_memory_is_bounded_least_recently_used_first() -> None:
     big = "y" * 1000
-    one = len(big) + len("q0") + 400
+    one = len(big) + len("q0") + TURN_OVERHEAD_BYTES + ENTRY_OVERHEAD_BYTES
     cache = ConversationCache(max_bytes=one * 4 + 10)
     for number in range(4):
         cache.created(conversation(cid=f"c{number}"), turn(0, f"c{number}", big))
