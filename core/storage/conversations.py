@@ -281,8 +281,17 @@ class ConversationRepo:
             ])
         except IntegrityError as exc:
             raise Conflict(f"could not store the conversation: {exc}") from None
+        except BaseException:
+            self._unsure(conversation.id)
+            raise
         if self._cache is not None:
             self._cache.created(conversation, turn)
+
+    def _unsure(self, conversation_id: str) -> None:
+        """A write failed in a way that does not say whether it was committed (the caller
+        cancelled while it was, the database went away): its conversation is read again."""
+        if self._cache is not None:
+            self._cache.forget(conversation_id)
 
     async def append_turn(self, turn: Turn, usage: UsageRecord,
                           attachments: Sequence[Attachment] = (),
@@ -303,6 +312,9 @@ class ConversationRepo:
             if self._cache is not None:
                 self._cache.forget(turn.conversation_id)
             raise Conflict(f"could not store the turn: {exc}") from None
+        except BaseException:
+            self._unsure(turn.conversation_id)
+            raise
         if self._cache is not None:
             if appended:
                 self._cache.appended(turn)
@@ -334,6 +346,9 @@ class ConversationRepo:
             # An attachment read as stored was removed meanwhile (its other conversation
             # went): nothing was stored; the member may try again.
             raise Conflict(f"could not store the turn: {exc}") from None
+        except BaseException:
+            self._unsure(turn.conversation_id)
+            raise
         if self._cache is not None:
             if replaced:
                 self._cache.replaced(old, turn)
@@ -343,8 +358,12 @@ class ConversationRepo:
 
     async def replace_title(self, conversation_id: str, old: str, new: str) -> None:
         """The title, unless it changed since it was ``old`` (core/title_batch.py)."""
-        await self.db.write([("UPDATE conversations SET title = ? WHERE id = ? AND title = ?",
-                              (new, conversation_id, old))])
+        try:
+            await self.db.write([("UPDATE conversations SET title = ? WHERE id = ? AND title = ?",
+                                  (new, conversation_id, old))])
+        except BaseException:
+            self._unsure(conversation_id)
+            raise
         if self._cache is not None:
             self._cache.retitled(conversation_id, old, new)
 

@@ -4,6 +4,7 @@ a title, a removal, a member's removal) is what the next reader sees."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +20,7 @@ from core.storage.conversation_cache import (
     TURN_OVERHEAD_BYTES,
     ConversationCache,
 )
+from core.storage.conversations import UsageRecord
 from core.storage.postgres import PostgresDatabase
 from tests.core.conftest import ask
 from tests.fakes.upstream import FakeUpstream
@@ -216,3 +218,28 @@ async def test_what_changes_a_conversation_is_what_the_next_reader_sees(
 def test_only_a_database_of_one_process_gets_the_cache() -> None:
     shared = Storage(PostgresDatabase("postgresql://nobody@127.0.0.1:1/none"))
     assert shared.conversations._cache is None  # another process may change its rows
+
+
+@pytest.mark.sqlite_only  # on PostgreSQL a cancelled write is rolled back: nothing to see
+async def test_a_turn_stored_for_a_caller_who_left_is_in_the_next_history(
+    gw: Gateway, user: Principal,
+) -> None:
+    """The caller is cancelled while its turn is being committed: the write stands (group
+    commit), so the next follow-up must see that turn, whatever was held before."""
+    first = await ask(gw, user, "one")
+    repo = gw.storage.conversations
+    cid = first.conversation.id
+    second = dataclasses.replace(first.turn, id=first.turn.id + "-2", position=1,
+                                 parent_id=first.turn.id, prompt="two", reply="two's reply")
+    usage = UsageRecord(principal_id=user.id, client_id=None, conversation_id=cid,
+                        account="A", model="m", endpoint="api", outcome="ok",
+                        created_utc=second.reply_utc, duration_ms=1)
+    storing = asyncio.create_task(repo.append_turn(second, usage))
+    await asyncio.sleep(0)  # queued for the next group commit
+    storing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await storing
+    await repo.log_usage(usage)  # committed after it: the cancelled write is in by now
+    conversation = await repo.get(cid)
+    assert conversation is not None and conversation.turn_count == 2
+    assert [t.prompt for t in await repo.recent_turns(cid, 500)] == ["two", "one"]
