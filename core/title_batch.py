@@ -26,6 +26,7 @@ from .config import Settings
 from .history import estimate_tokens
 from .models import Principal
 from .storage.conversations import ConversationRepo, UsageRecord, usage_statement
+from .storage.database import Statement
 from .storage.spend import SpendRow
 from .titles import TITLE_MAX_TOKENS, clean_title, title_messages
 from .upstream import Completion, Message, UpstreamFailure, complete
@@ -113,18 +114,22 @@ class TitleBatcher:
             return
         titles = ([clean_title(completion.text)] if len(batch) == 1
                   else parse_numbered(completion.text, len(batch)))
-        await self._count(account, batch, messages, completion, titles)
-        for item, title in zip(batch, titles, strict=True):
-            if title and title != item.prompt_title:
-                await self.conversations.replace_title(item.conversation_id, item.prompt_title,
-                                                       title)
+        statements, rows = self._count(account, batch, messages, completion, titles)
+        # The titles and their use in one transaction: one commit for the batch, not one a
+        # conversation.
+        await self.conversations.replace_titles(
+            [(item.conversation_id, item.prompt_title, title)
+             for item, title in zip(batch, titles, strict=True)
+             if title and title != item.prompt_title], statements)
+        await self.budgets.settled(rows, None)
 
 
-    async def _count(self, account: Account, batch: list[Pending], messages: list[Message],
-                     completion: Completion, titles: list[str | None]) -> None:
+    def _count(self, account: Account, batch: list[Pending], messages: list[Message],
+               completion: Completion, titles: list[str | None]
+               ) -> tuple[list[Statement], list[SpendRow]]:
         """The call's use, shared among the members whose titles it made (the prompt's
-        tokens by the length of each one's line, the reply's by each title's), each a usage
-        row of theirs with its cost, added to their running totals."""
+        tokens by the length of each one's line, the reply's by each title's): a usage row
+        of each one's with its cost, and what it adds to their running totals."""
         estimated = completion.input_tokens is None or completion.output_tokens is None
         asked = completion.input_tokens if completion.input_tokens is not None else sum(
             estimate_tokens(str(m.get("content") or "")) for m in messages)
@@ -133,7 +138,7 @@ class TitleBatcher:
         inputs = _shares(asked, [len(p.prompt[:PROMPT_CHARS]) + 1 for p in batch])
         outputs = _shares(written, [len(t or "") + 1 for t in titles])
         now = iso(utc_now())
-        statements = []
+        statements: list[Statement] = []
         rows: list[SpendRow] = []
         for item, used_in, used_out in zip(batch, inputs, outputs, strict=True):
             cost = cost_of(account.settings, completion.model or item.model, used_in,
@@ -152,8 +157,7 @@ class TitleBatcher:
             total[1] += cost
         statements += self.budgets.statements(
             [(k[0], k[1], 0, int(v[0]), v[1]) for k, v in merged.items()], None)
-        await self.conversations.db.write(statements)
-        await self.budgets.settled(rows, None)
+        return statements, rows
 
 
 def _shares(total: int, weights: list[int]) -> list[int]:

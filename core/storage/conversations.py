@@ -356,16 +356,24 @@ class ConversationRepo:
                 self._cache.forget(turn.conversation_id)
         return replaced
 
-    async def replace_title(self, conversation_id: str, old: str, new: str) -> None:
-        """The title, unless it changed since it was ``old`` (core/title_batch.py)."""
+    async def replace_titles(self, titles: Sequence[tuple[str, str, str]],
+                             extra: Sequence[Statement] = ()) -> None:
+        """New titles, each ``(conversation id, old, new)`` unless the title changed since it
+        was ``old`` (core/title_batch.py), with ``extra`` (the titles' usage rows), in one
+        transaction."""
         try:
-            await self.db.write([("UPDATE conversations SET title = ? WHERE id = ? AND title = ?",
-                                  (new, conversation_id, old))])
+            await self.db.write([
+                *extra,
+                *(("UPDATE conversations SET title = ? WHERE id = ? AND title = ?",
+                   (new, conversation_id, old)) for conversation_id, old, new in titles),
+            ])
         except BaseException:
-            self._unsure(conversation_id)
+            for conversation_id, _, _ in titles:
+                self._unsure(conversation_id)
             raise
         if self._cache is not None:
-            self._cache.retitled(conversation_id, old, new)
+            for conversation_id, old, new in titles:
+                self._cache.retitled(conversation_id, old, new)
 
     async def log_usage(self, usage: UsageRecord, extra: Sequence[Statement] = ()) -> None:
         await self.db.write([(_USAGE_INSERT, _usage_params(usage)), *extra])
