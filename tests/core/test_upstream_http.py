@@ -187,6 +187,22 @@ async def call(session: UpstreamSession, url: str, *, body: bytes = b"{}",
         return await resp.read()
 
 
+@contextlib.asynccontextmanager
+async def aiohttp_upstream(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                           ) -> AsyncIterator[str]:
+    """A real aiohttp server on 127.0.0.1 answering ``handler``: its chat completions URL."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1/chat/completions"
+    finally:
+        await runner.cleanup()
+
+
 # ---------------------------------------------------------------------- bodies and framing
 
 
@@ -295,21 +311,11 @@ async def test_a_real_aiohttp_stream_via_iter_any(session: UpstreamSession) -> N
         await resp.write_eof()
         return resp
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    async with aiohttp_upstream(handler) as url:
         async with session.post(url, data=b"{}", headers=JSON, timeout=SAFE) as resp:
             assert resp.headers["content-type"] == "text/event-stream"
             text = b"".join([block async for block in resp.iter_any()])
         assert text == b"".join(f"data: {n}\n\n".encode() for n in range(5))
-    finally:
-        await runner.cleanup()
 
 
 # ---------------------------------------------------------------------- keep-alive
@@ -376,18 +382,9 @@ async def test_keep_alive_with_a_real_aiohttp_server(session: UpstreamSession) -
         peers.append(request.transport.get_extra_info("peername"))
         return web.json_response({"n": len(peers)})
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/chat/completions"
+    async with aiohttp_upstream(handler) as url:
         assert [await call(session, url) for _ in range(3)] == \
             [b'{"n": 1}', b'{"n": 2}', b'{"n": 3}']
-    finally:
-        await runner.cleanup()
     assert len(set(peers)) == 1
 
 
