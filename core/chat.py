@@ -78,6 +78,13 @@ class ChatService:
         self._answerer = Answerer(settings, pool)
         self._recorder = TurnRecorder(conversations, pool, budgets, observer)
         self.titles = TitleBatcher(settings, pool, conversations, budgets)
+        self.answering = 0
+        """Prompts being answered now, by every way in (``quiet``)."""
+
+    def quiet(self) -> bool:
+        """At most one prompt is being answered: nothing else waits for the event loop, so
+        its turn may be committed there (``Storage.commit_on_the_loop_when``)."""
+        return self.answering <= 1
 
     # ----------------------------------------------------------------- entry point
 
@@ -92,6 +99,14 @@ class ChatService:
         """Answer one prompt as ``principal``. ``own_key`` is the member's stored credential,
         used when the request carries no ``access_token`` for new conversations and to
         continue own-key ones."""
+        self.answering += 1
+        try:
+            return await self._chat(principal, request, own_key, listener)
+        finally:
+            self.answering -= 1
+
+    async def _chat(self, principal: Principal, request: ChatRequest, own_key: str | None,
+                    listener: ChatListener | None) -> ChatResult:
         prompt = (request.prompt or "").strip() or (
             images.prompt_for(len(request.images)) if request.images
             else self.settings.chat.default_prompt)

@@ -761,6 +761,7 @@ def build_gateway(settings: Settings, *, environ: dict[str, str] | None = None,
         limiter=storage.rate_limiter(settings.limits.user_requests_per_minute, clock),
         lock=storage.lock, budgets=Budgets(settings, storage, clock, observer),
         observer=observer)
+    storage.commit_on_the_loop_when(chat_service.quiet)
     password_grant = PasswordGrant(settings.access_token, secrets.oauth_client_secret,
                                    oauth_session)
     return Gateway(settings, storage=storage, pool=pool, chat_service=chat_service,

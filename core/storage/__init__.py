@@ -76,6 +76,11 @@ class Storage:
         """Raise ``StorageUnavailable`` unless the database answers."""
         await self.db.fetchone("SELECT 1")
 
+    def commit_on_the_loop_when(self, quiet: Callable[[], bool]) -> None:
+        """``quiet()``: True when nothing else waits for the event loop (see
+        ``SqliteDatabase.commit_on_the_loop_when``)."""
+        self.db.commit_on_the_loop_when(quiet)
+
     def lock(self, key: str) -> AbstractAsyncContextManager[Any]:
         """A lock held by one holder at a time across every process (see ``Database.lock``)."""
         return self.db.lock(key)

@@ -97,6 +97,12 @@ class Database(Protocol):
         the first statement changes no row, nothing more runs and the answer is False."""
         ...
 
+    def commit_on_the_loop_when(self, quiet: Callable[[], bool]) -> None:
+        """``quiet()``: True when nothing else waits for the event loop. An engine may then
+        commit a write on the loop's own thread rather than hand it to another (SQLite);
+        others ignore it."""
+        ...
+
     def lock(self, key: str) -> AbstractAsyncContextManager[None]:
         """Held by one holder at a time across every process sharing the database; waiters
         are served in the order they came (per process)."""

@@ -22,7 +22,7 @@ import contextlib
 import functools
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -225,6 +225,9 @@ class PostgresDatabase:
             except _CONNECTION_ERRORS as exc:
                 raise StorageUnavailable(f"the database did not answer: {_reason(exc)}") \
                     from None
+
+    def commit_on_the_loop_when(self, quiet: Callable[[], bool]) -> None:
+        """Nothing to do: asyncpg's writes never leave the event loop's thread."""
 
     def subscribe(self, channel: str, listener: ChangeListener) -> None:
         first = channel not in self._listeners

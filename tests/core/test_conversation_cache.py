@@ -226,6 +226,7 @@ async def test_a_turn_stored_for_a_caller_who_left_is_in_the_next_history(
 ) -> None:
     """The caller is cancelled while its turn is being committed: the write stands (group
     commit), so the next follow-up must see that turn, whatever was held before."""
+    gw.storage.commit_on_the_loop_when(lambda: False)  # busy: writes go to the group commit
     first = await ask(gw, user, "one")
     repo = gw.storage.conversations
     cid = first.conversation.id

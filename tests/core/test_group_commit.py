@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
+from core.chat import ChatRequest, StartInfo
+from core.errors import TooLarge
+from core.gateway import Gateway
+from core.models import Principal
 from core.storage.database import IntegrityError
 from core.storage.sqlite import SqliteDatabase as Store
+from tests.core.conftest import Listener
 
 
 async def test_concurrent_writes_land_and_a_failing_one_fails_alone(tmp_path: Path) -> None:
@@ -117,8 +124,9 @@ async def test_a_quick_read_during_a_recovery_waits_on_the_readers_thread(
     # SQLITE_BUSY_RECOVERY: the quick read is not refused, and not waited for on the event
     # loop either; the reader's thread waits for the recovery and answers.
     path = tmp_path / "db.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # the schema exists at open, as
+        conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")  # the migrations' does
     async with Store(path) as store:
-        await store.write([("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)", ())])
         await store.write([("INSERT INTO t VALUES (1, 'one')", ())])
         holder = await asyncio.create_subprocess_exec(
             sys.executable, "-c", _RECOVERING, f"{path}-shm", "0.5",
@@ -134,3 +142,113 @@ async def test_a_quick_read_during_a_recovery_waits_on_the_readers_thread(
         assert row is not None and row["v"] == "one"
         assert ticks >= 10  # it waited for the recovery (0.5 s), off the event loop
         await holder.wait()
+
+
+# -- a quiet gateway's writes, committed on the event loop's thread --------------------------
+
+
+@pytest.mark.parametrize("quiet", [True, False], ids=["on the loop", "on the writer's thread"])
+async def test_a_write_lands_or_fails_alone_on_either_thread(tmp_path: Path, quiet: bool) -> None:
+    async with Store(tmp_path / "db.sqlite") as store:
+        store.commit_on_the_loop_when(lambda: quiet)
+        await store.write([("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)", ())])
+        assert await store.write([("INSERT INTO t VALUES (1, 'one')", ())]) is True
+        with pytest.raises(IntegrityError):  # its second statement fails: none of it stays
+            await store.write([("INSERT INTO t VALUES (2, 'two')", ()),
+                               ("INSERT INTO t VALUES (1, 'again')", ())])
+        # Guarded: the first statement changes nothing, so nothing more runs.
+        assert await store.write([("UPDATE t SET v = 'x' WHERE k = 9", ()),
+                                  ("INSERT INTO t VALUES (3, 'three')", ())],
+                                 guarded=True) is False
+        assert [tuple(r) for r in await store.fetchall("SELECT k, v FROM t")] == [(1, "one")]
+        await store.write([("CREATE TABLE c (k INTEGER REFERENCES t(k))", ())])
+        with pytest.raises(IntegrityError):  # foreign keys are checked on both threads
+            await store.write([("INSERT INTO c VALUES (9)", ())])
+        with sqlite3.connect(tmp_path / "db.sqlite") as other:  # committed, for everyone
+            assert other.execute("SELECT count(*) FROM t").fetchone()[0] == 1
+
+
+async def test_a_quiet_write_commits_on_the_event_loops_thread(tmp_path: Path) -> None:
+    async with Store(tmp_path / "db.sqlite") as store:
+        threads: list[int] = []
+
+        def op(conn: sqlite3.Connection) -> None:
+            threads.append(threading.get_ident())
+
+        await store._write_op(op)  # not quiet (the default): the writer's thread
+        store.commit_on_the_loop_when(lambda: True)
+        await store._write_op(op)
+        assert threads[0] != threading.get_ident()
+        assert threads[1] == threading.get_ident()
+
+
+_WRITING = r"""
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("INSERT INTO t VALUES (1, 'theirs')")
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+"""
+
+
+async def test_a_quiet_write_waits_for_another_process_off_the_event_loop(
+        tmp_path: Path) -> None:
+    # Another process holds the write lock: the write is not refused, and not waited for on
+    # the event loop either; the writer's thread waits its turn and commits.
+    path = tmp_path / "db.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    async with Store(path) as store:
+        store.commit_on_the_loop_when(lambda: True)
+        holder = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _WRITING, str(path), "0.5", stdout=asyncio.subprocess.PIPE)
+        assert holder.stdout is not None
+        assert (await holder.stdout.readline()).strip() == b"held"
+        write = asyncio.ensure_future(store.write([("INSERT INTO t VALUES (2, 'ours')", ())]))
+        ticks = 0
+        while not write.done():  # the event loop goes on turning while the write waits
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert write.result() is True
+        assert ticks >= 10  # it waited for the other process (0.5 s), off the event loop
+        await holder.wait()
+        rows = await store.fetchall("SELECT k, v FROM t ORDER BY k", quick=True)
+        assert [tuple(r) for r in rows] == [(1, "theirs"), (2, "ours")]
+
+
+class _Waiting(Listener):
+    """Holds its prompt in flight once the answer has started, until the test lets it go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answering, self.go = asyncio.Event(), asyncio.Event()
+
+    async def started(self, info: StartInfo) -> None:
+        await super().started(info)
+        self.answering.set()
+        await self.go.wait()
+
+
+async def test_the_gateway_is_quiet_while_at_most_one_prompt_is_answered(
+        gw: Gateway, user: Principal) -> None:
+    """What lets a write commit on the event loop: one prompt in flight, not two."""
+    first, second = _Waiting(), _Waiting()
+    one = asyncio.ensure_future(gw.chat(user, ChatRequest(prompt="one"), listener=first))
+    await first.answering.wait()
+    assert gw.chat_service.quiet()
+    two = asyncio.ensure_future(gw.chat(user, ChatRequest(prompt="two"), listener=second))
+    await second.answering.wait()
+    assert not gw.chat_service.quiet()
+    first.go.set()
+    await one
+    assert gw.chat_service.quiet()
+    second.go.set()
+    await two
+    with pytest.raises(TooLarge):  # refused before any answer: not counted as answering
+        await gw.chat(user, ChatRequest(prompt="x" * (gw.settings.chat.max_prompt_chars + 1)))
+    assert gw.chat_service.answering == 0
+    for done in (one, two):
+        _, turns = await gw.recall(user, done.result().conversation.id)
+        assert [t.reply for t in turns] == [done.result().turn.reply]
