@@ -19,6 +19,7 @@ from typing import Any
 
 from . import fastjson
 from .errors import BadRequest, TooLarge
+from .records import frozen_record
 from .wire import Completion, Message
 
 REF = "attachment:"
@@ -38,7 +39,7 @@ class Attachment:
         return {"sha256": self.sha256, "mime_type": self.mime_type, "bytes": len(self.data)}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class Draft:
     """What a turn will store of its request: the new messages (references in place of
     inline data) and the attachments they refer to."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import fastjson
+from .records import frozen_record
 
 Role = Literal["admin", "client", "user"]
 Mode = Literal["pool", "own_key"]
@@ -55,7 +56,7 @@ class Principal:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class Conversation:
     id: str
     owner_id: int
@@ -93,7 +94,7 @@ class Conversation:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class Turn:
     id: str
     conversation_id: str

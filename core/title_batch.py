@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import re
-from dataclasses import dataclass
 
 from .accounts import Account, AccountPool, SlotRefused
 from .billing import cost_of
@@ -25,6 +24,7 @@ from .clock import iso, utc_now
 from .config import Settings
 from .history import estimate_tokens
 from .models import Principal
+from .records import frozen_record
 from .storage.conversations import ConversationRepo, UsageRecord, usage_statement
 from .storage.database import Statement
 from .storage.spend import SpendRow
@@ -43,7 +43,7 @@ PROMPT_CHARS = 500
 _NUMBERED = re.compile(r"^\s*\**\s*(\d+)\s*[.):\-]\s*(.+)$")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class Pending:
     conversation_id: str
     prompt: str

@@ -14,11 +14,12 @@ from .clock import utc_now
 from .exchange import Draft
 from .images import ImageFile
 from .models import Conversation, PlusChoice, Principal, Turn
+from .records import frozen_record
 from .stopping import StopSignal
 from .upstream import Completion, Message
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class ChatRequest:
     prompt: str | None
     conversation_id: str | None = None
@@ -64,7 +65,7 @@ class ChatRequest:
     prompt, only to an account that can do ``vision``, and stored as the turn's exchange."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class StartInfo:
     conversation_id: str
     message_id: str
@@ -82,7 +83,7 @@ class ChatListener(Protocol):
     async def title(self, title: str) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class ChatResult:
     conversation: Conversation
     turn: Turn

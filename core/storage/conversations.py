@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from .. import exchange
 from ..errors import Conflict
 from ..exchange import Attachment
 from ..models import Conversation, Turn
+from ..records import frozen_record
 from .conversation_cache import ConversationCache
 from .database import Database, IntegrityError, Row, Statement
 
@@ -62,7 +62,7 @@ def _turn(row: Row) -> Turn:
     return Turn(**fields)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class UsageRecord:
     principal_id: int | None
     client_id: int | None
