@@ -252,3 +252,15 @@ async def test_the_gateway_is_quiet_while_at_most_one_prompt_is_answered(
     for done in (one, two):
         _, turns = await gw.recall(user, done.result().conversation.id)
         assert [t.reply for t in turns] == [done.result().turn.reply]
+
+
+@pytest.mark.parametrize("quiet", [True, False], ids=["on the loop", "on the writer's thread"])
+async def test_none_and_bools_are_stored_as_null_and_integers(tmp_path: Path,
+                                                              quiet: bool) -> None:
+    # Both have adapters registered (cheaper binding): SQLite must store what it always did.
+    async with Store(tmp_path / "db.sqlite") as store:
+        store.commit_on_the_loop_when(lambda: quiet)
+        await store.write([("CREATE TABLE t (a, b, c)", ())])
+        await store.write([("INSERT INTO t VALUES (?, ?, ?)", (None, True, False))])
+        row = await store.fetchone("SELECT typeof(a), b, typeof(b), c, a IS NULL FROM t")
+        assert row is not None and tuple(row) == ("null", 1, "integer", 0, 1)
