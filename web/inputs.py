@@ -70,7 +70,9 @@ def parse_json(raw: bytes, *, what: str = "the request body") -> Any:
     # Cheap tests on the raw bytes first: most bodies can hold neither problem, and walking
     # every body would cost each request time.
     deep = raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH
-    surrogates = b"\\u" in raw or b"\xed" in raw  # escapes, or UTF-8-encoded surrogates
+    # Escapes, or UTF-8-encoded surrogates. find, not ``in``: bytes.__contains__ first tries
+    # its operand as an int, and formats a TypeError for every bytes operand.
+    surrogates = raw.find(b"\\u") >= 0 or raw.find(b"\xed") >= 0
     if deep or surrogates:
         _walk(value, what)
     return value
