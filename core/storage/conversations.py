@@ -278,7 +278,7 @@ class ConversationRepo:
                 (_USAGE_INSERT, _usage_params(usage)),
                 *_attachment_statements(turn, attachments, await self._stored(attachments)),
                 *extra,
-            ])
+            ], quick=True)
         except IntegrityError as exc:
             raise Conflict(f"could not store the conversation: {exc}") from None
         except BaseException:
@@ -305,7 +305,7 @@ class ConversationRepo:
                 (_USAGE_INSERT, _usage_params(usage)),
                 *_attachment_statements(turn, attachments, await self._stored(attachments)),
                 *extra,
-            ], guarded=True)
+            ], guarded=True, quick=True)
         except IntegrityError as exc:
             # The turn's position was taken: another process answered this conversation
             # without its lock (never by this gateway's own code path).
@@ -341,7 +341,7 @@ class ConversationRepo:
                 *_attachment_statements(turn, attachments, await self._stored(attachments)),
                 *pruned,
                 *extra,
-            ], guarded=True)
+            ], guarded=True, quick=True)
         except IntegrityError as exc:
             # An attachment read as stored was removed meanwhile (its other conversation
             # went): nothing was stored; the member may try again.
@@ -366,7 +366,7 @@ class ConversationRepo:
                 *extra,
                 *(("UPDATE conversations SET title = ? WHERE id = ? AND title = ?",
                    (new, conversation_id, old)) for conversation_id, old, new in titles),
-            ])
+            ], quick=True)
         except BaseException:
             for conversation_id, _, _ in titles:
                 self._unsure(conversation_id)
@@ -376,7 +376,7 @@ class ConversationRepo:
                 self._cache.retitled(conversation_id, old, new)
 
     async def log_usage(self, usage: UsageRecord, extra: Sequence[Statement] = ()) -> None:
-        await self.db.write([(_USAGE_INSERT, _usage_params(usage)), *extra])
+        await self.db.write([(_USAGE_INSERT, _usage_params(usage)), *extra], quick=True)
 
     async def delete(self, conversation_id: str) -> bool:
         try:

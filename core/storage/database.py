@@ -92,15 +92,19 @@ class Database(Protocol):
         """One transaction: committed when the block ends, rolled back on any exception."""
         ...
 
-    async def write(self, statements: Sequence[Statement], *, guarded: bool = False) -> bool:
+    async def write(self, statements: Sequence[Statement], *, guarded: bool = False,
+                    quick: bool = False) -> bool:
         """The hot path's writes (a turn, a usage row), as one transaction. ``guarded``: when
-        the first statement changes no row, nothing more runs and the answer is False."""
+        the first statement changes no row, nothing more runs and the answer is False.
+        ``quick``: a few rows by key, which an engine may commit without a hop to another
+        thread when nothing else waits (SQLite, ``commit_on_the_loop_when``); never a write
+        that may touch a whole table."""
         ...
 
     def commit_on_the_loop_when(self, quiet: Callable[[], bool]) -> None:
         """``quiet()``: True when nothing else waits for the event loop. An engine may then
-        commit a write on the loop's own thread rather than hand it to another (SQLite);
-        others ignore it."""
+        commit a ``quick`` write on the loop's own thread rather than hand it to another
+        (SQLite); others ignore it."""
         ...
 
     def lock(self, key: str) -> AbstractAsyncContextManager[None]:

@@ -200,7 +200,8 @@ class PostgresDatabase:
         except _CONNECTION_ERRORS as exc:
             raise StorageUnavailable(f"the database did not answer: {_reason(exc)}") from None
 
-    async def write(self, statements: Sequence[Statement], *, guarded: bool = False) -> bool:
+    async def write(self, statements: Sequence[Statement], *, guarded: bool = False,
+                    quick: bool = False) -> bool:
         async with self.transaction() as tx:
             for number, (sql, params) in enumerate(statements):
                 if await tx.execute(sql, params) == 0 and guarded and number == 0:

@@ -251,7 +251,7 @@ class PrincipalRepo:
     async def touch(self, principal_id: int, when: str) -> None:
         """Record a use. Not a change that any cache must hear of: no announcement."""
         await self.db.write([("UPDATE principals SET last_used_utc = ? WHERE id = ?",
-                              (when, principal_id))])
+                              (when, principal_id))], quick=True)
 
     async def set_own_key(self, principal_id: int, sealed: bytes | None) -> None:
         async with self._changing() as tx:

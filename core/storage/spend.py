@@ -166,7 +166,7 @@ class SpendRepo:
         return {(r[0], r[1]): (int(r[2]), float(r[3])) for r in rows}
 
     async def release(self, hold_id: str) -> None:
-        await self.db.write([drop_hold(hold_id)])
+        await self.db.write([drop_hold(hold_id)], quick=True)
 
     # ------------------------------------------------------------------ alerts
 

@@ -15,7 +15,8 @@ never interleave inside one transaction):
   own SAVEPOINT, so that the failure rolls back only that write (a savepoint for every write,
   failing or not, cost a statement journal each: 24 ``pwrite`` calls a request).
   When the gateway is quiet (``commit_on_the_loop_when``) and the writer has nothing to do, a
-  write commits on the event loop's thread instead: see ``_commit_on_the_loop``.
+  ``quick`` write (a few rows by key) commits on the event loop's thread instead: see
+  ``_commit_on_the_loop``.
 - ``transaction()``, for the rest (admin actions): an async context with the connection.
 
 Only one process may use the file: locks and change announcements live in this process.
@@ -108,6 +109,8 @@ class SqliteDatabase:
             self._quick = sqlite3.connect(self.path, isolation_level=None)
             self._quick.row_factory = sqlite3.Row
             # Busy: the read or write goes to its thread, which waits; the loop never does.
+            # The writer's pragmas make it read the schema now: the migrations are done,
+            # and nothing changes the schema while the store is open.
             self._quick.execute("PRAGMA busy_timeout = 0")
             for pragma in (*_WRITER_PRAGMAS, _NO_AUTOCHECKPOINT):
                 self._quick.execute(pragma)
@@ -234,7 +237,8 @@ class SqliteDatabase:
         for channel, payload in tx.announcements:
             await self._announce(channel, payload)
 
-    async def write(self, statements: Sequence[Statement], *, guarded: bool = False) -> bool:
+    async def write(self, statements: Sequence[Statement], *, guarded: bool = False,
+                    quick: bool = False) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
             # One cursor for all the statements: Connection.execute makes one a statement,
             # and the connection keeps a weak reference to each (about 2,000 instructions).
@@ -245,21 +249,23 @@ class SqliteDatabase:
             return True
 
         try:
-            return bool(await self._write_op(op))
+            return bool(await self._write_op(op, quick=quick))
         except sqlite3.IntegrityError as exc:
             raise IntegrityError(str(exc)) from None
 
     def commit_on_the_loop_when(self, quiet: Callable[[], bool]) -> None:
         """``quiet()``: True when nothing else waits for the event loop (the gateway: at most
-        one turn being answered). A write made then, with the writer idle, commits on the
-        loop's own thread."""
+        one turn being answered). A ``quick`` write made then, with the writer idle, commits
+        on the loop's own thread."""
         self._quiet = quiet
 
-    async def _write_op(self, op: WriteOp) -> Any:
+    async def _write_op(self, op: WriteOp, *, quick: bool = False) -> Any:
         """Run ``op(connection)`` in a write transaction, group-committed with the writes that
         arrive meanwhile. Returns what ``op`` returns, or raises what it raised (its own
-        changes, and only those, rolled back)."""
-        if self._quiet() and not self._pending and not self._write_lock.locked() and (
+        changes, and only those, rolled back). ``quick``: a few rows by key, which may be
+        committed on the loop (``_commit_on_the_loop``); a write that may touch a whole table
+        never is."""
+        if quick and self._quiet() and not self._pending and not self._write_lock.locked() and (
                 self._flusher is None or self._flusher.done()):
             outcome = self._commit_on_the_loop(op)
             if outcome is not None:

@@ -152,18 +152,18 @@ async def test_a_write_lands_or_fails_alone_on_either_thread(tmp_path: Path, qui
     async with Store(tmp_path / "db.sqlite") as store:
         store.commit_on_the_loop_when(lambda: quiet)
         await store.write([("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)", ())])
-        assert await store.write([("INSERT INTO t VALUES (1, 'one')", ())]) is True
+        assert await store.write([("INSERT INTO t VALUES (1, 'one')", ())], quick=True) is True
         with pytest.raises(IntegrityError):  # its second statement fails: none of it stays
             await store.write([("INSERT INTO t VALUES (2, 'two')", ()),
-                               ("INSERT INTO t VALUES (1, 'again')", ())])
+                               ("INSERT INTO t VALUES (1, 'again')", ())], quick=True)
         # Guarded: the first statement changes nothing, so nothing more runs.
         assert await store.write([("UPDATE t SET v = 'x' WHERE k = 9", ()),
                                   ("INSERT INTO t VALUES (3, 'three')", ())],
-                                 guarded=True) is False
+                                 guarded=True, quick=True) is False
         assert [tuple(r) for r in await store.fetchall("SELECT k, v FROM t")] == [(1, "one")]
         await store.write([("CREATE TABLE c (k INTEGER REFERENCES t(k))", ())])
         with pytest.raises(IntegrityError):  # foreign keys are checked on both threads
-            await store.write([("INSERT INTO c VALUES (9)", ())])
+            await store.write([("INSERT INTO c VALUES (9)", ())], quick=True)
         with sqlite3.connect(tmp_path / "db.sqlite") as other:  # committed, for everyone
             assert other.execute("SELECT count(*) FROM t").fetchone()[0] == 1
 
@@ -175,11 +175,13 @@ async def test_a_quiet_write_commits_on_the_event_loops_thread(tmp_path: Path) -
         def op(conn: sqlite3.Connection) -> None:
             threads.append(threading.get_ident())
 
-        await store._write_op(op)  # not quiet (the default): the writer's thread
+        await store._write_op(op, quick=True)  # not quiet (the default): the writer's thread
         store.commit_on_the_loop_when(lambda: True)
-        await store._write_op(op)
+        await store._write_op(op, quick=True)
+        await store._write_op(op)  # quiet, but not a quick write: the writer's thread
         assert threads[0] != threading.get_ident()
         assert threads[1] == threading.get_ident()
+        assert threads[2] != threading.get_ident()
 
 
 _WRITING = r"""
@@ -206,7 +208,8 @@ async def test_a_quiet_write_waits_for_another_process_off_the_event_loop(
             sys.executable, "-c", _WRITING, str(path), "0.5", stdout=asyncio.subprocess.PIPE)
         assert holder.stdout is not None
         assert (await holder.stdout.readline()).strip() == b"held"
-        write = asyncio.ensure_future(store.write([("INSERT INTO t VALUES (2, 'ours')", ())]))
+        write = asyncio.ensure_future(store.write([("INSERT INTO t VALUES (2, 'ours')", ())],
+                                                  quick=True))
         ticks = 0
         while not write.done():  # the event loop goes on turning while the write waits
             await asyncio.sleep(0.01)
@@ -261,6 +264,6 @@ async def test_none_and_bools_are_stored_as_null_and_integers(tmp_path: Path,
     async with Store(tmp_path / "db.sqlite") as store:
         store.commit_on_the_loop_when(lambda: quiet)
         await store.write([("CREATE TABLE t (a, b, c)", ())])
-        await store.write([("INSERT INTO t VALUES (?, ?, ?)", (None, True, False))])
+        await store.write([("INSERT INTO t VALUES (?, ?, ?)", (None, True, False))], quick=True)
         row = await store.fetchone("SELECT typeof(a), b, typeof(b), c, a IS NULL FROM t")
         assert row is not None and tuple(row) == ("null", 1, "integer", 0, 1)
