@@ -9,9 +9,11 @@ gives (the fields, their defaults and factories, ``eq``, ``hash``, ``repr``, ref
 changed, ``dataclasses.replace``, pickling) and replaces only ``__init__`` with one that sets
 each slot through its descriptor, bound once: less than half the cost.
 
-Only what the hot records use is supported: fields with or without a default or a
-default factory, keyword-only fields, fields left out of ``__init__``. A class with a
-``__post_init__`` or an ``InitVar`` keeps the dataclass's own ``__init__``.
+Supported: fields with or without a default or a default factory, keyword-only fields,
+fields left out of ``__init__``, a record inheriting another's fields. A class with a
+``__post_init__``, an ``InitVar`` or a field named as the generated code's own names
+(``self``, ``_FACTORY``, ``_set_…``, ``_make_…``, ``_default_…``) keeps the dataclass's own
+``__init__``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class _Factory:
 
 
 _FACTORY = _Factory()
+_HELPERS = ("_FACTORY", "_set_", "_make_", "_default_")
+"""The generated ``__init__``'s own names: a field named so keeps the dataclass's."""
 
 
 # frozen_default: Python 3.12's name, taken (and kept) by 3.11's as an extra keyword; mypy
@@ -39,14 +43,22 @@ _FACTORY = _Factory()
                                                              dataclasses.Field))
 def frozen_record(cls: type[T]) -> type[T]:
     made: Any = dataclasses.dataclass(frozen=True, slots=True)(cls)
+    if hasattr(made, "__post_init__") or any(
+            f.name == "self" or f.name.startswith(_HELPERS) for f in dataclasses.fields(made)):
+        return made  # type: ignore[no-any-return]
     init = _slot_init(made)
     # An InitVar is an __init__ parameter that is no field: the signatures then differ.
-    if hasattr(made, "__post_init__") or _parameters(init) != _parameters(made.__init__):
+    if _parameters(init) != _parameters(made.__init__):
         return made  # type: ignore[no-any-return]
     init.__annotations__ = made.__init__.__annotations__
     init.__doc__ = made.__init__.__doc__
     made.__init__ = init
     return made  # type: ignore[no-any-return]
+
+
+def _slot_of(cls: type, name: str) -> Any:
+    """The slot's descriptor, on the class that declared it (a base record's, inherited)."""
+    return next(klass.__dict__[name] for klass in cls.__mro__ if name in klass.__dict__)
 
 
 def _parameters(function: Any) -> list[tuple[str, Any]]:
@@ -62,7 +74,7 @@ def _slot_init(cls: Any) -> Any:
     body: list[str] = []
     for f in dataclasses.fields(cls):
         setter = f"_set_{f.name}"
-        names[setter] = cls.__dict__[f.name].__set__
+        names[setter] = _slot_of(cls, f.name).__set__
         has_factory = f.default_factory is not dataclasses.MISSING
         if has_factory:
             names[f"_make_{f.name}"] = f.default_factory

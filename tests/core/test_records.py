@@ -125,3 +125,29 @@ def test_the_records_made_on_every_request_are_cheap_to_make(cls: type) -> None:
     assert "_FACTORY" in cls.__init__.__globals__  # type: ignore[misc]
     assert dataclasses.fields(cls)  # still a dataclass, frozen
     assert cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
+
+
+def test_a_record_inherits_a_records_fields() -> None:
+    @frozen_record
+    class Base:
+        a: int
+        b: list[int] = field(default_factory=list)
+
+    @frozen_record
+    class Child(Base):
+        c: str = "c"
+
+    child = Child(1, [2], "x")
+    assert (child.a, child.b, child.c) == (1, [2], "x")
+    assert Child(1).b == [] and Child(1).b is not Child(1).b
+    assert "_FACTORY" in Child.__init__.__globals__  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", ["_FACTORY", "_set_a", "_make_x", "_default_y"])
+def test_a_field_named_as_the_generated_codes_own_keeps_the_dataclass_init(name: str) -> None:
+    namespace: dict[str, Any] = {"__annotations__": {"a": "int", name: "int"}, name: 7,
+                                 "__module__": __name__}
+    cls = frozen_record(type("Clash", (), namespace))
+    assert "_FACTORY" not in cls.__init__.__globals__  # type: ignore[misc]
+    made = cls(1)  # type: ignore[call-arg]
+    assert (made.a, getattr(made, name)) == (1, 7)
