@@ -188,10 +188,10 @@ async def call(session: UpstreamSession, url: str, *, body: bytes = b"{}",
 
 
 @contextlib.asynccontextmanager
-async def aiohttp_upstream(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                           ) -> AsyncIterator[str]:
+async def aiohttp_upstream(handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                           client_max_size: int = 1024 ** 2) -> AsyncIterator[str]:
     """A real aiohttp server on 127.0.0.1 answering ``handler``: its chat completions URL."""
-    app = web.Application()
+    app = web.Application(client_max_size=client_max_size)
     app.router.add_post("/v1/chat/completions", handler)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -690,18 +690,9 @@ async def test_a_big_body_arrives_whole(session: UpstreamSession) -> None:
         got = await request.read()
         return web.Response(text=f"{len(got)} {hashlib.sha256(got).hexdigest()}")
 
-    app = web.Application(client_max_size=8 * 1024 * 1024)
-    app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/chat/completions"
+    async with aiohttp_upstream(handler, client_max_size=8 * 1024 * 1024) as url:
         got = await call(session, url, body=body,
                          headers={"Content-Type": "application/octet-stream"})
-    finally:
-        await runner.cleanup()
     assert got == f"{len(body)} {hashlib.sha256(body).hexdigest()}".encode()
 
 
