@@ -24,6 +24,7 @@ from typing import Any, TypeVar, dataclass_transform
 
 T = TypeVar("T")
 
+
 class _Factory:
     """Marks an argument left to its field's default factory (shown as the dataclass shows
     it, in signatures and help)."""
