@@ -18,12 +18,12 @@ import argparse
 import json
 import sys
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from core.clock import iso
+from core.ids import new_id
 from core.keys import hash_key, new_key, shown_prefix
 from core.storage.bulk import SqliteBulkLoader
 
@@ -51,12 +51,17 @@ def _principal_row(role: str, name: str, client_id: int | None, external_id: str
             created), key
 
 
+def _unix_ms(moment: datetime) -> int:
+    """The id of a row seeded at ``moment`` carries that time, as the gateway's own would."""
+    return int(moment.timestamp() * 1000)
+
+
 def _conversation_rows(owner: tuple[int, int | None], number: int, turns: int,
                        start: datetime, conversations: list[tuple[Any, ...]],
                        turn_rows: list[tuple[Any, ...]], usage_rows: list[tuple[Any, ...]],
                        ) -> str:
     owner_id, owner_client = owner
-    conversation_id = str(uuid.uuid4())
+    conversation_id = new_id(_unix_ms(start))
     parent: str | None = None
     moment = start
     for position in range(turns):
@@ -65,7 +70,7 @@ def _conversation_rows(owner: tuple[int, int | None], number: int, turns: int,
         prompt_utc = iso(moment)
         moment += timedelta(seconds=20 + (number + position) % 40)
         reply_utc = iso(moment)
-        turn_id = str(uuid.uuid4())
+        turn_id = new_id(_unix_ms(moment))
         input_tokens, output_tokens = len(prompt) // 4 + 40 * position, len(reply) // 4
         turn_rows.append((turn_id, conversation_id, parent, position, prompt, reply, MODEL,
                           f"chatcmpl-seed{number:08d}{position:04d}", prompt_utc, reply_utc,
