@@ -25,6 +25,16 @@ def loads(raw: bytes | str) -> Any:
         return json.loads(raw)
 
 
+def loads_noting_origin(raw: bytes | str) -> tuple[Any, bool]:
+    """``loads(raw)``, and whether orjson read it. What orjson reads holds no lone surrogate
+    and nests at most 1,024 levels: a caller that must refuse those needs to look only at
+    what the standard library read."""
+    try:
+        return orjson.loads(raw), True
+    except orjson.JSONDecodeError:
+        return json.loads(raw), False
+
+
 def dumps(value: Any, *, indent: bool = False) -> bytes:
     """``json.dumps(value, ensure_ascii=False)`` as UTF-8, faster; ``indent``: two spaces."""
     try:

@@ -62,18 +62,18 @@ async def read_limited(request: web.BaseRequest, limit: int) -> bytes | None:
 def parse_json(raw: bytes, *, what: str = "the request body") -> Any:
     """``raw`` parsed, refusing what ``json.loads`` would let through to fail later."""
     try:
-        value = fastjson.loads(raw)
+        value, by_orjson = fastjson.loads_noting_origin(raw)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest(f"{what} is not valid JSON", code="malformed_json") from None
     except RecursionError:
         raise BadRequest(f"{what} is nested too deeply", code="malformed_json") from None
-    # Cheap tests on the raw bytes first: most bodies can hold neither problem, and walking
-    # every body would cost each request time.
+    # A cheap test on the raw bytes first: most bodies cannot be that deep, and walking every
+    # body would cost each request time.
     deep = raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH
-    # Escapes, or UTF-8-encoded surrogates. find, not ``in``: bytes.__contains__ first tries
-    # its operand as an int, and formats a TypeError for every bytes operand.
-    surrogates = raw.find(b"\\u") >= 0 or raw.find(b"\xed") >= 0
-    if deep or surrogates:
+    # orjson refuses lone surrogates, so only what the standard library read (orjson said no:
+    # rare) may hold one. Searching every body for escapes and encoded surrogates cost most of
+    # what parsing it costs (4 against 6 microseconds for a /v1 body of 3 KB).
+    if deep or not by_orjson:
         _walk(value, what)
     return value
 
