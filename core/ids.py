@@ -1,8 +1,9 @@
 """Ids for conversations, turns and budget holds: UUID version 7 (RFC 9562) text.
 
 A version-7 UUID starts with the time in milliseconds, then 74 random bits. Ids made later sort
-later, so a new conversation's or turn's rows go to the end of each index that holds an id
-(the primary keys, ``turns(conversation_id, position)``), on pages already in the cache.
+later, so a new conversation's rows go to the end of each index that holds its id (the primary
+keys of ``conversations`` and ``turns``, ``turns(conversation_id, position)``), and a follow-up
+turn's to the end of the turns' primary key, on pages already in the cache.
 Random ids (version 4) sent each insert to a random page of each of those indexes: with 200,000
 conversations stored, each new conversation read 8 pages from the file and wrote 11 to the
 write-ahead log, against 0.6 and 6 with these (strace, issue 14). The time an id carries is
@@ -10,7 +11,7 @@ the creation time its row already shows its owner; nothing grants access by know
 
 ``uuid.uuid4()`` made one ``os.urandom`` system call per id; the hot path needs two or three
 ids a request, and under load those calls were 3-6% of the event loop (bench/, py-spy). Here
-the same kernel randomness is drawn 4 KiB at a time and cut into ids, with no system call per
+the same kernel randomness is drawn 4,000 bytes (400 ids) at a time, with no system call per
 id: a forked child starts a pool of its own (``os.register_at_fork``) rather than checking its
 process id on every id, so no two processes share random bytes. Processes that are not forked
 (several gateways on one PostgreSQL database) each draw their own from the kernel.
