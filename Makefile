@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config.toml
+SOURCES := bot.py discord_bot.py core web cogs
 
-.PHONY: run test lint typecheck browser clean help bench bench-quick bench-instructions
+.PHONY: run test lint typecheck browser clean help bench bench-quick bench-instructions bytecode
 
 help:
 	@echo "make run    - install and start the gateway (CONFIG=$(CONFIG))"
@@ -35,8 +36,15 @@ $(VENV)/.dev: requirements.txt requirements-local.txt requirements-dev.txt | $(B
 	$(BIN)/python tools/pip_install.py -r requirements-dev.txt
 	touch $(VENV)/.runtime $(VENV)/.local $@
 
+# Python writes no bytecode where PYTHONDONTWRITEBYTECODE is set (many containers set it, this
+# project's machines among them): each start would then compile the gateway's modules again,
+# 0.4 s of a 1.4 s start. Compiled here instead, into the __pycache__ folders git ignores;
+# compileall skips what is up to date, and Python still reads the files with that variable set.
+bytecode: | $(BIN)/python
+	@$(BIN)/python -m compileall -q $(SOURCES)
+
 # Without any upstream key configured, the gateway serves a local model: install it first.
-run: $(VENV)/.runtime
+run: $(VENV)/.runtime bytecode
 	@if $(BIN)/python bot.py --config $(CONFIG) needs-local-model; then \
 		$(MAKE) --no-print-directory $(VENV)/.local; fi
 	$(BIN)/python bot.py --config $(CONFIG)
@@ -62,7 +70,7 @@ browser:
 		fi; \
 	fi
 
-test: lint typecheck browser
+test: lint typecheck browser bytecode
 	$(BIN)/python -m pytest
 
 # The benchmark of issue 6 (bench/): `bench` measures (~15 min); `bench-quick` only checks that
