@@ -31,8 +31,6 @@ from core.leadership import while_leading
 from core.local_model import LocalModelError, LocalModelServer, needs_local_model
 from core.log_batch import BatchingHandler, BatchListener, BatchWriter, LineFormatter
 from core.storage import StorageError
-from core.storage.copy import copy_sqlite_to_postgres
-from core.storage.postgres import safe_url
 from core.storage.sqlite import SqliteDatabase
 from web.access_log import SecretFilter
 from web.app import create_app
@@ -77,6 +75,10 @@ async def create_admin(settings: Settings, name: str) -> int:
 
 
 async def copy_db(settings: Settings, url: str) -> None:
+    # Here, not at the top: asyncpg's import costs a gateway on SQLite about 0.1 s of start-up.
+    from core.storage.copy import copy_sqlite_to_postgres
+    from core.storage.postgres import safe_url
+
     if settings.storage.backend != "sqlite":
         raise ConfigError("copy-db copies a SQLite database: point --config at the "
                           "configuration whose [storage] is the SQLite file to move")
@@ -92,6 +94,7 @@ async def copy_db(settings: Settings, url: str) -> None:
 
 async def backup(settings: Settings, file: str) -> None:
     if settings.storage.backend != "sqlite":
+        from core.storage.postgres import safe_url
         raise ConfigError(f"back up PostgreSQL with its own tool: pg_dump -Fc -f {file} "
                           f"'{safe_url(settings.storage.url)}'")
     async with SqliteDatabase(settings.storage.sqlite_path) as db:

@@ -14,11 +14,9 @@ import time
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import python_socks
-
 from . import completions_api, fastjson, request_notes, responses_api
 from .clock import utc_now
-from .upstream_http import BrokenResponse, Response, Timeouts, UpstreamSession
+from .upstream_http import BrokenResponse, ProxyFailure, Response, Timeouts, UpstreamSession
 from .wire import (
     COOLING_KINDS,
     DEFAULT_MAX_REPLY_BYTES,
@@ -49,10 +47,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PROXY_ERRORS: tuple[type[Exception], ...] = (
-    python_socks.ProxyError, python_socks.ProxyConnectionError, python_socks.ProxyTimeoutError,
-)
-TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, OSError, *PROXY_ERRORS)
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, OSError)
+"""Proxy failures among them: ``ProxyFailure`` is an OSError."""
 
 
 def make_session(proxy_url: str, *, limit: int = 100) -> UpstreamSession:
@@ -137,7 +133,7 @@ async def _raise_for_status(resp: Response) -> None:
 
 
 def _transport_failure(exc: BaseException) -> UpstreamFailure:
-    if isinstance(exc, PROXY_ERRORS):
+    if isinstance(exc, ProxyFailure):
         return UpstreamFailure("proxy", f"proxy failure: {exc}")
     if isinstance(exc, TimeoutError):
         return UpstreamFailure("timeout", "the upstream did not answer in time")

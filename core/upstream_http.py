@@ -31,19 +31,22 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+import socket
 import ssl
 import time
 import zlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from python_socks import parse_proxy_url
-from python_socks.async_.asyncio import Proxy
+if TYPE_CHECKING:
+    from python_socks.async_.asyncio import Proxy
 
 __all__ = [
-    "BrokenResponse", "MalformedResponse", "Response", "Timeouts", "UpstreamSession",
+    "BrokenResponse", "MalformedResponse", "ProxyFailure", "Response", "Timeouts",
+    "UpstreamSession",
 ]
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -61,6 +64,11 @@ _NO_BODY = frozenset({204, 304})
 
 class BrokenResponse(ConnectionError):
     """The connection ended in the middle of an answer."""
+
+
+class ProxyFailure(ConnectionError):
+    """The proxy refused, could not be reached, or did not answer in time (python_socks's
+    errors, which only a proxied account imports)."""
 
 
 class MalformedResponse(ValueError):
@@ -523,6 +531,8 @@ class UpstreamSession:
         # socks5h: names resolved by the proxy, which every SOCKS proxy here does (rdns).
         self.proxy_url = re.sub(r"^socks5h://", "socks5://", proxy_url)
         if self.proxy_url:
+            # Imported only for a proxy: python_socks costs every start 20 ms otherwise.
+            from python_socks import parse_proxy_url
             parse_proxy_url(self.proxy_url)  # a URL it cannot use fails here, at start
         self._proxy: Proxy | None = None
         self.limit = limit
@@ -616,9 +626,9 @@ class UpstreamSession:
         if self.proxy_url:
             # Its own time limit, so that a slow proxy fails as the proxy's fault.
             if self._proxy is None:
+                from python_socks.async_.asyncio import Proxy
                 self._proxy = Proxy.from_url(self.proxy_url, rdns=True)
-            sock = await self._proxy.connect(address.host, address.port,
-                                       timeout=None if limit is None else limit - loop.time())
+            sock = await self._connect_through_proxy(self._proxy, address, limit)
             _, conn = await loop.create_connection(_Connection, sock=sock, ssl=context,
                                                    server_hostname=server_hostname)
         else:
@@ -630,6 +640,18 @@ class UpstreamSession:
         if self._ssl is None:
             self._ssl = ssl.create_default_context()
         return self._ssl
+
+    @staticmethod
+    async def _connect_through_proxy(proxy: Proxy, address: _Address,
+                                     limit: float | None) -> socket.socket:
+        from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
+
+        try:
+            return await proxy.connect(
+                address.host, address.port,
+                timeout=None if limit is None else limit - asyncio.get_running_loop().time())
+        except (ProxyError, ProxyConnectionError, ProxyTimeoutError) as exc:
+            raise ProxyFailure(str(exc)) from exc
 
     async def _take_slot(self, deadline: float | None) -> None:
         if self.closed:

@@ -13,15 +13,18 @@ text. Everything else stays Markdown."""
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nh3
-from markdown_it import MarkdownIt
 from pygments import highlight as pygments_highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import get_lexer_by_name
 from pygments.util import ClassNotFound
+
+if TYPE_CHECKING:
+    from markdown_it import MarkdownIt
 
 HIGHLIGHT_CLASS_PREFIX = "hl-"
 MAX_HIGHLIGHT_CHARS = 100_000
@@ -41,15 +44,17 @@ def _highlight(code: str, lang: str, _attrs: str) -> str:
     return str(pygments_highlight(code, lexer, _formatter))
 
 
-def _parser(*, highlight: bool, breaks: bool) -> MarkdownIt:
+@functools.cache
+def _parser(highlight: bool, breaks: bool) -> MarkdownIt:
+    # Made, and markdown-it imported, on the first page that shows Markdown: the import alone
+    # costs every start of the gateway 40 ms.
+    from markdown_it import MarkdownIt
+
     options: dict[str, Any] = {"html": False, "linkify": False, "breaks": breaks}
     if highlight:
         options["highlight"] = _highlight
     return MarkdownIt("commonmark", options).enable("table")
 
-
-_PARSERS = {(highlight, breaks): _parser(highlight=highlight, breaks=breaks)
-            for highlight in (False, True) for breaks in (False, True)}
 
 _ALLOWED_TAGS = {
     "p", "br", "hr", "strong", "em", "code", "pre", "blockquote", "ul", "ol", "li", "a",
@@ -66,7 +71,7 @@ _ALIGN = re.compile(r' style="text-align:(left|right|center)"')
 
 
 def markdown_to_safe_html(text: str, *, highlight: bool = False, breaks: bool = False) -> str:
-    source = _PARSERS[highlight, breaks].render(text)
+    source = _parser(highlight, breaks).render(text)
     if highlight:
         return nh3.clean(
             _ALIGN.sub(r' class="align-\1"', source),

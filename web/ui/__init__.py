@@ -1,4 +1,4 @@
-"""The web UI: server-rendered pages (aiohttp-jinja2), a little plain JavaScript, no build step
+"""The web UI: server-rendered pages (Jinja templates), a little plain JavaScript, no build step
 and nothing loaded from another site.
 
     /                      to the chat, or to sign in
@@ -23,8 +23,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import aiohttp_jinja2
-import jinja2
 from aiohttp import web
 
 from core.config import ConfigError
@@ -32,12 +30,12 @@ from core.config import ConfigError
 from ..keys import GATEWAY, SETTINGS
 from . import account, admin, chat, usage
 from .pages import Handler, SecureStatic, guarded, unmatched_page
-from .state import SESSIONS, STATIC
+from .state import SESSIONS, STATIC, TEMPLATES
+from .templates import Templates
 
 __all__ = ["ROUTES", "setup", "unmatched_page"]
 
 WEB = Path(__file__).resolve().parent.parent
-TEMPLATES = WEB / "templates"
 STATIC_DIR = WEB / "static"
 
 ROUTES: list[tuple[str, str, Handler]] = [
@@ -85,23 +83,11 @@ def check_paths(paths: dict[str, str]) -> None:
 
 def setup(app: web.Application) -> None:
     check_paths(app[SETTINGS].paths.model_dump())
-    env = aiohttp_jinja2.setup(
-        app, loader=jinja2.FileSystemLoader(TEMPLATES), default_helpers=False,
-        autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined,
-        trim_blocks=True, lstrip_blocks=True,
-    )
     static = SecureStatic("/static", STATIC_DIR, name="ui-static", append_version=True)
     app.router.register_resource(static)
     app[STATIC] = static
-    env.globals["static"] = lambda filename: str(static.url_for(filename=filename))
-    env.filters["when"] = _when
+    app[TEMPLATES] = Templates(static)
     app[SESSIONS] = app[GATEWAY].web_sessions
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, guarded(handler))
 
-
-def _when(stamp: str | None) -> str:
-    """``2026-11-25T21:41:02.611Z`` as ``2026-11-25 21:41 UTC`` (app.js shows local time)."""
-    if not stamp:
-        return "never"
-    return f"{stamp[:10]} {stamp[11:16]} UTC"

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
 
-import aiohttp_jinja2
 from aiohttp import web
 
 from core.errors import Forbidden, GatewayError, Unauthorized
@@ -33,7 +32,7 @@ from ..inputs import upload_limit
 from ..keys import SETTINGS
 from . import csrf
 from .sessions import COOKIE, Flash, Session
-from .state import SESSION, SESSIONS
+from .state import SESSION, SESSIONS, TEMPLATES
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +161,7 @@ async def render(request: web.Request, template: str, context: Mapping[str, Any]
         "section": "",
     }
     base.update(context or {})
-    response = aiohttp_jinja2.render_template(template, request, base, status=status)
+    response = request.app[TEMPLATES].page(template, base, status=status)
     # Pages show keys, conversations and tokens: never kept by a shared cache or the back button
     # of the next person at a shared computer.
     response.headers["Cache-Control"] = "no-store"
