@@ -523,6 +523,14 @@ class _Call:
             self._response.release()
 
 
+@functools.cache
+def _default_ssl_context() -> ssl.SSLContext:
+    """One for the process, made on the first TLS connection: loading the system's CA
+    certificates takes OpenSSL 3 about 60 ms here, and a context serves any number of
+    connections. (One a session made each account's first call wait that long.)"""
+    return ssl.create_default_context()
+
+
 class UpstreamSession:
     """The connections to one account's upstream (or one proxy's), at most ``limit`` open at
     once; a call past the limit waits for one to come free."""
@@ -539,7 +547,6 @@ class UpstreamSession:
         self._idle: dict[tuple[str, int, bool], list[_Connection]] = {}
         self._open = 0
         self._queue: list[asyncio.Future[None]] = []
-        self._ssl: ssl.SSLContext | None = None
         self._deadlines = _Deadlines()
         self.closed = False
 
@@ -621,7 +628,7 @@ class UpstreamSession:
 
     async def _connect(self, address: _Address, limit: float | None) -> _Connection:
         loop = asyncio.get_running_loop()
-        context = self._ssl_context() if address.secure else None
+        context = _default_ssl_context() if address.secure else None
         server_hostname = address.host if address.secure else None
         if self.proxy_url:
             # Its own time limit, so that a slow proxy fails as the proxy's fault.
@@ -635,11 +642,6 @@ class UpstreamSession:
             _, conn = await loop.create_connection(_Connection, address.host, address.port,
                                                    ssl=context, server_hostname=server_hostname)
         return conn
-
-    def _ssl_context(self) -> ssl.SSLContext:
-        if self._ssl is None:
-            self._ssl = ssl.create_default_context()
-        return self._ssl
 
     @staticmethod
     async def _connect_through_proxy(proxy: Proxy, address: _Address,
