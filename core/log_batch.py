@@ -89,6 +89,14 @@ class LineFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
         return f"{record.asctime} {record.levelname} {record.name}: {record.message}"
 
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text or record.stack_info:
+            return super().format(record)
+        # logging.Formatter.format's steps for a record with no traceback, without its calls.
+        record.message = message = record.getMessage()
+        record.asctime = stamp = self.formatTime(record)
+        return f"{stamp} {record.levelname} {record.name}: {message}"
+
 
 class BatchWriter(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes a batch of records in one write and one flush; its filters (the SecretFilter)

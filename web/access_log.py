@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -41,8 +42,10 @@ def redact_text(text: str) -> str:
     if not text.isascii():
         return _redact_all(text)
     lowered = text.lower()
-    if any(name in lowered for name in _SECRET_NAMES_EQ):
-        text = _SECRET_IN_TEXT.sub(r"\1=***", text)
+    for name in _SECRET_NAMES_EQ:  # a loop, not any() over a generator: half the time
+        if name in lowered:
+            text = _SECRET_IN_TEXT.sub(r"\1=***", text)
+            break
     if "bearer" in lowered or "basic" in lowered:
         text = _TOKEN_AFTER_SCHEME.sub(r"\1\2***", text)
     if "gw_" in text or "sk-" in text:
@@ -77,10 +80,31 @@ class SecretFilter(logging.Filter):
 class RedactingAccessLogger(AbstractAccessLogger):
     """One line a request, with what its upstream calls noted (core/request_notes.py)."""
 
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+    def log(self, request: web.BaseRequest, response: web.StreamResponse,
+            seconds: float) -> None:
         notes = request_notes.end()
-        self.logger.info(
-            '%s "%s %s" %s %.1fms%s', request.remote, request.method,
-            redact_url(request.rel_url), response.status, time * 1000,
-            "".join(" " + note for note in notes),
-        )
+        # aiohttp calls this only when the logger is enabled for INFO.
+        self.logger.handle(_AccessRecord(
+            self.logger.name, '%s "%s %s" %s %.1fms%s',
+            (request.remote, request.method, redact_url(request.rel_url), response.status,
+             seconds * 1000, "".join(" " + note for note in notes))))
+
+
+class _AccessRecord(logging.LogRecord):
+    """The access line's INFO record, made directly: ``Logger.info`` looks for its caller and
+    ``LogRecord.__init__`` splits a file name and looks up the level's name, 4 of the 5
+    microseconds the line cost the event loop (issue 14). The attributes are those of a
+    record logged with the source file unknown, as bot.py has it (``logging._srcfile``)."""
+
+    def __init__(self, name: str, msg: str, args: tuple[object, ...]) -> None:
+        now = time.time()
+        self.name, self.msg, self.args = name, msg, args
+        self.levelname, self.levelno = "INFO", logging.INFO
+        self.pathname = self.filename = self.module = "(unknown file)"
+        self.lineno, self.funcName = 0, "(unknown function)"
+        self.exc_info = self.exc_text = self.stack_info = None
+        self.created = now
+        self.msecs = int((now - int(now)) * 1000) + 0.0
+        self.relativeCreated = (now - logging._startTime) * 1000  # type: ignore[attr-defined]
+        self.thread = self.threadName = self.processName = self.process = None
+        self.taskName = None  # Python 3.12 added it
