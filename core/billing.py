@@ -121,17 +121,27 @@ class TierDefaults:
     def __init__(self, settings: Settings) -> None:
         self.free = settings.limits.free.model_dump()
         self.plus = settings.limits.plus.model_dump()
+        # The kinds that have a limit, made once: a user without limits of its own (most
+        # users) gets them on each request, twice (issue 14).
+        self._set = {False: _set_only(self.free), True: _set_only(self.plus)}
+
+    def set_limits(self, plus: bool) -> Limits:
+        return dict(self._set[plus])
+
+
+def _set_only(defaults: dict[str, float | None]) -> Limits:
+    return {kind: value for kind, value in defaults.items() if value is not None}
 
 
 def member_limits(principal: Principal, tiers: TierDefaults) -> Limits:
     """The budgets of a principal's own use: those set for it, else its tier's defaults.
     Tier defaults apply to users; clients and admins have only what is set for them (a
     client's budget caps all its users together, so a per-member default would not fit)."""
+    if not principal.limits:
+        return tiers.set_limits(principal.plus) if principal.role == "user" else {}
     defaults: dict[str, float | None] = {}
     if principal.role == "user":
         defaults = tiers.plus if principal.plus else tiers.free
-    if not principal.limits:
-        return {kind: value for kind, value in defaults.items() if value is not None}
     own = dict(principal.limits)
     limits: Limits = {}
     for kind in BUDGET_KEYS:
