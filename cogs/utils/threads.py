@@ -20,6 +20,7 @@ from core.budgets import QuotaExceeded
 from core.chat import ChatResult, StartInfo
 from core.errors import GatewayError
 from core.images import ImageFile
+from core.locks import KeyLock
 from core.titles import fallback_title
 
 from .controls import ReplyControls
@@ -182,7 +183,7 @@ class ThreadOpener:
         self._title: str | None = None
         self._named: str | None = None
         self._rename: asyncio.Task[None] | None = None
-        self._lock: asyncio.Lock | None = None
+        self._lock: KeyLock | None = None
 
     def open(self) -> None:
         if self.task is None:

@@ -35,7 +35,7 @@ from typing import Any, cast
 import aiosqlite
 
 from ..clock import iso, utc_now
-from ..locks import KeyedLocks
+from ..locks import KeyedLocks, KeyLock
 from .database import (
     ChangeListener,
     Dialect,
@@ -330,7 +330,7 @@ class SqliteDatabase:
 
     # ----------------------------------------------------------------- one process only
 
-    def lock(self, key: str) -> asyncio.Lock:
+    def lock(self, key: str) -> KeyLock:
         return self._locks[key]
 
     def subscribe(self, channel: str, listener: ChangeListener) -> None:
