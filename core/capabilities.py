@@ -82,9 +82,11 @@ def account_capabilities(api: str, declared: Mapping[str, bool | None]) -> froze
 _TOOL_ROLES = frozenset({"tool", "function"})
 
 
-def needs_of_chat(body: Mapping[str, Any]) -> dict[str, str]:
+def needs_of_chat(body: Mapping[str, Any], *,
+                  plain_text_messages: bool = False) -> dict[str, str]:
     """What a Chat Completions request needs, each with the parameter that needs it (the first
-    one found), for the error that names it."""
+    one found), for the error that names it. ``plain_text_messages``: the messages are known
+    to be roles and text alone, which need nothing."""
     needs: dict[str, str] = {}
     for name in ("tools", "functions"):
         if body.get(name):
@@ -105,7 +107,9 @@ def needs_of_chat(body: Mapping[str, Any]) -> dict[str, str]:
     if body.get("audio") or (isinstance(modalities, list) and "audio" in modalities):
         needs.setdefault("audio", "audio" if body.get("audio") else "modalities")
     messages = body.get("messages")
-    for index, message in enumerate(messages if isinstance(messages, list) else ()):
+    if plain_text_messages or not isinstance(messages, list):
+        messages = ()
+    for index, message in enumerate(messages):
         if not isinstance(message, dict):
             continue
         if message.get("role") in _TOOL_ROLES or message.get("tool_calls"):

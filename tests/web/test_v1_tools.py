@@ -223,6 +223,25 @@ async def test_an_inline_image_reaches_the_upstream_intact_and_is_stored_once(
     assert await gateway.storage.db.fetchall(stored, (digest,)) == []
 
 
+async def test_a_text_message_that_is_a_data_url_is_stored_as_an_attachment(
+    sdk: openai.AsyncOpenAI, upstream_a: FakeUpstream, root: str, member: str,
+) -> None:
+    # A plain {role, content} message whose text is a data URL is not plain text: its bytes
+    # are kept once by hash, as from a content part, and the upstream gets the text as sent.
+    url, data = png_data_url(500)
+    history = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"},
+               {"role": "user", "content": url}]
+    raw = await sdk.chat.completions.with_raw_response.create(
+        model="model-a", messages=history)  # type: ignore[arg-type]
+    assert upstream_a.chat_requests(titles=False)[0].messages == history
+    turns = await recall(root, member, raw.headers["x-conversation-id"])
+    digest = hashlib.sha256(data).hexdigest()
+    assert turns[0]["attachments"] == [{"sha256": digest, "mime_type": "image/png",
+                                        "bytes": len(data)}]
+    assert turns[0]["exchange"]["messages"][-1] == {"role": "user",
+                                                    "content": f"attachment:{digest}"}
+
+
 async def test_json_schema_response_format_is_passed_as_given(
     sdk: openai.AsyncOpenAI, upstream_a: FakeUpstream, root: str, member: str
 ) -> None:
