@@ -39,17 +39,21 @@ async def test_other_keys_do_not_wait() -> None:
     assert len(locks) == 0
 
 
-async def test_a_cancelled_waiter_leaves_the_queue_and_the_next_one_gets_the_key() -> None:
-    locks = KeyedLocks()
-    got: list[str] = []
+def _two_waiters(locks: KeyedLocks, got: list[str], first: str,
+                 second: str) -> tuple[asyncio.Task[None], asyncio.Task[None]]:
+    """Two tasks that queue for "k" (held by the test) and note when each got it."""
 
     async def take(name: str) -> None:
         async with locks["k"]:
             got.append(name)
 
+    return asyncio.create_task(take(first)), asyncio.create_task(take(second))
+
+
+async def test_a_cancelled_waiter_leaves_the_queue_and_the_next_one_gets_the_key() -> None:
+    locks, got = KeyedLocks(), []
     await locks["k"].acquire()
-    cancelled = asyncio.create_task(take("cancelled"))
-    waiting = asyncio.create_task(take("waiting"))
+    cancelled, waiting = _two_waiters(locks, got, "cancelled", "waiting")
     await asyncio.sleep(0)
     cancelled.cancel()
     await asyncio.sleep(0)
@@ -61,16 +65,9 @@ async def test_a_cancelled_waiter_leaves_the_queue_and_the_next_one_gets_the_key
 
 
 async def test_a_waiter_cancelled_as_the_key_reaches_it_passes_it_on() -> None:
-    locks = KeyedLocks()
-    got: list[str] = []
-
-    async def take(name: str) -> None:
-        async with locks["k"]:
-            got.append(name)
-
+    locks, got = KeyedLocks(), []
     await locks["k"].acquire()
-    unlucky = asyncio.create_task(take("unlucky"))
-    after = asyncio.create_task(take("after"))
+    unlucky, after = _two_waiters(locks, got, "unlucky", "after")
     await asyncio.sleep(0)
     locks["k"].release()  # handed to "unlucky", which has not run yet
     unlucky.cancel()
