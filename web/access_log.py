@@ -80,10 +80,16 @@ class SecretFilter(logging.Filter):
 class RedactingAccessLogger(AbstractAccessLogger):
     """One line a request, with what its upstream calls noted (core/request_notes.py)."""
 
+    @property
+    def enabled(self) -> bool:
+        """aiohttp asks once a connection, and calls ``log`` only when this is true; the
+        notes of a request are opened only then too (web/server.track_requests)."""
+        return self.logger.isEnabledFor(logging.INFO)
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse,
             seconds: float) -> None:
         notes = request_notes.end()
-        # aiohttp calls this only when the logger is enabled for INFO.
+        # Only when ``enabled``: the logger lets INFO through.
         self.logger.handle(_AccessRecord(
             self.logger.name, '%s "%s %s" %s %.1fms%s',
             (request.remote, request.method, redact_url(request.rel_url), response.status,

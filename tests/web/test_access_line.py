@@ -145,3 +145,29 @@ async def test_a_request_cancelled_at_shutdown_still_logs_its_call(
     lines = _lines(caplog, "core.upstream")
     assert len(lines) == 1 and lines[0].startswith("upstream chat account=A")
     assert "status=-" in lines[0]
+
+
+async def test_above_info_there_is_no_access_line(
+    gateway: Gateway, admin_key: str, aiohttp_client: Any, upstream_a: FakeUpstream,
+) -> None:
+    # --log-level WARNING: neither the access line nor the call it would tell is logged.
+    # (A handler of any level sees what loggers let through; bot.py's writes all of it.)
+    seen: list[logging.LogRecord] = []
+    catcher = logging.Handler()
+    catcher.emit = seen.append  # type: ignore[method-assign]
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)
+    root.addHandler(catcher)
+    try:
+        server = TestServer(create_app(gateway))
+        await server.start_server(access_log_class=RedactingAccessLogger)
+        client = await aiohttp_client(server)
+        api = Api(client)
+        user, _ = await api.add_user(admin_key, "ann")
+        assert (await api.call("/api/chat", {"user": user, "prompt": "hello"})).status == 200
+        await client.close()
+    finally:
+        root.removeHandler(catcher)
+        root.setLevel(level)
+    assert [r.getMessage() for r in seen if r.levelno < logging.WARNING] == []
