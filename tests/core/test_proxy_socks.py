@@ -55,3 +55,21 @@ async def test_failing_proxy_cools_the_account_and_the_next_one_answers(
     assert health["A"]["health"] == "cooling"
     assert health["A"]["cooldown_reason"] == "proxy"
     assert upstream_a.requests == []
+
+
+async def test_a_proxy_that_refuses_the_destination_cools_the_account_as_a_proxy_failure(
+    make_settings: Callable[..., Settings], upstream_a: FakeUpstream, upstream_b: FakeUpstream
+) -> None:
+    # The proxy answers, but refuses the CONNECT (a SOCKS reply, not a network error).
+    async with FakeSocks5(refuse=True) as proxy:
+        settings = make_settings([account("A", upstream_a, "KEY_A", proxy=proxy.url),
+                                  account("B", upstream_b, "KEY_B")])
+        async with build_gateway(settings, environ=ENVIRON) as gateway:
+            user, _ = await gateway.principals.create("user", "ann")
+            result = await gateway.chat(user, ChatRequest(prompt="hello"))
+            health = {a["name"]: a for a in gateway.accounts(
+                (await gateway.principals.create("admin", "root"))[0])}
+    assert ("127.0.0.1", upstream_a.port) in proxy.destinations
+    assert result.conversation.account == "B"
+    assert health["A"]["cooldown_reason"] == "proxy"
+    assert upstream_a.requests == []

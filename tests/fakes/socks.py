@@ -1,7 +1,9 @@
 """A minimal SOCKS5 proxy (RFC 1928: no authentication, CONNECT only) on 127.0.0.1.
 
 Enough to prove that an account's traffic really goes through its configured proxy: it records
-every destination it was asked to reach, then relays bytes both ways.
+every destination it was asked to reach, then relays bytes both ways. With ``refuse=True`` it
+answers every CONNECT with "connection refused" (reply 5), as a proxy that cannot reach the
+destination does.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import struct
 
 
 class FakeSocks5:
-    def __init__(self) -> None:
+    def __init__(self, *, refuse: bool = False) -> None:
+        self.refuse = refuse
         self.destinations: list[tuple[str, int]] = []
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -62,6 +65,10 @@ class FakeSocks5:
             host = socket.inet_ntop(socket.AF_INET6, await reader.readexactly(16))
         (port,) = struct.unpack("!H", await reader.readexactly(2))
         self.destinations.append((host, port))
+        if self.refuse:
+            writer.write(b"\x05\x05\x00\x01" + socket.inet_aton("0.0.0.0") + struct.pack("!H", 0))
+            await writer.drain()
+            return
         up_reader, up_writer = await asyncio.open_connection(host, port)
         writer.write(b"\x05\x00\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack("!H", 0))
         await writer.drain()
