@@ -123,13 +123,14 @@ class TierDefaults:
         self.plus = settings.limits.plus.model_dump()
         # The kinds that have a limit, made once: a user without limits of its own (most
         # users) gets them on each request, twice (issue 14).
-        self._set = {False: _set_only(self.free), True: _set_only(self.plus)}
+        self._configured = {False: _with_value(self.free), True: _with_value(self.plus)}
 
-    def set_limits(self, plus: bool) -> Limits:
-        return dict(self._set[plus])
+    def configured(self, plus: bool) -> Limits:
+        """The tier's defaults that have a value (a copy)."""
+        return dict(self._configured[plus])
 
 
-def _set_only(defaults: dict[str, float | None]) -> Limits:
+def _with_value(defaults: dict[str, float | None]) -> Limits:
     return {kind: value for kind, value in defaults.items() if value is not None}
 
 
@@ -138,7 +139,7 @@ def member_limits(principal: Principal, tiers: TierDefaults) -> Limits:
     Tier defaults apply to users; clients and admins have only what is set for them (a
     client's budget caps all its users together, so a per-member default would not fit)."""
     if not principal.limits:
-        return tiers.set_limits(principal.plus) if principal.role == "user" else {}
+        return tiers.configured(principal.plus) if principal.role == "user" else {}
     defaults: dict[str, float | None] = {}
     if principal.role == "user":
         defaults = tiers.plus if principal.plus else tiers.free
