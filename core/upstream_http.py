@@ -365,24 +365,23 @@ class Response:
                 return whole or b""
             if whole:
                 blocks = [whole]
-                while (block := await self._next_block()) is not None:
+                while (block := await self.next_block()) is not None:
                     blocks.append(block)
                 return b"".join(blocks)
-        first = await self._next_block()
+        first = await self.next_block()
         if first is None:
             return b""
         blocks = [first]
-        while (block := await self._next_block()) is not None:
+        while (block := await self.next_block()) is not None:
             blocks.append(block)
         return first if len(blocks) == 1 else b"".join(blocks)
 
-    async def iter_any(self) -> AsyncIterator[bytes]:
+    def iter_any(self) -> AsyncIterator[bytes]:
         """The body in blocks, each as much as had arrived."""
-        while (block := await self._next_block()) is not None:
-            if block:
-                yield block
+        return _Blocks(self)
 
-    async def _next_block(self) -> bytes | None:
+    async def next_block(self) -> bytes | None:
+        """The body's next block, as much as had arrived (it may be empty); None at its end."""
         conn = self._conn
         while not self._done:
             block = self._take()
@@ -500,6 +499,27 @@ class Response:
         else:
             conn.close()
             self._session._slot_freed()
+
+
+class _Blocks:
+    """``Response.iter_any``: an iterator object, not an async generator. A stream's reader
+    stops at its ``[DONE]``, before the body's end, and an async generator left unfinished is
+    closed by a task its loop schedules for it (through the loop's self-pipe: a system call
+    and a task each streamed request)."""
+
+    __slots__ = ("_response",)
+
+    def __init__(self, response: Response) -> None:
+        self._response = response
+
+    def __aiter__(self) -> _Blocks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while (block := await self._response.next_block()) is not None:
+            if block:
+                return block
+        raise StopAsyncIteration
 
 
 class _Call:

@@ -193,39 +193,63 @@ MAX_EVENT_BYTES = 1 << 20
 """An SSE event larger than this is not a chat stream: refused as garbage, not buffered."""
 
 
-async def sse_batches(resp: Response) -> AsyncIterator[list[str]]:
+def sse_batches(resp: Response) -> AsyncIterator[list[str]]:
     """The ``data:`` payloads of a server-sent event stream, a list for each network read.
 
     Batching by read rather than yielding event by event lets a caller pass on, in one piece,
     every delta that arrived together: one write to its own client instead of one per token
     (the bench showed per-chunk writes costing most of a stream's time in the gateway)."""
-    buffer = b""
-    async for block in resp.iter_any():
-        if block.find(13) >= 0:  # a CR: lines end in CR LF
-            block = block.replace(b"\r\n", b"\n")
-        buffer += block
-        end = buffer.rfind(b"\n\n")
-        if end < 0:
-            if len(buffer) > MAX_EVENT_BYTES:
+    return _SSEBatches(resp)
+
+
+class _SSEBatches:
+    """``sse_batches``: an iterator object rather than an async generator, which its readers
+    leave unfinished at ``[DONE]`` and the loop would then close with a task of its own."""
+
+    __slots__ = ("_buffer", "_resp")
+
+    def __init__(self, resp: Response) -> None:
+        self._resp: Response | None = resp
+        self._buffer = b""
+
+    def __aiter__(self) -> _SSEBatches:
+        return self
+
+    async def __anext__(self) -> list[str]:
+        resp = self._resp
+        while resp is not None:
+            block = await resp.next_block()
+            if block is None:
+                self._resp = resp = None
+                break
+            if block.find(13) >= 0:  # a CR: lines end in CR LF
+                block = block.replace(b"\r\n", b"\n")
+            buffer = self._buffer + block
+            end = buffer.rfind(b"\n\n")
+            if end < 0:
+                if len(buffer) > MAX_EVENT_BYTES:
+                    raise ValueError("an SSE event exceeds the size limit")
+                self._buffer = buffer
+                continue
+            complete, self._buffer = buffer[:end], buffer[end + 2:]
+            if len(self._buffer) > MAX_EVENT_BYTES:
                 raise ValueError("an SSE event exceeds the size limit")
-            continue
-        complete, buffer = buffer[:end], buffer[end + 2:]
-        if len(buffer) > MAX_EVENT_BYTES:
-            raise ValueError("an SSE event exceeds the size limit")
-        events = complete.split(b"\n\n")
-        batch = None
-        if complete.count(b"\n") == 2 * (len(events) - 1):
-            # No line break but the separators: every event is one line, as nearly every
-            # chat stream's are. Counted in C over the read, not searched for in each event
-            # (the per-event test was most of this function's cost).
-            batch = [event[6:].decode("utf-8") for event in events
-                     if event.startswith(b"data: ")]
-        if batch is None or len(batch) != len(events):
-            batch = [data for event in events if (data := _event_data(event)) is not None]
-        if batch:
-            yield batch
-    if buffer.strip() and (data := _event_data(buffer)) is not None:
-        yield [data]
+            events = complete.split(b"\n\n")
+            batch = None
+            if complete.count(b"\n") == 2 * (len(events) - 1):
+                # No line break but the separators: every event is one line, as nearly every
+                # chat stream's are. Counted in C over the read, not searched for in each event
+                # (the per-event test was most of this function's cost).
+                batch = [event[6:].decode("utf-8") for event in events
+                         if event.startswith(b"data: ")]
+            if batch is None or len(batch) != len(events):
+                batch = [data for event in events if (data := _event_data(event)) is not None]
+            if batch:
+                return batch
+        rest, self._buffer = self._buffer, b""
+        if rest.strip() and (data := _event_data(rest)) is not None:
+            return [data]
+        raise StopAsyncIteration
 
 
 def _event_data(event: bytes) -> str | None:

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 from core.wire import sse_batches
 
 
 class _Response:
-    """An upstream answer's body as it arrived, read by read (``Response.iter_any``)."""
+    """An upstream answer's body as it arrived, read by read (``Response.next_block``)."""
 
     def __init__(self, reads: list[bytes]) -> None:
-        self.reads = reads
+        self.reads = iter(reads)
 
-    async def iter_any(self) -> AsyncIterator[bytes]:
-        for read in self.reads:
-            yield read
+    async def next_block(self) -> bytes | None:
+        return next(self.reads, None)
 
 
 async def _batches(reads: list[bytes]) -> list[list[str]]:
