@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from .accounts import Account, AccountPool, SlotRefused
@@ -202,7 +202,7 @@ class Progress:
         if self.inner is not None:
             await self.inner.delta(text)
 
-    async def raw(self, chunks: list[dict[str, Any]]) -> bool:
+    async def raw(self, chunks: Sequence[dict[str, Any] | str]) -> bool:
         """The upstream's streamed objects, to a front that passes them on as given (/v1):
         once one of them reached the caller, a failure can no longer move accounts."""
         forward = getattr(self.inner, "raw", None)

@@ -14,7 +14,7 @@ import time
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from . import completions_api, fastjson, request_notes, responses_api
+from . import chat_stream, completions_api, fastjson, request_notes, responses_api
 from .clock import utc_now
 from .upstream_http import BrokenResponse, ProxyFailure, Response, Timeouts, UpstreamSession
 from .wire import (
@@ -204,7 +204,8 @@ async def complete(
                 result = await completions_api.read_stream(sse_batches(resp), target, on_delta,
                                                            meter)
             elif on_delta is not None:
-                result = await _read_stream(resp, target, on_delta, meter, on_raw)
+                result = await chat_stream.read_stream(resp, target, on_delta, meter,
+                                                       on_raw)
             else:
                 raw = await read_capped(
                     resp, max_reply_bytes * RAW_BYTES_PER_REPLY_BYTE + RAW_ENVELOPE_BYTES)
@@ -326,121 +327,3 @@ def message_extras(message: dict[str, Any]) -> dict[str, Any] | None:
     if "tool_calls" in extras and not isinstance(extras["tool_calls"], list):
         raise malformed("'tool_calls' is not a list")
     return extras or None
-
-
-class _Accumulator:
-    """The first choice's message as its streamed deltas add up: text, refusal, and tool calls
-    merged by their ``index`` (id, type and name come once, the arguments in pieces)."""
-
-    def __init__(self) -> None:
-        self.refusal: list[str] = []
-        self.tool_calls: dict[int, dict[str, Any]] = {}
-        self.function_call: dict[str, str] = {}
-
-    def take(self, delta: dict[str, Any]) -> None:
-        if len(delta) <= 2 and delta.keys() <= {"content", "role"}:
-            return  # text alone: nearly every chunk, and the text is taken elsewhere
-        if refusal := text_of(delta, "refusal"):
-            self.refusal.append(refusal)
-        for call in list_of(delta, "tool_calls"):
-            if not isinstance(call, dict) or not isinstance(call.get("index", 0), int):
-                raise malformed("a streamed tool call is not an object with an index")
-            merged = self.tool_calls.setdefault(
-                call.get("index", 0), {"id": "", "type": "function",
-                                       "function": {"name": "", "arguments": ""}})
-            merged["id"] = text_of(call, "id") or merged["id"]
-            merged["type"] = text_of(call, "type") or merged["type"]
-            function = object_of(call, "function")
-            merged["function"]["name"] += text_of(function, "name") or ""
-            merged["function"]["arguments"] += text_of(function, "arguments") or ""
-        legacy = object_of(delta, "function_call")
-        for key in ("name", "arguments"):
-            if piece := text_of(legacy, key):
-                self.function_call[key] = self.function_call.get(key, "") + piece
-
-    def message(self) -> dict[str, Any] | None:
-        extras: dict[str, Any] = {}
-        if self.tool_calls:
-            extras["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
-        if self.refusal:
-            extras["refusal"] = "".join(self.refusal)
-        if self.function_call:
-            extras["function_call"] = {"name": "", "arguments": "", **self.function_call}
-        return extras or None
-
-
-def _take_chunk(raw: str, result: Completion, pieces: list[str], status: int,
-                meter: ReplyMeter, extras: _Accumulator) -> dict[str, Any]:
-    """Fold one ``chat.completion.chunk`` into the result; its text goes to ``pieces``."""
-    try:
-        chunk = fastjson.loads(raw)
-    except ValueError:
-        raise UpstreamFailure("garbage", "the upstream streamed something that is not JSON",
-                              status=status) from None
-    if not isinstance(chunk, dict):
-        raise malformed("a streamed chunk is not an object")
-    if "error" in chunk:
-        message = chunk["error"].get("message") if isinstance(chunk["error"], dict) else None
-        raise UpstreamFailure("server", str(message or "the upstream failed mid-stream"))
-    # Each field is checked through its helper only when it is not what nearly every chunk
-    # carries (a stream is mostly chunks of a few characters: this is run per chunk).
-    if result.upstream_id is None:
-        result.upstream_id = text_of(chunk, "id")
-    model = chunk.get("model")
-    if type(model) is not str or not model:
-        model = text_of(chunk, "model")
-    result.model = model or result.model
-    if chunk.get("usage") is not None and (usage := object_of(chunk, "usage")):
-        result.input_tokens = count_of(usage, "prompt_tokens")
-        result.output_tokens = count_of(usage, "completion_tokens")
-    choices = chunk.get("choices")
-    for choice in choices if type(choices) is list else list_of(chunk, "choices"):
-        if type(choice) is not dict:
-            raise malformed("a streamed choice is not an object")
-        if choice.get("index", 0) != 0:
-            continue  # further choices (n > 1) go to the caller as given, not to the store
-        delta = choice.get("delta")
-        if not (type(delta) is dict and len(delta) == 1
-                and type(text := delta.get("content")) is str):
-            # Anything but text alone (which nearly every chunk is) is checked and taken.
-            delta = object_of(choice, "delta")
-            text = text_of(delta, "content")
-            extras.take(delta)
-        if text:
-            meter.add(text)
-            pieces.append(text)
-        if choice.get("finish_reason") is not None:
-            result.finish_reason = text_of(choice, "finish_reason") or result.finish_reason
-    return chunk
-
-
-async def _read_stream(
-    resp: Response, target: Target, on_delta: OnDelta, meter: ReplyMeter,
-    on_raw: OnRaw | None = None,
-) -> Completion:
-    result = Completion(text="", model=target.model)
-    pieces: list[str] = []
-    extras = _Accumulator()
-    done = False
-    async for batch in sse_batches(resp):
-        arrived = len(pieces)
-        chunks = []
-        for raw in batch:
-            if raw == "[DONE]":
-                done = True
-                break
-            chunks.append(_take_chunk(raw, result, pieces, resp.status, meter, extras))
-        if on_raw is not None and chunks:
-            # Before the text: a front that forwards the chunks as given ignores the text.
-            await on_raw(chunks)
-        if len(pieces) > arrived:
-            # Everything that came in one read goes on as one delta.
-            await on_delta("".join(pieces[arrived:]))
-        if done:
-            break
-    if not done:
-        raise UpstreamFailure("server", "the upstream stream ended before it was complete")
-    result.text = "".join(pieces)
-    result.message = extras.message()
-    return result
-

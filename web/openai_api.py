@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -378,6 +379,7 @@ class _ChunkWriter:
         self.passing_chunks = False
         """The upstream speaks Chat Completions: its chunks go on as given (tool-call deltas
         with their indexes, several choices) and its text deltas are not sent again."""
+        self._text_frame: tuple[str, str, bytes, bytes] | None = None
 
     async def write(self, payload: dict[str, Any] | str, *, hold: bool = False,
                     last: bool = False) -> None:
@@ -395,6 +397,32 @@ class _ChunkWriter:
         except (ConnectionError, RuntimeError):
             # The caller left; the turn is still completed and stored.
             self.gone = True
+
+    async def send(self, events: list[bytes]) -> None:
+        """Events already written out, with any held before them, in one socket write."""
+        if self.gone:
+            return
+        if self.pending:
+            out = bytes(self.pending) + b"".join(events)
+            self.pending = bytearray()
+        else:
+            out = events[0] if len(events) == 1 else b"".join(events)
+        try:
+            await self.response.write(out)
+        except (ConnectionError, RuntimeError):
+            self.gone = True
+
+    def text_event(self, text: str) -> bytes:
+        """The event of a text chunk, as ``self.chunk({"content": text})`` would be written:
+        the JSON around the text is written once a stream, not once a chunk."""
+        frame = self._text_frame
+        if frame is None or frame[0] is not self.chunk_id or frame[1] is not self.model:
+            # The content is the chunk's last string: cut at the last place holder.
+            head, _, tail = fastjson.dumps(self.chunk({"content": "\u0000"})).rpartition(
+                b'"\\u0000"')
+            frame = self._text_frame = (self.chunk_id, self.model, b"data: " + head,
+                                        tail + b"\n\n")
+        return frame[2] + fastjson.dumps(text) + frame[3]
 
     def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         chunk: dict[str, Any] = {
@@ -425,38 +453,48 @@ class _ChunkWriter:
         if self.passing_chunks:
             return
         await self.open()
-        await self.write(self.chunk({"content": text}))
+        await self.send([self.text_event(text)])
 
-    async def raw(self, objects: list[dict[str, Any]]) -> bool:
+    async def raw(self, objects: Sequence[dict[str, Any] | str]) -> bool:
         """Chunks of a Chat Completions upstream, passed on as they arrive. Plain text pieces
         of one read go on as one chunk, as they always did (a chunk each cost 30% more CPU a
         stream); a chunk with anything else (tool-call deltas with their indexes, refusals,
         logprobs, other choices, the finish) goes as given, in order. Chunks with nothing in
         them (the role alone) are not sent: ours opens the response, and only once something
-        comes, so a failure before it still answers with its own status."""
-        chunks = [o for o in objects if isinstance(o.get("choices"), list)]
-        if not chunks:
-            return False  # another protocol's events (Responses): its text deltas serve
-        self.passing_chunks = True
-        payload: list[dict[str, Any]] = []
+        comes, so a failure before it still answers with its own status. A text chunk may come
+        as its text alone (core/wire.OnRaw)."""
+        events: list[bytes] = []
         text: list[str] = []
-        for chunk in chunks:
-            for choice in chunk["choices"]:  # none: the usage chunk; ours comes at the end
+        chat_chunks = False
+        for item in objects:
+            if isinstance(item, str):
+                text.append(item)
+                chat_chunks = True
+                continue
+            choices = item.get("choices")
+            if type(choices) is not list:
+                continue  # another protocol's events (Responses): its text deltas serve
+            chat_chunks = True
+            for choice in choices:  # none: the usage chunk; ours comes at the end
                 piece = _plain_text(choice)
                 if piece is not None:
                     text.append(piece)
                     continue
-                if "".join(text):
-                    payload.append(self.chunk({"content": "".join(text)}))
+                if joined := "".join(text):
+                    events.append(self.text_event(joined))
                 text = []
                 if _carries(choice):
-                    payload.append(self.chunk_with([choice]))
-        if "".join(text):
-            payload.append(self.chunk({"content": "".join(text)}))
-        if not payload:
+                    events.append(b"data: " + fastjson.dumps(self.chunk_with([choice]))
+                                  + b"\n\n")
+        if not chat_chunks:
+            return False
+        self.passing_chunks = True
+        if joined := "".join(text):
+            events.append(self.text_event(joined))
+        if not events:
             return False
         await self.open()
-        await self.write_many(payload)
+        await self.send(events)
         return True
 
     def chunk_with(self, choices: list[Any]) -> dict[str, Any]:
@@ -467,18 +505,6 @@ class _ChunkWriter:
         if self.include_usage:
             chunk["usage"] = None
         return chunk
-
-    async def write_many(self, payloads: list[dict[str, Any]]) -> None:
-        """Several chunks in one write (one network read upstream, one write here)."""
-        if self.gone or not payloads:
-            return
-        # With any event held back (the role chunk), in the same write.
-        self.pending += b"".join(b"data: " + fastjson.dumps(p) + b"\n\n" for p in payloads)
-        out, self.pending = bytes(self.pending), bytearray()
-        try:
-            await self.response.write(out)
-        except (ConnectionError, RuntimeError):
-            self.gone = True
 
     async def title(self, title: str) -> None:
         return None

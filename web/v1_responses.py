@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -230,8 +231,8 @@ class _EventWriter:
                 "text": self.body.get("text") or {"format": {"type": "text"}},
                 "metadata": self.body.get("metadata") or {}}
 
-    async def raw(self, objects: list[dict[str, Any]]) -> bool:
-        events = [o for o in objects if isinstance(o.get("type"), str)]
+    async def raw(self, objects: Sequence[dict[str, Any] | str]) -> bool:
+        events = [o for o in objects if isinstance(o, dict) and isinstance(o.get("type"), str)]
         if not events:
             return False  # Chat Completions chunks: the text deltas serve
         self.native = True

@@ -143,6 +143,24 @@ async def test_a_streamed_chunk_of_any_wrong_shape_is_garbage_or_well_typed(
     assert seen["1:usage=None"] == "ok"
 
 
+async def test_a_chunk_of_any_wrong_shape_after_the_layout_is_learned_is_garbage_or_well_typed(
+    fake: FakeUpstream, session: UpstreamSession,
+) -> None:
+    # Text chunks after the first are read by their text alone (core/chat_stream.py): one of
+    # any wrong shape among them must be read whole and judged as before.
+    text = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "m",
+            "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": None}]}
+    seen = {name: await outcome(fake, session, "chat",
+                                Garbage.sse(CHUNKS[0], text, wrong, text, CHUNKS[1]), True)
+            for name, wrong in variants({**text, "choices": [
+                {**text["choices"][0], "delta": {"content": "!"}}]})}
+    for name in ("choices='text'", "choices.0.delta.content=2.5", "choices.0.delta=[]",
+                 "choices.0.delta.content=[1, 'x']", "choices.0.delta.content={}",
+                 "(top)=-3", "choices=[1, 'x']", "model=-3"):
+        assert seen[name] == "garbage", name
+    assert seen["choices.0.delta.content=None"] == seen["choices.0.finish_reason=None"] == "ok"
+
+
 async def test_a_responses_answer_of_any_wrong_shape_is_garbage_or_well_typed(
     fake: FakeUpstream, session: UpstreamSession,
 ) -> None:
