@@ -435,37 +435,41 @@ class Response:
 
     def _take_chunks(self, buffer: bytearray) -> bytes | None:
         """Every chunk's data the buffer holds, as one block (chunked transfer coding). The
-        buffer is read by position and cut once: a stream's reads hold many small chunks."""
-        out: list[bytearray] = []
-        pos, size = 0, len(buffer)
+        buffer is copied once and read by position, then cut once: a stream's reads hold
+        many small chunks, and slices of bytes are one copy each and can be looked up."""
+        data = bytes(buffer)
+        out: list[bytes] = []
+        pos, size = 0, len(data)
+        sizes = _CHUNK_SIZES
         while True:
             if self._chunk_state == 0:
-                # A whole chunk in the buffer, its size line, data and CRLF (a stream's reads
-                # are many small ones): taken in one step rather than three.
-                end = buffer.find(b"\r\n", pos)
-                if 0 < end - pos < 4 and (
-                        length := _CHUNK_SIZES.get(bytes(buffer[pos:end]))) is not None:
+                # Whole chunks in the buffer, their size line, data and CRLF (a stream's
+                # reads are many small ones), each taken in one step rather than three.
+                while 0 < (end := data.find(b"\r\n", pos)) - pos < 4:
+                    length = sizes.get(data[pos:end])
+                    if length is None:
+                        break
                     stop = end + 2 + length
-                    if buffer[stop:stop + 2] == b"\r\n":
-                        out.append(buffer[end + 2:stop])
-                        pos = stop + 2
-                        continue
+                    if data[stop:stop + 2] != b"\r\n":
+                        break
+                    out.append(data[end + 2:stop])
+                    pos = stop + 2
             if self._chunk_state == 1:
                 if pos == size:
                     break
                 take = min(size - pos, self._remaining)
-                out.append(buffer[pos:pos + take])
+                out.append(data[pos:pos + take])
                 pos += take
                 self._remaining -= take
                 if self._remaining:
                     break
                 self._chunk_state = 2
-            end = buffer.find(b"\r\n", pos)
+            end = data.find(b"\r\n", pos)
             if end < 0:
                 if size - pos > MAX_HEAD_BYTES:
                     raise MalformedResponse("a chunk's size line is too long")
                 break
-            line, pos = buffer[pos:end], end + 2
+            line, pos = data[pos:end], end + 2
             if self._chunk_state == 2:
                 if line:
                     raise MalformedResponse("a chunk does not end where its size said")
@@ -482,7 +486,7 @@ class Response:
                 self._chunk_state = 1 if self._remaining else 3
         del buffer[:pos]
         if out:
-            return bytes(out[0]) if len(out) == 1 else b"".join(out)
+            return out[0] if len(out) == 1 else b"".join(out)
         return b"" if self._done else None
 
     # ------------------------------------------------------------------ the connection
