@@ -37,8 +37,8 @@ from typing import Any
 
 from . import run as bench
 
-MODES = ("v1/json", "v1/stream", "api/json", "api/stream", "api/json-follow-up",
-         "api/stream-follow-up")
+MODES = ("v1/json", "v1/stream", "api/json", "api/stream", "v1/json-follow-up",
+         "v1/stream-follow-up", "api/json-follow-up", "api/stream-follow-up")
 TARGET_V1_JSON = 1.8
 CALLGRIND = ("valgrind", "--tool=callgrind", "--instr-atstart=no", "--dump-instr=no",
              "--separate-threads=yes")
