@@ -15,6 +15,8 @@ from core.chat import ChatRequest, ChatResult, StartInfo
 from core.config import Settings
 from core.gateway import Gateway, build_gateway
 from core.models import Principal
+from core.upstream import make_session
+from core.upstream_http import UpstreamSession
 from tests.conftest import ENVIRON
 
 
@@ -135,3 +137,11 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def upstream_session() -> AsyncIterator[UpstreamSession]:
+    """An upstream HTTP session without a proxy, closed after the test."""
+    http = make_session("")
+    yield http
+    await http.close()

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from core.upstream import Completion, Target, UpstreamFailure, complete, make_session
+from core.upstream import Completion, Target, UpstreamFailure, complete
 from core.upstream_http import UpstreamSession
 from tests.fakes.upstream import FakeUpstream, Garbage
 
@@ -47,13 +47,6 @@ def stream(texts: Sequence[str]) -> list[dict[str, Any]]:
 async def fake() -> AsyncIterator[FakeUpstream]:
     async with FakeUpstream("layout") as upstream:
         yield upstream
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[UpstreamSession]:
-    http = make_session("")
-    yield http
-    await http.close()
 
 
 async def read(fake: FakeUpstream, session: UpstreamSession, events: list[str],
@@ -98,10 +91,10 @@ def assert_same_as_whole(events: list[str], items: list[dict[str, Any] | str]) -
 
 @pytest.mark.parametrize("writer", list(WRITERS), ids=list(WRITERS))
 async def test_every_way_of_writing_json_gives_the_reply_read_whole(
-    fake: FakeUpstream, session: UpstreamSession, writer: str,
+    fake: FakeUpstream, upstream_session: UpstreamSession, writer: str,
 ) -> None:
     events = [WRITERS[writer](value) for value in stream(TEXTS)]
-    result, deltas, items = await read(fake, session, events)
+    result, deltas, items = await read(fake, upstream_session, events)
     assert result.text == "".join(deltas) == "".join(TEXTS)
     assert (result.model, result.upstream_id, result.finish_reason) == (
         "gpt-test", "chatcmpl-7", "stop")
@@ -111,13 +104,13 @@ async def test_every_way_of_writing_json_gives_the_reply_read_whole(
 
 
 async def test_a_chunk_in_the_layout_with_more_than_one_string_is_read_whole(
-    fake: FakeUpstream, session: UpstreamSession,
+    fake: FakeUpstream, upstream_session: UpstreamSession,
 ) -> None:
     events = [orjson.dumps(value).decode() for value in stream(["one", " two", " three"])]
     # Same text before and after, but two strings where one was: JSON keeps the last.
     events[2] = events[2].replace('"content":" two"', '"content":" deux","content":" two"')
     events[3] = events[3].replace('"content":" three"', '"content":" 3" ,"refusal":null')
-    result, deltas, items = await read(fake, session, events)
+    result, deltas, items = await read(fake, upstream_session, events)
     assert result.text == "".join(deltas) == "one two 3"
     assert isinstance(items[2], dict) and isinstance(items[3], dict)
     assert assert_same_as_whole(events, items) == 0
@@ -126,7 +119,7 @@ async def test_a_chunk_in_the_layout_with_more_than_one_string_is_read_whole(
 @pytest.mark.parametrize("value", ["2.5", "null", "[\"x\"]", "{\"t\":1}", "\"a\" \"b\"",
                                    "\"unterminated"])
 async def test_a_chunk_in_the_layout_without_a_string_is_refused_as_before(
-    fake: FakeUpstream, session: UpstreamSession, value: str,
+    fake: FakeUpstream, upstream_session: UpstreamSession, value: str,
 ) -> None:
     events = [orjson.dumps(v).decode() for v in stream(["one", " two", " three"])]
     events[2] = events[2].replace('" two"', value)
@@ -136,7 +129,7 @@ async def test_a_chunk_in_the_layout_without_a_string_is_refused_as_before(
     except ValueError:
         whole_reading_accepts = False
     try:
-        result, deltas, items = await read(fake, session, events)
+        result, deltas, items = await read(fake, upstream_session, events)
     except UpstreamFailure as failure:
         assert failure.kind == "garbage"
         return
@@ -147,7 +140,7 @@ async def test_a_chunk_in_the_layout_without_a_string_is_refused_as_before(
 
 
 async def test_the_model_of_the_last_chunk_that_names_one_wins(
-    fake: FakeUpstream, session: UpstreamSession,
+    fake: FakeUpstream, upstream_session: UpstreamSession,
 ) -> None:
     values = stream(["a", "b", "c", "d"])
     # "c" from another model, with its logprobs: read whole. "d" is in the layout again.
@@ -156,19 +149,19 @@ async def test_the_model_of_the_last_chunk_that_names_one_wins(
     for end in values[-2:]:  # the finish and the usage name no model: "d"'s stands
         del end["model"]
     events = [orjson.dumps(value).decode() for value in values]
-    result, _, items = await read(fake, session, events)
+    result, _, items = await read(fake, upstream_session, events)
     assert result.text == "abcd"
     assert result.model == "gpt-test"
     assert isinstance(items[4], str)
     assert_same_as_whole(events, items)
     # The usage chunk, last, names another model: it is the one the reply is stored under.
-    result, _, _ = await read(fake, session, [
+    result, _, _ = await read(fake, upstream_session, [
         *events[:-1], orjson.dumps({**values[-1], "model": "gpt-last"}).decode()])
     assert result.model == "gpt-last"
 
 
 async def test_a_tool_call_between_text_chunks_goes_on_as_given(
-    fake: FakeUpstream, session: UpstreamSession,
+    fake: FakeUpstream, upstream_session: UpstreamSession,
 ) -> None:
     values = stream(["Let me", " check."])
     call = chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
@@ -176,7 +169,7 @@ async def test_a_tool_call_between_text_chunks_goes_on_as_given(
     values.insert(3, call)
     values.insert(4, chunk({"content": " Done"}))
     events = [orjson.dumps(value).decode() for value in values]
-    result, deltas, items = await read(fake, session, events)
+    result, deltas, items = await read(fake, upstream_session, events)
     assert result.text == "".join(deltas) == "Let me check. Done"
     assert items[3] == call and items[4] == " Done"
     assert result.message == {"tool_calls": [{"id": "call_1", "type": "function", "function": {
@@ -185,7 +178,7 @@ async def test_a_tool_call_between_text_chunks_goes_on_as_given(
 
 
 async def test_a_layout_is_learned_only_where_the_text_is(
-    fake: FakeUpstream, session: UpstreamSession,
+    fake: FakeUpstream, upstream_session: UpstreamSession,
 ) -> None:
     # The text, as orjson would write it, appears once: as the model's name. Its own place
     # holds it escaped. Taken for the text's place, a later chunk's model would be its text.
@@ -193,7 +186,7 @@ async def test_a_layout_is_learned_only_where_the_text_is(
         '"content":"gpt-test"', '"content":"gpt\\u002dtest"')
     later = first.replace('"model":"gpt-test"', '"model":"other"')
     events = [orjson.dumps(stream([])[0]).decode(), first, later, later]
-    result, deltas, items = await read(fake, session, events)
+    result, deltas, items = await read(fake, upstream_session, events)
     assert result.text == "".join(deltas) == "gpt-test" * 3
     assert result.model == "other"
     assert_same_as_whole(events, items)
@@ -208,16 +201,16 @@ def obfuscated(values: list[dict[str, Any]]) -> list[str]:
 
 
 async def test_openai_obfuscation_characters_change_nothing(
-    fake: FakeUpstream, session: UpstreamSession,
+    fake: FakeUpstream, upstream_session: UpstreamSession,
 ) -> None:
     events = obfuscated(stream(TEXTS))
-    result, deltas, items = await read(fake, session, events)
+    result, deltas, items = await read(fake, upstream_session, events)
     assert result.text == "".join(deltas) == "".join(TEXTS)
     assert assert_same_as_whole(events, items) == len(TEXTS) - 1
 
 
 async def test_obfuscation_that_is_not_one_string_is_read_whole(
-    fake: FakeUpstream, session: UpstreamSession,
+    fake: FakeUpstream, upstream_session: UpstreamSession,
 ) -> None:
     events = obfuscated(stream(["one", " two", " three", " four"]))
     # Where the random characters go, something that takes the choices away (JSON keeps the
@@ -225,6 +218,6 @@ async def test_obfuscation_that_is_not_one_string_is_read_whole(
     events[2] = events[2].replace('"obfuscation":"p9Z\\\\u00e9"', '"obfuscation":"x","choices":[]')
     assert json.loads(events[2])["choices"] == []
     events[3] = events[3].replace('"obfuscation":"a\\"b"', '"obfuscation":7')
-    result, deltas, items = await read(fake, session, events)
+    result, deltas, items = await read(fake, upstream_session, events)
     assert result.text == "".join(deltas) == "one three four"
     assert_same_as_whole(events, items)

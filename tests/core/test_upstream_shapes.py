@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from core.upstream import Completion, Target, UpstreamFailure, complete, make_session
+from core.upstream import Completion, Target, UpstreamFailure, complete
 from core.upstream_http import UpstreamSession
 from tests.fakes.upstream import FakeUpstream, Garbage
 
@@ -73,13 +73,6 @@ async def fake() -> AsyncIterator[FakeUpstream]:
         yield upstream
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[UpstreamSession]:
-    http = make_session("")
-    yield http
-    await http.close()
-
-
 def target(fake: FakeUpstream, session: UpstreamSession, api: str = "chat") -> Target:
     return Target(name="shapes", base_url=fake.base_url, model="m", session=session,
                   api_key=None, timeout_s=5, api=api)  # type: ignore[arg-type]
@@ -113,9 +106,9 @@ async def outcome(fake: FakeUpstream, session: UpstreamSession, api: str,
 
 
 async def test_a_chat_completion_of_any_wrong_shape_is_garbage_or_well_typed(
-    fake: FakeUpstream, session: UpstreamSession,
+    fake: FakeUpstream, upstream_session: UpstreamSession,
 ) -> None:
-    seen = {name: await outcome(fake, session, "chat", Garbage.json(body), False)
+    seen = {name: await outcome(fake, upstream_session, "chat", Garbage.json(body), False)
             for name, body in variants(CHAT)}
     # The fields the gateway reads, each of a wrong type, are refused as garbage.
     for name in ("usage=[]", "choices='text'", "choices=[1, 'x']", "choices=[]",
@@ -129,13 +122,13 @@ async def test_a_chat_completion_of_any_wrong_shape_is_garbage_or_well_typed(
 
 
 async def test_a_streamed_chunk_of_any_wrong_shape_is_garbage_or_well_typed(
-    fake: FakeUpstream, session: UpstreamSession,
+    fake: FakeUpstream, upstream_session: UpstreamSession,
 ) -> None:
     seen = {}
     for index, chunk in enumerate(CHUNKS):
         for name, wrong in variants(chunk):
             chunks = [*CHUNKS[:index], wrong, *CHUNKS[index + 1:]]
-            seen[f"{index}:{name}"] = await outcome(fake, session, "chat",
+            seen[f"{index}:{name}"] = await outcome(fake, upstream_session, "chat",
                                                     Garbage.sse(*chunks), True)
     for name in ("0:choices='text'", "0:choices.0.delta.content=2.5", "0:choices.0.delta=[]",
                  "1:usage=[]", "1:usage.prompt_tokens='text'", "0:(top)=-3", "0:choices=[1, 'x']"):
@@ -144,13 +137,13 @@ async def test_a_streamed_chunk_of_any_wrong_shape_is_garbage_or_well_typed(
 
 
 async def test_a_chunk_of_any_wrong_shape_after_the_layout_is_learned_is_garbage_or_well_typed(
-    fake: FakeUpstream, session: UpstreamSession,
+    fake: FakeUpstream, upstream_session: UpstreamSession,
 ) -> None:
     # Text chunks after the first are read by their text alone (core/chat_stream.py): one of
     # any wrong shape among them must be read whole and judged as before.
     text = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "m",
             "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": None}]}
-    seen = {name: await outcome(fake, session, "chat",
+    seen = {name: await outcome(fake, upstream_session, "chat",
                                 Garbage.sse(CHUNKS[0], text, wrong, text, CHUNKS[1]), True)
             for name, wrong in variants({**text, "choices": [
                 {**text["choices"][0], "delta": {"content": "!"}}]})}
@@ -162,19 +155,19 @@ async def test_a_chunk_of_any_wrong_shape_after_the_layout_is_learned_is_garbage
 
 
 async def test_a_responses_answer_of_any_wrong_shape_is_garbage_or_well_typed(
-    fake: FakeUpstream, session: UpstreamSession,
+    fake: FakeUpstream, upstream_session: UpstreamSession,
 ) -> None:
-    seen = {name: await outcome(fake, session, "responses", Garbage.json(body), False)
+    seen = {name: await outcome(fake, upstream_session, "responses", Garbage.json(body), False)
             for name, body in variants(RESPONSE)}
     events = {}
     for name, body in variants(RESPONSE):
         stream = Garbage.sse({"type": "response.output_text.delta", "delta": "hello"},
                              {"type": "response.completed", "response": body})
-        events[name] = await outcome(fake, session, "responses", stream, True)
+        events[name] = await outcome(fake, upstream_session, "responses", stream, True)
     for name in ("usage=[]", "output.0.content.0.text=2.5", "output=[1, 'x']",
                  "output.0.content='text'", "usage.input_tokens='text'", "model=-3"):
         assert seen[name] == events[name] == "garbage", name
     assert seen["usage=None"] == events["usage=None"] == "ok"
     wrong_delta = Garbage.sse({"type": "response.output_text.delta", "delta": 5},
                               {"type": "response.completed", "response": RESPONSE})
-    assert await outcome(fake, session, "responses", wrong_delta, True) == "garbage"
+    assert await outcome(fake, upstream_session, "responses", wrong_delta, True) == "garbage"
