@@ -112,31 +112,43 @@ class _TextLayout:
         at, end = found
         prefix, between, suffix = raw[:at], None, raw[end:]
         choice = chunk["choices"][0]
-        probe = "\u0000?"
-        expected = {**chunk, "choices": [{**choice, "delta": {"content": probe}}]}
-        written = orjson.dumps(probe).decode()
+        # A probe of its own for each place, so that the check tells them apart.
+        expected = {**chunk, "choices": [{**choice, "delta": {"content": _PROBES[0]}}]}
+        written = _PROBES_WRITTEN[0]
         obfuscation = chunk.get("obfuscation")
         if type(obfuscation) is str:
             second = _literal(raw, obfuscation, end)
             if second is None:
                 return None
             between, suffix = raw[end:second[0]], raw[second[1]:]
-            expected["obfuscation"] = probe
-            written += between + written
+            expected["obfuscation"] = _PROBES[1]
+            written += between + _PROBES_WRITTEN[1]
         if not suffix:
             return None
         try:
             if orjson.loads(prefix + written + suffix) != expected:
                 return None
-        except orjson.JSONDecodeError:
+        except (orjson.JSONDecodeError, RecursionError):
+            # RecursionError: the comparison of a chunk nested deeper than Python's stack
+            # allows (orjson reads 1,024 levels); such a chunk is read whole, as before.
             return None
         model = chunk.get("model")
         return cls(prefix, between, suffix, model if type(model) is str and model else None)
 
 
+_PROBES = ("\u0000text", "\u0000obfuscation")
+_PROBES_WRITTEN = tuple(orjson.dumps(probe).decode() for probe in _PROBES)
+
+
 def _literal(raw: str, text: str, start: int) -> tuple[int, int] | None:
-    """Where ``text``'s JSON string is in ``raw`` from ``start``, when it is there once."""
-    for literal in (orjson.dumps(text).decode(), json.dumps(text)):
+    """Where ``text``'s JSON string is in ``raw`` from ``start``, when it is there once. A
+    text with a lone surrogate (which ``json`` reads and orjson cannot write) has none."""
+    try:
+        written = orjson.dumps(text).decode()
+    except TypeError:  # orjson.JSONEncodeError
+        return None
+    # ``json`` writes ASCII text as orjson does; other text with \u escapes.
+    for literal in (written,) if text.isascii() else (written, json.dumps(text)):
         at = raw.find(literal, start)
         if at >= 0 and raw.find(literal, at + 1) < 0:
             return at, at + len(literal)

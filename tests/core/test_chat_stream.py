@@ -221,3 +221,37 @@ async def test_obfuscation_that_is_not_one_string_is_read_whole(
     result, deltas, items = await read(fake, upstream_session, events)
     assert result.text == "".join(deltas) == "one three four"
     assert_same_as_whole(events, items)
+
+
+async def test_a_lone_surrogate_in_the_text_is_read_as_the_whole_reader_reads_it(
+    fake: FakeUpstream, upstream_session: UpstreamSession,
+) -> None:
+    # json reads "\ud83d" (half an emoji); orjson can neither read nor write it. Learning a
+    # layout from such a chunk raised a TypeError before it was fixed.
+    events = [json.dumps(value) for value in stream(["half ", "\ud83d", " and", " more"])]
+    result, deltas, items = await read(fake, upstream_session, events)
+    assert result.text == "".join(deltas) == "half \ud83d and more"
+    assert_same_as_whole(events, items)
+
+
+async def test_obfuscation_equal_to_the_text_is_not_taken_for_it(
+    fake: FakeUpstream, upstream_session: UpstreamSession,
+) -> None:
+    # The obfuscation comes first and holds the same text, written unescaped where the
+    # text is escaped: the check must tell the two places apart.
+    first = '{"obfuscation":"é","choices":[{"delta":{"content":"\\u00e9"}}]}'
+    later = '{"obfuscation":"XYZ","choices":[{"delta":{"content":"hello"}}]}'
+    result, deltas, items = await read(fake, upstream_session, [first, later, later])
+    assert result.text == "".join(deltas) == "éhellohello"
+    assert_same_as_whole([first, later, later], items)
+
+
+async def test_a_deeply_nested_field_in_a_text_chunk_is_read_as_before(
+    fake: FakeUpstream, upstream_session: UpstreamSession,
+) -> None:
+    # orjson reads 1,000 levels; comparing them in Python ran out of stack while learning.
+    deep = "[" * 1000 + "]" * 1000
+    events = [orjson.dumps(value).decode() for value in stream(["deep", " text", " here"])]
+    events[1] = events[1][:-1] + f',"x":{deep}}}'
+    result, deltas, _ = await read(fake, upstream_session, events)
+    assert result.text == "".join(deltas) == "deep text here"
