@@ -226,9 +226,11 @@ class _SSEBatches:
             if block is None:
                 self._resp = resp = None
                 break
-            if block.find(13) >= 0:  # a CR: lines end in CR LF
-                block = block.replace(b"\r\n", b"\n")
             buffer = self._buffer + block
+            if buffer.find(13) >= 0:  # a CR: lines end in CR LF
+                # On the buffer, not the read: a CR LF may be cut between two reads (a CR
+                # left at the buffer's end stays there until its LF comes).
+                buffer = buffer.replace(b"\r\n", b"\n")
             end = buffer.rfind(b"\n\n")
             if end < 0:
                 if len(buffer) > MAX_EVENT_BYTES:

@@ -35,3 +35,12 @@ async def test_each_events_data_whatever_its_form() -> None:
         ["café"],
         ["last"],
     ]
+
+
+async def test_a_cr_lf_cut_between_two_reads_still_ends_its_line() -> None:
+    # Before, CR LF was made LF in each read alone: a CR at the end of one read and its LF at
+    # the start of the next stayed apart, so "[DONE]\r" was not the end of the stream, and two
+    # events ran together as one.
+    assert await _batches([b"data: [DONE]\r", b"\n\r\n"]) == [["[DONE]"]]
+    assert await _batches([b"data: {}\r\n\r", b"\n", b"data: [DONE]\r\n\r\n"]) == [
+        ["{}"], ["[DONE]"]]
