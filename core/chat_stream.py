@@ -35,9 +35,13 @@ from .wire import (
 )
 
 LAYOUT_TRIES = 3
-"""Layouts a stream may learn in a row without one serving a read (an upstream that escapes
-its text unlike either JSON writer, or changes something in every chunk) before the reader
-stops trying: each try costs about as much as reading three chunks whole."""
+"""Layouts a stream may learn without one serving ``LAYOUT_SERVES`` chunks (an upstream that
+escapes its text unlike either JSON writer, or changes something every chunk or two) before
+the reader stops trying: learning costs about as much as reading two chunks whole, and a
+chunk read by its layout about a third of one."""
+LAYOUT_SERVES = 8
+"""Chunks a layout reads by their text to earn the tries back: a stream whose chunks change
+now and then (llama.cpp's time of creation, each second) learns again each time."""
 
 
 async def read_stream(resp: Response, target: Target, on_delta: OnDelta, meter: ReplyMeter,
@@ -158,7 +162,7 @@ def _literal(raw: str, text: str, start: int) -> tuple[int, int] | None:
 class _ChunkReader:
     """One stream's chunks folded into ``result``; their text in ``pieces``."""
 
-    __slots__ = ("extras", "layout", "pieces", "result", "status", "tries")
+    __slots__ = ("extras", "layout", "pieces", "result", "served", "status", "tries")
 
     def __init__(self, result: Completion, status: int) -> None:
         self.result = result
@@ -167,6 +171,7 @@ class _ChunkReader:
         self.extras = _Accumulator()
         self.layout: _TextLayout | None = None
         self.tries = LAYOUT_TRIES
+        self.served = 0  # chunks the current layout read
 
     def take(self, batch: list[str]) -> tuple[list[dict[str, Any] | str], bool]:
         """One read's events folded in: its chunks (as their text when in the learned layout),
@@ -176,6 +181,7 @@ class _ChunkReader:
         pieces = self.pieces
         layout = self.layout
         in_layout = False  # the last chunk to name a model was in the layout
+        hits = 0
         done = False
         for raw in batch:
             if layout is not None and len(raw) > layout.frame and \
@@ -192,6 +198,7 @@ class _ChunkReader:
                     if text:
                         pieces.append(text)
                     in_layout = True
+                    hits += 1
                     continue
             if raw == "[DONE]":
                 done = True
@@ -200,15 +207,15 @@ class _ChunkReader:
             out.append(chunk)
             if chunk.get("model"):
                 in_layout = False
-            if self.tries and (text := _text_alone(chunk)) is not None:
-                self.tries -= 1
+            served = self.served + hits  # by the layout in use
+            if (self.tries or served >= LAYOUT_SERVES) and \
+                    (text := _text_alone(chunk)) is not None:
+                self.tries = (LAYOUT_TRIES if served >= LAYOUT_SERVES else self.tries) - 1
+                self.served = hits = 0
                 self.layout = layout = _TextLayout.learn(raw, chunk, text)
-        if in_layout and layout is not None:
-            # A layout that serves earns its tries back: a stream whose chunks change now and
-            # then (llama.cpp's time of creation, each second) learns again as often.
-            self.tries = LAYOUT_TRIES
-            if layout.model is not None:
-                self.result.model = layout.model
+        self.served += hits
+        if in_layout and layout is not None and layout.model is not None:
+            self.result.model = layout.model
         return out, done
 
     def _fold(self, raw: str) -> dict[str, Any]:

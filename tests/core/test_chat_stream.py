@@ -255,3 +255,18 @@ async def test_a_deeply_nested_field_in_a_text_chunk_is_read_as_before(
     events[1] = events[1][:-1] + f',"x":{deep}}}'
     result, deltas, _ = await read(fake, upstream_session, events)
     assert result.text == "".join(deltas) == "deep text here"
+
+
+@pytest.mark.parametrize(("every", "by_text"), [(1, 0), (10, 35)])
+async def test_a_stream_whose_chunks_change_learns_again_only_while_it_pays(
+    fake: FakeUpstream, upstream_session: UpstreamSession, every: int, by_text: int,
+) -> None:
+    # The time of creation moves every chunk (no layout ever serves: the reader stops
+    # learning after three), or every ten (llama.cpp's, each second: it learns each time).
+    values = stream([f" w{i}" for i in range(40)])
+    for i, value in enumerate(values):
+        value["created"] += i // every
+    events = [orjson.dumps(value).decode() for value in values]
+    result, deltas, items = await read(fake, upstream_session, events)
+    assert result.text == "".join(deltas) == "".join(f" w{i}" for i in range(40))
+    assert assert_same_as_whole(events, items) == by_text
