@@ -388,18 +388,15 @@ class _ChunkWriter:
         if self.gone:
             return
         data = payload.encode() if isinstance(payload, str) else fastjson.dumps(payload)
-        self.pending += b"data: " + data + b"\n\n"
+        event = b"data: " + data + b"\n\n"
         if hold:
+            self.pending += event
             return
-        out, self.pending = bytes(self.pending), bytearray()
-        try:
-            await (self.response.write_eof(out) if last else self.response.write(out))
-        except (ConnectionError, RuntimeError):
-            # The caller left; the turn is still completed and stored.
-            self.gone = True
+        await self.send([event], last=last)
 
-    async def send(self, events: list[bytes]) -> None:
-        """Events already written out, with any held before them, in one socket write."""
+    async def send(self, events: list[bytes], *, last: bool = False) -> None:
+        """Events already written out, with any held before them, in one socket write;
+        ``last`` ends the stream in that write too."""
         if self.gone:
             return
         if self.pending:
@@ -408,8 +405,9 @@ class _ChunkWriter:
         else:
             out = events[0] if len(events) == 1 else b"".join(events)
         try:
-            await self.response.write(out)
+            await (self.response.write_eof(out) if last else self.response.write(out))
         except (ConnectionError, RuntimeError):
+            # The caller left; the turn is still completed and stored.
             self.gone = True
 
     def text_event(self, text: str) -> bytes:
