@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from collections import deque
 
 from .accounts import Account, AccountPool, SlotRefused
 from .billing import cost_of
@@ -40,6 +41,10 @@ BATCH_INSTRUCTION = (
 )
 PROMPT_CHARS = 500
 """Of each prompt, in a batch (a single title is asked from the first 2,000, as beside)."""
+QUEUED_BATCHES = 64
+"""How many calls' worth of titles may wait (1,024 at the default ``title_batch_size``)."""
+DROP_LOG_EVERY = 1000
+"""A full queue is logged at its first conversation kept untitled and every so many after."""
 _NUMBERED = re.compile(r"^\s*\**\s*(\d+)\s*[.):\-]\s*(.+)$")
 
 
@@ -62,13 +67,38 @@ class TitleBatcher:
         self.pool = pool
         self.conversations = conversations
         self.budgets = budgets
-        self._queue: list[Pending] = []
+        # One queue an (account, model): a batch is asked of one model, taken from the front
+        # of its queue in O(batch), whatever the backlog (a single list scanned and rebuilt
+        # for each batch grew quadratic under load, beside the requests it was meant to spare).
+        self._queues: dict[tuple[str, str], deque[Pending]] = {}
+        self._queued = 0
         self._worker: asyncio.Task[None] | None = None
         self.calls = 0
         """Upstream calls made for titles (for tests and the benchmark's curious)."""
+        self.dropped = 0
+        """Conversations that kept the prompt's title because the queue was full."""
+
+    @property
+    def limit(self) -> int:
+        """Titles that may wait at most: ``QUEUED_BATCHES`` calls' worth."""
+        return QUEUED_BATCHES * self.settings.chat.title_batch_size
+
+    @property
+    def queued(self) -> int:
+        return self._queued
 
     def add(self, item: Pending) -> None:
-        self._queue.append(item)
+        """Queue a model title for ``item``. A full queue (new conversations come faster than
+        the model titles them, for long) keeps the prompt's title instead: memory stays
+        bounded and the titles that wait are not delayed further."""
+        if self._queued >= self.limit:
+            if not self.dropped % DROP_LOG_EVERY:
+                log.warning("titles queue full (%d waiting): new conversations keep their "
+                            "prompt's title (%d so far)", self._queued, self.dropped + 1)
+            self.dropped += 1
+            return
+        self._queues.setdefault((item.account, item.model), deque()).append(item)
+        self._queued += 1
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work(), name="titles")
 
@@ -84,13 +114,16 @@ class TitleBatcher:
                 await self._worker
 
     async def _work(self) -> None:
-        while self._queue:
-            first = self._queue[0]
-            size = self.settings.chat.title_batch_size
-            batch = [p for p in self._queue if (p.account, p.model) == (first.account,
-                                                                       first.model)][:size]
-            taken = {id(p) for p in batch}
-            self._queue = [p for p in self._queue if id(p) not in taken]
+        while self._queues:
+            # The longest-waiting (account, model) first; one with more left goes to the back,
+            # so one busy model does not hold the others' titles back.
+            key = next(iter(self._queues))
+            waiting = self._queues.pop(key)
+            size = min(self.settings.chat.title_batch_size, len(waiting))
+            batch = [waiting.popleft() for _ in range(size)]
+            if waiting:
+                self._queues[key] = waiting
+            self._queued -= size
             try:
                 await self._title(batch)
             except Exception:  # a title is never worth a failure: the prompt's stays

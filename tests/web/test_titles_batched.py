@@ -4,10 +4,15 @@ call; ``prompt`` never asks; a failed title call leaves the prompt's titles."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
+import pytest
+
 from core.gateway import Gateway
-from core.title_batch import Pending
+from core.title_batch import QUEUED_BATCHES, Pending
 from core.titles import fallback_title
-from tests.fakes.upstream import FakeUpstream, Reply, Status
+from tests.fakes.upstream import FakeUpstream, Hold, Reply, Status
 
 from .support import MakeApi
 
@@ -79,3 +84,60 @@ async def test_a_failed_title_call_leaves_the_prompts_titles(
     body = await api.ok("/api/chat", {"prompt": "Another one"}, key=key)
     await gateway.chat_service.titles.idle()
     assert (await titles_of(gateway, key))[body["conversation_id"]] == "Fake Title"
+
+
+async def test_a_backlog_is_asked_in_full_batches_in_the_order_it_came(
+        custom_api: MakeApi, upstream_a: FakeUpstream) -> None:
+    """Titles queued while a call is out go in calls of ``title_batch_size``, oldest first."""
+    api, gateway = await custom_api(chat={"api_titles": "prompt", "title_batch_size": 4})
+    ann, key = await gateway.principals.create("user", "ann")
+    gate = asyncio.Event()
+    upstream_a.enqueue_title(Hold(gate, "Held Title"))
+    batcher = gateway.chat_service.titles
+    prompts = [f"Question number {n} about the sea" for n in range(11)]
+    ids = [(await api.ok("/api/chat", {"prompt": p}, key=key))["conversation_id"]
+           for p in prompts]
+    for conversation_id, prompt in zip(ids, prompts, strict=True):
+        batcher.add(Pending(conversation_id, prompt, fallback_title(prompt), "A",
+                            upstream_a.model, ann))
+        await asyncio.sleep(0)  # the worker takes the first one alone, and is held
+    assert batcher.queued == 10
+    upstream_a.enqueue_title(*(Reply("\n".join(f"{n}. Sea {first + n}" for n in range(1, 5)))
+                               for first in (0, 4, 8)))
+    gate.set()
+    await batcher.idle()
+    asked = [str((r.body or {})["messages"][-1]["content"])
+             for r in upstream_a.chat_requests(titles=True)]
+    assert [len(a.splitlines()) for a in asked] == [1, 4, 4, 2]
+    assert [line.split(". ", 1)[1] for a in asked[1:] for line in a.splitlines()] == prompts[1:]
+    titles = await titles_of(gateway, key)
+    assert titles[ids[0]] == "Held Title"
+    assert [titles[i] for i in ids[1:]] == [f"Sea {n}" for n in range(1, 11)]
+    assert batcher.queued == 0 and batcher.dropped == 0
+
+
+async def test_a_full_queue_keeps_the_prompts_titles_and_stays_bounded(
+        custom_api: MakeApi, upstream_a: FakeUpstream,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """When new conversations come faster than the model titles them, the queue stops at
+    ``QUEUED_BATCHES`` calls' worth: later conversations keep their prompt's title (logged),
+    and those queued are still titled."""
+    _, gateway = await custom_api(chat={"api_titles": "prompt", "title_batch_size": 2})
+    ann, _ = await gateway.principals.create("user", "ann")
+    gate = asyncio.Event()
+    upstream_a.enqueue_title(Hold(gate))
+    batcher = gateway.chat_service.titles
+    assert batcher.limit == QUEUED_BATCHES * 2
+    batcher.add(Pending("first", "Held", "Held", "A", upstream_a.model, ann))
+    await asyncio.sleep(0)
+    with caplog.at_level(logging.WARNING, logger="core.title_batch"):
+        for n in range(batcher.limit + 50):
+            batcher.add(Pending(f"c{n}", f"prompt {n}", f"prompt {n}", "A", upstream_a.model,
+                                ann))
+    assert batcher.queued == batcher.limit and batcher.dropped == 50
+    assert [r.getMessage() for r in caplog.records].count(
+        f"titles queue full ({batcher.limit} waiting): new conversations keep their "
+        "prompt's title (1 so far)") == 1
+    gate.set()
+    await batcher.idle()
+    assert batcher.calls == 1 + QUEUED_BATCHES and batcher.queued == 0
