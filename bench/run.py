@@ -406,6 +406,22 @@ class CpuMeter:
                 "others_cores": max(0.0, busy - sum(ours.values())) / elapsed if elapsed else 0.0}
 
 
+def settle(limit_s: float = 30.0, window_s: float = 0.2) -> float:
+    """Wait until our processes are idle (together under a tenth of a core for ``window_s``),
+    at most ``limit_s``; returns the seconds waited. What a load leaves behind (the
+    gateway's batched titles of new ``/api/chat`` conversations, asked after the replies) is
+    that load's cost: counted in its CPU a request, and kept out of the next measurement."""
+    started = time.perf_counter()
+    last = sum(cpu_seconds(c.pid) for c in Child.alive)
+    while time.perf_counter() - started < limit_s:
+        time.sleep(window_s)
+        now = sum(cpu_seconds(c.pid) for c in Child.alive)
+        if now - last < window_s / 10 + 1 / CLK_TCK:
+            break
+        last = now
+    return time.perf_counter() - started
+
+
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -426,12 +442,16 @@ def loadgen(target: Target, *, stream: bool = False, concurrency: int = 1, count
     meter = CpuMeter()
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True,
                           timeout=seconds + 3 * 60 + warmup, check=False)
+    settled = settle()
     cpu = meter.read()
     if done.returncode != 0:
         raise RuntimeError(f"loadgen failed on {target.name}: {done.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(done.stdout)
     result["target"] = target.name
-    result["cpu"] = cpu  # includes the warm-up, as the load generator's process does
+    # Includes the warm-up, as the load generator's process does, and the work the load left
+    # behind (settle()).
+    result["cpu"] = cpu
+    result["settle_s"] = settled
     OTHERS_CORES.append(cpu["others_cores"])
     result["requests_incl_warmup"] = result["ok"] + result["errors"] + warmup
     if result["errors"]:
