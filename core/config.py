@@ -191,6 +191,9 @@ class ChatSettings(_Table):
     the reply: they show the title while the reply streams."""
     title_batch_size: int = Field(16, ge=1, le=64)
     """New conversations whose titles one batched title call asks for at most."""
+    title_batch_wait_s: float = Field(1.0, ge=0, le=60)
+    """How long a batched title may wait for others to share its call (a call goes as soon as
+    ``title_batch_size`` are queued). 0: each call takes whatever is queued at once."""
     title_timeout_s: float = Field(5.0, gt=0)
     """How long after the reply the title may still take before the prompt-cut title is used."""
     cooldown_s: float = Field(30.0, ge=0)

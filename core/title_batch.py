@@ -6,8 +6,9 @@ third of a new ``/api/chat`` conversation's CPU, issue 14). With ``[chat] api_ti
 queued here. One task asks the model for the titles of every queued conversation of an
 account at once (up to ``title_batch_size`` a call, numbered lines), and each stored title is
 replaced by the model's when it comes. Under load many conversations share a call; when
-conversations come one at a time, each still gets its own call, at a moment when the
-gateway has time for it. A failed or refused call leaves the prompt-cut titles as they are.
+conversations come a few a second, a title waits up to ``title_batch_wait_s`` for others to
+share its call rather than each making its own. A failed or refused call leaves the
+prompt-cut titles as they are.
 """
 
 from __future__ import annotations
@@ -71,7 +72,12 @@ class TitleBatcher:
         # of its queue in O(batch), whatever the backlog (a single list scanned and rebuilt
         # for each batch grew quadratic under load, beside the requests it was meant to spare).
         self._queues: dict[tuple[str, str], deque[Pending]] = {}
+        self._since: dict[tuple[str, str], float] = {}
+        """When each queue's oldest title began to wait (loop time)."""
         self._queued = 0
+        self._arrived = asyncio.Event()
+        """Set when a queue fills a batch, or ``idle()`` wants every title now."""
+        self._now = False
         self._worker: asyncio.Task[None] | None = None
         self.calls = 0
         """Upstream calls made for titles (for tests and the benchmark's curious)."""
@@ -97,15 +103,28 @@ class TitleBatcher:
                             "prompt's title (%d so far)", self._queued, self.dropped + 1)
             self.dropped += 1
             return
-        self._queues.setdefault((item.account, item.model), deque()).append(item)
+        key = (item.account, item.model)
+        waiting = self._queues.get(key)
+        if waiting is None:
+            waiting = self._queues[key] = deque()
+            self._since[key] = asyncio.get_running_loop().time()
+        waiting.append(item)
         self._queued += 1
+        if len(waiting) >= self.settings.chat.title_batch_size:
+            self._arrived.set()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work(), name="titles")
 
     async def idle(self) -> None:
-        """Until every queued title has been asked for and stored (tests)."""
-        while self._worker is not None and not self._worker.done():
-            await asyncio.shield(self._worker)
+        """Every queued title asked for now, without waiting for others to share the calls,
+        and stored (tests, and a gateway that stops)."""
+        self._now = True
+        self._arrived.set()
+        try:
+            while self._worker is not None and not self._worker.done():
+                await asyncio.shield(self._worker)
+        finally:
+            self._now = False
 
     async def close(self) -> None:
         if self._worker is not None:
@@ -115,19 +134,42 @@ class TitleBatcher:
 
     async def _work(self) -> None:
         while self._queues:
-            # The longest-waiting (account, model) first; one with more left goes to the back,
-            # so one busy model does not hold the others' titles back.
-            key = next(iter(self._queues))
+            key = await self._next_batch()
             waiting = self._queues.pop(key)
             size = min(self.settings.chat.title_batch_size, len(waiting))
             batch = [waiting.popleft() for _ in range(size)]
             if waiting:
+                # One with more left goes to the back (a busy model does not hold the others'
+                # titles back); what is left has waited for this call already.
                 self._queues[key] = waiting
+                self._since[key] = asyncio.get_running_loop().time()
+            else:
+                del self._since[key]
             self._queued -= size
             try:
                 await self._title(batch)
             except Exception:  # a title is never worth a failure: the prompt's stays
                 log.exception("titles for %d conversations failed", len(batch))
+
+    async def _next_batch(self) -> tuple[str, str]:
+        """The (account, model) whose titles go next: the first with a full batch, or else
+        the longest-waiting once it has waited ``title_batch_wait_s``. Under load batches
+        fill at once; when conversations come a few a second, they share a call rather than
+        each making its own."""
+        size = self.settings.chat.title_batch_size
+        loop = asyncio.get_running_loop()
+        while True:
+            self._arrived.clear()
+            for key, waiting in self._queues.items():
+                if len(waiting) >= size:
+                    return key
+            oldest = next(iter(self._queues))
+            left = self._since[oldest] + self.settings.chat.title_batch_wait_s - loop.time()
+            if left <= 0 or self._now:
+                return oldest
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._arrived.wait()
 
     async def _title(self, batch: list[Pending]) -> None:
         account = self.pool.get(batch[0].account)

@@ -89,7 +89,8 @@ async def test_a_failed_title_call_leaves_the_prompts_titles(
 async def test_a_backlog_is_asked_in_full_batches_in_the_order_it_came(
         custom_api: MakeApi, upstream_a: FakeUpstream) -> None:
     """Titles queued while a call is out go in calls of ``title_batch_size``, oldest first."""
-    api, gateway = await custom_api(chat={"api_titles": "prompt", "title_batch_size": 4})
+    api, gateway = await custom_api(chat={"api_titles": "prompt", "title_batch_size": 4,
+                                          "title_batch_wait_s": 0})
     ann, key = await gateway.principals.create("user", "ann")
     gate = asyncio.Event()
     upstream_a.enqueue_title(Hold(gate, "Held Title"))
@@ -122,7 +123,8 @@ async def test_a_full_queue_keeps_the_prompts_titles_and_stays_bounded(
     """When new conversations come faster than the model titles them, the queue stops at
     ``QUEUED_BATCHES`` calls' worth: later conversations keep their prompt's title (logged),
     and those queued are still titled."""
-    _, gateway = await custom_api(chat={"api_titles": "prompt", "title_batch_size": 2})
+    _, gateway = await custom_api(chat={"api_titles": "prompt", "title_batch_size": 2,
+                                        "title_batch_wait_s": 0})
     ann, _ = await gateway.principals.create("user", "ann")
     gate = asyncio.Event()
     upstream_a.enqueue_title(Hold(gate))
@@ -141,3 +143,40 @@ async def test_a_full_queue_keeps_the_prompts_titles_and_stays_bounded(
     gate.set()
     await batcher.idle()
     assert batcher.calls == 1 + QUEUED_BATCHES and batcher.queued == 0
+
+
+async def test_titles_wait_for_others_to_share_a_call(
+        custom_api: MakeApi, upstream_a: FakeUpstream) -> None:
+    """A batched title waits (``title_batch_wait_s``) for others: a call goes when a batch is
+    full, or when the oldest has waited long enough, not one a conversation."""
+    _, gateway = await custom_api(chat={"api_titles": "prompt", "title_batch_size": 3,
+                                        "title_batch_wait_s": 60})
+    ann, _ = await gateway.principals.create("user", "ann")
+    batcher = gateway.chat_service.titles
+
+    def add(n: int) -> None:
+        batcher.add(Pending(f"c{n}", f"prompt {n}", f"prompt {n}", "A", upstream_a.model, ann))
+
+    for n in range(2):
+        add(n)
+        for _ in range(5):
+            await asyncio.sleep(0)
+    assert batcher.calls == 0 and batcher.queued == 2  # waiting for a third
+    add(2)
+    await upstream_a.wait_until(lambda: len(upstream_a.chat_requests(titles=True)) == 1)
+    add(3)
+    await batcher.idle()  # asks now for what waits
+    asked = [str((r.body or {})["messages"][-1]["content"])
+             for r in upstream_a.chat_requests(titles=True)]
+    assert [len(a.splitlines()) for a in asked] == [3, 1]
+
+
+async def test_a_lone_title_is_asked_once_it_has_waited(
+        custom_api: MakeApi, upstream_a: FakeUpstream) -> None:
+    _, gateway = await custom_api(chat={"api_titles": "prompt", "title_batch_wait_s": 0.05})
+    ann, _ = await gateway.principals.create("user", "ann")
+    batcher = gateway.chat_service.titles
+    batcher.add(Pending("c1", "prompt", "prompt", "A", upstream_a.model, ann))
+    # No idle(): it would ask at once.
+    await upstream_a.wait_until(lambda: len(upstream_a.chat_requests(titles=True)) == 1)
+    assert batcher.calls == 1
