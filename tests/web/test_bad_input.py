@@ -141,3 +141,22 @@ async def test_numbers_past_64_bits(api: Api, people: People, no_errors_logged: 
     body = b'{"prompt": "x", "max_tokens": 1' + b"0" * 400 + b"}"
     assert_error(await post_raw(api.client, "/api/chat", body, key=member), 400,
                  "invalid_parameter")
+
+
+async def test_json_past_64_levels_is_refused_and_a_long_flat_history_is_not(
+        api: Api, people: People, no_errors_logged: None) -> None:
+    """Depths the JSON parser reads (it stops near 1,024) but the gateway does not take past
+    64; a history of many messages holds many brackets and is not deep."""
+    member = await user_key(api, people)
+    for depth, refused in ((64, False), (65, True), (900, True)):
+        prompt = b"[" * (depth - 1) + b"]" * (depth - 1)  # the body object is the first level
+        result = await post_raw(api.client, "/api/chat", b'{"prompt": ' + prompt + b"}",
+                                key=member)
+        assert_error(result, 400)  # at 64, a prompt that is not text
+        assert ("nested deeper than 64 levels" in result.body["message"]) is refused
+    history = [{"role": ("user", "assistant")[n % 2], "content": f"message {n}"}
+               for n in range(199)]
+    body = json.dumps({"messages": history}).encode()
+    assert body.count(b"{") > 64
+    result = await post_raw(api.client, "/v1/chat/completions", body, key=member)
+    assert result.status == 200, result.text
