@@ -44,6 +44,8 @@ PROMPT_CHARS = 500
 """Of each prompt, in a batch (a single title is asked from the first 2,000, as beside)."""
 QUEUED_BATCHES = 64
 """How many calls' worth of titles may wait (1,024 at the default ``title_batch_size``)."""
+CLOSE_GRACE_S = 3.0
+"""How long a stopping gateway waits for the titles it still holds."""
 DROP_LOG_EVERY = 1000
 """A full queue is logged at its first conversation kept untitled and every so many after."""
 _NUMBERED = re.compile(r"^\s*\**\s*(\d+)\s*[.):\-]\s*(.+)$")
@@ -126,7 +128,14 @@ class TitleBatcher:
         finally:
             self._now = False
 
-    async def close(self) -> None:
+    async def close(self, grace_s: float = CLOSE_GRACE_S) -> None:
+        """Titles still waiting for others to share their call are asked now, for at most
+        ``grace_s`` (a stopping gateway); then the worker stops, and what was not asked
+        keeps the prompt's title."""
+        if self._queued and grace_s > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace_s):
+                    await self.idle()
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

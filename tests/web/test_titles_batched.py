@@ -180,3 +180,14 @@ async def test_a_lone_title_is_asked_once_it_has_waited(
     # No idle(): it would ask at once.
     await upstream_a.wait_until(lambda: len(upstream_a.chat_requests(titles=True)) == 1)
     assert batcher.calls == 1
+
+
+async def test_titles_waiting_when_the_gateway_stops_are_asked_first(
+        custom_api: MakeApi, upstream_a: FakeUpstream) -> None:
+    api, gateway = await custom_api(chat={"api_titles": "batched", "title_batch_wait_s": 60})
+    _, key = await gateway.principals.create("user", "ann")
+    body = await api.ok("/api/chat", {"prompt": PROMPT}, key=key)
+    assert upstream_a.chat_requests(titles=True) == []  # waiting for others
+    await gateway.chat_service.titles.close()  # as Gateway.close() does first
+    assert len(upstream_a.chat_requests(titles=True)) == 1
+    assert await titles_of(gateway, key) == {body["conversation_id"]: "Fake Title"}
