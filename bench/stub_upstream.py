@@ -76,7 +76,13 @@ class Stub:
                     and "title" in str(first.get("content", "")).lower())
         if is_title:
             self.titles += 1
-            pieces = [TITLE]
+            # A batch (numbered first messages, core/title_batch.py) gets a numbered title
+            # each, as a model gives them; a single title request, one title.
+            asked = str(messages[-1].get("content", "")) if isinstance(messages[-1], dict) \
+                else ""
+            numbered = sum(1 for line in asked.splitlines() if line[:1].isdigit())
+            pieces = ["\n".join(f"{n}. {TITLE}" for n in range(1, numbered + 1))
+                      if len(messages) == 2 and numbered > 1 else TITLE]
         else:
             pieces = self.pieces
         text = "".join(pieces)
