@@ -10,11 +10,12 @@ a request hardly do. Each hop (the aiohttp forwarder on asyncio, the same on uvl
 gateway with its real config and SQLite file) runs under ``valgrind --tool=callgrind`` with
 instrumentation off while it starts. Then, for each mode: instrumentation on, a warm-up, the
 counters zeroed, ``--count`` requests from the load generator (outside valgrind, against the
-stub upstream which also runs outside), the counters dumped. Instructions per request are the
-dump's total (every thread of the process: the event loop, SQLite's and the log's threads)
-over the requests. The ratios are taken against the forwarder's figure for the same kind of
-request (``/v1`` JSON or stream: the forwarder has no ``/api/chat``), as the throughput ratios
-of ``bench/run.py`` are.
+stub upstream which also runs outside), the counters dumped once the processes are idle again
+(work a load leaves behind, such as ``/api/chat``'s batched titles, is that load's).
+Instructions per request are the dump's total (every thread of the process: the event loop,
+SQLite's and the log's threads) over the requests. The ratios are taken against the
+forwarder's figure for the same kind of request (``/v1`` JSON or stream: the forwarder has no
+``/api/chat``), as the throughput ratios of ``bench/run.py`` are.
 
 Modes: ``v1/json``, ``v1/stream``, ``api/json``, ``api/stream``, each with ``-follow-up`` for a
 follow-up in a stored conversation (the forwarder's request then carries a history of the
