@@ -70,6 +70,28 @@ def dollar_params(sql: str) -> str:
     return "".join(out)
 
 
+_MODIFYING = ("INSERT ", "UPDATE ", "DELETE ")
+
+
+def _composable(sql: str) -> bool:
+    """A plain INSERT, UPDATE or DELETE (no RETURNING, no WITH of its own, one statement): a
+    part one data-modifying WITH can hold."""
+    return sql.startswith(_MODIFYING) and "RETURNING" not in sql and ";" not in sql
+
+
+def _as_one(statements: Sequence[Statement]) -> tuple[str, list[Any]]:
+    """``a; b; c`` as ``WITH w0 AS (a), w1 AS (b) c``, its ``?`` parameters in order."""
+    *parts, (last, last_params) = statements
+    params: list[Any] = []
+    for _, part_params in parts:
+        params.extend(part_params)
+    params.extend(last_params)
+    if not parts:
+        return last, params
+    with_ = ", ".join(f"w{n} AS ({sql})" for n, (sql, _) in enumerate(parts))
+    return f"WITH {with_} {last}", params
+
+
 def lock_key(name: str) -> int:
     """A signed 64-bit advisory-lock key for a string (collisions only serialise two keys)."""
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big",
@@ -202,6 +224,22 @@ class PostgresDatabase:
 
     async def write(self, statements: Sequence[Statement], *, guarded: bool = False,
                     quick: bool = False) -> bool:
+        if not guarded and statements and all(_composable(sql) for sql, _ in statements):
+            # One round trip, not one a statement plus BEGIN and COMMIT (7 for a new
+            # conversation's turn): the statements as the parts of one statement, which
+            # PostgreSQL runs as a whole or not at all. Its parts all see the database as it
+            # was before it (foreign keys are checked at its end), which a write's statements
+            # need not: none reads what another wrote. A guarded write's later statements
+            # must not run when its first changed nothing, so it keeps its transaction.
+            whole, values = _as_one(statements)
+            try:
+                await self.pool.execute(dollar_params(whole), *values)
+            except asyncpg.IntegrityConstraintViolationError as exc:
+                raise IntegrityError(str(exc)) from None
+            except _CONNECTION_ERRORS as exc:
+                raise StorageUnavailable(f"the database did not answer: {_reason(exc)}") \
+                    from None
+            return True
         async with self.transaction() as tx:
             for number, (sql, params) in enumerate(statements):
                 if await tx.execute(sql, params) == 0 and guarded and number == 0:
