@@ -1,0 +1,72 @@
+"""A PostgreSQL write of several plain statements goes as one statement (one round trip): it
+must still land whole or not at all, with foreign keys between its parts, and a write the
+single statement cannot hold must still work as a transaction."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from core.storage.database import IntegrityError
+from core.storage.postgres import PostgresDatabase
+from tests.conftest import drop_pg_database, new_pg_database
+from tests.pg import PgCluster
+
+SCHEMA = [
+    ("CREATE TABLE parent (id INTEGER PRIMARY KEY, n INTEGER NOT NULL DEFAULT 0)", ()),
+    ("CREATE TABLE child (id INTEGER PRIMARY KEY,"
+     " parent_id INTEGER NOT NULL REFERENCES parent(id), note TEXT)", ()),
+]
+
+
+@pytest.fixture
+async def db(pg_cluster: PgCluster) -> AsyncIterator[PostgresDatabase]:
+    url = await new_pg_database(pg_cluster)
+    try:
+        async with PostgresDatabase(url) as database:
+            for statement in SCHEMA:
+                await database.write([statement])
+            yield database
+    finally:
+        await drop_pg_database(pg_cluster, url)
+
+
+async def rows(db: PostgresDatabase, table: str) -> list[tuple[object, ...]]:
+    return [tuple(r) for r in await db.fetchall(f"SELECT * FROM {table} ORDER BY id")]
+
+
+async def test_a_parent_and_its_children_land_in_one_write(db: PostgresDatabase) -> None:
+    assert await db.write([
+        ("INSERT INTO parent (id) VALUES (?)", (1,)),
+        ("INSERT INTO child (id, parent_id, note) VALUES (?, ?, ?), (?, ?, ?)",
+         (10, 1, "a", 11, 1, "b")),
+        ("UPDATE parent SET n = n + ? WHERE id = ?", (5, 99)),  # no row: fine, unguarded
+        ("INSERT INTO parent (id, n) VALUES (?, ?) ON CONFLICT (id) DO UPDATE"
+         " SET n = parent.n + excluded.n", (2, 3)),
+    ])
+    assert await rows(db, "parent") == [(1, 0), (2, 3)]
+    assert await rows(db, "child") == [(10, 1, "a"), (11, 1, "b")]
+
+
+async def test_a_failing_part_keeps_none_of_the_write(db: PostgresDatabase) -> None:
+    for failing in (
+        [("INSERT INTO parent (id) VALUES (?)", (1,)),
+         ("INSERT INTO child (id, parent_id) VALUES (?, ?)", (10, 2))],  # no parent 2
+        [("INSERT INTO parent (id) VALUES (?)", (1,)),
+         ("INSERT INTO parent (id) VALUES (?)", (1,))],  # the same key twice
+    ):
+        with pytest.raises(IntegrityError):
+            await db.write(failing)
+        assert await rows(db, "parent") == [] and await rows(db, "child") == []
+
+
+async def test_writes_one_statement_cannot_hold_still_run_as_a_transaction(
+        db: PostgresDatabase) -> None:
+    await db.write([("INSERT INTO parent (id) VALUES (?)", (1,)),
+                    ("insert into parent (id) values (?) returning id", (2,))])
+    assert await rows(db, "parent") == [(1, 0), (2, 0)]
+    # Guarded: nothing after a first statement that changed nothing.
+    assert not await db.write([("UPDATE parent SET n = 1 WHERE id = ?", (3,)),
+                               ("INSERT INTO parent (id) VALUES (?)", (4,))], guarded=True)
+    assert await rows(db, "parent") == [(1, 0), (2, 0)]
