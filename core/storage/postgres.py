@@ -79,16 +79,31 @@ def _composable(sql: str) -> bool:
     return sql.startswith(_MODIFYING) and "RETURNING" not in sql and ";" not in sql
 
 
-def _as_one(statements: Sequence[Statement]) -> tuple[str, list[Any]]:
-    """``a; b; c`` as ``WITH w0 AS (a), w1 AS (b) c``, its ``?`` parameters in order."""
-    *parts, (last, last_params) = statements
+def _guard_composable(statements: Sequence[Statement]) -> bool:
+    """A guarded write one statement can hold: its guard an UPDATE or a DELETE, then plain
+    inserts only (a DELETE or a SELECT after it would not see what the guard did)."""
+    first, *rest = (sql for sql, _ in statements)
+    return first.startswith(("UPDATE ", "DELETE ")) and all(
+        sql.startswith("INSERT ") and "SELECT" not in sql for sql in rest)
+
+
+def _as_one(statements: Sequence[Statement], *, guarded: bool = False
+            ) -> tuple[str, list[Any]]:
+    """``a; b; c`` as ``WITH w0 AS (a), w1 AS (b) c``, its ``?`` parameters in order.
+    ``guarded``: ``WITH w0 AS (a RETURNING 1), w1 AS (b), w2 AS (c) SELECT 1 / count``, the
+    count of rows ``a`` changed: zero fails the whole statement before the others end."""
     params: list[Any] = []
-    for _, part_params in parts:
+    for _, part_params in statements:
         params.extend(part_params)
-    params.extend(last_params)
-    if not parts:
+    if guarded:
+        (first, _), *rest = statements
+        parts = [f"{first} RETURNING 1", *(sql for sql, _ in rest)]
+        with_ = ", ".join(f"w{n} AS ({sql})" for n, sql in enumerate(parts))
+        return f"WITH {with_} SELECT 1 / (SELECT count(*) FROM w0)", params
+    *before, (last, _) = statements
+    if not before:
         return last, params
-    with_ = ", ".join(f"w{n} AS ({sql})" for n, (sql, _) in enumerate(parts))
+    with_ = ", ".join(f"w{n} AS ({sql})" for n, (sql, _) in enumerate(before))
     return f"WITH {with_} {last}", params
 
 
@@ -224,16 +239,19 @@ class PostgresDatabase:
 
     async def write(self, statements: Sequence[Statement], *, guarded: bool = False,
                     quick: bool = False) -> bool:
-        if not guarded and statements and all(_composable(sql) for sql, _ in statements):
-            # One round trip, not one a statement plus BEGIN and COMMIT (7 for a new
-            # conversation's turn): the statements as the parts of one statement, which
-            # PostgreSQL runs as a whole or not at all. Its parts all see the database as it
-            # was before it (foreign keys are checked at its end), which a write's statements
-            # need not: none reads what another wrote. A guarded write's later statements
-            # must not run when its first changed nothing, so it keeps its transaction.
-            whole, values = _as_one(statements)
+        if statements and all(_composable(sql) for sql, _ in statements) and (
+                not guarded or _guard_composable(statements)):
+            # One round trip, not one a statement plus BEGIN and COMMIT (7 for a turn): the
+            # statements as the parts of one statement, which PostgreSQL runs as a whole or
+            # not at all. Its parts all see the database as it was before it (foreign keys
+            # are checked at its end), which a write's statements need not: none reads what
+            # another wrote. A guarded one fails with a division by zero when its first part
+            # changed nothing, which undoes the others.
+            whole, values = _as_one(statements, guarded=guarded)
             try:
                 await self.pool.execute(dollar_params(whole), *values)
+            except asyncpg.DivisionByZeroError:
+                return False
             except asyncpg.IntegrityConstraintViolationError as exc:
                 raise IntegrityError(str(exc)) from None
             except _CONNECTION_ERRORS as exc:

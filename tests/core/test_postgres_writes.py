@@ -66,7 +66,33 @@ async def test_writes_one_statement_cannot_hold_still_run_as_a_transaction(
     await db.write([("INSERT INTO parent (id) VALUES (?)", (1,)),
                     ("insert into parent (id) values (?) returning id", (2,))])
     assert await rows(db, "parent") == [(1, 0), (2, 0)]
-    # Guarded: nothing after a first statement that changed nothing.
-    assert not await db.write([("UPDATE parent SET n = 1 WHERE id = ?", (3,)),
-                               ("INSERT INTO parent (id) VALUES (?)", (4,))], guarded=True)
-    assert await rows(db, "parent") == [(1, 0), (2, 0)]
+    # Guarded, with a part that must see the guard's change (a DELETE after it): nothing after
+    # a first statement that changed nothing, and all of it otherwise.
+    for key, landed in ((3, False), (1, True)):
+        assert await db.write([("UPDATE parent SET n = 1 WHERE id = ?", (key,)),
+                               ("DELETE FROM parent WHERE id = ?", (2,)),
+                               ("INSERT INTO parent (id) VALUES (?)", (4,))],
+                              guarded=True) is landed
+    assert await rows(db, "parent") == [(1, 1), (4, 0)]
+
+
+async def test_a_guarded_write_lands_whole_or_not_at_all(db: PostgresDatabase) -> None:
+    """As a follow-up's turn: its conversation updated, then rows that refer to it."""
+    await db.write([("INSERT INTO parent (id) VALUES (?)", (1,))])
+    assert await db.write([
+        ("UPDATE parent SET n = n + 1 WHERE id = ?", (1,)),
+        ("INSERT INTO child (id, parent_id, note) VALUES (?, ?, ?)", (10, 1, "a")),
+    ], guarded=True)
+    # Its parent gone meanwhile: False, and nothing of it stays.
+    assert not await db.write([
+        ("UPDATE parent SET n = n + 1 WHERE id = ?", (2,)),
+        ("INSERT INTO child (id, parent_id, note) VALUES (?, ?, ?)", (11, 1, "b")),
+    ], guarded=True)
+    # A later part failing keeps none of it either, the guard's change included.
+    with pytest.raises(IntegrityError):
+        await db.write([
+            ("UPDATE parent SET n = n + 1 WHERE id = ?", (1,)),
+            ("INSERT INTO child (id, parent_id, note) VALUES (?, ?, ?)", (10, 1, "again")),
+        ], guarded=True)
+    assert await rows(db, "parent") == [(1, 1)]
+    assert await rows(db, "child") == [(10, 1, "a")]
