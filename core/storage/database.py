@@ -98,7 +98,9 @@ class Database(Protocol):
         the first statement changes no row, nothing more runs and the answer is False.
         ``quick``: a few rows by key, which an engine may commit without a hop to another
         thread when nothing else waits (SQLite, ``commit_on_the_loop_when``); never a write
-        that may touch a whole table."""
+        that may touch a whole table. No statement may depend on another's effect, nor two
+        change one row: PostgreSQL may run them as the parts of one statement, which all see
+        the database as it was before it."""
         ...
 
     def commit_on_the_loop_when(self, quiet: Callable[[], bool]) -> None:

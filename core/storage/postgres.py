@@ -60,8 +60,7 @@ _CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError,
                       asyncpg.InterfaceError, asyncio.TimeoutError)
 
 
-@functools.lru_cache(maxsize=1024)
-def dollar_params(sql: str) -> str:
+def _dollars(sql: str) -> str:
     """``?`` placeholders as PostgreSQL's ``$1, $2, ...`` (our SQL has no ``?`` in literals)."""
     parts = sql.split("?")
     out = [parts[0]]
@@ -70,7 +69,20 @@ def dollar_params(sql: str) -> str:
     return "".join(out)
 
 
+dollar_params = functools.lru_cache(maxsize=1024)(_dollars)
+"""``_dollars``, remembered: the texts of single statements are few."""
+
+
 _MODIFYING = ("INSERT ", "UPDATE ", "DELETE ")
+MAX_PARTS = 200
+MAX_PARAMETERS = 5000
+"""A write beyond these goes as a transaction: PostgreSQL's protocol takes at most 32,767
+parameters a statement, and a turn with thousands of tiny attachments would pass that."""
+
+
+def _fits_one(statements: Sequence[Statement]) -> bool:
+    return 0 < len(statements) <= MAX_PARTS and \
+        sum(len(params) for _, params in statements) <= MAX_PARAMETERS
 
 
 def _composable(sql: str) -> bool:
@@ -239,7 +251,7 @@ class PostgresDatabase:
 
     async def write(self, statements: Sequence[Statement], *, guarded: bool = False,
                     quick: bool = False) -> bool:
-        if statements and all(_composable(sql) for sql, _ in statements) and (
+        if _fits_one(statements) and all(_composable(sql) for sql, _ in statements) and (
                 not guarded or _guard_composable(statements)):
             # One round trip, not one a statement plus BEGIN and COMMIT (7 for a turn): the
             # statements as the parts of one statement, which PostgreSQL runs as a whole or
@@ -249,7 +261,9 @@ class PostgresDatabase:
             # changed nothing, which undoes the others.
             whole, values = _as_one(statements, guarded=guarded)
             try:
-                await self.pool.execute(dollar_params(whole), *values)
+                # Not through dollar_params' cache: each count of attachments or titles makes
+                # another text, and big ones would stay in memory.
+                await self.pool.execute(_dollars(whole), *values)
             except asyncpg.DivisionByZeroError:
                 return False
             except asyncpg.IntegrityConstraintViolationError as exc:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from core.storage.database import IntegrityError
-from core.storage.postgres import PostgresDatabase
+from core.storage.postgres import PostgresDatabase, dollar_params
 from tests.conftest import drop_pg_database, new_pg_database
 from tests.pg import PgCluster
 
@@ -37,6 +37,7 @@ async def rows(db: PostgresDatabase, table: str) -> list[tuple[object, ...]]:
 
 
 async def test_a_parent_and_its_children_land_in_one_write(db: PostgresDatabase) -> None:
+    remembered = dollar_params.cache_info().currsize
     assert await db.write([
         ("INSERT INTO parent (id) VALUES (?)", (1,)),
         ("INSERT INTO child (id, parent_id, note) VALUES (?, ?, ?), (?, ?, ?)",
@@ -45,6 +46,8 @@ async def test_a_parent_and_its_children_land_in_one_write(db: PostgresDatabase)
         ("INSERT INTO parent (id, n) VALUES (?, ?) ON CONFLICT (id) DO UPDATE"
          " SET n = parent.n + excluded.n", (2, 3)),
     ])
+    # Each count of attachments or titles makes another text: none is kept in memory.
+    assert dollar_params.cache_info().currsize == remembered
     assert await rows(db, "parent") == [(1, 0), (2, 3)]
     assert await rows(db, "child") == [(10, 1, "a"), (11, 1, "b")]
 
@@ -96,3 +99,19 @@ async def test_a_guarded_write_lands_whole_or_not_at_all(db: PostgresDatabase) -
         ], guarded=True)
     assert await rows(db, "parent") == [(1, 1)]
     assert await rows(db, "child") == [(10, 1, "a")]
+
+
+async def test_a_write_past_one_statements_parameters_still_lands(db: PostgresDatabase) -> None:
+    """PostgreSQL takes at most 32,767 parameters a statement: a write whose parts hold more
+    together (a turn with thousands of tiny attachments) goes as a transaction."""
+    await db.write([("INSERT INTO parent (id) VALUES (?)", (1,))])
+    rows_each = 6000
+
+    def insert(first: int) -> tuple[str, tuple[object, ...]]:
+        values = ", ".join(["(?, ?)"] * rows_each)
+        params = [v for n in range(first, first + rows_each) for v in (n, 1)]
+        return f"INSERT INTO child (id, parent_id) VALUES {values}", tuple(params)
+
+    assert await db.write([insert(0), insert(rows_each), insert(2 * rows_each)])
+    count = await db.fetchone("SELECT count(*) FROM child")
+    assert count is not None and count[0] == 3 * rows_each
