@@ -149,7 +149,8 @@ class TitleBatcher:
             batch = [waiting.popleft() for _ in range(size)]
             if waiting:
                 # One with more left goes to the back (a busy model does not hold the others'
-                # titles back); what is left has waited for this call already.
+                # titles back); what is left waits again for others to share its call, unless
+                # it already fills one.
                 self._queues[key] = waiting
                 self._since[key] = asyncio.get_running_loop().time()
             else:

@@ -79,6 +79,11 @@ def parse_json(raw: bytes, *, what: str = "the request body") -> Any:
     return value
 
 
+def _too_deep(what: str) -> BadRequest:
+    return BadRequest(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels",
+                      code="malformed_json")
+
+
 def _check_depth(value: Any, what: str) -> None:
     """Refuses containers nested deeper than ``MAX_JSON_DEPTH``, visiting containers only
     (what orjson read holds no lone surrogate: ``_walk``'s test of every string would only
@@ -87,8 +92,7 @@ def _check_depth(value: Any, what: str) -> None:
     while stack:
         item, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
-            raise BadRequest(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels",
-                             code="malformed_json")
+            raise _too_deep(what)
         for child in (item.values() if item.__class__ is dict else item):
             if child.__class__ is dict or child.__class__ is list:
                 stack.append((child, depth + 1))
@@ -105,8 +109,7 @@ def _walk(value: Any, what: str) -> None:
                                  f"surrogate)", code="malformed_json")
         elif isinstance(item, dict | list):
             if depth > MAX_JSON_DEPTH:
-                raise BadRequest(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels",
-                                 code="malformed_json")
+                raise _too_deep(what)
             children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
             stack.extend((child, depth + 1) for child in children)
 
