@@ -19,8 +19,10 @@ forwarder's figure for the same kind of request (``/v1`` JSON or stream: the for
 
 Modes: ``v1/json``, ``v1/stream``, ``api/json``, ``api/stream``, each with ``-follow-up`` for a
 follow-up in a stored conversation (the forwarder's request then carries a history of the
-same size as in bench/run.py's case 3). Target (issue 14): at most 1.8 times the forwarder's
-instructions on ``v1/json``.
+same size as in bench/run.py's case 3); ``v1/json-history`` and ``v1/stream-history``: a new
+conversation whose request carries that history, without ``X-Conversation-Id`` (what an agent
+framework sends, every request a new conversation to the gateway). Target (issue 14): at most
+1.8 times the forwarder's instructions on ``v1/json``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from typing import Any
 from . import run as bench
 
 MODES = ("v1/json", "v1/stream", "api/json", "api/stream", "v1/json-follow-up",
-         "v1/stream-follow-up", "api/json-follow-up", "api/stream-follow-up")
+         "v1/stream-follow-up", "api/json-follow-up", "api/stream-follow-up",
+         "v1/json-history", "v1/stream-history")
 TARGET_V1_JSON = 1.8
 CALLGRIND = ("valgrind", "--tool=callgrind", "--instr-atstart=no", "--dump-instr=no",
              "--separate-threads=yes")
@@ -101,10 +104,11 @@ def measure_target(name: str, hop: Callgrind, targets: dict[str, bench.Target],
         stream = kind.startswith("stream")
         follow_up = kind.endswith("-follow-up")
         target = targets.get(api)
-        if target is None:
+        if target is None or (kind.endswith("-history") and target.kind != "openai"):
             continue
         convs = conversations.get(mode) if follow_up else None
-        hist = history if follow_up and target.kind == "openai" else 0
+        hist = history if (follow_up or kind.endswith("-history")) \
+            and target.kind == "openai" else 0
         if follow_up and name == "gateway" and convs is None:
             continue
 
