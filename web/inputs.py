@@ -59,8 +59,10 @@ async def read_limited(request: web.BaseRequest, limit: int) -> bytes | None:
     return bytes(body)
 
 
-def parse_json(raw: bytes, *, what: str = "the request body") -> Any:
-    """``raw`` parsed, refusing what ``json.loads`` would let through to fail later."""
+def parse_json(raw: bytes, *, what: str = "the request body", depth_later: bool = False) -> Any:
+    """``raw`` parsed, refusing what ``json.loads`` would let through to fail later.
+    ``depth_later``: the caller checks the depth itself (``check_depth``), once it knows which
+    parts are flat; only what orjson read may wait (it nests at most 1,024 levels)."""
     try:
         value, by_orjson = fastjson.loads_noting_origin(raw)
     except (ValueError, UnicodeDecodeError):
@@ -72,11 +74,25 @@ def parse_json(raw: bytes, *, what: str = "the request body") -> Any:
     # what parsing it costs (4 against 6 microseconds for a /v1 body of 3 KB).
     if not by_orjson:
         _walk(value, what)
-    # A cheap test on the raw bytes first: most bodies cannot be that deep.
-    elif raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and (
-            value.__class__ is dict or value.__class__ is list):
-        _check_depth(value, what)
+    elif not depth_later:
+        check_depth(value, what, raw)
     return value
+
+
+def check_depth(value: Any, what: str, raw: bytes | None = None, *,
+                flat: str | None = None) -> None:
+    """Refuses ``value`` (read by orjson) nested deeper than ``MAX_JSON_DEPTH``. ``raw``: its
+    JSON, for a cheap test first (most bodies have too few brackets to be that deep); ``flat``:
+    a key of the top object whose value the caller has found to be at most three levels deep
+    (a /v1 history of plain messages, most of a long body: counting its brackets cost as much
+    as parsing it)."""
+    if value.__class__ is not dict and value.__class__ is not list:
+        return
+    if flat is not None and value.__class__ is dict and flat in value:
+        value = {key: item for key, item in value.items() if key != flat}
+    elif raw is not None and raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return
+    _check_depth(value, what)
 
 
 def _too_deep(what: str) -> BadRequest:

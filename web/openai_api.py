@@ -29,7 +29,7 @@ from core.wire import content_text
 
 from .errors import Handler, failure_response, retry_after_headers
 from .guard import authenticate
-from .inputs import check_text, parse_json, read_limited
+from .inputs import check_depth, check_text, parse_json, read_limited
 from .keys import GATEWAY
 from .sse import CoalescedStream
 
@@ -184,17 +184,24 @@ def _not_found_model(model: str) -> GatewayError:
 # --------------------------------------------------------------------------------- completions
 
 
-def parse_completion_request(body: Any) -> tuple[list[dict[str, Any]], dict[str, Any], str,
-                                                bool]:
+def parse_completion_request(body: Any, raw: bytes | None = None,
+                             ) -> tuple[list[dict[str, Any]], dict[str, Any], str, bool]:
     """Validated messages, the options to pass on, the prompt to store (the last user
     message), and whether every message is plain text (see ``_all_plain_text``). Raises with the
-    offending ``param`` named, as OpenAI does."""
+    offending ``param`` named, as OpenAI does. ``body``: as ``parse_json(raw, depth_later=True)``
+    read it, its depth checked here (a history of plain messages is three levels deep: then
+    only the rest of the body is walked, where counting a long body's brackets cost as much
+    as parsing it)."""
+    messages = body.get("messages") if body.__class__ is dict else None
+    plain = messages.__class__ is list and bool(messages) and _all_plain_text(messages)
+    try:
+        check_depth(body, "the request body", raw, flat="messages" if plain else None)
+    except BadRequest as err:
+        raise _ParamError(err.message, "body") from None
     if not isinstance(body, dict):
         raise _ParamError("the request body must be a JSON object", "body")
-    messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _ParamError("'messages' must be a non-empty array", "messages")
-    plain = _all_plain_text(messages)
     if not plain:
         for index, message in enumerate(messages):
             if not (type(message) is dict and type(message.get("content")) is str
@@ -277,6 +284,10 @@ def draft(messages: list[dict[str, Any]], settings: Settings, *, is_new: bool,
 
 
 async def read_body(request: web.Request) -> Any:
+    return _parse(await _read_raw(request))
+
+
+async def _read_raw(request: web.Request) -> bytes:
     limit = request.app[BODY_LIMIT]
     raw = await read_limited(request, limit)
     if raw is None:
@@ -284,16 +295,21 @@ async def read_body(request: web.Request) -> Any:
             f"the request body is larger than this endpoint's limit of {limit} bytes "
             "([server] max_body_bytes, plus room for [chat] max_attachment_bytes of inline "
             "attachments)", code="body_too_large")
+    return raw or b"null"
+
+
+def _parse(raw: bytes, *, depth_later: bool = False) -> Any:
     try:
-        return parse_json(raw or b"null")
+        return parse_json(raw, depth_later=depth_later)
     except BadRequest as err:
         raise _ParamError(err.message, "body") from None
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     gateway, principal = await _caller(request)
-    body = await read_body(request)
-    messages, options, prompt, plain_text = parse_completion_request(body)
+    raw = await _read_raw(request)
+    body = _parse(raw, depth_later=True)
+    messages, options, prompt, plain_text = parse_completion_request(body, raw)
     model = body.get("model") or None
     stream = bool(body.get("stream"))
     stream_options = body.get("stream_options")

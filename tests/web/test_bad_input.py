@@ -160,3 +160,27 @@ async def test_json_past_64_levels_is_refused_and_a_long_flat_history_is_not(
     assert body.count(b"{") > 64
     result = await post_raw(api.client, "/v1/chat/completions", body, key=member)
     assert result.status == 200, result.text
+
+
+async def test_v1_refuses_depth_beside_a_plain_history_and_inside_content_parts(
+        api: Api, people: People, no_errors_logged: None) -> None:
+    """/v1 walks only what is not a plain history (whose depth it knows): the rest is still
+    held to 64 levels, a field beside the messages as well as a message's content parts."""
+    member = await user_key(api, people)
+    history = [{"role": ("user", "assistant")[n % 2], "content": f"message {n}"}
+               for n in range(9)]
+    def nested(levels: int) -> Any:
+        return json.loads("[" * levels + "]" * levels)
+
+    for depth, refused in ((64, False), (65, True), (900, True)):  # levels in all
+        beside = {"messages": history, "metadata": {"x": nested(depth - 2)}}
+        inside = {"messages": [*history[:-1], {"role": "user", "content": [
+            {"type": "text", "text": "hi", "extra": nested(depth - 5)}]}]}
+        for body in (beside, inside):
+            result = await post_raw(api.client, "/v1/chat/completions",
+                                    json.dumps(body).encode(), key=member)
+            if refused:
+                assert_openai_400(result)
+                assert "nested deeper than 64 levels" in result.body["error"]["message"]
+            else:
+                assert result.status == 200, result.text
