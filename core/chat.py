@@ -271,47 +271,42 @@ class ChatService:
     async def _follow_up(self, principal: Principal, request: ChatRequest, prompt: str,
                          listener: ChatListener | None, own_key: str | None) -> ChatResult:
         assert request.conversation_id is not None
-        conversation = await self.conversations.get(request.conversation_id)
-        if conversation is None or conversation.owner_id != principal.id:
-            raise NotFound("no such conversation", code="conversation_not_found")
-        # The member's stored own key continues an own-key conversation as the token would.
-        credential = request.access_token or own_key
-        if conversation.mode == "own_key" and not credential:
-            raise Conflict(
-                "this conversation was started with your own access_token; send it again to "
-                "follow up", code="mode_mismatch",
-            )
-        if conversation.mode == "pool" and request.access_token:
-            raise Conflict(
-                "this conversation runs on the organisation's account; follow up without "
-                "access_token", code="mode_mismatch",
-            )
-        account: Account | None = None
-        if conversation.mode == "pool":
-            account = self._account_for_follow_up(conversation, principal)
-            lacking = missing(request.needs, account.settings.api, account.capabilities)
-            if lacking is not None:
-                raise capability_refusal(
-                    *lacking, f"this conversation's account '{account.name}' cannot")
-            target = account.target(conversation.model)
-            context = account.settings.context_tokens
-        else:
-            assert credential is not None
-            target = self._own_key_target(credential, request.user_plus)
-            target.model = conversation.model
-            context = self.settings.own_key.context_tokens
-
-        async with self._lock(f"conversation:{conversation.id}"):
-            if account is not None:
-                # The turn before this one, which held the lock, may have cooled the account.
-                account = self._account_for_follow_up(conversation, principal)
-            # A caller that sends its own context (/v1) needs only the last turn, as parent.
-            own_context = request.messages is not None and request.continues_turn is None
-            recent = await self.conversations.recent_turns(
-                conversation.id, 1 if own_context else MAX_HISTORY_TURNS,
-                expected=conversation.turn_count)
-            if not recent:
+        # A caller that sends its own context (/v1) needs only the last turn, as parent.
+        own_context = request.messages is not None and request.continues_turn is None
+        # The lock first: the conversation and its turns are then read as the turn before
+        # this one left them, together (one round trip on PostgreSQL).
+        async with self._lock(f"conversation:{request.conversation_id}"):
+            conversation, recent = await self.conversations.with_recent_turns(
+                request.conversation_id, 1 if own_context else MAX_HISTORY_TURNS)
+            if conversation is None or conversation.owner_id != principal.id or not recent:
                 raise NotFound("no such conversation", code="conversation_not_found")
+            # The member's stored own key continues an own-key conversation as the token
+            # would.
+            credential = request.access_token or own_key
+            if conversation.mode == "own_key" and not credential:
+                raise Conflict(
+                    "this conversation was started with your own access_token; send it again "
+                    "to follow up", code="mode_mismatch",
+                )
+            if conversation.mode == "pool" and request.access_token:
+                raise Conflict(
+                    "this conversation runs on the organisation's account; follow up without "
+                    "access_token", code="mode_mismatch",
+                )
+            account: Account | None = None
+            if conversation.mode == "pool":
+                account = self._account_for_follow_up(conversation, principal)
+                lacking = missing(request.needs, account.settings.api, account.capabilities)
+                if lacking is not None:
+                    raise capability_refusal(
+                        *lacking, f"this conversation's account '{account.name}' cannot")
+                target = account.target(conversation.model)
+                context = account.settings.context_tokens
+            else:
+                assert credential is not None
+                target = self._own_key_target(credential, request.user_plus)
+                target.model = conversation.model
+                context = self.settings.own_key.context_tokens
             replaced = None
             sees_images = account is None or can(account.settings.api, account.capabilities,
                                                  "vision")

@@ -16,7 +16,7 @@ from ..exchange import Attachment
 from ..models import Conversation, Turn
 from ..records import frozen_record
 from .conversation_cache import ConversationCache
-from .database import Database, IntegrityError, Row, Statement
+from .database import Database, IntegrityError, Statement
 
 NO_LIMIT = 2**62
 QUICK_TURNS = 16
@@ -48,15 +48,21 @@ def _names(columns: str) -> tuple[str, ...]:
 
 _CONVERSATION_FIELDS = _names(_CONVERSATION_COLUMNS)
 _TURN_FIELDS = _names(_TURN_COLUMNS)
+_WITH_RECENT_TURNS = (  # PostgreSQL's: a conversation without turns is one row of NULL turn
+    f"SELECT {', '.join('c.' + n for n in _CONVERSATION_FIELDS)},"
+    f" {', '.join('t.' + n for n in _TURN_FIELDS)} FROM conversations c"
+    f" LEFT JOIN LATERAL (SELECT {_TURN_COLUMNS} FROM turns WHERE conversation_id = c.id"
+    " ORDER BY position DESC LIMIT ?) t ON true WHERE c.id = ? ORDER BY t.position DESC"
+)
 
 
 # Each row read from ``SELECT {_..._COLUMNS}``: values taken in that order, as reading them by
 # name would make sqlite3.Row compare the name with each column's in turn.
-def _conversation(row: Row) -> Conversation:
+def _conversation(row: Iterable[Any]) -> Conversation:
     return Conversation(**dict(zip(_CONVERSATION_FIELDS, row, strict=True)))
 
 
-def _turn(row: Row) -> Turn:
+def _turn(row: Iterable[Any]) -> Turn:
     fields = dict(zip(_TURN_FIELDS, row, strict=True))
     fields["stopped"] = bool(fields["stopped"])  # SQLite answers 0 or 1
     return Turn(**fields)
@@ -213,6 +219,26 @@ class ConversationRepo:
         if cache is not None:
             cache.read_turns(conversation_id, turns, limit, stamp)
         return turns
+
+    async def with_recent_turns(self, conversation_id: str, limit: int,
+                                ) -> tuple[Conversation | None, list[Turn]]:
+        """The conversation and its last ``limit`` turns, newest first (a follow-up, under
+        the conversation's lock). On PostgreSQL in one round trip, where ``get`` then
+        ``recent_turns`` made two of a follow-up's five; the cache answers both for
+        SQLite."""
+        if self._cache is not None or self.db.dialect != "postgresql":
+            conversation = await self.get(conversation_id)
+            if conversation is None:
+                return None, []
+            return conversation, await self.recent_turns(conversation_id, limit,
+                                                         expected=conversation.turn_count)
+        rows = await self.db.fetchall(_WITH_RECENT_TURNS, (limit, conversation_id))
+        if not rows:
+            return None, []
+        first = tuple(rows[0])
+        width = len(_CONVERSATION_FIELDS)
+        turns = [_turn(tuple(row)[width:]) for row in rows if row[width] is not None]
+        return _conversation(first[:width]), turns
 
     async def turn(self, turn_id: str) -> Turn | None:
         row = await self.db.fetchone(f"SELECT {_TURN_COLUMNS} FROM turns WHERE id = ?",

@@ -179,10 +179,10 @@ class PostgresDatabase:
         try:
             self._pool = await asyncpg.create_pool(
                 self.url, password=self._password, min_size=1, max_size=self._pool_size,
-                timeout=self._timeout)
+                timeout=self._timeout, reset=_keep_session)
             self._lock_pool = await asyncpg.create_pool(
                 self.url, password=self._password, min_size=0, max_size=self._pool_size,
-                timeout=self._timeout)
+                timeout=self._timeout, reset=_unlock_all)
             self._listening = await self._connect_listener()
         except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             await self.close()
@@ -290,7 +290,7 @@ class PostgresDatabase:
             try:
                 async with self._lock_pool.acquire() as conn:
                     await conn.execute("SELECT pg_advisory_lock($1)", lock_key(key))
-                    # Released with the connection: the pool's reset runs
+                    # Released with the connection: the pool's reset (_unlock_all) runs
                     # pg_advisory_unlock_all(), also after a cancelled wait.
                     yield
             except _CONNECTION_ERRORS as exc:
@@ -403,6 +403,20 @@ class PostgresDatabase:
                         number, name)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The data pool's reset: none. asyncpg's own, after every query a pool runs, is a round
+    trip of its own (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``): half
+    of the round trips of a stored turn. The data pool's connections are never given session
+    state to undo: its statements run alone or in transactions asyncpg closes (an open one
+    is still rolled back on release), and the locks, the listening and the migrations each
+    have connections of their own."""
+
+
+async def _unlock_all(conn: asyncpg.Connection) -> None:
+    """The lock pool's reset: the advisory lock its holder took, and nothing else to undo."""
+    await conn.execute("SELECT pg_advisory_unlock_all()")
 
 
 class _Transaction:

@@ -120,3 +120,22 @@ async def test_client_references_its_users_conversations(
         await gw.set_conversation_ref(other, started.conversation.id, "mine-now")
     assert (await gw.conversation_by_ref(bot, "thread-1")).id == started.conversation.id  # type: ignore[union-attr]
     assert bot_p.id == bot.id and other_p.id == other.id
+
+
+async def test_a_conversation_with_its_recent_turns_in_one_read(
+    gw: Gateway, user: Principal, upstream_a: FakeUpstream
+) -> None:
+    """What a follow-up reads under its lock (one query on PostgreSQL): the conversation as
+    stored now and its last turns, newest first, as the two separate reads give them."""
+    first = await ask(gw, user, "one")
+    for prompt in ("two", "three"):
+        await ask(gw, user, prompt, first.conversation.id)
+    repo = gw.conversations
+    conversation, turns = await repo.with_recent_turns(first.conversation.id, 2)
+    assert conversation == await repo.get(first.conversation.id)
+    assert conversation is not None and conversation.turn_count == 3
+    assert [t.prompt for t in turns] == ["three", "two"]
+    assert turns == await repo.recent_turns(first.conversation.id, 2)
+    _, every = await repo.with_recent_turns(first.conversation.id, 500)
+    assert [t.position for t in every] == [2, 1, 0]
+    assert await repo.with_recent_turns("no-such-conversation", 5) == (None, [])
