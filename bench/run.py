@@ -790,7 +790,7 @@ class Bench:
         made = [0]
 
         def run(target: Target, stream: bool) -> dict[str, Any]:
-            if target.name in ("direct", "forwarder", "uvloop"):
+            if target.name in ("direct", "forwarder", "uvloop", "v1-history"):
                 return self._c64(target, stream, gateway, history=history)
             made[0] += 1
             conversations = create_conversations(
@@ -798,11 +798,35 @@ class Bench:
             return self._c64(target, stream, gateway, conversations,
                              history=history if target.kind == "openai" else 0)
 
-        summary = self.repeat("3", self.references() + self.gateway_targets(gateway),
+        # What agent frameworks send: the whole context each time and no X-Conversation-Id,
+        # so that each request is, to the gateway, a new conversation carrying a history.
+        agents = [Target("v1-history", gateway.base + V1_PATH, "openai", gateway.user_key)] \
+            if self.v1 else []
+        summary = self.repeat("3", self.references() + self.gateway_targets(gateway) + agents,
                               (False, True), run)
         self.results["case3"] = summary
         self.results["case3_history_pairs"] = history
         self.throughput_rows("3", summary, f"follow-up ({p.conversations} conversations)")
+        if agents:
+            self.history_rows("3", summary)
+
+    def history_rows(self, case: str, summary: dict[str, Any]) -> None:
+        """/v1 requests carrying the history without X-Conversation-Id, against the uvloop
+        forwarder given the same body."""
+        for stream in (False, True):
+            mode = "stream" if stream else "json"
+            ours, uv = summary.get(f"v1-history/{mode}"), summary.get(f"uvloop/{mode}")
+            ratios = paired(ours, uv, ("rps_runs",), _ratio)
+            word = "stream" if stream else "non-stream"
+            self.table.add(case, f"/v1 with the history and no X-Conversation-Id (agent "
+                                 f"frameworks) {word}: requests/s, c={self.plan.concurrency}",
+                           "", "", "", cell((ours or {}).get("rps"), 0),
+                           uvloop=cell((uv or {}).get("rps"), 0))
+            self.table.add(case, f"/v1 with the history and no X-Conversation-Id {word}: ratio "
+                                 "to forwarder on uvloop (same repetition)", "", "", "",
+                           spread(ratios), "≥ 0.6",
+                           verdict(statistics.median(ratios) >= 0.6 if ratios else None),
+                           uvloop="1")
 
     # -- case 4 ---------------------------------------------------------------------------
 
