@@ -277,8 +277,8 @@ class Gateway:
             f'url = "{self.storage_url}"' if self.storage_url else f'path = "{self.db}"', "",
             "[[accounts]]", 'name = "stub"', f'base_url = "http://{HOST}:{self.stub_port}/v1"',
             'api_key_env = ""', f'model = "{MODEL}"', 'tier = "free"', 'proxy = ""',
-            # A per-account cap below the load's concurrency would measure the cap, not the
-            # gateway: an operator sizes it to the upstream, which here is the stub.
+            # The default cap, written out: a cap near the load's concurrency would measure
+            # the cap, not the gateway (an operator sizes it to the upstream, here the stub).
             "max_concurrency = 256", "timeout_s = 60", "context_tokens = 16000", "",
         ]
         if _has_setting("local_model", self.root):
