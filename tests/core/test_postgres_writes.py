@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from core.storage.database import IntegrityError
-from core.storage.postgres import PostgresDatabase, dollar_params
+from core.storage.postgres import PostgresDatabase, _remembered, dollar_params
 from tests.conftest import drop_pg_database, new_pg_database
 from tests.pg import PgCluster
 
@@ -46,10 +46,31 @@ async def test_a_parent_and_its_children_land_in_one_write(db: PostgresDatabase)
         ("INSERT INTO parent (id, n) VALUES (?, ?) ON CONFLICT (id) DO UPDATE"
          " SET n = parent.n + excluded.n", (2, 3)),
     ])
-    # Each count of attachments or titles makes another text: none is kept in memory.
+    # Each count of attachments or titles makes another text: a write's is not kept among
+    # the single statements' texts.
     assert dollar_params.cache_info().currsize == remembered
     assert await rows(db, "parent") == [(1, 0), (2, 3)]
     assert await rows(db, "child") == [(10, 1, "a"), (11, 1, "b")]
+
+
+async def test_small_writes_texts_are_remembered_and_big_ones_are_not(
+        db: PostgresDatabase) -> None:
+    """A turn's write (a few statements) goes as the same text each time; a write of many
+    parts (a turn with many attachments, a batch of titles) is composed and forgotten, so
+    memory does not grow with the counts seen."""
+    small = [("INSERT INTO parent (id) VALUES (?)", (1,)),
+             ("INSERT INTO child (id, parent_id) VALUES (?, ?)", (10, 1))]
+    assert await db.write(small)
+    known = _remembered.cache_info().currsize
+    small_again = [("INSERT INTO parent (id) VALUES (?)", (2,)),
+                   ("INSERT INTO child (id, parent_id) VALUES (?, ?)", (20, 2))]
+    assert await db.write(small_again)
+    assert _remembered.cache_info().currsize == known
+    big = [("INSERT INTO parent (id) VALUES (?)", (3,))] + [
+        ("INSERT INTO child (id, parent_id) VALUES (?, ?)", (100 + n, 3)) for n in range(12)]
+    assert await db.write(big)
+    assert _remembered.cache_info().currsize == known
+    assert [r[0] for r in await rows(db, "child")] == [10, 20, *range(100, 112)]
 
 
 async def test_a_failing_part_keeps_none_of_the_write(db: PostgresDatabase) -> None:
