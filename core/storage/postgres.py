@@ -281,8 +281,9 @@ class PostgresDatabase:
             # are checked at its end), which a write's statements need not: none reads what
             # another wrote. A guarded one fails with a division by zero when its first part
             # changed nothing, which undoes the others.
+            text, values = one
             try:
-                await self.pool.execute(one[0], *one[1])
+                await self.pool.execute(text, *values)
             except asyncpg.DivisionByZeroError:
                 return False
             except asyncpg.IntegrityConstraintViolationError as exc:
