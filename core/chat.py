@@ -125,6 +125,12 @@ class ChatService:
         await self.limiter.check(principal.id)
         if request.conversation_id:
             return await self._follow_up(principal, request, prompt, listener, own_key)
+        continuing = await self._continuing(principal, request)
+        if continuing is not None:
+            try:
+                return await self._follow_up(principal, continuing, prompt, listener, own_key)
+            except _NotContinued:
+                pass  # answered as a new conversation, as it would have been
         attempt = Attempt(principal, request, prompt, new_id(), new_id(), is_new=True)
         result = await self._start(attempt, own_key, listener)
         conversation = result.conversation
@@ -268,6 +274,43 @@ class ChatService:
 
     # ----------------------------------------------------------------- follow-ups
 
+    async def _continuing(self, principal: Principal,
+                          request: ChatRequest) -> ChatRequest | None:
+        """A /v1 context sent without a conversation id that continues a conversation of
+        this caller (core/context_digest.py): the request as a follow-up of its last turn,
+        storing what the context adds."""
+        context = request.context
+        if context is None or context.continues is None or request.external_ref:
+            return None
+        found = await self.conversations.ending_context(principal.id, context.continues)
+        if found is None:
+            return None
+        conversation_id, turn_id = found
+        return dataclasses.replace(
+            request, conversation_id=conversation_id, follows_turn=turn_id,
+            exchange=exchange.continued(request.exchange) if request.exchange else None)
+
+    def _may_continue(self, principal: Principal, request: ChatRequest,
+                      conversation: Conversation | None, recent: list[Turn],
+                      own_key: str | None) -> bool:
+        """Whether a context's conversation (``_continuing``) can be followed up as asked,
+        where a caller naming it would get an error: it is still this caller's, its last
+        turn is the one the context ends, and its account serves this request now. If not,
+        a new conversation answers, as it did before contexts were recognised."""
+        if conversation is None or conversation.owner_id != principal.id or not recent \
+                or recent[0].id != request.follows_turn:
+            return False
+        if request.model is not None and request.model != conversation.model:
+            return False
+        if conversation.mode == "own_key":
+            return bool(request.access_token or own_key)
+        if request.access_token:
+            return False
+        account = self.pool.get(conversation.account or "")
+        return (account is not None and account.health() == "healthy"
+                and (account.tier != "plus" or _may_use_plus(principal))
+                and missing(request.needs, account.settings.api, account.capabilities) is None)
+
     async def _follow_up(self, principal: Principal, request: ChatRequest, prompt: str,
                          listener: ChatListener | None, own_key: str | None) -> ChatResult:
         assert request.conversation_id is not None
@@ -278,6 +321,9 @@ class ChatService:
         async with self._lock(f"conversation:{request.conversation_id}"):
             conversation, recent = await self.conversations.with_recent_turns(
                 request.conversation_id, 1 if own_context else MAX_HISTORY_TURNS)
+            if request.follows_turn is not None and not self._may_continue(
+                    principal, request, conversation, recent, own_key):
+                raise _NotContinued
             if conversation is None or conversation.owner_id != principal.id or not recent:
                 raise NotFound("no such conversation", code="conversation_not_found")
             # The member's stored own key continues an own-key conversation as the token
@@ -573,6 +619,10 @@ def _regenerating(turn_id: str, recent: list[Turn]) -> tuple[Turn, list[Turn], s
         raise Conflict("only the latest answer of a conversation can be regenerated",
                        code="not_last_turn")
     return recent[0], recent[1:], recent[0].prompt
+
+
+class _NotContinued(Exception):
+    """A recognised context's conversation cannot be followed up (``_may_continue``)."""
 
 
 def _may_use_plus(principal: Principal) -> bool:

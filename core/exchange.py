@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -150,6 +151,20 @@ def new_messages(messages: list[Message], is_new: bool) -> list[Message]:
         if messages[index].get("role") == "assistant":
             return messages[index + 1:]
     return messages
+
+
+def continued(draft: Draft) -> Draft:
+    """What a turn stores of a /v1 context that continues its conversation: the messages
+    after the last assistant one, and only the attachments they refer to (the earlier ones
+    are stored with the turns that brought them)."""
+    kept = new_messages(draft.messages, is_new=False)
+    if kept is draft.messages:
+        return draft
+    attachments = draft.attachments
+    if attachments:
+        used = references(kept)
+        attachments = [a for a in attachments if a.sha256 in used]
+    return dataclasses.replace(draft, messages=kept, attachments=attachments)
 
 
 def reply_message(completion: Completion) -> Message:

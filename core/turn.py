@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from .clock import utc_now
+from .context_digest import Context
 from .exchange import Draft
 from .images import ImageFile
 from .models import Conversation, PlusChoice, Principal, Turn
@@ -63,6 +64,13 @@ class ChatRequest:
     images: tuple[ImageFile, ...] = ()
     """Images a front's member attached (core/images.py): sent as image parts after the
     prompt, only to an account that can do ``vision``, and stored as the turn's exchange."""
+    context: Context | None = None
+    """A /v1 caller's context fingerprinted (core/context_digest.py): the turn stores it with
+    its reply; without a conversation id, a stored turn it continues is followed up."""
+    follows_turn: str | None = None
+    """Set by the service when ``context`` found the turn this request continues: it is
+    followed up only if that turn is still its conversation's last and its account can
+    answer; else a new conversation starts, as without it."""
 
 
 @frozen_record

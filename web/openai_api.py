@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from core import exchange, fastjson
+from core import context_digest, exchange, fastjson
 from core.capabilities import HANDLED, needs_of_chat
 from core.chat import ChatRequest, ChatResult, StartInfo
 from core.config import Settings
@@ -268,19 +268,15 @@ def _check_message(message: Any, index: int) -> None:
                           f"{where}.tool_call_id")
 
 
-def draft(messages: list[dict[str, Any]], settings: Settings, *, is_new: bool,
+def draft(messages: list[dict[str, Any]], settings: Settings, *,
           plain_text: bool = False) -> exchange.Draft:
-    """What the turn will store of these messages: the new ones, inline data by hash. Every
-    inline attachment of the request counts to the limit, stored or not. ``plain_text``:
-    the messages are known to carry nothing inline."""
+    """These messages as a turn stores them, inline data by hash (``exchange.continued``
+    keeps what a follow-up adds). Every inline attachment of the request counts to the
+    limit, stored or not. ``plain_text``: the messages are known to carry nothing inline."""
     # Without inline data, ``stored`` is the caller's own list (nothing changes it later).
     stored, attachments = (messages, []) if plain_text else \
         exchange.extract(messages, settings.chat.max_attachment_bytes)
-    kept = exchange.new_messages(stored, is_new)
-    if kept is not stored and attachments:
-        used = exchange.references(kept)
-        attachments = [a for a in attachments if a.sha256 in used]
-    return exchange.Draft("chat", kept, attachments)
+    return exchange.Draft("chat", stored, attachments)
 
 
 async def read_body(request: web.Request) -> Any:
@@ -317,6 +313,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                          and stream_options.get("include_usage"))
     conversation_id = check_text(CONVERSATION_HEADER,
                                  request.headers.get(CONVERSATION_HEADER, "")) or None
+    whole = draft(messages, gateway.settings, plain_text=plain_text)
     chat_request = ChatRequest(
         prompt=prompt,
         conversation_id=conversation_id,
@@ -327,8 +324,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         messages=messages,
         generate_title=gateway.settings.chat.v1_titles,
         needs=needs_of_chat(body, plain_text_messages=plain_text),
-        exchange=draft(messages, gateway.settings, is_new=conversation_id is None,
-                       plain_text=plain_text),
+        exchange=whole if conversation_id is None else exchange.continued(whole),
+        # Fingerprinted as stored (inline data by hash): the same bytes, the same reference.
+        context=context_digest.of(whole.messages),
     )
     if stream:
         return await _stream(request, gateway, principal, chat_request, include_usage)

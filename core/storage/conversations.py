@@ -26,10 +26,11 @@ _CONVERSATION_COLUMNS = (
     "id, owner_id, title, mode, account, model, client_id, external_ref, turn_count,"
     " created_utc, updated_utc"
 )
-_TURN_INSERT_VALUES = "VALUES (" + ", ".join(["?"] * 15) + ")"
+_TURN_INSERT_VALUES = "VALUES (" + ", ".join(["?"] * 16) + ")"
 _TURN_COLUMNS = (
     "id, conversation_id, parent_id, position, prompt, reply, model, upstream_id, prompt_utc,"
-    " reply_utc, duration_ms, input_tokens, output_tokens, exchange_json, stopped"
+    " reply_utc, duration_ms, input_tokens, output_tokens, exchange_json, stopped,"
+    " context_digest"
 )
 # An attachment already stored (the same bytes, sent again) is kept as it is.
 _ATTACHMENT_INSERT = (
@@ -115,7 +116,7 @@ def _usage_params(u: UsageRecord) -> tuple[Any, ...]:
 def _turn_params(t: Turn) -> tuple[Any, ...]:
     return (t.id, t.conversation_id, t.parent_id, t.position, t.prompt, t.reply, t.model,
             t.upstream_id, t.prompt_utc, t.reply_utc, t.duration_ms, t.input_tokens,
-            t.output_tokens, t.exchange_json, t.stopped)
+            t.output_tokens, t.exchange_json, t.stopped, t.context_digest)
 
 
 def _attachment_statements(turn: Turn, attachments: Sequence[Attachment],
@@ -239,6 +240,17 @@ class ConversationRepo:
         width = len(_CONVERSATION_FIELDS)
         turns = [_turn(tuple(row)[width:]) for row in rows if row[width] is not None]
         return _conversation(first[:width]), turns
+
+    async def ending_context(self, owner_id: int, digest: str) -> tuple[str, str] | None:
+        """(conversation id, turn id) of the owner's turn that ends the /v1 context of this
+        fingerprint (core/context_digest.py) and is its conversation's last; the newest
+        when several do (the same script run twice)."""
+        row = await self.db.fetchone(
+            "SELECT t.conversation_id, t.id FROM turns t"
+            " JOIN conversations c ON c.id = t.conversation_id"
+            " WHERE t.context_digest = ? AND c.owner_id = ? AND t.position = c.turn_count - 1"
+            " ORDER BY t.reply_utc DESC LIMIT 1", (digest, owner_id), quick=True)
+        return (row[0], row[1]) if row else None
 
     async def turn(self, turn_id: str) -> Turn | None:
         row = await self.db.fetchone(f"SELECT {_TURN_COLUMNS} FROM turns WHERE id = ?",

@@ -207,4 +207,15 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE turns ADD COLUMN stopped BOOLEAN NOT NULL DEFAULT FALSE;
         """,
     ),
+    (
+        # The fingerprint of the /v1 context a turn ends (core/context_digest.py): a history
+        # sent again without X-Conversation-Id continues the conversation whose last turn
+        # has it. Only /v1 turns have one, so only they are indexed.
+        "0007_context_digests",
+        """
+        ALTER TABLE turns ADD COLUMN context_digest TEXT;
+        CREATE INDEX turns_context_digest ON turns(context_digest)
+            WHERE context_digest IS NOT NULL;
+        """,
+    ),
 ]

@@ -63,6 +63,7 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, int, int]]] = {
         ("output_tokens", "INTEGER", 0, 0),
         ("exchange_json", "TEXT", 0, 0),
         ("stopped", "INTEGER", 1, 0),
+        ("context_digest", "TEXT", 0, 0),
     ],
     "attachments": [
         ("sha256", "TEXT", 0, 1),
@@ -148,6 +149,7 @@ EXPECTED_INDEXES = {
     "web_sessions_principal": ("web_sessions", 0, ["principal_id"]),
     "web_sessions_expires": ("web_sessions", 0, ["expires_utc"]),
     "turn_attachments_sha256": ("turn_attachments", 0, ["sha256"]),
+    "turns_context_digest": ("turns", 0, ["context_digest"]),
 }
 # Indexes SQLite makes for UNIQUE constraints: (table, columns).
 EXPECTED_UNIQUE_CONSTRAINTS = {

@@ -52,6 +52,7 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("input_tokens", "integer", "YES"), ("output_tokens", "integer", "YES"),
         ("exchange_json", "text", "YES"),
         ("stopped", "boolean", "NO"),
+        ("context_digest", "text", "YES"),
     ],
     "attachments": [
         ("sha256", "text", "NO"), ("mime_type", "text", "NO"), ("size_bytes", "integer", "NO"),
@@ -101,7 +102,7 @@ EXPECTED_INDEXES = {
     "principals_client", "principals_admin_external", "conversations_owner_updated",
     "conversations_updated", "usage_principal", "web_sessions_principal", "web_sessions_expires",
     "usage_created", "usage_client", "budget_holds_scope",
-    "turn_attachments_sha256",
+    "turn_attachments_sha256", "turns_context_digest",
 }
 # (table, columns) of each UNIQUE constraint or primary key.
 EXPECTED_UNIQUE = {
