@@ -12,7 +12,7 @@ The canonical form keeps what a client echoes faithfully and drops what it may r
 role; the text (``None`` and ``""`` alike, a list of text parts as its joined text, other parts
 as given); tool calls by id, name and arguments (arguments as parsed JSON, since clients such
 as LangChain parse them and write them again with other spacing); a tool result's call id.
-Messages are hashed one after another, so the fingerprint of a prefix comes on the way.
+Messages are hashed in order, so the fingerprint of the prefix comes on the way.
 """
 
 from __future__ import annotations
@@ -30,50 +30,61 @@ from .upstream import Message
 class Context:
     """The fingerprints of one /v1 request's messages."""
 
-    continues: str | None
+    continues: bytes | None
     """The fingerprint of the messages up to the last assistant one (what an earlier turn of
     this caller would have stored), or None when there is no assistant message."""
-    running: Any
-    """The hash after every message, to be finished with the reply (``after``)."""
+    prefix: Any
+    """The hash of those messages (None: none), which the turn's own fingerprint goes on from."""
+    rest: bytes
+    """The messages after them, framed for hashing."""
 
-    def after(self, reply: Message) -> str:
+    def after(self, reply: Message) -> bytes:
         """The fingerprint a turn stores: this context followed by its reply."""
-        hashed = self.running.copy()
-        hashed.update(_canonical(reply))
-        return str(hashed.hexdigest())
+        tail = self.rest + _framed([_key(reply)])
+        if self.prefix is None:
+            return _fingerprint(hashlib.sha256(tail))
+        hashed = self.prefix.copy()
+        hashed.update(tail)
+        return _fingerprint(hashed)
 
 
 def of(messages: list[Message]) -> Context:
-    last_assistant = -1
+    keys = [_key(m) for m in messages]
     for index in range(len(messages) - 1, -1, -1):
         if messages[index].get("role") == "assistant":
-            last_assistant = index
-            break
-    hashed = hashlib.sha256()
-    continues = None
-    for index, message in enumerate(messages):
-        hashed.update(_canonical(message))
-        if index == last_assistant:
-            continues = hashed.hexdigest()
-    return Context(continues, hashed)
+            prefix = hashlib.sha256(_framed(keys[:index + 1]))
+            return Context(_fingerprint(prefix), prefix, _framed(keys[index + 1:]))
+    return Context(None, None, _framed(keys))
 
 
-def _canonical(message: Message) -> bytes:
+def _fingerprint(hashed: Any) -> bytes:
+    # 128 bits: no two contexts of one caller meet by chance, and the index stays small.
+    return bytes(hashed.digest()[:16])
+
+
+def _framed(keys: list[Any]) -> bytes:
+    """Each message's key as JSON followed by a comma: the same bytes whether messages are
+    written one call at a time or many (JSON values are self-delimiting)."""
+    return fastjson.dumps(keys)[1:-1] + b"," if keys else b""
+
+
+def _key(message: Message) -> Any:
     content = message.get("content")
+    calls = message.get("tool_calls")
+    call_id = message.get("tool_call_id")
+    if content.__class__ is str and not calls and call_id is None:
+        return (message.get("role"), content)  # nearly every message: role and text
     if content is None:
         content = ""
     elif isinstance(content, list) and all(
             isinstance(p, dict) and p.get("type") == "text" for p in content):
         content = "".join(str(p.get("text", "")) for p in content)
     key: list[Any] = [message.get("role"), content]
-    calls = message.get("tool_calls")
     if calls:
-        key.append([_call(c) for c in calls])
-    call_id = message.get("tool_call_id")
+        key.append([_call(c) for c in calls] if isinstance(calls, list) else calls)
     if call_id is not None:
         key.append(call_id)
-    # One JSON array a message: self-delimiting, so no two contexts hash alike by accident.
-    return fastjson.dumps(key) + b"\n"
+    return key
 
 
 def _call(call: Any) -> list[Any]:

@@ -113,7 +113,7 @@ class Turn:
     """The member stopped the reply while it was written: ``reply`` is what had arrived."""
     exchange_json: str | None = None
     """The exchange as it was (see core/exchange.py), for /v1 turns; None for plain ones."""
-    context_digest: str | None = None
+    context_digest: bytes | None = None
     """The fingerprint of the /v1 context this turn ends (core/context_digest.py)."""
 
     @property

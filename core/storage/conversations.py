@@ -241,7 +241,7 @@ class ConversationRepo:
         turns = [_turn(tuple(row)[width:]) for row in rows if row[width] is not None]
         return _conversation(first[:width]), turns
 
-    async def ending_context(self, owner_id: int, digest: str) -> tuple[str, str] | None:
+    async def ending_context(self, owner_id: int, digest: bytes) -> tuple[str, str] | None:
         """(conversation id, turn id) of the owner's turn that ends the /v1 context of this
         fingerprint (core/context_digest.py) and is its conversation's last; the newest
         when several do (the same script run twice)."""

@@ -197,12 +197,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         """,
     ),
     (
-        # The fingerprint of the /v1 context a turn ends (core/context_digest.py): a history
-        # sent again without X-Conversation-Id continues the conversation whose last turn
-        # has it. Only /v1 turns have one, so only they are indexed.
+        # The fingerprint (128 bits) of the /v1 context a turn ends (core/context_digest.py):
+        # a history sent again without X-Conversation-Id continues the conversation whose
+        # last turn has it. Only /v1 turns have one, so only they are indexed.
         "0007_context_digests",
         """
-        ALTER TABLE turns ADD COLUMN context_digest TEXT;
+        ALTER TABLE turns ADD COLUMN context_digest BLOB;
         CREATE INDEX turns_context_digest ON turns(context_digest)
             WHERE context_digest IS NOT NULL;
         """,

@@ -55,14 +55,16 @@ CHECKPOINT_EVERY_S = 1.0
 MAX_BATCH = 256
 """Writes committed together at most; a bound on how long one COMMIT holds the others."""
 
-# A bool or None is not an exact int, float or str, so the sqlite3 module looks for
-# ``__adapt__`` and ``__conform__`` before binding it, and a miss on the protocol's type
-# formats an AttributeError's message: about 2,000 to 5,000 instructions a value, for three
-# bools and about four Nones a stored turn (callgrind, the writer's thread). A registered
-# adapter is found by one dictionary lookup. SQLite stores the same 0, 1 and NULL as before;
-# ``{}.get(None)`` is None, from a C function (a lambda costs half as much again).
+# A bool, None or bytes is not an exact int, float, str or bytearray, so the sqlite3 module
+# looks for ``__adapt__`` and ``__conform__`` before binding it, and a miss on the protocol's
+# type formats an AttributeError's message: about 2,000 to 5,000 instructions a value, for
+# three bools and about four Nones a stored turn (callgrind, the writer's thread), and a /v1
+# turn's context fingerprint. A registered adapter is found by one dictionary lookup. SQLite
+# stores the same 0, 1, NULL and blobs as before; ``{}.get(None)`` is None, from a C function
+# (a lambda costs half as much again); ``bytes(b)`` is ``b`` itself.
 sqlite3.register_adapter(bool, int)
 sqlite3.register_adapter(type(None), cast("Callable[[None], None]", {}.get))
+sqlite3.register_adapter(bytes, bytes)
 
 
 class SqliteDatabase:

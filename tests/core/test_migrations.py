@@ -63,7 +63,7 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, int, int]]] = {
         ("output_tokens", "INTEGER", 0, 0),
         ("exchange_json", "TEXT", 0, 0),
         ("stopped", "INTEGER", 1, 0),
-        ("context_digest", "TEXT", 0, 0),
+        ("context_digest", "BLOB", 0, 0),
     ],
     "attachments": [
         ("sha256", "TEXT", 0, 1),

@@ -52,7 +52,7 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("input_tokens", "integer", "YES"), ("output_tokens", "integer", "YES"),
         ("exchange_json", "text", "YES"),
         ("stopped", "boolean", "NO"),
-        ("context_digest", "text", "YES"),
+        ("context_digest", "bytea", "YES"),
     ],
     "attachments": [
         ("sha256", "text", "NO"), ("mime_type", "text", "NO"), ("size_bytes", "integer", "NO"),
