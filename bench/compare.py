@@ -5,6 +5,10 @@
         [--reps 6] [--seconds 3] [--count 3000] [--modes api/json,api/stream,v1/json,v1/stream]
         [--follow-ups]
 
+``v1/json-history`` sends a made-up history of 9 exchanges without ``X-Conversation-Id``;
+``v1/json-agent`` runs agent sessions of 19 calls (histories of 9 exchanges on average) that
+send the replies as they came.
+
 On a shared machine requests/s drift with other people's work by more than most optimisations
 gain. Here both gateways (each its own ``bot.py``, database and folder, against one stub) are
 loaded one after the other, short runs, many times, and each B run is compared with the A run
@@ -42,7 +46,7 @@ def _target(gateway: bench.Gateway, mode: str) -> tuple[bench.Target, bool]:
               if api == "api" else
               bench.Target(gateway.name, gateway.base + bench.V1_PATH, "openai",
                            gateway.user_key))
-    return target, kind == "stream"
+    return target, kind.startswith("stream")
 
 
 def measure(gateway: bench.Gateway, mode: str, args: argparse.Namespace, tmp: Path,
@@ -55,9 +59,15 @@ def measure(gateway: bench.Gateway, mode: str, args: argparse.Namespace, tmp: Pa
         conversations = bench.create_conversations(
             gateway, args.conversations, tmp / f"conversations-{serial[0]}.txt")
         history = (1 + args.count // args.conversations // 2) if target.kind == "openai" else 0
+    agent_turns = 0
+    if mode.endswith("-agent"):  # agent sessions (bench/loadgen.py --agent-turns)
+        agent_turns = 19
+    elif mode.endswith("-history"):  # a made-up history, no X-Conversation-Id
+        history = 9
     result = bench.loadgen(target, stream=stream, concurrency=args.concurrency,
                            count=args.count, seconds=args.seconds, warmup=args.warmup,
-                           conversations=conversations, history=history)
+                           conversations=conversations, history=history,
+                           agent_turns=agent_turns)
     cpu = result["cpu"].get(f"cpu_s_{gateway.name}", 0.0)
     result["gateway_cpu_ms_per_request"] = cpu * 1000 / max(1, result["requests_incl_warmup"])
     return result

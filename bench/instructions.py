@@ -21,8 +21,11 @@ Modes: ``v1/json``, ``v1/stream``, ``api/json``, ``api/stream``, each with ``-fo
 follow-up in a stored conversation (the forwarder's request then carries a history of the
 same size as in bench/run.py's case 3); ``v1/json-history`` and ``v1/stream-history``: a new
 conversation whose request carries that history, without ``X-Conversation-Id`` (what an agent
-framework sends, every request a new conversation to the gateway). Target (issue 14): at most
-1.8 times the forwarder's instructions on ``v1/json``.
+framework sends, a made-up history that no stored turn ends: every request a new conversation
+to the gateway); ``v1/json-agent``: agent sessions (``bench/loadgen.py --agent-turns``), each
+call sending the session's history with the replies as they came, so the gateway continues
+the conversation it recognises. Target (issue 14): at most 1.8 times the forwarder's
+instructions on ``v1/json``.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from . import run as bench
 
 MODES = ("v1/json", "v1/stream", "api/json", "api/stream", "v1/json-follow-up",
          "v1/stream-follow-up", "api/json-follow-up", "api/stream-follow-up",
-         "v1/json-history", "v1/stream-history")
+         "v1/json-history", "v1/stream-history", "v1/json-agent")
 TARGET_V1_JSON = 1.8
 CALLGRIND = ("valgrind", "--tool=callgrind", "--instr-atstart=no", "--dump-instr=no",
              "--separate-threads=yes")
@@ -104,20 +107,23 @@ def measure_target(name: str, hop: Callgrind, targets: dict[str, bench.Target],
         stream = kind.startswith("stream")
         follow_up = kind.endswith("-follow-up")
         target = targets.get(api)
-        if target is None or (kind.endswith("-history") and target.kind != "openai"):
+        if target is None or (kind.endswith(("-history", "-agent"))
+                              and target.kind != "openai"):
             continue
         convs = conversations.get(mode) if follow_up else None
         hist = history if (follow_up or kind.endswith("-history")) \
             and target.kind == "openai" else 0
+        # Sessions whose histories average the same size as the -history modes'.
+        agent = 2 * history + 1 if kind.endswith("-agent") else 0
         if follow_up and name == "gateway" and convs is None:
             continue
 
         def load(count: int, warmup: int = 0, target: bench.Target = target,
                  stream: bool = stream, convs: Path | None = convs,
-                 hist: int = hist) -> dict[str, Any]:
+                 hist: int = hist, agent: int = agent) -> dict[str, Any]:
             return bench.loadgen(target, stream=stream, concurrency=args.concurrency,
                                  count=count, seconds=3600, warmup=warmup,
-                                 conversations=convs, history=hist)
+                                 conversations=convs, history=hist, agent_turns=agent)
 
         print(f"  {name} {mode}: warm-up {args.warmup}, then {args.count} requests",
               file=sys.stderr, flush=True)

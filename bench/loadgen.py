@@ -65,6 +65,10 @@ class Spec:
     conversations: list[str] = field(default_factory=list)
     history: int = 0
     model: str = "bench-model"
+    agent_turns: int = 0
+    """openai, not streamed: each worker runs sessions of this many calls as an agent
+    framework does, every call sending the session's whole history (the replies as they
+    came) and no X-Conversation-Id."""
 
 
 @dataclass
@@ -92,8 +96,10 @@ def _history(n: int) -> list[dict[str, str]]:
     return messages
 
 
-def build(spec: Spec, i: int) -> tuple[str, str, dict[str, str], bytes | None]:
-    """Method, URL, headers and body of request number ``i``."""
+def build(spec: Spec, i: int, messages: list[dict[str, str]] | None = None,
+          ) -> tuple[str, str, dict[str, str], bytes | None]:
+    """Method, URL, headers and body of request number ``i`` (``messages``: an agent
+    session's, for an openai body)."""
     headers: dict[str, str] = {}
     if spec.key:
         headers["Authorization"] = f"Bearer {spec.key}"
@@ -111,8 +117,8 @@ def build(spec: Spec, i: int) -> tuple[str, str, dict[str, str], bytes | None]:
         if conversation:
             body["conversation_id"] = conversation
     else:
-        body = {"model": spec.model,
-                "messages": [*_history(spec.history), {"role": "user", "content": prompt}]}
+        body = {"model": spec.model, "messages": messages if messages is not None else
+                [*_history(spec.history), {"role": "user", "content": prompt}]}
         if spec.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -121,8 +127,11 @@ def build(spec: Spec, i: int) -> tuple[str, str, dict[str, str], bytes | None]:
     return "POST", spec.url, headers, json.dumps(body).encode()
 
 
-async def one(session: aiohttp.ClientSession, spec: Spec, i: int, sample: Sample | None) -> None:
-    method, url, headers, body = build(spec, i)
+async def one(session: aiohttp.ClientSession, spec: Spec, i: int, sample: Sample | None,
+              messages: list[dict[str, str]] | None = None) -> bytes | None:
+    """One request; the body of a non-streamed answer that succeeded, else None."""
+    method, url, headers, body = build(spec, i, messages)
+    data = None
     text_marker = _API_TEXT if spec.kind == "api" else _OPENAI_TEXT
     end_marker = b"event: done" if spec.kind == "api" else b"data: [DONE]"
     started = time.perf_counter()
@@ -154,16 +163,41 @@ async def one(session: aiohttp.ClientSession, spec: Spec, i: int, sample: Sample
     except Exception as exc:  # noqa: BLE001 - every failure is counted, none stops the run
         if sample is not None:
             sample.error(f"{type(exc).__name__}: {exc}")
-        return
+        return None
     end = time.perf_counter()
     if sample is None:
-        return
+        return data
     sample.ok += 1
     sample.bytes += size
     sample.latency.append((end - started) * 1000)
     if spec.stream:
         sample.ttfb.append(((first or end) - started) * 1000)
         sample.first_token.append(((token or end) - started) * 1000)
+    return data
+
+
+class AgentSession:
+    """One worker's agent: calls of ``turns`` each, the history growing by the question and
+    the reply as it came; a new session after the last call, or after a failure."""
+
+    def __init__(self, turns: int) -> None:
+        self.turns = turns
+        self.history: list[dict[str, str]] = []
+
+    def messages(self, i: int) -> list[dict[str, str]]:
+        if len(self.history) >= 2 * self.turns:
+            self.history = []
+        step = len(self.history) // 2
+        return [*self.history, {"role": "user",
+                                "content": f"Agent step {step} of request {i}: go on."}]
+
+    def answered(self, messages: list[dict[str, str]], data: bytes | None) -> None:
+        try:
+            reply = json.loads(data or b"")["choices"][0]["message"]["content"]
+        except (ValueError, LookupError, TypeError):
+            self.history = []
+            return
+        self.history = [*messages, {"role": "assistant", "content": reply}]
 
 
 async def drive(spec: Spec, *, concurrency: int, count: int, max_seconds: float,
@@ -180,9 +214,15 @@ async def drive(spec: Spec, *, concurrency: int, count: int, max_seconds: float,
 
             async def worker() -> None:
                 nonlocal remaining
+                agent = AgentSession(spec.agent_turns) if spec.agent_turns else None
                 while remaining > 0 and time.perf_counter() <= deadline:
                     remaining -= 1
-                    await one(session, spec, next(counter), sample)
+                    i = next(counter)
+                    if agent is None:
+                        await one(session, spec, i, sample)
+                        continue
+                    messages = agent.messages(i)
+                    agent.answered(messages, await one(session, spec, i, sample, messages))
 
             await asyncio.gather(*(worker() for _ in range(concurrency)))
 
@@ -220,13 +260,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--history", type=int, default=0,
                         help="earlier user/assistant pairs in an openai body")
     parser.add_argument("--model", default="bench-model")
+    parser.add_argument("--agent-turns", type=int, default=0,
+                        help="openai, not streamed: sessions of this many calls, each sending "
+                             "the history with the replies as they came")
     args = parser.parse_args(argv)
+    if args.agent_turns and (args.kind != "openai" or args.stream):
+        parser.error("--agent-turns is for --kind openai, not streamed")
     conversations: list[str] = []
     if args.conversations:
         with open(args.conversations, encoding="utf-8") as handle:
             conversations = [line.strip() for line in handle if line.strip()]
     spec = Spec(url=args.url, kind=args.kind, stream=args.stream, key=args.key,
-                conversations=conversations, history=args.history, model=args.model)
+                conversations=conversations, history=args.history, model=args.model,
+                agent_turns=args.agent_turns)
     result = asyncio.run(drive(spec, concurrency=max(1, args.concurrency),
                                count=max(1, args.count), max_seconds=args.max_seconds,
                                warmup=args.warmup))

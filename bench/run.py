@@ -429,10 +429,11 @@ def _children_cpu() -> float:
 
 def loadgen(target: Target, *, stream: bool = False, concurrency: int = 1, count: int = 100,
             seconds: float = 10.0, warmup: int = 0, conversations: Path | None = None,
-            history: int = 0) -> dict[str, Any]:
+            history: int = 0, agent_turns: int = 0) -> dict[str, Any]:
     argv = [PY, "-m", "bench.loadgen", "--url", target.url, "--kind", target.kind,
             "--concurrency", str(concurrency), "--count", str(count),
-            "--max-seconds", str(seconds), "--warmup", str(warmup), "--history", str(history)]
+            "--max-seconds", str(seconds), "--warmup", str(warmup), "--history", str(history),
+            "--agent-turns", str(agent_turns)]
     if stream:
         argv.append("--stream")
     if target.key:

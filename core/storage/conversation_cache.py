@@ -13,6 +13,12 @@ may have changed the rows, and the repository reads them every time.
 Bounded: at most ``MAX_CONVERSATIONS`` conversations and ``MAX_BYTES`` of their text, the least
 recently used going first, and at most ``MAX_TURNS`` turns of each (a longer history is read
 from the database).
+
+It also answers which held conversation a /v1 context continues (``head``: the fingerprint of
+its last turn, core/context_digest.py), and remembers the last ``MAX_ABSENT`` fingerprints the
+database said no conversation of the caller ends (``absent``): a program that sends the same
+few-shot examples with every question would otherwise cost a read each time. A fingerprint
+stored since is forgotten there; a write whose outcome is unknown forgets them all.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ MAX_CONVERSATIONS = 2_000
 """Enough for the conversations a community keeps going at once; few enough that a gateway's
 memory stays flat however many it has answered (bench/ case 5: ~2 MiB at most here)."""
 MAX_BYTES = 16 << 20
+MAX_ABSENT = 1_024
 MAX_TURNS = 64
 TURN_OVERHEAD_BYTES = 600
 ENTRY_OVERHEAD_BYTES = 600
@@ -58,6 +65,10 @@ class ConversationCache:
         self.stamp = 0
         """Counts the writes told to the cache. A read of the database that began at another
         stamp may have seen rows from before a write it would then put back: it is not held."""
+        self._heads: dict[bytes, str] = {}
+        """The context fingerprint of each held conversation's last turn -> its id."""
+        self._absent: OrderedDict[bytes, int] = OrderedDict()
+        """Fingerprints no conversation of this owner ends -> the owner."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -84,7 +95,31 @@ class ConversationCache:
         self._entries.move_to_end(conversation_id)
         return entry.turns[:limit]
 
+    def head(self, digest: bytes, owner_id: int) -> tuple[str, str] | None:
+        """(conversation id, turn id) of a held conversation of this owner whose last turn
+        ends the context of this fingerprint."""
+        conversation_id = self._heads.get(digest)
+        entry = self._entries.get(conversation_id) if conversation_id else None
+        if entry is None or entry.conversation.owner_id != owner_id or not entry.turns:
+            return None
+        return entry.conversation.id, entry.turns[0].id
+
+    def absent(self, digest: bytes, owner_id: int) -> bool:
+        """The database said no conversation of this owner ends this context, and no turn
+        with it has been stored since."""
+        return self._absent.get(digest) == owner_id
+
     # ----------------------------------------------------------------- what was read
+
+    def read_absent(self, digest: bytes, owner_id: int, stamp: int) -> None:
+        """The database, read at ``stamp``, holds no conversation of this owner that ends
+        this context."""
+        if stamp != self.stamp:
+            return
+        self._absent[digest] = owner_id
+        self._absent.move_to_end(digest)
+        if len(self._absent) > MAX_ABSENT:
+            self._absent.popitem(last=False)
 
     def read_conversation(self, conversation: Conversation, stamp: int) -> None:
         """``conversation`` was just read from the database, the read begun at ``stamp``."""
@@ -111,12 +146,14 @@ class ConversationCache:
 
     def created(self, conversation: Conversation, turn: Turn) -> None:
         self.stamp += 1
+        self._stored(turn)
         if conversation.turn_count != 1:  # the row is stored with one turn, whatever it said
             conversation = dataclasses.replace(conversation, turn_count=1)
         self._put(conversation, [turn], _size(turn))
 
     def appended(self, turn: Turn) -> None:
         self.stamp += 1
+        self._stored(turn)
         entry = self._entries.get(turn.conversation_id)
         if entry is None:
             return
@@ -132,6 +169,7 @@ class ConversationCache:
 
     def replaced(self, old: Turn, turn: Turn) -> None:
         self.stamp += 1
+        self._stored(turn)
         entry = self._entries.get(turn.conversation_id)
         if entry is None:
             return
@@ -148,28 +186,46 @@ class ConversationCache:
             entry.conversation = dataclasses.replace(entry.conversation, title=new)
 
     def forget(self, conversation_id: str) -> None:
+        """Read this conversation again (a write to it may or may not have been committed,
+        so a turn with any fingerprint may now be stored)."""
         self.stamp += 1
+        self._absent.clear()
         entry = self._entries.pop(conversation_id, None)
         if entry is not None:
-            self._bytes -= entry.size + ENTRY_OVERHEAD_BYTES
+            self._dropped(entry)
 
     def clear(self) -> None:
         """Everything goes (a member or client was removed, and their conversations with
         them)."""
         self.stamp += 1
         self._entries.clear()
+        self._heads.clear()
+        self._absent.clear()
         self._bytes = 0
+
+    def _stored(self, turn: Turn) -> None:
+        if turn.context_digest is not None:
+            self._absent.pop(turn.context_digest, None)
 
     # ----------------------------------------------------------------- bounds
 
     def _put(self, conversation: Conversation, turns: list[Turn], size: int) -> None:
         old = self._entries.pop(conversation.id, None)
         if old is not None:
-            self._bytes -= old.size + ENTRY_OVERHEAD_BYTES
+            self._dropped(old)
         if size > self.max_bytes // 4:
             return  # one very long conversation would push out many others: read it
         self._entries[conversation.id] = _Entry(conversation, turns, size)
         self._bytes += size + ENTRY_OVERHEAD_BYTES
+        if turns and turns[0].context_digest is not None:
+            self._heads[turns[0].context_digest] = conversation.id
         while self._bytes > self.max_bytes or len(self._entries) > self.max_conversations:
             _, oldest = self._entries.popitem(last=False)
-            self._bytes -= oldest.size + ENTRY_OVERHEAD_BYTES
+            self._dropped(oldest)
+
+    def _dropped(self, entry: _Entry) -> None:
+        """``entry`` has left ``_entries``."""
+        self._bytes -= entry.size + ENTRY_OVERHEAD_BYTES
+        digest = entry.turns[0].context_digest if entry.turns else None
+        if digest is not None and self._heads.get(digest) == entry.conversation.id:
+            del self._heads[digest]

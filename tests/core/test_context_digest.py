@@ -3,6 +3,8 @@ client rewrites that does not change the conversation."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from core import context_digest
@@ -21,11 +23,16 @@ def _continues(messages: list[dict[str, Any]]) -> bytes | None:
 
 
 def test_a_turns_fingerprint_is_what_its_continuation_sends() -> None:
-    for history in ([ASK], [SYSTEM, ASK], [SYSTEM, ASK, CALL, RESULT]):
+    long = {"role": "user", "content": "a long question " * 400}  # hashed in pieces
+    for history in ([ASK], [SYSTEM, ASK], [SYSTEM, ASK, CALL, RESULT], [long, REPLY, long]):
         stored = context_digest.of(history).after(REPLY)
         assert len(stored) == 16
         assert _continues([*history, REPLY]) == stored
     assert context_digest.of([SYSTEM, ASK]).continues is None  # nothing to continue
+    # In pieces or whole, the same SHA-256.
+    framed = b"".join(json.dumps([m["role"], m["content"]], separators=(",", ":")).encode()
+                      + b"," for m in (long, REPLY))
+    assert context_digest.of([long]).after(REPLY) == hashlib.sha256(framed).digest()[:16]
 
 
 def test_what_clients_rewrite_does_not_change_it() -> None:

@@ -117,6 +117,42 @@ def test_memory_is_bounded_least_recently_used_first() -> None:
     assert len(counted) == 2 and counted.conversation("c4") is not None
 
 
+def test_the_context_a_held_conversation_ends_is_found_while_it_is_the_last_turn() -> None:
+    cache = ConversationCache(max_conversations=2)
+    first = dataclasses.replace(turn(0), context_digest=b"d0")
+    cache.created(conversation(), first)
+    assert cache.head(b"d0", owner_id=1) == ("c1", "c1-t0")
+    assert cache.head(b"d0", owner_id=2) is None  # another member's: never theirs
+    cache.appended(dataclasses.replace(turn(1), context_digest=b"d1"))
+    assert cache.head(b"d0", owner_id=1) is None  # no longer the last turn
+    assert cache.head(b"d1", owner_id=1) == ("c1", "c1-t1")
+    cache.replaced(turn(1), turn(1, text="again"))  # a regenerated answer, no fingerprint
+    assert cache.head(b"d1", owner_id=1) is None
+    cache.created(conversation(cid="c2"), dataclasses.replace(turn(0, "c2"), context_digest=b"e"))
+    cache.created(conversation(cid="c3"), turn(0, "c3"))
+    cache.created(conversation(cid="c4"), turn(0, "c4"))  # c2 pushed out: read from the database
+    assert cache.head(b"e", owner_id=1) is None
+
+
+def test_a_context_found_in_no_conversation_is_not_read_again_until_one_may_end_it() -> None:
+    cache = ConversationCache()
+    stamp = cache.stamp
+    cache.read_absent(b"few-shot", 1, stamp)
+    assert cache.absent(b"few-shot", 1) and not cache.absent(b"few-shot", 2)
+    # A turn that ends that very context is stored: it is read again.
+    cache.created(conversation(), dataclasses.replace(turn(0), context_digest=b"few-shot"))
+    assert not cache.absent(b"few-shot", 1)
+    # A read begun before a write is not remembered; a write of unknown outcome forgets all.
+    stamp = cache.stamp
+    cache.appended(turn(1))
+    cache.read_absent(b"other", 1, stamp)
+    assert not cache.absent(b"other", 1)
+    cache.read_absent(b"other", 1, cache.stamp)
+    assert cache.absent(b"other", 1)
+    cache.forget("c1")
+    assert not cache.absent(b"other", 1)
+
+
 def test_a_title_changes_only_from_the_one_it_replaces() -> None:
     cache = ConversationCache()
     cache.created(conversation(title="New chat"), turn(0))
