@@ -219,3 +219,34 @@ async def test_a_reply_echoed_as_text_parts_is_the_same_reply(
     echoed = {"role": "assistant", "content": [{"type": "text", "text": reply.content}]}
     assert (await _ask(sdk, [QUESTION, echoed, {"role": "user", "content": "Why?"}]))[0] \
         == first
+
+
+async def test_a_streamed_tool_call_echoed_as_assembled_continues(
+    sdk: openai.AsyncOpenAI, gateway: Gateway, upstream_a: FakeUpstream,
+    upstream_b: FakeUpstream,
+) -> None:
+    for fake in (upstream_a, upstream_b):
+        fake.enqueue(ToolCalls((("get_weather", {"city": "Paris"}),)), "Sunny.")
+    ask = {"role": "user", "content": "Weather in Paris?"}
+    raw = await sdk.chat.completions.with_raw_response.create(
+        model="model-a", messages=[ask], stream=True,  # type: ignore[list-item]
+        tools=[{"type": "function", "function": {"name": "get_weather",
+                                                 "parameters": {"type": "object"}}}])
+    first = raw.headers["x-conversation-id"]
+    # As a client puts the call together from its deltas (id and name first, then the
+    # arguments in pieces).
+    calls: dict[int, dict[str, Any]] = {}
+    async for chunk in raw.parse():
+        for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            call = calls.setdefault(delta.index, {"id": "", "type": "function",
+                                                  "function": {"name": "", "arguments": ""}})
+            call["id"] = delta.id or call["id"]
+            if delta.function is not None:
+                call["function"]["name"] += delta.function.name or ""
+                call["function"]["arguments"] += delta.function.arguments or ""
+    assert len(calls) == 1
+    echoed = {"role": "assistant", "content": None, "tool_calls": [calls[0]]}
+    result = {"role": "tool", "tool_call_id": calls[0]["id"], "content": "sunny"}
+    second, message = await _ask(sdk, [ask, echoed, result])
+    assert second == first
+    assert message.content == "Sunny."
