@@ -325,10 +325,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         generate_title=gateway.settings.chat.v1_titles,
         needs=needs_of_chat(body, plain_text_messages=plain_text),
         exchange=whole if conversation_id is None else exchange.continued(whole),
-        # A caller that names its conversation needs no fingerprint to be found by. Else the
-        # context is fingerprinted as stored (inline data by hash: the same bytes, the same
-        # reference).
-        context=None if conversation_id else context_digest.of(whole.messages),
+        # Fingerprinted as stored (inline data by hash: the same bytes, the same reference),
+        # whether the caller names its conversation or not: a session may do both.
+        context=context_digest.of(whole.messages),
     )
     if stream:
         return await _stream(request, gateway, principal, chat_request, include_usage)

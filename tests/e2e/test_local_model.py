@@ -122,6 +122,18 @@ async def test_openai_sdk_against_a_real_model(gateway_url: tuple[str, str]) -> 
         assert usage is not None and usage.completion_tokens > 0
         assert "".join(pieces)
 
+        # As an agent framework goes on: the whole history with the model's own replies, no
+        # header. The gateway knows the conversation it continues.
+        third = await sdk.chat.completions.with_raw_response.create(
+            model="gemma-3-270m", max_tokens=8,
+            messages=[{"role": "user", "content": "Say hello."},
+                      {"role": "assistant", "content": completion.choices[0].message.content},
+                      {"role": "user", "content": "Again."},
+                      {"role": "assistant", "content": "".join(pieces)},
+                      {"role": "user", "content": "Once more."}])
+        assert third.headers["x-conversation-id"] == conversation_id
+        assert third.parse().choices[0].message.content
+
 
 async def test_embeddings_and_what_the_local_model_cannot_do(
         gateway_url: tuple[str, str]) -> None:

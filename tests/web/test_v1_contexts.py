@@ -98,6 +98,24 @@ async def test_an_agents_history_continues_one_conversation_on_its_account(
     assert turns[2].exchange["messages"] == [{"role": "user", "content": "And one more?"}]
 
 
+async def test_a_session_may_name_its_conversation_on_some_calls_and_not_others(
+    sdk: openai.AsyncOpenAI, gateway: Gateway,
+) -> None:
+    history: list[dict[str, Any]] = [QUESTION]
+    first, reply = await _ask(sdk, history)
+    history += [{"role": "assistant", "content": reply.content},
+                {"role": "user", "content": "Another?"}]
+    named = await sdk.chat.completions.with_raw_response.create(
+        model="model-a", messages=history,  # type: ignore[arg-type]
+        extra_headers={"X-Conversation-Id": first})
+    assert named.headers["x-conversation-id"] == first
+    history += [{"role": "assistant", "content": named.parse().choices[0].message.content},
+                {"role": "user", "content": "And one more?"}]
+    assert (await _ask(sdk, history))[0] == first
+    assert [t.prompt for t in await _stored(gateway, first)] == [
+        "Name a colour.", "Another?", "And one more?"]
+
+
 async def test_a_streamed_session_continues_too(
     sdk: openai.AsyncOpenAI, gateway: Gateway,
 ) -> None:
