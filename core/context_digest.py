@@ -108,7 +108,8 @@ def _call(call: Any) -> list[Any]:
     function = call.get("function") or {}
     arguments = function.get("arguments") if isinstance(function, dict) else None
     if isinstance(arguments, str):
-        with contextlib.suppress(ValueError):  # not JSON: kept as the string it is
+        # Not JSON, or nested past what a parser takes: kept as the string it is.
+        with contextlib.suppress(ValueError, RecursionError):
             arguments = fastjson.loads(arguments)
     name = function.get("name") if isinstance(function, dict) else None
     return [call.get("id"), name, arguments]

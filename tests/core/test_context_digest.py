@@ -55,3 +55,11 @@ def test_what_changes_the_conversation_changes_it() -> None:
     assert _continues([*split, REPLY]) != stored
     other_call = {**CALL, "tool_calls": [{**CALL["tool_calls"][0], "id": "call_2"}]}
     assert context_digest.of([ASK]).after(other_call) != context_digest.of([ASK]).after(CALL)
+
+
+def test_arguments_that_are_not_json_or_too_deep_are_kept_as_text() -> None:
+    for arguments in ("not json {", "[" * 100_000 + "]" * 100_000):
+        call = {**CALL, "tool_calls": [{**CALL["tool_calls"][0], "function": {
+            "name": "get_weather", "arguments": arguments}}]}
+        stored = context_digest.of([ASK]).after(call)
+        assert _continues([ASK, call]) == stored

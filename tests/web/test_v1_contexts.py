@@ -268,3 +268,14 @@ async def test_a_streamed_tool_call_echoed_as_assembled_continues(
     second, message = await _ask(sdk, [ask, echoed, result])
     assert second == first
     assert message.content == "Sunny."
+
+
+async def test_tool_arguments_nested_past_any_parser_are_no_server_error(
+    sdk: openai.AsyncOpenAI,
+) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    echoed = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": deep}}]}
+    result = {"role": "tool", "tool_call_id": "call_1", "content": "done"}
+    _, message = await _ask(sdk, [QUESTION, echoed, result])
+    assert message.content
