@@ -17,7 +17,6 @@ Messages are hashed in order, so the fingerprint of the prefix comes on the way.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from typing import Any
 
@@ -108,8 +107,15 @@ def _call(call: Any) -> list[Any]:
     function = call.get("function") or {}
     arguments = function.get("arguments") if isinstance(function, dict) else None
     if isinstance(arguments, str):
-        # Not JSON, or nested past what a parser takes: kept as the string it is.
-        with contextlib.suppress(ValueError, RecursionError):
-            arguments = fastjson.loads(arguments)
+        arguments = _compact(arguments)
     name = function.get("name") if isinstance(function, dict) else None
     return [call.get("id"), name, arguments]
+
+
+def _compact(arguments: str) -> str:
+    """JSON arguments written again compactly (the same whatever spacing a client used); not
+    JSON, or nested past what a parser or writer takes: the string as it is."""
+    try:
+        return fastjson.dumps(fastjson.loads(arguments)).decode("utf-8")
+    except (ValueError, RecursionError):
+        return arguments
