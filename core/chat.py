@@ -29,7 +29,15 @@ from .budgets import Budgets, Hold
 from .capabilities import CapabilityMissing, can, missing
 from .capabilities import refusal as capability_refusal
 from .config import Settings
-from .errors import BadRequest, Conflict, Forbidden, NotFound, TooLarge, Unavailable
+from .errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    GatewayError,
+    NotFound,
+    TooLarge,
+    Unavailable,
+)
 from .history import build_messages, estimate_tokens, prompt_budget
 from .ids import new_id
 from .metrics import NO_OBSERVER, Observer
@@ -290,27 +298,6 @@ class ChatService:
             request, conversation_id=conversation_id, follows_turn=turn_id,
             exchange=exchange.continued(request.exchange) if request.exchange else None)
 
-    def _may_continue(self, principal: Principal, request: ChatRequest,
-                      conversation: Conversation | None, recent: list[Turn],
-                      own_key: str | None) -> bool:
-        """Whether a context's conversation (``_continuing``) can be followed up as asked,
-        where a caller naming it would get an error: it is still this caller's, its last
-        turn is the one the context ends, and its account serves this request now. If not,
-        a new conversation answers, as it did before contexts were recognised."""
-        if conversation is None or conversation.owner_id != principal.id or not recent \
-                or recent[0].id != request.follows_turn:
-            return False
-        if request.model is not None and request.model != conversation.model:
-            return False
-        if conversation.mode == "own_key":
-            return bool(request.access_token or own_key)
-        if request.access_token:
-            return False
-        account = self.pool.get(conversation.account or "")
-        return (account is not None and account.health() == "healthy"
-                and (account.tier != "plus" or _may_use_plus(principal))
-                and missing(request.needs, account.settings.api, account.capabilities) is None)
-
     async def _follow_up(self, principal: Principal, request: ChatRequest, prompt: str,
                          listener: ChatListener | None, own_key: str | None) -> ChatResult:
         assert request.conversation_id is not None
@@ -321,38 +308,23 @@ class ChatService:
         async with self._lock(f"conversation:{request.conversation_id}"):
             conversation, recent = await self.conversations.with_recent_turns(
                 request.conversation_id, 1 if own_context else MAX_HISTORY_TURNS)
-            if request.follows_turn is not None and not self._may_continue(
-                    principal, request, conversation, recent, own_key):
+            if request.follows_turn is not None and (
+                    conversation is None or not recent or recent[0].id != request.follows_turn
+                    or request.model not in (None, conversation.model)):
+                # A context's conversation (``_continuing``) whose last turn is no longer the
+                # one the context ends, or that another model answers.
                 raise _NotContinued
             if conversation is None or conversation.owner_id != principal.id or not recent:
                 raise NotFound("no such conversation", code="conversation_not_found")
-            # The member's stored own key continues an own-key conversation as the token
-            # would.
-            credential = request.access_token or own_key
-            if conversation.mode == "own_key" and not credential:
-                raise Conflict(
-                    "this conversation was started with your own access_token; send it again "
-                    "to follow up", code="mode_mismatch",
-                )
-            if conversation.mode == "pool" and request.access_token:
-                raise Conflict(
-                    "this conversation runs on the organisation's account; follow up without "
-                    "access_token", code="mode_mismatch",
-                )
-            account: Account | None = None
-            if conversation.mode == "pool":
-                account = self._account_for_follow_up(conversation, principal)
-                lacking = missing(request.needs, account.settings.api, account.capabilities)
-                if lacking is not None:
-                    raise capability_refusal(
-                        *lacking, f"this conversation's account '{account.name}' cannot")
-                target = account.target(conversation.model)
-                context = account.settings.context_tokens
-            else:
-                assert credential is not None
-                target = self._own_key_target(credential, request.user_plus)
-                target.model = conversation.model
-                context = self.settings.own_key.context_tokens
+            try:
+                account, target, context = self._answerer_of(conversation, principal, request,
+                                                             own_key)
+            except GatewayError:
+                if request.follows_turn is None:
+                    raise
+                # What a caller naming the conversation is refused (its account cooling or
+                # out, another mode) starts a new one for a context that only matched it.
+                raise _NotContinued from None
             replaced = None
             sees_images = account is None or can(account.settings.api, account.capabilities,
                                                  "vision")
@@ -474,6 +446,35 @@ class ChatService:
         found = await self.conversations.attachments(conversation_id,
                                                      images.image_refs(content))
         return dataclasses.replace(request, exchange=images.restored_draft(content, found))
+
+    def _answerer_of(self, conversation: Conversation, principal: Principal,
+                     request: ChatRequest, own_key: str | None,
+                     ) -> tuple[Account | None, Target, int]:
+        """Who answers a follow-up: the conversation's account (None: the member's own key),
+        the target asked, its context budget. Refused when that cannot be as asked."""
+        # The member's stored own key continues an own-key conversation as the token would.
+        credential = request.access_token or own_key
+        if conversation.mode == "own_key" and not credential:
+            raise Conflict(
+                "this conversation was started with your own access_token; send it again "
+                "to follow up", code="mode_mismatch",
+            )
+        if conversation.mode == "pool" and request.access_token:
+            raise Conflict(
+                "this conversation runs on the organisation's account; follow up without "
+                "access_token", code="mode_mismatch",
+            )
+        if conversation.mode == "pool":
+            account = self._account_for_follow_up(conversation, principal)
+            lacking = missing(request.needs, account.settings.api, account.capabilities)
+            if lacking is not None:
+                raise capability_refusal(
+                    *lacking, f"this conversation's account '{account.name}' cannot")
+            return account, account.target(conversation.model), account.settings.context_tokens
+        assert credential is not None
+        target = self._own_key_target(credential, request.user_plus)
+        target.model = conversation.model
+        return None, target, self.settings.own_key.context_tokens
 
     def _account_for_follow_up(self, conversation: Conversation, principal: Principal) -> Account:
         name = conversation.account or ""
@@ -622,7 +623,7 @@ def _regenerating(turn_id: str, recent: list[Turn]) -> tuple[Turn, list[Turn], s
 
 
 class _NotContinued(Exception):
-    """A recognised context's conversation cannot be followed up (``_may_continue``)."""
+    """A recognised context's conversation cannot be followed up as the context asks."""
 
 
 def _may_use_plus(principal: Principal) -> bool:

@@ -10,8 +10,9 @@ conversation: on the account that started it (prompt caches stay warm), stored a
 
 The canonical form keeps what a client echoes faithfully and drops what it may rewrite: the
 role; the text (``None`` and ``""`` alike, a list of text parts as its joined text, other parts
-as given); tool calls by id, name and arguments (arguments as parsed JSON, since clients such
-as LangChain parse them and write them again with other spacing); a tool result's call id.
+as given); tool calls by id, name and arguments (arguments as compact JSON, since clients
+such as LangChain parse them and write them again with other spacing); a tool result's call
+id.
 Messages are hashed in order, so the fingerprint of the prefix comes on the way.
 """
 
@@ -75,7 +76,8 @@ def _update(hashed: Any, data: bytes) -> None:
 
 def _fingerprint(hashed: Any) -> bytes:
     # 128 bits: no two contexts of one caller meet by chance, and the index stays small.
-    return bytes(hashed.digest()[:16])
+    digest: bytes = hashed.digest()
+    return digest[:16]
 
 
 def _framed(keys: list[Any]) -> bytes:

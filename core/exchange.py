@@ -177,12 +177,13 @@ def reply_message(completion: Completion) -> Message:
     return message
 
 
-def record(draft: Draft, completion: Completion) -> str:
-    """The exchange as stored in the turn's ``exchange_json`` (compact JSON, by orjson)."""
+def record(draft: Draft, completion: Completion, reply: Message | None = None) -> str:
+    """The exchange as stored in the turn's ``exchange_json`` (compact JSON, by orjson).
+    ``reply``: ``reply_message(completion)``, when the caller has it already."""
     return fastjson.dumps({
         "api": draft.api,
         "messages": draft.messages,
-        "reply": {**reply_message(completion),
+        "reply": {**(reply or reply_message(completion)),
                   "finish_reason": completion.finish_reason or "stop"},
         "attachments": [a.public() for a in draft.attachments],
         "store": draft.store,

@@ -128,17 +128,18 @@ class TurnRecorder:
         elapsed_ms = int(attempt.elapsed_s * 1000)
         now = iso(utc_now())
         request = attempt.request
+        # What the caller will send back as the assistant: stored, and ending the context.
+        reply = exchange.reply_message(completion) if request.exchange is not None else None
         turn = Turn(
             id=attempt.message_id, conversation_id=attempt.conversation_id,
             parent_id=attempt.parent_id, position=position, prompt=attempt.prompt,
             reply=completion.text, model=completion.model, upstream_id=completion.upstream_id,
             prompt_utc=iso(attempt.prompt_time), reply_utc=now, duration_ms=elapsed_ms,
             input_tokens=completion.input_tokens, output_tokens=completion.output_tokens,
-            exchange_json=(exchange.record(request.exchange, completion)
+            exchange_json=(exchange.record(request.exchange, completion, reply)
                            if request.exchange is not None else None),
             stopped=completion.finish_reason == STOPPED,
-            # What the caller will send back: its messages, then this reply as given.
-            context_digest=(request.context.after(exchange.reply_message(completion))
+            context_digest=(request.context.after(reply or exchange.reply_message(completion))
                             if request.context is not None else None),
         )
         return turn, self._usage(attempt, account, completion, now, elapsed_ms)
