@@ -31,8 +31,8 @@ from .capabilities import can_all
 from .config import AccountSettings, Settings
 from .env_secrets import Secrets
 from .errors import Conflict
-from .metrics import NO_OBSERVER, Observer
 from .models import PlusChoice
+from .observer import NO_OBSERVER, Observer
 from .storage.account_state import AccountState, AccountStateRepo
 from .upstream import Target, UpstreamFailure, make_session
 from .upstream_http import UpstreamSession

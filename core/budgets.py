@@ -43,8 +43,8 @@ from .clock import iso, utc_now
 from .config import BUDGET_KEYS, Settings
 from .errors import RateLimited
 from .ids import new_id
-from .metrics import NO_OBSERVER, Observer
 from .models import Principal
+from .observer import NO_OBSERVER, Observer
 from .storage import Storage
 from .storage.database import Statement, StorageError
 from .storage.spend import ALERTS, Alert, Key, SpendRepo, SpendRow, Totals, add_spend, drop_hold

@@ -40,8 +40,8 @@ from .errors import (
 )
 from .history import build_messages, estimate_tokens, prompt_budget
 from .ids import new_id
-from .metrics import NO_OBSERVER, Observer
 from .models import Conversation, PlusChoice, Principal, Turn
+from .observer import NO_OBSERVER, Observer
 from .recording import TurnRecorder, ref_owner
 from .storage.conversations import ConversationRepo
 from .storage.limits import RateLimiter

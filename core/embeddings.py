@@ -22,8 +22,8 @@ from .clock import iso, utc_now
 from .config import Settings
 from .errors import BadRequest, Forbidden, NotFound, Unavailable
 from .history import estimate_tokens
-from .metrics import NO_OBSERVER, Observer
 from .models import PlusChoice, Principal
+from .observer import NO_OBSERVER, Observer
 from .storage.conversations import ConversationRepo, UsageRecord
 from .storage.database import Statement
 from .storage.limits import RateLimiter

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -32,7 +32,6 @@ from .env_secrets import Secrets
 from .errors import BadRequest, Conflict, Forbidden, NotFound, TooLarge, Unauthorized
 from .exchange import Attachment
 from .keys import hash_key
-from .metrics import NO_OBSERVER, Metrics
 from .models import (
     Conversation,
     ModelChoice,
@@ -43,11 +42,15 @@ from .models import (
     Turn,
 )
 from .oauth import AccessToken, PasswordGrant
+from .observer import NO_OBSERVER
 from .stopping import StopBoard, StopSignal
 from .storage import Storage, storage_for
 from .storage.usage_report import GroupBy
 from .upstream import make_session
 from .upstream_http import UpstreamSession
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 from .usage import Report, UsageService
 from .web_sessions import WebSessions
 
@@ -748,7 +751,11 @@ def build_gateway(settings: Settings, *, environ: dict[str, str] | None = None,
     account cool-downs and the rate limit (tests pass a fake one)."""
     secrets = Secrets.read(settings, environ)
     storage = storage_for(settings.storage, secrets.storage_password)
-    metrics = Metrics(settings.billing.currency) if settings.metrics.enabled else None
+    metrics = None
+    if settings.metrics.enabled:
+        from .metrics import Metrics  # prometheus_client: imported only when metrics are on
+
+        metrics = Metrics(settings.billing.currency)
     observer = metrics or NO_OBSERVER
     pool = AccountPool(settings, storage.accounts, secrets, clock=clock, observer=observer)
     if metrics is not None:

@@ -44,6 +44,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from .observer import Observer
+
 if TYPE_CHECKING:
     from .accounts import AccountPool
     from .storage.conversations import UsageRecord
@@ -66,25 +68,6 @@ without end."""
 OTHER_MODEL = "other"
 
 
-class Observer:
-    """Told by the core what happened; this one does nothing (metrics off)."""
-
-    def usage(self, record: UsageRecord) -> None:
-        """A usage row was made: a reply, a title, or a turn that failed."""
-
-    def upstream_failure(self, account: str, kind: str) -> None:
-        """A pool account's call failed (``UpstreamFailure.kind``)."""
-
-    def health_changed(self, account: str, state: str, reason: str) -> None:
-        """An account went ``cooling`` or ``out`` (``reason``: the failure's kind, or "admin"),
-        or an admin put it back (``healthy``)."""
-
-    def quota_refused(self, budget: str, scope: str) -> None:
-        """A request was refused: ``budget`` (e.g. tokens_per_day) of a ``member`` or of its
-        ``client`` is spent."""
-
-
-NO_OBSERVER = Observer()
 
 
 class _Family:

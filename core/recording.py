@@ -14,8 +14,8 @@ from .budgets import Budgets, Hold
 from .clock import iso, utc_now
 from .errors import NotFound
 from .exchange import Attachment
-from .metrics import NO_OBSERVER, Observer
 from .models import Conversation, Mode, Turn
+from .observer import NO_OBSERVER, Observer
 from .stopping import STOPPED
 from .storage.conversations import ConversationRepo, UsageRecord, usage_statement
 from .storage.database import Statement

@@ -7,7 +7,6 @@ from aiohttp import web
 from core.gateway import Gateway
 
 from . import api, ui
-from . import metrics as web_metrics
 from .errors import api_error, error_middleware_for
 from .guard import GUARD, Guard
 from .keys import GATEWAY, SETTINGS
@@ -20,7 +19,11 @@ def create_app(gateway: Gateway) -> web.Application:
     settings = gateway.settings
     metrics = gateway.metrics
     # Requests are counted around the error middleware, so errors count with their status.
-    counting = [web_metrics.count_requests(metrics)] if metrics is not None else []
+    counting = []
+    if metrics is not None:
+        from . import metrics as web_metrics  # prometheus_client: only when metrics are on
+
+        counting.append(web_metrics.count_requests(metrics))
     app = web.Application(
         # The UI's checks are on its own routes (ui.setup), not a middleware every API
         # request would pass through; a browser's unknown address still gets a page.
