@@ -74,6 +74,30 @@ def _error(exc: openai.APIStatusError) -> dict[str, Any]:
     return exc.body
 
 
+async def _started_without(gateway: Gateway, sdk: openai.AsyncOpenAI,
+                           name: str) -> tuple[str, Any]:
+    """The first exchange, asked while account ``name`` is out of service (so that it starts
+    on the other one), then ``name`` back in service: (conversation id, reply)."""
+    account_out = gateway.pool.get(name)
+    assert account_out is not None
+    await gateway.pool.set_enabled(account_out, False)
+    started = await _ask(sdk, [QUESTION])
+    await gateway.pool.set_enabled(account_out, True)
+    return started
+
+
+async def _holds_all(root: str, key: str, moved: str, account_name: str,
+                     stored: list[dict[str, Any]], first: str) -> dict[str, Any]:
+    """The new conversation holds the whole history (as stored), on the account that
+    answered; the old one is as the first call left it. The new one, as recalled."""
+    recalled = await _recalled(root, key, moved)
+    assert recalled["conversation"]["account"] == account_name
+    assert [m["exchange"]["messages"] for m in recalled["messages"]] == [stored]
+    assert [m["prompt"] for m in (await _recalled(root, key, first))["messages"]] \
+        == ["Name a colour."]
+    return recalled
+
+
 async def test_a_history_whose_account_cools_down_goes_on_elsewhere_as_a_new_conversation(
     make_settings: Callable[..., Settings], upstream_a: FakeUpstream,
     upstream_b: FakeUpstream,
@@ -112,14 +136,9 @@ async def test_a_history_whose_account_cools_down_goes_on_elsewhere_as_a_new_con
             assert int(cooling.value.response.headers["retry-after"]) > 0
             assert len(pinned.chat_requests()) == 2
 
-            # The new conversation holds the whole history, on the account that answered;
-            # the old one is as the first call left it. The session goes on in the new one.
-            recalled = await _recalled(root, key, moved)
-            assert recalled["conversation"]["account"] == other.name
-            assert [m["exchange"]["messages"] for m in recalled["messages"]] == [history]
+            recalled = await _holds_all(root, key, moved, other.name, history, first)
             assert [m["reply"] for m in recalled["messages"]] == [reply.content]
-            assert [m["prompt"] for m in (await _recalled(root, key, first))["messages"]] \
-                == ["Name a colour."]
+            # The session goes on in the new conversation.
             history += [{"role": "assistant", "content": reply.content},
                         {"role": "user", "content": "And one more?"}]
             assert (await _ask(sdk, history))[0] == moved
@@ -140,11 +159,7 @@ async def test_a_history_on_the_plus_tier_its_member_lost_starts_anew_on_a_free_
         key = added["api_key"]
         async with _client(root, key) as sdk:
             # A out of service while the conversation starts: it starts on the plus account.
-            free = gateway.pool.get("A")
-            assert free is not None
-            await gateway.pool.set_enabled(free, False)
-            first, reply = await _ask(sdk, [QUESTION])
-            await gateway.pool.set_enabled(free, True)
+            first, reply = await _started_without(gateway, sdk, "A")
             assert reply.content == "reply 1 from P"
             history = _followed(reply.content, "Another?")
             # Ann no longer has plus.
@@ -164,11 +179,7 @@ async def test_a_history_on_the_plus_tier_its_member_lost_starts_anew_on_a_free_
             assert _error(refused.value)["code"] == "plus_not_allowed"
             assert len(upstream_plus.chat_requests()) == 1
 
-            recalled = await _recalled(root, key, moved)
-            assert recalled["conversation"]["account"] == "A"
-            assert [m["exchange"]["messages"] for m in recalled["messages"]] == [history]
-            assert [m["prompt"] for m in (await _recalled(root, key, first))["messages"]] \
-                == ["Name a colour."]
+            await _holds_all(root, key, moved, "A", history, first)
 
 
 def _stored_image(message: dict[str, Any]) -> dict[str, Any]:
@@ -192,11 +203,7 @@ async def test_a_history_needing_what_its_account_cannot_do_starts_anew_on_one_t
         _, key = await gateway.principals.create("user", "ann")
         async with _client(root, key) as sdk:
             # B out of service while the conversation starts (plain text): it starts on A.
-            capable = gateway.pool.get("B")
-            assert capable is not None
-            await gateway.pool.set_enabled(capable, False)
-            first, reply = await _ask(sdk, [QUESTION])
-            await gateway.pool.set_enabled(capable, True)
+            first, reply = await _started_without(gateway, sdk, "B")
             assert reply.content == "reply 1 from A"
             history = _followed(reply.content, "Another?")
             options: dict[str, Any] = {}
@@ -227,8 +234,4 @@ async def test_a_history_needing_what_its_account_cannot_do_starts_anew_on_one_t
             assert "account 'A'" in error["message"]
             assert len(upstream_a.chat_requests()) == 1
 
-            recalled = await _recalled(root, key, moved)
-            assert recalled["conversation"]["account"] == "B"
-            assert [m["exchange"]["messages"] for m in recalled["messages"]] == [stored]
-            assert [m["prompt"] for m in (await _recalled(root, key, first))["messages"]] \
-                == ["Name a colour."]
+            await _holds_all(root, key, moved, "B", stored, first)
