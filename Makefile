@@ -13,7 +13,7 @@ help:
 	@echo "make run    - install and start the gateway (CONFIG=$(CONFIG))"
 	@echo "make test   - install dev tools, run ruff, mypy and the test suite"
 	@echo "make bench  - the benchmark (bench-quick: a < 1 minute check that it runs)"
-	@echo "make bench-instructions - instructions per request under callgrind (~10 min)"
+	@echo "make bench-instructions - instructions per request under callgrind (~15 min)"
 	@echo "make bytecode - compile the gateway's modules (make run and make test do it first)"
 
 $(BIN)/python:
