@@ -253,6 +253,21 @@ async def test_chunked_body_in_one_write_with_extensions_and_trailers(
     assert server.connections == 1
 
 
+async def test_chunk_sizes_in_upper_and_lower_case_hex(
+        serve: Serve, session: UpstreamSession) -> None:
+    """Sizes written in upper case (which servers seldom do) read as well as lower case ones,
+    up to a 4 KiB chunk and past it."""
+    chunks = [b"a" * 31, b"b" * 4095, b"c" * 10, b"d" * 4097, b"e" * 171]
+    sizes = [b"1F", b"FFF", b"a", b"1001", b"aB"]
+    body = b"".join(b"%s\r\n%s\r\n" % (size, chunk) for size, chunk in zip(sizes, chunks,
+                                                                         strict=True))
+    server = await serve(replying(
+        lambda r: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+        + b"0\r\n\r\n"))
+    async with session.post(server.url(), data=b"{}", headers=JSON, timeout=SAFE) as resp:
+        assert await resp.read() == b"".join(chunks)
+
+
 async def test_chunked_body_split_across_writes_at_awkward_places(
         serve: Serve, session: UpstreamSession) -> None:
     """Each piece is sent only once the client got what the one before held, so the parser
