@@ -68,8 +68,6 @@ without end."""
 OTHER_MODEL = "other"
 
 
-
-
 class _Family:
     def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
         self.name = name
