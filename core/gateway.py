@@ -48,11 +48,11 @@ from .storage import Storage, storage_for
 from .storage.usage_report import GroupBy
 from .upstream import make_session
 from .upstream_http import UpstreamSession
+from .usage import Report, UsageService
+from .web_sessions import WebSessions
 
 if TYPE_CHECKING:
     from .metrics import Metrics
-from .usage import Report, UsageService
-from .web_sessions import WebSessions
 
 log = logging.getLogger(__name__)
 
@@ -785,10 +785,18 @@ def credential_box(settings: Settings, storage: Storage, secrets: Secrets) -> Cr
     if secret is None and storage.shared:
         raise ConfigError(
             f"${settings.secret_key_env} is not set: with {storage!r}, every gateway process "
-            "must seal members' own keys with the same key. Generate one with "
-            "`python -c 'from cryptography.fernet import Fernet; "
-            "print(Fernet.generate_key().decode())'` and give it to every process.")
-    return CredentialBox.from_env_or_file(
-        secret.get_secret_value() if secret else None,
-        Path(settings.storage.sqlite_path).parent / "credentials.key",
-    )
+            f"must seal members' own keys with the same key. Generate one with {_NEW_KEY} "
+            "and give it to every process.")
+    key_file = Path(settings.storage.sqlite_path).parent / "credentials.key"
+    try:
+        return CredentialBox.from_env_or_file(secret.get_secret_value() if secret else None,
+                                              key_file)
+    except ValueError:  # the operator's to fix: one line, not a traceback (nor the key)
+        where = f"${settings.secret_key_env}" if secret else str(key_file)
+        raise ConfigError(f"{where} does not hold a key that can seal members' own keys "
+                          f"(32 bytes in url-safe base64: 44 characters); generate one with "
+                          f"{_NEW_KEY}") from None
+
+
+_NEW_KEY = ("`python -c 'from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())'`")

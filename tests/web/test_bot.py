@@ -191,6 +191,28 @@ async def test_unknown_config_key_stops_the_start(tmp_path: Path) -> None:
     assert not (tmp_path / "b" / "data" / "gw.db").exists()
 
 
+async def test_a_secret_key_that_is_no_key_stops_the_start_in_one_line(tmp_path: Path) -> None:
+    # From the environment, and from the key file beside the database.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b" / "data").mkdir(parents=True)
+    (tmp_path / "b" / "data" / "credentials.key").write_text("not-a-key\n")
+    runs = []
+    for folder, env in ((tmp_path / "a", {"GATEWAY_SECRET_KEY": "s3cr\u00e9t-but-short"}),
+                        (tmp_path / "b", {})):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "bot.py", "--config", str(write_config(folder)), cwd=ROOT,
+            env={**bot_env(), **env},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(process.communicate(), 30)
+        runs.append((process.returncode, err.decode()))
+    (code, err), (code2, err2) = runs
+    assert code == 2 and "Traceback" not in err
+    assert "$GATEWAY_SECRET_KEY does not hold a key" in err and "generate one with" in err
+    assert "s3cr" not in err and "short" not in err  # nothing of the value itself
+    assert code2 == 2 and "Traceback" not in err2
+    assert f"{tmp_path / 'b' / 'data' / 'credentials.key'} does not hold a key" in err2
+
+
 async def test_invite_url_names_the_scopes_and_the_permissions_the_bot_uses(
         tmp_path: Path) -> None:
     from urllib.parse import parse_qs, urlsplit
